@@ -1,0 +1,1 @@
+"""Model backends: the only code (with the pool) that imports torch, diffusers and transformers."""

@@ -1,0 +1,67 @@
+"""CLIP-style dual encoders: zero-shot classification and image embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from multimodal_mcp.backends.base import LoadContext
+from multimodal_mcp.backends.devices import pick_dtype
+from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.config import ModelSpec
+
+
+class ClipModel:
+    """A loaded CLIP model and its processor. Methods are blocking; they run in pool worker threads."""
+
+    def __init__(self, name: str, spec: ModelSpec, model: Any, processor: Any, device: str) -> None:
+        self.name = name
+        self.spec = spec
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self._bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
+        """Softmax over the model's scaled image-text logits, one probability per text."""
+        import torch
+
+        inputs = self.processor(
+            text=texts, images=[image], return_tensors="pt", padding=True, truncation=True
+        )
+        inputs = inputs.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits_per_image[0].float()
+        return [float(p) for p in logits.softmax(dim=-1).cpu()]
+
+    def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings, shape (len(images), dim)."""
+        import torch
+
+        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            features = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype))
+        if not isinstance(features, torch.Tensor):
+            features = features.pooler_output
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+
+
+def load_clip(name: str, spec: ModelSpec, ctx: LoadContext) -> ClipModel:
+    from transformers import AutoModel, AutoProcessor
+
+    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
+    source = resolve_source(spec.source, ctx.tiny_dir)
+    quiet_progress_bars()
+    try:
+        model = AutoModel.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(source)
+    except Exception as exc:
+        raise load_error(name, spec, exc) from exc
+    model = model.to(ctx.device).eval()
+    return ClipModel(name, spec, model, processor, ctx.device)

@@ -1,0 +1,45 @@
+"""Device and dtype choice."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from multimodal_mcp.config import Device, DType
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(setting: Device) -> str:
+    """Resolve ``auto`` to ``cuda``, then ``mps``, then ``cpu``; warn when a requested GPU is missing."""
+    import torch
+
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        logger.warning("device 'cuda' was configured but CUDA is not available; falling back to CPU")
+        return "cpu"
+    if setting == "mps" and not torch.backends.mps.is_available():
+        logger.warning("device 'mps' was configured but MPS is not available; falling back to CPU")
+        return "cpu"
+    return setting
+
+
+def pick_dtype(requested: DType, device: str, *, model: str) -> Any:
+    """float32 on CPU; the configured half precision (default float16) on a GPU."""
+    import torch
+
+    if device == "cpu":
+        if requested not in ("auto", "float32"):
+            logger.info("model %s: %s requested, using float32 on CPU", model, requested)
+        return torch.float32
+    return {
+        "auto": torch.float16,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "float32": torch.float32,
+    }[requested]

@@ -1,0 +1,41 @@
+"""Where a model's weights come from: a hub id, a local directory, or a built-in tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multimodal_mcp.config import TINY_SOURCE_PREFIX, ModelSpec
+from multimodal_mcp.errors import BackendError
+
+
+def resolve_source(source: str, tiny_dir: Path) -> str:
+    """The argument for ``from_pretrained``; tiny models are built on first use."""
+    if not source.startswith(TINY_SOURCE_PREFIX):
+        return source
+    from multimodal_mcp.backends.tiny import TINY_MODEL_DIRS, ensure_tiny_models
+
+    key = source[len(TINY_SOURCE_PREFIX) :]
+    if key not in TINY_MODEL_DIRS:
+        raise BackendError(f"unknown tiny model {key!r}; built-in tiny models: {', '.join(TINY_MODEL_DIRS)}")
+    return str(ensure_tiny_models(tiny_dir) / TINY_MODEL_DIRS[key])
+
+
+def load_error(name: str, spec: ModelSpec, exc: Exception) -> BackendError:
+    """A curated load failure: names the model and its source, not a traceback."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return BackendError(
+        f"model {name!r} could not be loaded from {spec.source!r} ({type(exc).__name__}: {first_line}). "
+        "Check the source in the config, that the weights are downloaded (safetensors only), "
+        "or choose another model (see list_models)."
+    )
+
+
+def quiet_progress_bars() -> None:
+    """Loading bars from diffusers/transformers/hub would flood the server's stderr log."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+    from huggingface_hub.utils import disable_progress_bars
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()

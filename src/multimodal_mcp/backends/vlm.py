@@ -1,0 +1,62 @@
+"""Vision-language models (LLaVA and relatives) through transformers' image-text-to-text API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from multimodal_mcp.backends.base import LoadContext
+from multimodal_mcp.backends.devices import pick_dtype
+from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.config import ModelSpec
+
+
+class VisionLanguageModel:
+    """A loaded VLM and its processor. ``answer`` is blocking; it runs in a pool worker thread."""
+
+    def __init__(self, name: str, spec: ModelSpec, model: Any, processor: Any, device: str) -> None:
+        self.name = name
+        self.spec = spec
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self._bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def _prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if getattr(self.processor, "chat_template", None):
+            return str(self.processor.apply_chat_template(messages, add_generation_prompt=True))
+        return f"<image>\n{question}"
+
+    def answer(self, image: Image.Image, question: str, max_tokens: int) -> tuple[str, int]:
+        """Greedy answer to ``question`` about ``image``; returns (text, generated token count)."""
+        import torch
+
+        inputs = self.processor(images=image, text=self._prompt(question), return_tensors="pt")
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        text = self.processor.decode(new_tokens, skip_special_tokens=True)
+        return text.strip(), int(new_tokens.shape[0])
+
+
+def load_vlm(name: str, spec: ModelSpec, ctx: LoadContext) -> VisionLanguageModel:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
+    source = resolve_source(spec.source, ctx.tiny_dir)
+    quiet_progress_bars()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(source)
+    except Exception as exc:
+        raise load_error(name, spec, exc) from exc
+    model = model.to(ctx.device).eval()  # type: ignore[arg-type]
+    return VisionLanguageModel(name, spec, model, processor, ctx.device)

@@ -1,0 +1,177 @@
+"""Command line: ``multimodal-mcp serve | models | demo | build-tiny``.
+
+The CLI is the one place that reads the environment (home and cache directories, the optional
+``MULTIMODAL_MCP_CONFIG`` file); everything below it receives one frozen :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from multimodal_mcp import __version__
+from multimodal_mcp.config import PROFILES, Config, ConfigError, load_config
+
+logger = logging.getLogger("multimodal_mcp")
+
+
+def _setup_logging(level: str) -> None:
+    # stdout belongs to the stdio transport: every log line goes to stderr.
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("multimodal-mcp", appauthor=False))
+
+
+def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
+    config_file = args.config or (
+        Path(os.environ["MULTIMODAL_MCP_CONFIG"]) if os.environ.get("MULTIMODAL_MCP_CONFIG") else None
+    )
+    overrides: dict[str, Any] = {}
+    if getattr(args, "store_dir", None):
+        overrides["store_dir"] = args.store_dir
+    if getattr(args, "allow_root", None):
+        overrides["allowed_roots"] = args.allow_root
+    home = Path.home()
+    return load_config(
+        profile=args.profile,
+        config_file=config_file,
+        cache_dir=_cache_dir(),
+        home=home,
+        default_allowed_roots=[] if http else [home],
+        overrides=overrides,
+    )
+
+
+def _add_config_options(parser: argparse.ArgumentParser, *, default_profile: str | None = None) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (default: $MULTIMODAL_MCP_CONFIG, if set)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=default_profile,
+        help="built-in model profile: 'default' (real checkpoints) or 'tiny' (offline test models)",
+    )
+    parser.add_argument("--store-dir", type=Path, help="where images are stored (overrides the config)")
+    parser.add_argument(
+        "--allow-root",
+        type=Path,
+        action="append",
+        help="a directory clients may read images from (repeatable; overrides the config)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from multimodal_mcp.server.app import build_server
+
+    config = _config_from(args, http=args.transport == "http")
+    server = build_server(config)
+    if args.transport == "stdio":
+        server.run("stdio")
+    else:
+        logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
+        server.run("streamable-http", host=args.host, port=args.port)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    defaults: dict[str, list[str]] = {}
+    for key, name in config.defaults.items():
+        defaults.setdefault(name, []).append(key)
+    print(f"profile: {config.profile}")
+    print(f"{'name':<24} {'task':<14} {'backend':<13} {'default for':<26} source")
+    for name, spec in config.models.items():
+        print(
+            f"{name:<24} {spec.task:<14} {spec.backend:<13} "
+            f"{','.join(defaults.get(name, [])) or '-':<26} {spec.source}"
+        )
+    return 0
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    from multimodal_mcp.backends.tiny import build_tiny_models, ensure_tiny_models
+
+    config = _config_from(args)
+    target = args.dir or config.server.tiny_dir
+    path = build_tiny_models(target) if args.force else ensure_tiny_models(target)
+    print(f"tiny models ready in {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from multimodal_mcp.demo import run_demo
+
+    report = run_demo(
+        output_dir=args.output,
+        profile=args.profile or "tiny",
+        config_file=args.config,
+        store_dir=args.store_dir,
+    )
+    print(f"demo report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multimodal-mcp",
+        description=(
+            "An MCP server for image generation, ControlNet, CLIP, vision-language models "
+            "and image comparison."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"multimodal-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server")
+    _add_config_options(serve)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    models = sub.add_parser("models", help="list the configured models")
+    _add_config_options(models)
+    models.set_defaults(func=_models)
+
+    demo = sub.add_parser(
+        "demo", help="run generate -> classify -> describe -> compare through a real MCP client"
+    )
+    _add_config_options(demo)
+    demo.add_argument("--output", type=Path, default=Path("multimodal-mcp-demo"), help="report directory")
+    demo.set_defaults(func=_demo)
+
+    tiny = sub.add_parser("build-tiny", help="build the offline tiny models (otherwise built on first use)")
+    _add_config_options(tiny)
+    tiny.add_argument("--dir", type=Path, help="target directory (default: the configured tiny_dir)")
+    tiny.add_argument("--force", action="store_true", help="rebuild even if present")
+    tiny.set_defaults(func=_build_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        code = args.func(args)
+    except ConfigError as exc:
+        print(f"multimodal-mcp: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Image processing helpers (comparison, preprocessing) built on numpy, OpenCV and Pillow."""

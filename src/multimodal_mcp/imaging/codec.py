@@ -1,0 +1,213 @@
+"""Decoding untrusted image bytes and encoding PNGs and previews. Pure Pillow, no torch."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps, PngImagePlugin
+
+from multimodal_mcp.errors import ImageInputError
+
+# Formats whose decoders see heavy use and little CVE churn. Checked by content (Pillow's
+# identification), never by a name or a MIME type the caller claims.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+
+_B64_ALPHABET = re.compile(rb"^[A-Za-z0-9+/_-]*={0,2}$")
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    source_format: str
+    raw: bytes
+
+
+def looks_like_data_uri(text: str) -> bool:
+    return text[:5].lower() == "data:"
+
+
+def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
+    """Decode a ``data:`` URI or bare base64 string, checking the length before decoding.
+
+    Raises:
+        ImageInputError: malformed URI or base64, or a payload over ``max_bytes``.
+    """
+    payload = text
+    if looks_like_data_uri(text):
+        match = _DATA_URI.match(text)
+        if match is None or not match.group("b64"):
+            raise ImageInputError(
+                "a data: URI image must be base64 encoded, like 'data:image/png;base64,iVBORw0...'"
+            )
+        payload = text[match.end() :]
+    payload = "".join(payload.split())
+    # 4 base64 characters carry 3 bytes: refuse before allocating the decoded buffer.
+    if len(payload) * 3 // 4 > max_bytes:
+        raise ImageInputError(
+            f"the base64 image is about {len(payload) * 3 // 4} bytes; the limit is {max_bytes} bytes. "
+            "Send a smaller image (downscale or re-encode as JPEG/WebP)."
+        )
+    data = payload.encode("ascii", errors="replace")
+    if not data or not _B64_ALPHABET.match(data):
+        raise ImageInputError(
+            "the image is not valid base64 (expected a data: URI, bare base64, an image://<id> reference, "
+            "or a file path)"
+        )
+    try:
+        if b"-" in data or b"_" in data:
+            return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+        return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageInputError(
+            "the image is not valid base64; check that the string was not truncated"
+        ) from exc
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+    """Decode untrusted bytes into an RGB or RGBA image (first frame only, EXIF orientation applied).
+
+    Raises:
+        ImageInputError: unknown or disallowed format, too many pixels, truncated or corrupt data.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.UnidentifiedImageError as exc:
+        raise ImageInputError(
+            f"the data is not an image in an accepted format; accepted: {', '.join(ALLOWED_FORMATS)}"
+        ) from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageInputError(f"the image has too many pixels; the limit is {max_pixels}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageInputError("the image data is corrupt or truncated") from exc
+
+    fmt = img.format or "unknown"
+    image: Image.Image = img
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageInputError(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}. "
+            "Downscale it first."
+        )
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
+        image = ImageOps.exif_transpose(img) or img
+        image = image.convert("RGBA") if _has_alpha(image) else image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageInputError("the image data is corrupt or truncated") from exc
+    return DecodedImage(image=image, source_format=fmt, raw=data)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Flatten alpha over white; models take RGB."""
+    if img.mode == "RGB":
+        return img
+    if _has_alpha(img):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def encode_png(img: Image.Image, text: Mapping[str, str] | None = None) -> bytes:
+    """Encode a PNG with optional text chunks. Deterministic: same pixels and text, same bytes."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info, compress_level=6)
+    return buf.getvalue()
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG (used to read back embedded generation parameters)."""
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        img.load()
+        return {str(k): v for k, v in img.info.items() if isinstance(v, str)}
+
+
+def generation_text_chunks(meta: Mapping[str, Any]) -> dict[str, str]:
+    """PNG text chunks for a generated image: an A1111-style ``parameters`` line and full JSON."""
+    params = meta.get("parameters") or {}
+    lines = [str(meta.get("prompt") or "")]
+    if meta.get("negative_prompt"):
+        lines.append(f"Negative prompt: {meta['negative_prompt']}")
+    fields = {
+        "Steps": params.get("steps"),
+        "Sampler": params.get("scheduler"),
+        "CFG scale": params.get("guidance_scale"),
+        "Seed": meta.get("seed"),
+        "Size": f"{params.get('width')}x{params.get('height')}" if params.get("width") else None,
+        "Model": meta.get("model"),
+    }
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
+    record = {
+        k: meta[k]
+        for k in ("prompt", "negative_prompt", "seed", "model", "parameters", "parents")
+        if k in meta
+    }
+    return {
+        "parameters": "\n".join(lines),
+        "multimodal-mcp": json.dumps(record, sort_keys=True, separators=(",", ":")),
+    }
+
+
+@dataclass(frozen=True)
+class Preview:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+
+_MIME = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+
+
+def encode_preview(img: Image.Image, *, max_side: int, max_bytes: int, fmt: str = "jpeg") -> Preview:
+    """A downscaled, encoded preview no larger than ``max_bytes``.
+
+    Lowers quality, then size, until it fits; PNG previews fall back to JPEG when they cannot fit.
+    """
+    rgb = to_rgb(img)
+    side = max_side
+    while True:
+        scaled = rgb.copy()
+        if max(scaled.size) > side:
+            scaled.thumbnail((side, side), Image.Resampling.LANCZOS)
+        if fmt == "png":
+            data = _save(scaled, "PNG")
+            if len(data) <= max_bytes:
+                return Preview(data, _MIME["png"], *scaled.size)
+            fmt = "jpeg"
+        for quality in (85, 70, 55, 40):
+            data = _save(scaled, fmt.upper(), quality=quality)
+            if len(data) <= max_bytes:
+                return Preview(data, _MIME[fmt], *scaled.size)
+        if side <= 64:
+            return Preview(data, _MIME[fmt], *scaled.size)
+        side = max(64, side * 2 // 3)
+
+
+def _save(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()

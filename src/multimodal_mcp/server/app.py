@@ -1,0 +1,305 @@
+"""The MCP surface: the only module that imports ``mcp``.
+
+Each tool is registered from its implementation and its params model, so the MCP input schema is
+derived from the same pydantic fields the implementation validates against: one source of truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
+
+from multimodal_mcp import __version__
+from multimodal_mcp.config import Config
+from multimodal_mcp.errors import MultimodalError, NotFound
+from multimodal_mcp.imaging.codec import encode_preview
+from multimodal_mcp.imaging.inputs import ImageResolver
+from multimodal_mcp.imaging.store import ImageStore, validate_id
+from multimodal_mcp.pool import ModelPool
+from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
+from multimodal_mcp.tools.common import Params, Progress, Result, Services, in_thread
+from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
+from multimodal_mcp.tools.controlled_generate import ControlledGenerateParams, controlled_generate
+from multimodal_mcp.tools.describe_image import DescribeImageParams, describe_image
+from multimodal_mcp.tools.generate_image import GenerateImageParams, generate_image
+from multimodal_mcp.tools.list_models import ListModelsParams, list_models
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Tools to make and read images on local models. Every image you make or pass in gets an id; pass
+'image://<id>' as any image argument to chain tools: generate_image -> clip_classify or
+describe_image to check the result -> adjust the prompt (keep the seed to keep the composition) ->
+generate again -> compare_images. controlled_generate keeps the structure of a reference image.
+list_models shows the models and their defaults. Full-resolution images are resources at
+image://<id>; results show small previews."""
+
+Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
+
+
+def _signature_from(params_model: type[Params], result_model: type[BaseModel]) -> inspect.Signature:
+    """A keyword-only signature mirroring ``params_model``'s fields (types, bounds, descriptions)."""
+    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    for name, field in params_model.model_fields.items():
+        meta = Field(description=field.description) if field.description else Field()
+        annotation: Any = Annotated.__class_getitem__((field.annotation, *field.metadata, meta))  # type: ignore[attr-defined]
+        default = inspect.Parameter.empty if field.is_required() else field.default
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        )
+    return inspect.Signature(parameters, return_annotation=Annotated[CallToolResult, result_model])
+
+
+def _friendly_validation(tool: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(f"{where}: {message}")
+    return (
+        f"Invalid arguments for {tool}: "
+        + "; ".join(problems)
+        + ". See the tool's input schema for the bounds."
+    )
+
+
+class MultimodalServer(MCPServer[Services]):
+    """MCPServer that refuses unknown arguments and whose argument errors read as sentences,
+    without echoing the caller's data."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tool_parameters: dict[str, frozenset[str]] = {}
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        known = self.tool_parameters.get(name)
+        unknown = sorted(set(arguments) - known) if known is not None else []
+        if unknown:
+            raise ToolError(
+                f"Invalid arguments for {name}: unknown argument(s) {unknown}; "
+                f"accepted: {', '.join(sorted(known or ())) or 'none'}"
+            )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_friendly_validation(name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+class Renderer:
+    """Turns a tool result into MCP content: a text summary, inline previews, and resource links."""
+
+    def __init__(self, config: Config, store: ImageStore) -> None:
+        self.settings = config.server
+        self.store = store
+
+    async def render(self, result: Result) -> CallToolResult:
+        content: list[Any] = [TextContent(type="text", text=result.summary())]
+        structured = result.model_dump(mode="json")
+        ids = result.preview_ids()
+        if ids:
+            # The whole result must stay under the client's limit: the JSON and the text come out of
+            # the budget first, the rest is shared between previews (base64 adds a third).
+            overhead = len(result.summary()) + len(str(structured)) + 2048
+            per_image = max(8_000, (self.settings.result_max_bytes - overhead) * 3 // 4 // len(ids))
+
+            def previews() -> list[ImageContent]:
+                out = []
+                for image_id in ids:
+                    preview = encode_preview(
+                        self.store.open(image_id),
+                        max_side=self.settings.preview_max_side,
+                        max_bytes=per_image,
+                        fmt=self.settings.preview_format,
+                    )
+                    out.append(
+                        ImageContent(
+                            type="image",
+                            data=base64.b64encode(preview.data).decode(),
+                            mime_type=preview.mime_type,
+                        )
+                    )
+                return out
+
+            content.extend(await in_thread(previews))
+            for image_id in ids:
+                record = await in_thread(self.store.record, image_id)
+                content.append(
+                    ResourceLink(
+                        type="resource_link",
+                        uri=record.uri,
+                        name=record.id,
+                        description=f"{record.kind} image, {record.width}x{record.height} PNG",
+                        mime_type="image/png",
+                    )
+                )
+        return CallToolResult(content=content, structured_content=structured)
+
+
+def _register(
+    server: MultimodalServer,
+    renderer_of: Callable[[Context], Renderer],
+    services_of: Callable[[Context], Services],
+    implementation: Implementation,
+    params_model: type[Params],
+    result_model: type[Result],
+    *,
+    title: str,
+    read_only: bool,
+) -> None:
+    name = implementation.__name__
+
+    async def handler(ctx: Context, **arguments: Any) -> CallToolResult:
+        try:
+            params = params_model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(_friendly_validation(name, exc)) from None
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.report_progress(done, total, message)
+
+        try:
+            result = await implementation(params, services_of(ctx), progress)
+            return await renderer_of(ctx).render(result)
+        except MultimodalError as exc:
+            raise ToolError(str(exc)) from exc
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            error_id = secrets.token_hex(4)
+            logger.exception("tool %s failed (error id %s)", name, error_id)
+            raise ToolError(
+                f"{name} failed with an internal error (id {error_id}); "
+                "the server logged the details and keeps "
+                "running. Try again, or try another model (list_models)."
+            ) from exc
+
+    server.tool_parameters[name] = frozenset(params_model.model_fields)
+    handler.__signature__ = _signature_from(params_model, result_model)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"ctx": Context, "return": Annotated[CallToolResult, result_model]}
+    handler.__name__ = name
+    server.add_tool(
+        handler,
+        name=name,
+        title=title,
+        description=inspect.cleandoc(implementation.__doc__ or ""),
+        annotations=ToolAnnotations(
+            title=title,
+            read_only_hint=read_only,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        ),
+    )
+
+
+def create_services(config: Config, device: str | None = None) -> Services:
+    """Everything the tools share. Creates the store directory; loads no model."""
+    if device is None:
+        from multimodal_mcp.backends.devices import pick_device
+
+        device = pick_device(config.server.device)
+    store = ImageStore(config.server.store_dir)
+    resolver = ImageResolver(store, config.server.allowed_roots, config.server.limits)
+    return Services(config=config, store=store, resolver=resolver, pool=ModelPool(config, device))
+
+
+def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
+    """The MCP server over ``config``. Services are created in the lifespan unless given (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
+        created = (
+            services if services is not None else await anyio.to_thread.run_sync(create_services, config)
+        )
+        logger.info(
+            "multimodal-mcp %s: profile %s, store %s, device %s",
+            __version__,
+            config.profile,
+            config.server.store_dir,
+            created.pool.device,
+        )
+        yield created
+
+    server = MultimodalServer(
+        name="multimodal-mcp",
+        title="multimodal-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+    )
+
+    def services_of(ctx: Context) -> Services:
+        return cast(Services, ctx.request_context.lifespan_context)
+
+    renderers: dict[int, Renderer] = {}
+
+    def renderer_of(ctx: Context) -> Renderer:
+        svc = services_of(ctx)
+        renderer = renderers.get(id(svc))
+        if renderer is None:
+            renderer = renderers[id(svc)] = Renderer(config, svc.store)
+        return renderer
+
+    from multimodal_mcp.tools.clip_classify import ClipClassifyResult
+    from multimodal_mcp.tools.compare_images import CompareImagesResult
+    from multimodal_mcp.tools.controlled_generate import ControlledGenerateResult
+    from multimodal_mcp.tools.describe_image import DescribeImageResult
+    from multimodal_mcp.tools.generate_image import GenerateImageResult
+    from multimodal_mcp.tools.list_models import ListModelsResult
+
+    tools: list[tuple[Implementation, type[Params], type[Result], str, bool]] = [
+        (generate_image, GenerateImageParams, GenerateImageResult, "Generate image", False),
+        (
+            controlled_generate,
+            ControlledGenerateParams,
+            ControlledGenerateResult,
+            "ControlNet generation",
+            False,
+        ),
+        (clip_classify, ClipClassifyParams, ClipClassifyResult, "Zero-shot classify (CLIP)", True),
+        (describe_image, DescribeImageParams, DescribeImageResult, "Describe image (VLM)", True),
+        (compare_images, CompareImagesParams, CompareImagesResult, "Compare two images", True),
+        (list_models, ListModelsParams, ListModelsResult, "List models", True),
+    ]
+    for implementation, params_model, result_model, title, read_only in tools:
+        _register(
+            server,
+            renderer_of,
+            services_of,
+            implementation,
+            params_model,
+            result_model,
+            title=title,
+            read_only=read_only,
+        )
+
+    @server.resource(
+        "image://{image_id}",
+        name="image",
+        title="Stored image",
+        description="A full-resolution PNG the server made or received, by id.",
+        mime_type="image/png",
+    )
+    async def read_image(image_id: str, ctx: Context) -> bytes:
+        try:
+            validate_id(image_id)
+            return await in_thread(services_of(ctx).store.read_png, image_id)
+        except NotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+
+    return server

@@ -1,0 +1,122 @@
+"""clip_classify: zero-shot classification of an image over caller-given labels with CLIP."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.tools.common import (
+    Clock,
+    ImageArg,
+    ImageRef,
+    ModelArg,
+    Params,
+    Progress,
+    Result,
+    Services,
+    Timings,
+    check_limit,
+    pick_model,
+    resolve_image,
+)
+
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class ClipClassifyParams(Params):
+    image: ImageArg
+    labels: Annotated[
+        list[Label],
+        Field(
+            min_length=2,
+            max_length=256,
+            description=(
+                "Two or more candidate labels, e.g. ['a cat', 'a dog', 'a car']. Scores sum to 1 over them."
+            ),
+        ),
+    ]
+    model: ModelArg = None
+    template: Annotated[
+        str | None,
+        Field(
+            max_length=200,
+            description="Optional prompt template with one '{}' for the label, e.g. 'a photo of {}'.",
+        ),
+    ] = None
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="Probability in [0, 1]: softmax over the model's scaled logits.")
+
+
+class ClipClassifyResult(Result):
+    labels: list[LabelScore] = Field(description="Every label with its score, highest first.")
+    top_label: str
+    model: str
+    template: str | None
+    image: ImageRef
+    timings: Timings
+
+    def summary(self) -> str:
+        ranked = ", ".join(f"{s.label} {s.score:.3f}" for s in self.labels[:5])
+        more = f" (+{len(self.labels) - 5} more)" if len(self.labels) > 5 else ""
+        return (
+            f"{self.image.uri} is most likely '{self.top_label}' according to {self.model}: {ranked}{more}. "
+            "Scores are relative to the labels given; add labels to test other hypotheses."
+        )
+
+
+async def clip_classify(
+    params: ClipClassifyParams, services: Services, progress: Progress | None = None
+) -> ClipClassifyResult:
+    """Zero-shot classify an image over your labels with CLIP; returns every label's probability.
+
+    Use it to check what an image shows (did the generated image get the cat?), pick the best of
+    several candidates, or tag an image. Scores are a softmax over the labels you pass, so always
+    include plausible alternatives (e.g. 'a cat', 'a dog', 'something else').
+    """
+    # 1. Check inputs
+    clock = Clock()
+    name, _ = pick_model(services.config, params.model, "clip", "clip")
+    check_limit(
+        "number of labels", len(params.labels), services.config.server.limits.max_labels, "pass fewer labels"
+    )
+    if len(set(params.labels)) != len(params.labels):
+        duplicates = sorted({label for label in params.labels if params.labels.count(label) > 1})
+        raise InvalidArgument(f"labels must be distinct; repeated: {duplicates}")
+    template = params.template
+    if template is not None and template.count("{}") != 1:
+        raise InvalidArgument(
+            f"template must contain '{{}}' exactly once (where the label goes); got {template!r}"
+        )
+    texts = [template.format(label) if template else label for label in params.labels]
+    source = await resolve_image(services, params.image, "image")
+
+    # 2. Score
+    model = await clock.load_model(services, name)
+    t = time.perf_counter()
+    image = source.image.convert("RGB")
+    scores = await services.pool.run_sync(model.device, lambda: model.classify(image, texts))
+    clock.inference = time.perf_counter() - t
+
+    # 3. Rank
+    ranked = sorted(
+        (
+            LabelScore(label=label, score=round(score, 6))
+            for label, score in zip(params.labels, scores, strict=True)
+        ),
+        key=lambda s: s.score,
+        reverse=True,
+    )
+    return ClipClassifyResult(
+        labels=ranked,
+        top_label=ranked[0].label,
+        model=name,
+        template=template,
+        image=ImageRef.of(source.record),
+        timings=clock.timings(),
+    )

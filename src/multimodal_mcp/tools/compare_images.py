@@ -1,0 +1,165 @@
+"""compare_images: how two images differ, in numbers, boxes, a heat map and (optionally) words."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from multimodal_mcp.imaging.analysis import Comparison, align_sizes, compare
+from multimodal_mcp.tools.common import (
+    Clock,
+    ImageArg,
+    ImageRef,
+    ModelArg,
+    Params,
+    Progress,
+    Result,
+    Services,
+    Timings,
+    in_thread,
+    pick_model,
+    resolve_image,
+)
+
+NARRATIVE_PROMPT = (
+    "The left half of this picture is the first image and the right half is the second. "
+    "Compare them and describe what changed."
+)
+
+
+class CompareImagesParams(Params):
+    image_a: ImageArg
+    image_b: ImageArg
+    describe: Annotated[
+        bool, Field(description="Also ask a vision-language model to describe what changed (slower).")
+    ] = False
+    model: ModelArg = None
+    clip_model: Annotated[
+        str | None, Field(max_length=64, description="CLIP model for clip_similarity; omit for the default.")
+    ] = None
+    threshold: Annotated[
+        int,
+        Field(
+            ge=0, le=255, description="A pixel counts as changed when a channel differs by more than this."
+        ),
+    ] = 16
+
+
+class Region(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    area_fraction: float = Field(description="Changed pixels in the box / all pixels.")
+
+
+class CompareImagesResult(Result):
+    ssim: float = Field(description="Structural similarity of the luminance, 1 = identical.")
+    pixel_difference: float = Field(description="Fraction of pixels that changed (0 = none, 1 = all).")
+    clip_similarity: float = Field(
+        description="Cosine similarity of CLIP image embeddings (semantic likeness)."
+    )
+    changed_regions: list[Region] = Field(
+        description="Boxes around changed areas, in image_a's pixels, largest first."
+    )
+    diff_image: ImageRef = Field(description="Heat map of the per-pixel difference (bright = changed).")
+    resized: bool = Field(description="True when image_b was resized to image_a's size before comparing.")
+    narrative: str | None = Field(description="What changed, in words (describe=True only).")
+    image_a: ImageRef
+    image_b: ImageRef
+    clip_model: str
+    model: str | None = Field(description="The vision-language model that wrote the narrative.")
+    timings: Timings
+
+    def summary(self) -> str:
+        text = (
+            f"{self.image_a.uri} vs {self.image_b.uri}: SSIM {self.ssim:.3f}, "
+            f"{self.pixel_difference:.1%} of pixels changed, CLIP similarity {self.clip_similarity:.3f}, "
+            f"{len(self.changed_regions)} changed region(s). Difference heat map: {self.diff_image.uri}."
+        )
+        if self.resized:
+            text += " image_b was resized to image_a's size first."
+        if self.narrative:
+            text += f"\nWhat changed ({self.model}): {self.narrative}"
+        return text
+
+    def preview_ids(self) -> list[str]:
+        return [self.diff_image.id]
+
+
+def side_by_side(a: Image.Image, b: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), (255, 255, 255))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width, 0))
+    return canvas
+
+
+async def compare_images(
+    params: CompareImagesParams, services: Services, progress: Progress | None = None
+) -> CompareImagesResult:
+    """Compare two images: SSIM, fraction of changed pixels, CLIP similarity, boxes around changed
+    regions and a stored difference heat map; with describe=True, also a narrative of what changed.
+
+    Use it to check an edit (before/after), to see whether a regenerated image kept the
+    composition, or to pick the closest of two candidates. Images of different sizes are compared
+    after resizing image_b to image_a's size.
+    """
+    # 1. Check inputs
+    clock = Clock()
+    clip_name, _ = pick_model(services.config, params.clip_model, "clip", "clip")
+    vlm_name = pick_model(services.config, params.model, "vlm", "vlm")[0] if params.describe else None
+    a = await resolve_image(services, params.image_a, "image_a")
+    b = await resolve_image(services, params.image_b, "image_b")
+
+    # 2. Pixel statistics and the heat map
+    def analyse() -> tuple[Comparison, bool, ImageRef]:
+        img_a, img_b, resized = align_sizes(a.image, b.image)
+        comparison = compare(img_a, img_b, threshold=params.threshold)
+        record = services.store.put(
+            comparison.heatmap,
+            kind="diff",
+            parents=[a.record.id, b.record.id],
+            parameters={"threshold": params.threshold},
+        )
+        return comparison, resized, ImageRef.of(record)
+
+    comparison, resized, diff_ref = await in_thread(analyse)
+
+    # 3. Semantic similarity
+    clip = await clock.load_model(services, clip_name)
+    rgb_a, rgb_b = a.image.convert("RGB"), b.image.convert("RGB")
+    t = time.perf_counter()
+    embeddings = await services.pool.run_sync(clip.device, lambda: clip.image_embeddings([rgb_a, rgb_b]))
+    clip_similarity = float(embeddings[0] @ embeddings[1])
+
+    # 4. Narrative
+    narrative = None
+    if vlm_name is not None:
+        vlm = await clock.load_model(services, vlm_name)
+        pair = side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)
+        max_tokens = services.config.models[vlm_name].defaults.max_tokens or 256
+        narrative, _ = await services.pool.run_sync(
+            vlm.device, lambda: vlm.answer(pair, NARRATIVE_PROMPT, max_tokens)
+        )
+    clock.inference = time.perf_counter() - t - clock.load
+
+    return CompareImagesResult(
+        ssim=round(comparison.ssim, 6),
+        pixel_difference=round(comparison.pixel_difference, 6),
+        clip_similarity=round(clip_similarity, 6),
+        changed_regions=[
+            Region(x=r.x, y=r.y, width=r.width, height=r.height, area_fraction=round(r.area_fraction, 6))
+            for r in comparison.changed_regions
+        ],
+        diff_image=diff_ref,
+        resized=resized,
+        narrative=narrative,
+        image_a=ImageRef.of(a.record),
+        image_b=ImageRef.of(b.record),
+        clip_model=clip_name,
+        model=vlm_name,
+        timings=clock.timings(),
+    )

@@ -1,0 +1,92 @@
+"""describe_image: a vision-language model answers a prompt about an image."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from pydantic import Field
+
+from multimodal_mcp.tools.common import (
+    Clock,
+    ImageArg,
+    ImageRef,
+    ModelArg,
+    Params,
+    Progress,
+    Result,
+    Services,
+    Timings,
+    check_limit,
+    pick_model,
+    resolve_image,
+)
+
+DEFAULT_PROMPT = "Describe this image in detail."
+
+
+class DescribeImageParams(Params):
+    image: ImageArg
+    prompt: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=4000,
+            description="The question or instruction about the image; omit for a general description.",
+        ),
+    ] = None
+    model: ModelArg = None
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=1, le=8192, description="Longest answer in tokens; omit for the model's default."),
+    ] = None
+
+
+class DescribeImageResult(Result):
+    text: str
+    model: str
+    prompt: str
+    image: ImageRef
+    tokens: int = Field(description="Tokens generated.")
+    timings: Timings
+
+    def summary(self) -> str:
+        return (
+            f"{self.model} on {self.image.uri}: {self.text}\n"
+            "(Vision-language models can describe things that are not there; verify key claims with "
+            "clip_classify.)"
+        )
+
+
+async def describe_image(
+    params: DescribeImageParams, services: Services, progress: Progress | None = None
+) -> DescribeImageResult:
+    """Ask a vision-language model about an image: describe it, read text, answer a question.
+
+    Pass prompt for a specific question (e.g. 'Extract the total amount and date from this
+    receipt.'). Answers can contain hallucinated details; check important ones with clip_classify.
+    """
+    # 1. Check inputs
+    clock = Clock()
+    name, spec = pick_model(services.config, params.model, "vlm", "vlm")
+    max_tokens = params.max_tokens or spec.defaults.max_tokens or 256
+    check_limit(
+        "max_tokens", max_tokens, services.config.server.limits.max_tokens, "ask for a shorter answer"
+    )
+    prompt = params.prompt or DEFAULT_PROMPT
+    source = await resolve_image(services, params.image, "image")
+
+    # 2. Generate
+    model = await clock.load_model(services, name)
+    image = source.image.convert("RGB")
+    t = time.perf_counter()
+    text, tokens = await services.pool.run_sync(model.device, lambda: model.answer(image, prompt, max_tokens))
+    clock.inference = time.perf_counter() - t
+    return DescribeImageResult(
+        text=text,
+        model=name,
+        prompt=prompt,
+        image=ImageRef.of(source.record),
+        tokens=tokens,
+        timings=clock.timings(),
+    )

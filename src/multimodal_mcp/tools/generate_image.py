@@ -1,0 +1,280 @@
+"""generate_image: text to image with a local diffusion or flow-matching model."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from PIL import Image
+from pydantic import Field
+
+from multimodal_mcp.backends.base import GenerationRequest
+from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
+from multimodal_mcp.config import ModelSpec
+from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.imaging.store import ImageRecord
+from multimodal_mcp.pool import ProgressFn
+from multimodal_mcp.tools.common import (
+    Clock,
+    ImageRef,
+    ModelArg,
+    Params,
+    Progress,
+    Result,
+    Services,
+    Timings,
+    check_limit,
+    draw_seed,
+    in_thread,
+    pick_model,
+)
+
+SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
+
+Prompt = Annotated[str, Field(min_length=1, max_length=4000, description="What the image should show.")]
+NegativePrompt = Annotated[
+    str | None,
+    Field(max_length=4000, description="What the image should not show (diffusion models only; not Flux)."),
+]
+Side = Annotated[
+    int | None,
+    Field(
+        ge=64,
+        le=4096,
+        multiple_of=8,
+        description="Pixels; omit for the model's default. Multiple of 8 (16 for Flux).",
+    ),
+]
+Steps = Annotated[
+    int | None, Field(ge=1, le=200, description="Denoising steps; omit for the model's default.")
+]
+Guidance = Annotated[
+    float | None,
+    Field(
+        ge=0.0, le=30.0, description="Classifier-free guidance scale; higher follows the prompt more closely."
+    ),
+]
+Scheduler = Annotated[
+    SchedulerName | None,
+    Field(
+        description=(
+            "Sampler: dpm++, dpm++_karras, euler, euler_a, heun, ddim, unipc, pndm for diffusion models; "
+            "flow_euler, flow_euler_karras, flow_euler_sde for flow-matching models (Flux)."
+        )
+    ),
+]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=2**32 - 1,
+        description="Random seed; omit to draw one. The same seed and arguments repeat the image.",
+    ),
+]
+NumImages = Annotated[int, Field(ge=1, le=16, description="How many images to make (image i uses seed + i).")]
+
+
+class GenerateImageParams(Params):
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    model: ModelArg = None
+    width: Side = None
+    height: Side = None
+    steps: Steps = None
+    guidance_scale: Guidance = None
+    scheduler: Scheduler = None
+    seed: Seed = None
+    num_images: NumImages = 1
+
+
+class GeneratedImage(ImageRef):
+    seed: int = Field(
+        description=(
+            "This image's own seed: generate_image with it and num_images=1 gives the same image again "
+            "(up to rounding in the last bit of a few pixels, since batches are computed together)."
+        )
+    )
+
+
+class GenerationParameters(Params):
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    num_images: int
+
+
+class GenerateImageResult(Result):
+    images: list[GeneratedImage]
+    seed: int = Field(description="The base seed (image i used seed + i).")
+    model: str
+    parameters: GenerationParameters
+    timings: Timings
+
+    def summary(self) -> str:
+        p = self.parameters
+        uris = ", ".join(img.uri for img in self.images)
+        first = self.images[0].uri
+        return (
+            f"Generated {len(self.images)} image(s) with {self.model} "
+            f"(seed {self.seed}, {p.width}x{p.height}, "
+            f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
+            f"in {self.timings.total_seconds:.1f} s: "
+            f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
+            "or compare_images against another image."
+        )
+
+    def preview_ids(self) -> list[str]:
+        return [img.id for img in self.images]
+
+
+def resolve_parameters(
+    *,
+    spec: ModelSpec,
+    prompt: str,
+    negative_prompt: str | None,
+    width: int | None,
+    height: int | None,
+    steps: int | None,
+    guidance_scale: float | None,
+    scheduler: str | None,
+    num_images: int,
+    services: Services,
+    default_scheduler: str,
+) -> GenerationParameters:
+    """Fill ``None`` from the model's defaults and check the server's limits."""
+    limits = services.config.server.limits
+    d = spec.defaults
+    resolved = GenerationParameters(
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        width=width or d.width or 512,
+        height=height or d.height or 512,
+        steps=steps or d.steps or 30,
+        guidance_scale=guidance_scale if guidance_scale is not None else (d.guidance_scale or 0.0),
+        scheduler=scheduler or d.scheduler or default_scheduler,
+        num_images=num_images,
+    )
+    check_limit("width", resolved.width, limits.max_side, "ask for a smaller image")
+    check_limit("height", resolved.height, limits.max_side, "ask for a smaller image")
+    check_limit("steps", resolved.steps, limits.max_steps, "use fewer steps")
+    check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
+    pixels = resolved.width * resolved.height * num_images
+    if pixels > limits.max_pixels_per_call:
+        raise InvalidArgument(
+            f"width*height*num_images = {pixels} pixels exceeds this server's limit of "
+            f"{limits.max_pixels_per_call} per call; make fewer or smaller images"
+        )
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidArgument(
+            f"the prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}"
+        )
+    return resolved
+
+
+async def store_generated(
+    services: Services,
+    images: list[Image.Image],
+    *,
+    seeds: list[int],
+    model: str,
+    parameters: GenerationParameters,
+    parents: list[str] | None = None,
+    extra_parameters: dict[str, object] | None = None,
+) -> list[GeneratedImage]:
+    def write() -> list[ImageRecord]:
+        recorded = {
+            **parameters.model_dump(exclude={"prompt", "negative_prompt"}),
+            **(extra_parameters or {}),
+        }
+        return [
+            services.store.put(
+                image,
+                kind="generated",
+                prompt=parameters.prompt,
+                negative_prompt=parameters.negative_prompt,
+                seed=seed,
+                model=model,
+                parameters=recorded,
+                parents=parents,
+            )
+            for image, seed in zip(images, seeds, strict=True)
+        ]
+
+    records = await in_thread(write)
+    return [
+        GeneratedImage(**ImageRef.of(r).model_dump(), seed=s) for r, s in zip(records, seeds, strict=True)
+    ]
+
+
+def step_progress(progress: Progress | None, label: str) -> ProgressFn | None:
+    """Adapts the tool's progress reporter to the pool's per-step callback."""
+    if progress is None:
+        return None
+
+    async def report(step: int, total: int) -> None:
+        await progress(step, total, f"{label}: step {step}/{total}")
+
+    return report
+
+
+async def generate_image(
+    params: GenerateImageParams, services: Services, progress: Progress | None = None
+) -> GenerateImageResult:
+    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL, Flux).
+
+    Every image is stored and returned with an id: pass 'image://<id>' to clip_classify,
+    describe_image or compare_images to check it, or reuse the seed to refine the prompt while
+    keeping the composition. Omitted arguments use the model's configured defaults
+    (see list_models). Flux models take no negative prompt and use guidance 0.
+    """
+    # 1. Check inputs
+    clock = Clock()
+    name, spec = pick_model(services.config, params.model, "text_to_image", "text_to_image")
+    parameters = resolve_parameters(
+        spec=spec,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        width=params.width,
+        height=params.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        scheduler=params.scheduler,
+        num_images=params.num_images,
+        services=services,
+        default_scheduler="dpm++",
+    )
+    seed = params.seed if params.seed is not None else draw_seed()
+    seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
+
+    # 2. Load the model and check what only the model knows (size multiples, sampler family)
+    model = await clock.load_model(services, name)
+    request = GenerationRequest(
+        prompt=parameters.prompt,
+        negative_prompt=parameters.negative_prompt,
+        width=parameters.width,
+        height=parameters.height,
+        steps=parameters.steps,
+        guidance_scale=parameters.guidance_scale,
+        scheduler=parameters.scheduler,
+        seeds=seeds,
+    )
+    model.check(request)
+
+    # 3. Denoise on the model's worker thread
+    t = time.perf_counter()
+    images = await services.pool.run(
+        model.device,
+        lambda on_step, cancel: model.generate(request, on_step, cancel),
+        progress=step_progress(progress, name),
+    )
+    clock.inference = time.perf_counter() - t
+
+    # 4. Store and describe
+    refs = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)
+    return GenerateImageResult(
+        images=refs, seed=seed, model=name, parameters=parameters, timings=clock.timings()
+    )

@@ -1,0 +1,77 @@
+"""list_models: what models this server has, what they do, and whether they are loaded."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from multimodal_mcp.backends.schedulers import choices_for
+from multimodal_mcp.config import ModelDefaults
+from multimodal_mcp.tools.common import Params, Progress, Result, Services
+
+
+class ListModelsParams(Params):
+    pass
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str = Field(description="text_to_image, controlnet, clip or vlm.")
+    backend: str
+    source: str
+    description: str
+    default_for: list[str] = Field(description="Tools' model choices this model is the default for.")
+    loaded: bool
+    device: str | None
+    memory_bytes: int | None = Field(description="Weights in memory, when loaded.")
+    defaults: ModelDefaults
+    schedulers: list[str] | None = Field(description="Samplers this model accepts (text_to_image models).")
+    control_type: str | None = None
+    base_models: list[str] | None = None
+
+
+class ListModelsResult(Result):
+    models: list[ModelInfo]
+    device: str = Field(description="Where local models run.")
+    profile: str
+
+    def summary(self) -> str:
+        lines = [f"Profile {self.profile}, models run on {self.device}:"]
+        for m in self.models:
+            default = f" (default for {', '.join(m.default_for)})" if m.default_for else ""
+            state = "loaded" if m.loaded else "not loaded"
+            lines.append(f"- {m.name}: {m.task}, {m.source}, {state}{default}")
+        return "\n".join(lines)
+
+
+async def list_models(
+    params: ListModelsParams, services: Services, progress: Progress | None = None
+) -> ListModelsResult:
+    """List the configured models: task, backend, source, defaults, and whether each is loaded.
+
+    Pass a name from here as the model argument of another tool to use a model other than the
+    default.
+    """
+    config = services.config
+    states = {s.name: s for s in services.pool.states()}
+    models = []
+    for name, spec in config.models.items():
+        state = states[name]
+        flow = spec.defaults.scheduler is not None and spec.defaults.scheduler.startswith("flow_")
+        models.append(
+            ModelInfo(
+                name=name,
+                task=spec.task,
+                backend=spec.backend,
+                source=spec.source,
+                description=spec.description,
+                default_for=[key for key, value in config.defaults.items() if value == name],
+                loaded=state.loaded,
+                device=state.device,
+                memory_bytes=state.memory_bytes,
+                defaults=spec.defaults,
+                schedulers=list(choices_for(flow)) if spec.task == "text_to_image" else None,
+                control_type=spec.control_type,
+                base_models=list(spec.base_models) or None,
+            )
+        )
+    return ListModelsResult(models=models, device=services.pool.device, profile=config.profile)

@@ -1,0 +1,60 @@
+"""Test helpers shared across test modules."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from mcp import Client
+from mcp.types import BlobResourceContents, CallToolResult, TextContent
+from PIL import Image
+from skimage import data as skdata
+
+
+def photo(name: str = "astronaut", size: int | None = 128) -> Image.Image:
+    """A public-domain test photo from scikit-image, optionally downscaled to ``size`` px square."""
+    img = Image.fromarray(np.asarray(getattr(skdata, name)()))
+    return img.resize((size, size), Image.Resampling.LANCZOS) if size else img
+
+
+def b64_png(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def data_uri(img: Image.Image) -> str:
+    return f"data:image/png;base64,{b64_png(img)}"
+
+
+def text_of(result: CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+async def call_ok(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, arguments: dict[str, Any]) -> str:
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, f"{tool} unexpectedly succeeded: {text_of(result)}"
+    return text_of(result)
+
+
+async def read_png(client: Client, uri: str) -> bytes:
+    contents = (await client.read_resource(uri)).contents
+    assert len(contents) == 1 and isinstance(contents[0], BlobResourceContents)
+    assert contents[0].mime_type == "image/png"
+    return base64.b64decode(contents[0].blob)
+
+
+def open_png(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG"
+    img.load()
+    return img

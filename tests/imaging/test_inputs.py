@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from multimodal_mcp.config import Limits
+from multimodal_mcp.errors import ImageInputError, NotFound
+from multimodal_mcp.imaging.inputs import ImageResolver
+from multimodal_mcp.imaging.store import ImageStore
+
+from helpers import b64_png, photo
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    photo("chelsea", 16).save(root / "cat.png")
+    return root
+
+
+@pytest.fixture
+def resolver(tmp_path: Path, root: Path) -> ImageResolver:
+    return ImageResolver(ImageStore(tmp_path / "store"), (root,), Limits())
+
+
+def test_a_file_under_an_allowed_root_is_read_and_stored(resolver: ImageResolver, root: Path) -> None:
+    resolved = resolver.resolve(str(root / "cat.png"))
+    assert resolved.record.kind == "input" and resolved.record.source == "path"
+    assert resolver.resolve(resolved.record.uri).image.tobytes() == resolved.image.tobytes()
+
+
+def test_paths_that_escape_the_allowed_roots_are_refused(
+    resolver: ImageResolver, root: Path, tmp_path: Path
+) -> None:
+    sibling = tmp_path / "root2"  # shares the prefix "root"
+    sibling.mkdir()
+    photo("coffee", 16).save(sibling / "x.png")
+    outside = tmp_path / "outside.png"
+    photo("coffee", 16).save(outside)
+    os.symlink(outside, root / "link.png")
+    for value in (
+        str(sibling / "x.png"),
+        str(root / ".." / "outside.png"),
+        str(root / "link.png"),
+        "/etc/passwd",
+    ):
+        with pytest.raises(ImageInputError, match="outside the directories this server may read"):
+            resolver.resolve(value)
+
+
+def test_nul_bytes_relative_paths_urls_and_encoded_traversal_are_refused(
+    resolver: ImageResolver, root: Path
+) -> None:
+    with pytest.raises(ImageInputError, match="NUL"):
+        resolver.resolve(str(root / "cat.png") + "\x00.png")
+    with pytest.raises(ImageInputError, match="neither an absolute file path nor base64"):
+        resolver.resolve("cat.png")
+    with pytest.raises(ImageInputError, match="URLs are not fetched"):
+        resolver.resolve("http://169.254.169.254/latest/meta-data")
+    with pytest.raises(ImageInputError, match="URLs are not fetched"):
+        resolver.resolve("file:///etc/passwd")
+    with pytest.raises(ImageInputError, match="no such file"):
+        resolver.resolve(str(root / "%2e%2e" / "outside.png"))
+
+
+def test_no_allowed_roots_means_no_file_access(tmp_path: Path, root: Path) -> None:
+    resolver = ImageResolver(ImageStore(tmp_path / "s"), (), Limits())
+    with pytest.raises(ImageInputError, match="reading files is disabled"):
+        resolver.resolve(str(root / "cat.png"))
+
+
+def test_base64_and_unknown_ids_resolve_or_fail_clearly(resolver: ImageResolver) -> None:
+    resolved = resolver.resolve(b64_png(photo("astronaut", 16)))
+    assert resolved.image.size == (16, 16) and resolved.record.source == "base64"
+    with pytest.raises(NotFound, match="image: no image with id 0000000000000000"):
+        resolver.resolve("image://0000000000000000")
+    with pytest.raises(ImageInputError, match="empty"):
+        resolver.resolve("  ")
+
+
+def test_a_file_over_the_byte_limit_is_refused_before_reading(tmp_path: Path, root: Path) -> None:
+    resolver = ImageResolver(ImageStore(tmp_path / "s"), (root,), Limits(max_input_bytes=1024))
+    photo("astronaut", 128).save(root / "big.png")
+    with pytest.raises(ImageInputError, match="limit is 1024 bytes"):
+        resolver.resolve(str(root / "big.png"))

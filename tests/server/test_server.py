@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import Client, MCPError
+
+from multimodal_mcp.config import Config
+from multimodal_mcp.server.app import build_server, create_services
+
+from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+
+
+async def test_the_server_lists_six_tools_with_output_schemas_and_honest_annotations(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == {
+        "generate_image",
+        "controlled_generate",
+        "clip_classify",
+        "describe_image",
+        "compare_images",
+        "list_models",
+    }
+    for tool in tools.values():
+        assert tool.output_schema is not None and tool.description
+        assert tool.annotations is not None and tool.annotations.open_world_hint is False
+    assert {name for name, t in tools.items() if t.annotations.read_only_hint} == {
+        "clip_classify",
+        "describe_image",
+        "compare_images",
+        "list_models",
+    }
+    templates = (await client.list_resource_templates()).resource_templates
+    assert [(t.uri_template, t.mime_type) for t in templates] == [("image://{image_id}", "image/png")]
+
+
+async def test_any_image_passed_in_can_be_read_back_as_a_resource(client: Client) -> None:
+    original = photo("chelsea", 40)
+    out = await call_ok(client, "clip_classify", {"image": data_uri(original), "labels": ["a", "b"]})
+    assert open_png(await read_png(client, out["image"]["uri"])).tobytes() == original.tobytes()
+
+
+async def test_reading_an_unknown_or_malformed_image_resource_is_an_error(client: Client) -> None:
+    for uri in ("image://0123456789abcdef", "image://not-an-id"):
+        with pytest.raises(MCPError):
+            await client.read_resource(uri)
+    await call_ok(client, "list_models", {})
+
+
+async def test_image_ids_survive_a_server_restart_on_the_same_store(config: Config) -> None:
+    async with Client(build_server(config, create_services(config, "cpu"))) as first:
+        made = await call_ok(first, "generate_image", {"prompt": "a bridge", "seed": 8})
+        uri = made["images"][0]["uri"]
+        png = await read_png(first, uri)
+    async with Client(build_server(config, create_services(config, "cpu"))) as second:
+        assert await read_png(second, uri) == png
+        out = await call_ok(second, "compare_images", {"image_a": uri, "image_b": uri})
+        assert out["ssim"] == 1.0
+
+
+async def test_an_unexpected_failure_is_reported_without_internals(
+    client: Client, services, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    model = await services.pool.get("tiny-sd15")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret path /home/user/.cache/key=sk-123")
+
+    monkeypatch.setattr(model, "generate", broken)
+    message = await call_error(client, "generate_image", {"prompt": "x"})
+    assert "internal error (id " in message
+    assert "secret" not in message and "Traceback" not in message and "sk-123" not in message
+    monkeypatch.undo()
+    await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+
+
+async def test_bad_inputs_are_tool_errors_and_the_next_call_works(client: Client, allowed_root: Path) -> None:
+    cases = [
+        ("clip_classify", {"image": "data:image/png;base64,!!!!", "labels": ["a", "b"]}, "not valid base64"),
+        ("clip_classify", {"image": "/etc/passwd", "labels": ["a", "b"]}, "outside the directories"),
+        ("describe_image", {"image": "image://ffffffffffffffff"}, "no image with id"),
+        ("compare_images", {"image_a": "https://example.com/a.png", "image_b": "x"}, "URLs are not fetched"),
+        ("generate_image", {"prompt": "x", "model": "nope"}, "no model named 'nope'"),
+        ("clip_classify", {"image": str(allowed_root / "missing.png"), "labels": ["a", "b"]}, "no such file"),
+    ]
+    for tool, args, expected in cases:
+        message = await call_error(client, tool, args)
+        assert expected in message, message
+    await call_ok(client, "describe_image", {"image": data_uri(photo("coffee", 32))})
+
+
+async def test_models_load_once_however_many_calls_use_them(client: Client, services) -> None:  # type: ignore[no-untyped-def]
+    image = data_uri(photo("coffee", 32))
+    for _ in range(3):
+        await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+        await call_ok(client, "controlled_generate", {"prompt": "x", "control_image": image, "seed": 1})
+    assert services.pool.load_counts["tiny-sd15"] == 1
+    assert services.pool.load_counts["tiny-controlnet-canny"] == 1

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multimodal_mcp.cli import main
+
+
+def test_models_lists_the_profile_with_its_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "--profile", "default"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in out and "black-forest-labs/FLUX.1-schnell" in out
+    assert "openai/clip-vit-large-patch14" in out and "llava-hf/llava-v1.6-mistral-7b-hf" in out
+    assert "lllyasviel/control_v11p_sd15_canny" in out
+
+
+def test_a_bad_config_file_exits_with_a_message_naming_the_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\ntext_to_image = "missing"\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    assert "defaults.text_to_image names 'missing'" in capsys.readouterr().err
+
+
+def test_the_demo_runs_the_whole_chain_over_stdio_and_writes_a_report(tmp_path: Path, tiny_dir: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\ntiny_dir = "{tiny_dir}"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "multimodal_mcp",
+            "demo",
+            "--config",
+            str(config),
+            "--output",
+            str(tmp_path / "out"),
+            "--store-dir",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "clip_classify" in report and "compare_images" in report
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    assert result.stdout.strip().endswith("report.html")

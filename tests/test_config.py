@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from multimodal_mcp.config import ConfigError, load_config
+
+
+def _load(tmp_path: Path, text: str | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
+    config_file = None
+    if text is not None:
+        config_file = tmp_path / "c.toml"
+        config_file.write_text(text)
+    return load_config(config_file=config_file, cache_dir=tmp_path / "cache", home=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_default_profile_names_the_real_checkpoints(tmp_path: Path) -> None:
+    config = _load(tmp_path)
+    assert config.profile == "default"
+    assert config.models["sdxl"].source == "stabilityai/stable-diffusion-xl-base-1.0"
+    sdxl = config.models["sdxl"].defaults
+    assert (sdxl.steps, sdxl.guidance_scale, sdxl.width, sdxl.scheduler) == (30, 7.5, 1024, "dpm++")
+    flux = config.models["flux-schnell"].defaults
+    assert (flux.steps, flux.guidance_scale) == (4, 0.0)
+    assert config.defaults["clip"] == "clip-vit-l-14"
+    assert config.server.store_dir == tmp_path / "cache" / "images"
+
+
+def test_a_toml_file_adds_models_sets_defaults_and_expands_home(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        """
+profile = "tiny"
+[server]
+store_dir = "~/imgs"
+allowed_roots = ["~/pictures"]
+preview_format = "webp"
+[models.my-sd]
+task = "text_to_image"
+backend = "diffusers"
+source = "/models/my-sd"
+defaults = { steps = 12 }
+[defaults]
+text_to_image = "my-sd"
+""",
+    )
+    assert config.profile == "tiny" and "tiny-sd15" in config.models
+    assert config.defaults["text_to_image"] == "my-sd" and config.models["my-sd"].defaults.steps == 12
+    assert config.server.store_dir == tmp_path / "imgs"
+    assert config.server.allowed_roots == (tmp_path / "pictures",)
+    assert config.server.preview_format == "webp"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("surprise = 1", "unknown top-level keys ['surprise']"),
+        ("[defaults]\nclip = 'tiny-sd15'", "defaults.clip names 'tiny-sd15', whose task is 'text_to_image'"),
+        (
+            "[models.cn]\ntask='controlnet'\nbackend='diffusers'\nsource='x'",
+            "needs 'control_type' and 'base_models'",
+        ),
+        ("[server]\npreview_max_side = 10", "server.preview_max_side"),
+        ("[models.x]\ntask='clip'\nbackend='diffusers'\nsource='s'\nsurprise=1", "models.x.surprise"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_invalid_configuration_is_reported_with_its_location(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        _load(tmp_path, "profile = 'tiny'\n" + text if not text.startswith("not") else text)
+    assert message in str(info.value)
+
+
+def test_an_unknown_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        _load(tmp_path, profile="huge")

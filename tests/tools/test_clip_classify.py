@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import math
+
+import jsonschema
+import torch
+from mcp import Client
+from transformers import AutoProcessor, CLIPModel
+
+from multimodal_mcp.config import Config
+
+from helpers import call_error, call_ok, data_uri, photo, text_of
+
+
+async def test_scores_are_a_softmax_over_the_labels_sorted_highest_first(client: Client) -> None:
+    labels = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
+    result = await client.call_tool("clip_classify", {"image": data_uri(photo("chelsea")), "labels": labels})
+    assert not result.is_error, text_of(result)
+    tool = next(t for t in (await client.list_tools()).tools if t.name == "clip_classify")
+    jsonschema.validate(result.structured_content, tool.output_schema)
+    out = result.structured_content
+    scores = [entry["score"] for entry in out["labels"]]
+    assert sorted(entry["label"] for entry in out["labels"]) == sorted(labels)
+    assert scores == sorted(scores, reverse=True)
+    assert math.isclose(sum(scores), 1.0, abs_tol=1e-4)
+    assert out["top_label"] == out["labels"][0]["label"]
+    assert out["model"] == "tiny-clip" and out["image"]["uri"].startswith("image://")
+
+
+async def test_scores_equal_clip_logits_computed_directly_with_transformers(
+    client: Client, config: Config
+) -> None:
+    image = photo("coffee")
+    labels = ["coffee", "a cat", "a rocket"]
+    out = await call_ok(
+        client, "clip_classify", {"image": data_uri(image), "labels": labels, "template": "a photo of {}"}
+    )
+    assert out["template"] == "a photo of {}"
+    path = config.server.tiny_dir / "clip"
+    model, processor = CLIPModel.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    texts = [f"a photo of {label}" for label in labels]
+    inputs = processor(text=texts, images=[image], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        expected = model(**inputs).logits_per_image[0].softmax(-1).tolist()
+    got = {entry["label"]: entry["score"] for entry in out["labels"]}
+    for label, probability in zip(labels, expected, strict=True):
+        assert math.isclose(got[label], probability, abs_tol=1e-5)
+
+
+async def test_the_template_changes_the_text_the_labels_are_scored_as(client: Client) -> None:
+    image = data_uri(photo("astronaut"))
+    plain = await call_ok(client, "clip_classify", {"image": image, "labels": ["rocket", "garden"]})
+    templated = await call_ok(
+        client,
+        "clip_classify",
+        {"image": image, "labels": ["rocket", "garden"], "template": "a drawing of a {}"},
+    )
+    assert plain["labels"] != templated["labels"]
+
+
+async def test_a_repeated_image_is_stored_once(client: Client) -> None:
+    image = data_uri(photo("astronaut"))
+    first = await call_ok(client, "clip_classify", {"image": image, "labels": ["a", "b"]})
+    second = await call_ok(client, "clip_classify", {"image": image, "labels": ["c", "d"]})
+    assert first["image"]["id"] == second["image"]["id"]
+    by_id = await call_ok(client, "clip_classify", {"image": first["image"]["uri"], "labels": ["a", "b"]})
+    assert by_id["labels"] == first["labels"]
+
+
+async def test_bad_labels_and_templates_are_rejected_with_the_rule(client: Client) -> None:
+    image = data_uri(photo("astronaut", 32))
+    assert "labels" in await call_error(client, "clip_classify", {"image": image, "labels": []})
+    assert "at least 2" in await call_error(client, "clip_classify", {"image": image, "labels": ["only"]})
+    assert "distinct" in await call_error(
+        client, "clip_classify", {"image": image, "labels": ["a", "b", "a"]}
+    )
+    message = await call_error(
+        client, "clip_classify", {"image": image, "labels": ["a", "b"], "template": "x"}
+    )
+    assert "'{}' exactly once" in message
+    message = await call_error(
+        client, "clip_classify", {"image": image, "labels": [f"l{i}" for i in range(65)]}
+    )
+    assert "limit of 64" in message
+    await call_ok(client, "clip_classify", {"image": image, "labels": ["a", "b"]})

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import torch
+from mcp import Client
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from multimodal_mcp.config import Config
+
+from helpers import call_error, call_ok, data_uri, photo, text_of
+
+
+async def test_describe_image_answers_with_the_vlms_greedy_output(client: Client, config: Config) -> None:
+    image = photo("chelsea")
+    result = await client.call_tool(
+        "describe_image", {"image": data_uri(image), "prompt": "What animal is this?", "max_tokens": 6}
+    )
+    assert not result.is_error, text_of(result)
+    out = result.structured_content
+    assert out["model"] == "tiny-vlm" and out["prompt"] == "What animal is this?"
+    assert 1 <= out["tokens"] <= 6
+
+    path = config.server.tiny_dir / "vlm"
+    model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What animal is this?"}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert out["text"] == expected
+    assert expected in text_of(result)
+
+
+async def test_describe_image_uses_a_default_prompt_and_the_models_default_length(client: Client) -> None:
+    out = await call_ok(client, "describe_image", {"image": data_uri(photo("coffee", 64))})
+    assert out["prompt"] == "Describe this image in detail."
+    assert out["tokens"] <= 16  # tiny-vlm's configured max_tokens
+
+
+async def test_describe_image_rejects_too_many_tokens_and_wrong_models(client: Client) -> None:
+    image = data_uri(photo("coffee", 32))
+    assert "limit of 1024" in await call_error(client, "describe_image", {"image": image, "max_tokens": 5000})
+    assert "needs a vlm model" in await call_error(
+        client, "describe_image", {"image": image, "model": "tiny-clip"}
+    )

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from mcp import Client
+
+from helpers import call_ok
+
+
+async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Client) -> None:
+    before = await call_ok(client, "list_models", {})
+    models = {m["name"]: m for m in before["models"]}
+    assert before["profile"] == "tiny" and before["device"] == "cpu"
+    assert set(models) == {
+        "tiny-sd15",
+        "tiny-sdxl",
+        "tiny-flux",
+        "tiny-controlnet-canny",
+        "tiny-clip",
+        "tiny-vlm",
+    }
+    assert models["tiny-sd15"]["default_for"] == ["text_to_image", "controlled"]
+    assert models["tiny-flux"]["schedulers"][0] == "flow_euler"
+    assert models["tiny-controlnet-canny"]["base_models"] == ["tiny-sd15"]
+    assert not any(m["loaded"] for m in before["models"])
+
+    await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+    after = {m["name"]: m for m in (await call_ok(client, "list_models", {}))["models"]}
+    assert after["tiny-sd15"]["loaded"] and after["tiny-sd15"]["device"] == "cpu"
+    assert after["tiny-sd15"]["memory_bytes"] > 0
+    assert not after["tiny-clip"]["loaded"]
