@@ -204,7 +204,7 @@ def load_text_to_image(name: str, spec: ModelSpec, ctx: LoadContext) -> Diffusio
     dtype = pick_dtype(spec.dtype, ctx.device, model=name)
     source = resolve_source(spec.source, ctx.tiny_dir)
     quiet_progress_bars()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if spec.variant:
         kwargs["variant"] = spec.variant
     try:
@@ -222,7 +222,7 @@ def load_controlnet(name: str, spec: ModelSpec, ctx: LoadContext) -> ControlNetW
     dtype = pick_dtype(spec.dtype, ctx.device, model=name)
     source = resolve_source(spec.source, ctx.tiny_dir)
     quiet_progress_bars()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if spec.variant:
         kwargs["variant"] = spec.variant
     try:

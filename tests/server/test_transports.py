@@ -1,15 +1,17 @@
-"""The server as users run it: a subprocess speaking MCP over stdio."""
+"""The server as users run it: a subprocess speaking MCP over stdio or streamable HTTP."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import socket
 import sys
 from pathlib import Path
 
+import anyio
 from mcp import Client, StdioServerParameters
 
-from helpers import call_ok, open_png, read_png
+from helpers import call_ok, open_png, read_png, text_of
 
 
 async def test_a_stdio_subprocess_serves_every_tool_and_writes_only_json_rpc_to_stdout(
@@ -38,3 +40,38 @@ async def test_a_stdio_subprocess_serves_every_tool_and_writes_only_json_rpc_to_
     assert len(lines) >= 8
     for line in lines:
         assert json.loads(line)["jsonrpc"] == "2.0", line[:200]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_http_transport_serves_tools_and_refuses_file_paths_by_default(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'profile = "tiny"\n[server]\nstore_dir = "{tmp_path / "store"}"\ntiny_dir = "{tiny_dir}"\n'
+    )
+    port = _free_port()
+    command = [sys.executable, "-m", "multimodal_mcp", "serve", "--transport", "http", "--port", str(port)]
+    process = await anyio.open_process([*command, "--config", str(config)], stdout=None, stderr=None)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    await anyio.sleep(0.2)
+        async with Client(url) as client:
+            made = await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+            assert open_png(await read_png(client, made["images"][0]["uri"])).size == (64, 64)
+            result = await client.call_tool("clip_classify", {"image": str(config), "labels": ["a", "b"]})
+            assert result.is_error and "reading files is disabled" in text_of(result)
+    finally:
+        process.terminate()
+        await process.wait()
