@@ -15,6 +15,8 @@ from multimodal_mcp.config import Config, load_config
 from multimodal_mcp.server.app import MultimodalServer, build_server, create_services
 from multimodal_mcp.tools.common import Services
 
+from helpers import cpu_only
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -50,7 +52,7 @@ def config(tmp_path: Path, tiny_dir: Path, allowed_root: Path) -> Config:
 
 @pytest.fixture
 def services(config: Config) -> Services:
-    return create_services(config, device="cpu")
+    return create_services(config, devices=cpu_only())
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from mcp.types import BlobResourceContents, CallToolResult, TextContent
 from PIL import Image
 from skimage import data as skdata
 
+from multimodal_mcp.pool.devices import Device, GiB
+
 
 def photo(name: str = "astronaut", size: int | None = 128) -> Image.Image:
     """A public-domain test photo from scikit-image, optionally downscaled to ``size`` px square."""
@@ -58,3 +60,13 @@ def open_png(data: bytes) -> Image.Image:
     assert img.format == "PNG"
     img.load()
     return img
+
+
+def cpu_only(budget_gib: float = 8) -> list[Device]:
+    """The CPU as the only device, with a fixed budget (tests must not depend on the machine's RAM)."""
+    return [Device("cpu", "cpu", "cpu", int(budget_gib * GiB), int(budget_gib * GiB))]
+
+
+def fake_gpu(name: str = "fake-gpu:0", budget_bytes: int = 10 * 1024 * 1024) -> Device:
+    """A pretend GPU whose tensors live in CPU memory: exercises placement and offloading on any machine."""
+    return Device(name, "cpu", "gpu", budget_bytes, budget_bytes)

@@ -56,6 +56,9 @@ class ModelSpec(_Frozen):
     backend: Backend
     source: str = Field(description="Hub id, local directory, or 'tiny:<name>' for a built-in tiny model.")
     dtype: DType = "auto"
+    device: str | None = Field(
+        default=None, description="Pin to a device ('cpu', 'cuda:1'); default: any with room."
+    )
     variant: str | None = None
     description: str = ""
     defaults: ModelDefaults = ModelDefaults()
@@ -96,6 +99,43 @@ class Limits(_Frozen):
     max_tokens: int = Field(default=1024, ge=1)
 
 
+class PoolSettings(_Frozen):
+    """How the model pool places, keeps, batches and queues work."""
+
+    gpu_headroom_gib: float = Field(
+        default=1.5, ge=0, description="GPU memory kept free for activations, per GPU (GiB)."
+    )
+    cpu_budget_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="RAM for models on or offloaded to the CPU (GiB); default: half of RAM.",
+    )
+    keep_alive_seconds: float | None = Field(
+        default=900, gt=0, description="Unload a model idle this long; null keeps models until evicted."
+    )
+    preload: tuple[str, ...] = Field(default=(), description="Models loaded in the background at startup.")
+    max_queue: int = Field(default=32, ge=0, description="Waiting calls per device before 'busy' errors.")
+    placement_wait_seconds: float = Field(
+        default=30, ge=0, description="How long a load waits for models in use to free memory before 'busy'."
+    )
+    clip_max_batch: int = Field(
+        default=32, ge=1, le=1024, description="Most images in one CLIP forward pass."
+    )
+    clip_batch_wait_ms: float = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="How long the first CLIP request waits for others to batch with.",
+    )
+    text_cache_size: int = Field(default=4096, ge=0, description="CLIP label embeddings kept per model.")
+    job_wait_seconds: float = Field(
+        default=50,
+        gt=0,
+        description="A call running longer returns a job handle (get_job) instead of waiting.",
+    )
+    job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -111,6 +151,7 @@ class ServerSettings(_Frozen):
         description="Budget for one tool result's inline previews (base64 included).",
     )
     limits: Limits = Limits()
+    pool: PoolSettings = PoolSettings()
 
 
 class Config(_Frozen):
@@ -142,6 +183,9 @@ class Config(_Frozen):
                     f"defaults.{task} names {name!r}, whose task is {spec.task!r}, "
                     f"not {_DEFAULT_TASK[task]!r}"
                 )
+        for name in self.server.pool.preload:
+            if name not in self.models:
+                raise ValueError(f"server.pool.preload names {name!r}, which is not a configured model")
         for name, spec in self.models.items():
             for base in spec.base_models:
                 if base not in self.models or self.models[base].task != "text_to_image":

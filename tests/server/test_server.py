@@ -8,7 +8,7 @@ from mcp import Client, MCPError
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import build_server, create_services
 
-from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+from helpers import call_error, call_ok, cpu_only, data_uri, open_png, photo, read_png
 
 
 async def test_the_server_lists_six_tools_with_output_schemas_and_honest_annotations(client: Client) -> None:
@@ -48,11 +48,11 @@ async def test_reading_an_unknown_or_malformed_image_resource_is_an_error(client
 
 
 async def test_image_ids_survive_a_server_restart_on_the_same_store(config: Config) -> None:
-    async with Client(build_server(config, create_services(config, "cpu"))) as first:
+    async with Client(build_server(config, create_services(config, cpu_only()))) as first:
         made = await call_ok(first, "generate_image", {"prompt": "a bridge", "seed": 8})
         uri = made["images"][0]["uri"]
         png = await read_png(first, uri)
-    async with Client(build_server(config, create_services(config, "cpu"))) as second:
+    async with Client(build_server(config, create_services(config, cpu_only()))) as second:
         assert await read_png(second, uri) == png
         out = await call_ok(second, "compare_images", {"image_a": uri, "image_b": uri})
         assert out["ssim"] == 1.0
@@ -61,7 +61,8 @@ async def test_image_ids_survive_a_server_restart_on_the_same_store(config: Conf
 async def test_an_unexpected_failure_is_reported_without_internals(
     client: Client, services, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    model = await services.pool.get("tiny-sd15")
+    async with services.pool.use("tiny-sd15") as model:
+        pass
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret path /home/user/.cache/key=sk-123")

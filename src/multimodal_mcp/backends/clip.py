@@ -27,6 +27,34 @@ class ClipModel:
     def memory_bytes(self) -> int:
         return self._bytes
 
+    def move_to(self, device: str) -> None:
+        self.model.to(device)
+        self.device = device
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings of a batch, shape (n, dim), float32 on the CPU."""
+        return self.image_embeddings(images)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings of a batch, shape (n, dim), float32 on the CPU."""
+        import torch
+
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(
+            self.device
+        )
+        with torch.inference_mode():
+            features = self.model.get_text_features(**inputs)
+        if not isinstance(features, torch.Tensor):
+            features = features.pooler_output
+        features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+
+    def logit_parameters(self) -> tuple[float, float]:
+        """(scale, bias) that turn cosine similarities into the model's logits."""
+        scale = float(self.model.logit_scale.detach().exp())
+        bias = getattr(self.model, "logit_bias", None)
+        return scale, float(bias.detach()) if bias is not None else 0.0
+
     def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
         """Softmax over the model's scaled image-text logits, one probability per text."""
         import torch

@@ -29,6 +29,13 @@ def pick_device(setting: Device) -> str:
     return setting
 
 
+def dtype_itemsize(requested: DType, device: str) -> int:
+    """Bytes per floating-point weight once loaded with ``pick_dtype`` (no torch import)."""
+    if device == "cpu" or requested == "float32":
+        return 4
+    return 2
+
+
 def pick_dtype(requested: DType, device: str, *, model: str) -> Any:
     """float32 on CPU; the configured half precision (default float16) on a GPU."""
     import torch

@@ -88,6 +88,11 @@ class DiffusionModel:
     def memory_bytes(self) -> int:
         return self._bytes
 
+    def move_to(self, device: str) -> None:
+        """Move the weights (the pool offloads idle GPU models to CPU RAM and back)."""
+        self.pipe.to(device)
+        self.device = device
+
     @property
     def schedulers(self) -> list[str]:
         return list(choices_for(self.flow_matching))
@@ -196,6 +201,10 @@ class ControlNetWeights:
 
     def memory_bytes(self) -> int:
         return self._bytes
+
+    def move_to(self, device: str) -> None:
+        self.model.to(device)
+        self.device = device
 
 
 def load_text_to_image(name: str, spec: ModelSpec, ctx: LoadContext) -> DiffusionModel:

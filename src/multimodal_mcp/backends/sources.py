@@ -20,6 +20,20 @@ def resolve_source(source: str, tiny_dir: Path) -> str:
     return str(ensure_tiny_models(tiny_dir) / TINY_MODEL_DIRS[key])
 
 
+def local_path(source: str, tiny_dir: Path) -> str | None:
+    """The local directory holding ``source``'s weights, if they are on this machine (no download)."""
+    if source.startswith(TINY_SOURCE_PREFIX):
+        return resolve_source(source, tiny_dir)
+    if Path(source).is_dir():
+        return source
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(source, local_files_only=True))
+    except Exception:  # not in the local hub cache (or not a hub id): size unknown until loaded
+        return None
+
+
 def load_error(name: str, spec: ModelSpec, exc: Exception) -> BackendError:
     """A curated load failure: names the model and its source, not a traceback."""
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -26,6 +26,10 @@ class VisionLanguageModel:
     def memory_bytes(self) -> int:
         return self._bytes
 
+    def move_to(self, device: str) -> None:
+        self.model.to(device)
+        self.device = device
+
     def _prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         if getattr(self.processor, "chat_template", None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +27,8 @@ from multimodal_mcp.errors import MultimodalError, NotFound
 from multimodal_mcp.imaging.codec import encode_preview
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import ImageStore, validate_id
-from multimodal_mcp.pool import ModelPool
+from multimodal_mcp.pool import Device, ModelPool, discover_devices
+from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, in_thread
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
@@ -207,19 +209,28 @@ def _register(
     )
 
 
-def create_services(config: Config, device: str | None = None) -> Services:
-    """Everything the tools share. Creates the store directory; loads no model."""
-    if device is None:
-        from multimodal_mcp.backends.devices import pick_device
+def create_services(config: Config, devices: list[Device] | None = None) -> Services:
+    """Everything the tools share. Creates the store directory; loads no model.
 
-        device = pick_device(config.server.device)
+    ``devices`` defaults to what is discovered (GPUs, then the CPU); tests pass their own.
+    """
+    if devices is None:
+        pool_settings = config.server.pool
+        cpu_budget = pool_settings.cpu_budget_gib
+        devices = discover_devices(
+            config.server.device,
+            gpu_headroom_bytes=int(pool_settings.gpu_headroom_gib * GiB),
+            cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
+        )
     store = ImageStore(config.server.store_dir)
     resolver = ImageResolver(store, config.server.allowed_roots, config.server.limits)
-    return Services(config=config, store=store, resolver=resolver, pool=ModelPool(config, device))
+    return Services(config=config, store=store, resolver=resolver, pool=ModelPool(config, devices))
 
 
 def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests)."""
+
+    running: list[Services] = []  # the lifespan's services, for resources that get no request context
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
@@ -227,13 +238,18 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             services if services is not None else await anyio.to_thread.run_sync(create_services, config)
         )
         logger.info(
-            "multimodal-mcp %s: profile %s, store %s, device %s",
+            "multimodal-mcp %s: profile %s, store %s, devices %s",
             __version__,
             config.profile,
             config.server.store_dir,
-            created.pool.device,
+            ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in created.pool.devices),
         )
-        yield created
+        async with created.pool.running():
+            running.append(created)
+            try:
+                yield created
+            finally:
+                running.remove(created)
 
     server = MultimodalServer(
         name="multimodal-mcp",
@@ -301,5 +317,17 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             return await in_thread(services_of(ctx).store.read_png, image_id)
         except NotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None
+
+    @server.resource(
+        "pool://status",
+        name="pool-status",
+        title="Model pool status",
+        description="Devices with budgets and use; models with location, size and queue; hit/miss counts.",
+        mime_type="application/json",
+    )
+    async def pool_status() -> str:
+        if not running:
+            raise ResourceNotFoundError("the server is not running")
+        return json.dumps(running[-1].pool.status(), indent=1)
 
     return server

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
@@ -96,12 +95,9 @@ async def clip_classify(
     texts = [template.format(label) if template else label for label in params.labels]
     source = await resolve_image(services, params.image, "image")
 
-    # 2. Score
-    model = await clock.load_model(services, name)
-    t = time.perf_counter()
-    image = source.image.convert("RGB")
-    scores = await services.pool.run_sync(model.device, lambda: model.classify(image, texts))
-    clock.inference = time.perf_counter() - t
+    # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
+    async with clock.infer():
+        scores = await services.pool.clip(name).classify(source.image.convert("RGB"), texts)
 
     # 3. Rank
     ranked = sorted(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +24,7 @@ from multimodal_mcp.pool import ModelPool
 
 T = TypeVar("T")
 
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 """Reports progress to the caller: (progress, total, message)."""
 
 MAX_IMAGE_ARG_CHARS = 48_000_000
@@ -121,18 +122,28 @@ async def resolve_image(services: Services, value: str, argument: str) -> Resolv
 
 
 class Clock:
-    """Splits a call's wall time into model loading, inference and the rest."""
+    """Splits a call's wall time into model loading (and placement), inference and the rest."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.load = 0.0
         self.inference = 0.0
 
-    async def load_model(self, services: Services, name: str) -> Any:
+    @asynccontextmanager
+    async def use(self, services: Services, name: str, *, near: Any = None) -> AsyncIterator[Any]:
+        """Hold a pool model for the block, counting the time to get it as load time."""
         t = time.perf_counter()
-        model = await services.pool.get(name)
-        self.load += time.perf_counter() - t
-        return model
+        async with services.pool.use(name, near=near) as model:
+            self.load += time.perf_counter() - t
+            yield model
+
+    @asynccontextmanager
+    async def infer(self) -> AsyncIterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.inference += time.perf_counter() - t
 
     def timings(self) -> Timings:
         return Timings(

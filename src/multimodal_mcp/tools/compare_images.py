@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from PIL import Image
@@ -128,23 +127,21 @@ async def compare_images(
 
     comparison, resized, diff_ref = await in_thread(analyse)
 
-    # 3. Semantic similarity
-    clip = await clock.load_model(services, clip_name)
+    # 3. Semantic similarity (both embeddings in one batched CLIP pass)
     rgb_a, rgb_b = a.image.convert("RGB"), b.image.convert("RGB")
-    t = time.perf_counter()
-    embeddings = await services.pool.run_sync(clip.device, lambda: clip.image_embeddings([rgb_a, rgb_b]))
-    clip_similarity = float(embeddings[0] @ embeddings[1])
+    async with clock.infer():
+        emb_a, emb_b = await services.pool.clip(clip_name).embed_many([rgb_a, rgb_b])
+    clip_similarity = float(emb_a @ emb_b)
 
     # 4. Narrative
     narrative = None
     if vlm_name is not None:
-        vlm = await clock.load_model(services, vlm_name)
         pair = side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)
         max_tokens = services.config.models[vlm_name].defaults.max_tokens or 256
-        narrative, _ = await services.pool.run_sync(
-            vlm.device, lambda: vlm.answer(pair, NARRATIVE_PROMPT, max_tokens)
-        )
-    clock.inference = time.perf_counter() - t - clock.load
+        async with clock.use(services, vlm_name) as vlm, clock.infer():
+            narrative, _ = await services.pool.run(
+                vlm, lambda m, _step, _cancel: m.answer(pair, NARRATIVE_PROMPT, max_tokens), progress=progress
+            )
 
     return CompareImagesResult(
         ssim=round(comparison.ssim, 6),

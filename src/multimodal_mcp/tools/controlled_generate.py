@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -33,8 +32,8 @@ from multimodal_mcp.tools.generate_image import (
     Seed,
     Side,
     Steps,
+    _denoise,
     resolve_parameters,
-    step_progress,
     store_generated,
 )
 
@@ -218,30 +217,28 @@ async def controlled_generate(
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
 
-    # 3. Load the base pipeline and the ControlNet (the base weights are shared with generate_image)
-    model = await clock.load_model(services, name)
-    controlnet = await clock.load_model(services, controlnet_name)
-    request = GenerationRequest(
-        prompt=parameters.prompt,
-        negative_prompt=parameters.negative_prompt,
-        width=parameters.width,
-        height=parameters.height,
-        steps=parameters.steps,
-        guidance_scale=parameters.guidance_scale,
-        scheduler=parameters.scheduler,
-        seeds=seeds,
-        controls=(ControlInput(controlnet.model, control_map, params.conditioning_scale),),
-    )
-    model.check(request)
+    # 3. Hold the base pipeline and its ControlNet on one device (the base weights are the ones
+    #    generate_image uses: loaded once)
+    async with (
+        clock.use(services, name) as model,
+        clock.use(services, controlnet_name, near=model) as controlnet,
+    ):
+        request = GenerationRequest(
+            prompt=parameters.prompt,
+            negative_prompt=parameters.negative_prompt,
+            width=parameters.width,
+            height=parameters.height,
+            steps=parameters.steps,
+            guidance_scale=parameters.guidance_scale,
+            scheduler=parameters.scheduler,
+            seeds=seeds,
+            controls=(ControlInput(controlnet.model, control_map, params.conditioning_scale),),
+        )
+        model.check(request)
 
-    # 4. Denoise
-    t = time.perf_counter()
-    images = await services.pool.run(
-        model.device,
-        lambda on_step, cancel: model.generate(request, on_step, cancel),
-        progress=step_progress(progress, name),
-    )
-    clock.inference = time.perf_counter() - t
+        # 4. Denoise
+        async with clock.infer():
+            images = await services.pool.run(model, _denoise(request), progress=progress)
 
     # 5. Store with the ids of every input
     refs = await store_generated(

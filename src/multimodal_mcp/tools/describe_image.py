@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from pydantic import Field
@@ -77,11 +76,11 @@ async def describe_image(
     source = await resolve_image(services, params.image, "image")
 
     # 2. Generate
-    model = await clock.load_model(services, name)
     image = source.image.convert("RGB")
-    t = time.perf_counter()
-    text, tokens = await services.pool.run_sync(model.device, lambda: model.answer(image, prompt, max_tokens))
-    clock.inference = time.perf_counter() - t
+    async with clock.use(services, name) as model, clock.infer():
+        text, tokens = await services.pool.run(
+            model, lambda m, _step, _cancel: m.answer(image, prompt, max_tokens), progress=progress
+        )
     return DescribeImageResult(
         text=text,
         model=name,

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from PIL import Image
 from pydantic import Field
 
-from multimodal_mcp.backends.base import GenerationRequest
+from multimodal_mcp.backends.base import CancelToken, GenerationRequest, StepCallback
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import ModelSpec
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.imaging.store import ImageRecord
-from multimodal_mcp.pool import ProgressFn
 from multimodal_mcp.tools.common import (
     Clock,
     ImageRef,
@@ -210,15 +209,11 @@ async def store_generated(
     ]
 
 
-def step_progress(progress: Progress | None, label: str) -> ProgressFn | None:
-    """Adapts the tool's progress reporter to the pool's per-step callback."""
-    if progress is None:
-        return None
+def _denoise(request: GenerationRequest) -> Callable[[Any, StepCallback, CancelToken], list[Image.Image]]:
+    def work(model: Any, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
+        return list(model.generate(request, on_step, cancel))
 
-    async def report(step: int, total: int) -> None:
-        await progress(step, total, f"{label}: step {step}/{total}")
-
-    return report
+    return work
 
 
 async def generate_image(
@@ -250,8 +245,6 @@ async def generate_image(
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
-    # 2. Load the model and check what only the model knows (size multiples, sampler family)
-    model = await clock.load_model(services, name)
     request = GenerationRequest(
         prompt=parameters.prompt,
         negative_prompt=parameters.negative_prompt,
@@ -262,16 +255,14 @@ async def generate_image(
         scheduler=parameters.scheduler,
         seeds=seeds,
     )
-    model.check(request)
 
-    # 3. Denoise on the model's worker thread
-    t = time.perf_counter()
-    images = await services.pool.run(
-        model.device,
-        lambda on_step, cancel: model.generate(request, on_step, cancel),
-        progress=step_progress(progress, name),
-    )
-    clock.inference = time.perf_counter() - t
+    # 2. Get the model, check what only the model knows (size multiples, sampler family)
+    async with clock.use(services, name) as model:
+        model.check(request)
+
+        # 3. Denoise on the model's device lane (queued in order, cancellable between steps)
+        async with clock.infer():
+            images = await services.pool.run(model, _denoise(request), progress=progress)
 
     # 4. Store and describe
     refs = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)

@@ -1,4 +1,4 @@
-"""list_models: what models this server has, what they do, and whether they are loaded."""
+"""list_models: what models this server has, what they do, where they are and how busy."""
 
 from __future__ import annotations
 
@@ -21,8 +21,16 @@ class ModelInfo(BaseModel):
     description: str
     default_for: list[str] = Field(description="Tools' model choices this model is the default for.")
     loaded: bool
-    device: str | None
-    memory_bytes: int | None = Field(description="Weights in memory, when loaded.")
+    location: str | None = Field(
+        description="Where the weights are now (e.g. cuda:0, cpu when offloaded); null if not loaded."
+    )
+    device: str | None = Field(description="Where the model runs; null if not loaded.")
+    memory_bytes: int | None = Field(
+        description="Weights in memory (the larger of estimate and measurement)."
+    )
+    in_use: int = Field(description="Calls holding the model now.")
+    queue_depth: int = Field(description="Calls waiting for its device.")
+    last_used_seconds_ago: float | None
     defaults: ModelDefaults
     schedulers: list[str] | None = Field(description="Samplers this model accepts (text_to_image models).")
     control_type: str | None = None
@@ -31,14 +39,15 @@ class ModelInfo(BaseModel):
 
 class ListModelsResult(Result):
     models: list[ModelInfo]
-    device: str = Field(description="Where local models run.")
+    device: str = Field(description="The preferred device (first GPU, else cpu).")
+    devices: list[str] = Field(description="Every device models may use, GPUs first.")
     profile: str
 
     def summary(self) -> str:
-        lines = [f"Profile {self.profile}, models run on {self.device}:"]
+        lines = [f"Profile {self.profile}; devices: {', '.join(self.devices)}."]
         for m in self.models:
             default = f" (default for {', '.join(m.default_for)})" if m.default_for else ""
-            state = "loaded" if m.loaded else "not loaded"
+            state = f"on {m.location}" if m.loaded else "not loaded"
             lines.append(f"- {m.name}: {m.task}, {m.source}, {state}{default}")
         return "\n".join(lines)
 
@@ -46,13 +55,15 @@ class ListModelsResult(Result):
 async def list_models(
     params: ListModelsParams, services: Services, progress: Progress | None = None
 ) -> ListModelsResult:
-    """List the configured models: task, backend, source, defaults, and whether each is loaded.
+    """List the configured models: task, source, defaults, and where each is loaded (device, size,
+    queue).
 
     Pass a name from here as the model argument of another tool to use a model other than the
     default.
     """
     config = services.config
     states = {s.name: s for s in services.pool.states()}
+    now = services.pool.now()
     models = []
     for name, spec in config.models.items():
         state = states[name]
@@ -66,12 +77,23 @@ async def list_models(
                 description=spec.description,
                 default_for=[key for key, value in config.defaults.items() if value == name],
                 loaded=state.loaded,
+                location=state.location,
                 device=state.device,
                 memory_bytes=state.memory_bytes,
+                in_use=state.in_use,
+                queue_depth=state.queue_depth,
+                last_used_seconds_ago=round(now - state.last_used, 1)
+                if state.last_used is not None
+                else None,
                 defaults=spec.defaults,
                 schedulers=list(choices_for(flow)) if spec.task == "text_to_image" else None,
                 control_type=spec.control_type,
                 base_models=list(spec.base_models) or None,
             )
         )
-    return ListModelsResult(models=models, device=services.pool.device, profile=config.profile)
+    return ListModelsResult(
+        models=models,
+        device=services.pool.device,
+        devices=[d.name for d in services.pool.devices],
+        profile=config.profile,
+    )

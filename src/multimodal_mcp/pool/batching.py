@@ -1,0 +1,160 @@
+"""Batching for CLIP: concurrent classifications and embeddings share one forward pass, and label
+embeddings are cached so a repeated label set skips the text encoder."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+from PIL import Image
+
+from multimodal_mcp.pool.core import ModelPool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    image: Image.Image
+    texts: list[str] | None  # None: embedding only
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class ClipBatcher:
+    """Collects CLIP requests for up to ``wait_s`` (or ``max_batch`` images) and runs them together.
+
+    Declared as data: ``max_batch`` and ``wait_s``. Runs in the pool's task group.
+    """
+
+    def __init__(self, pool: ModelPool, name: str, *, max_batch: int, wait_s: float, cache_size: int) -> None:
+        self.pool = pool
+        self.name = name
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.cache_size = cache_size
+        self._pending: list[_Request] = []
+        self._arrived = anyio.Event()
+        self._full = anyio.Event()
+        self._running = False
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.batches = 0
+        self.requests = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "mean_batch": round(self.requests / self.batches, 2) if self.batches else None,
+            "label_cache_hits": self.cache_hits,
+            "label_cache_misses": self.cache_misses,
+            "label_cache_size": len(self._cache),
+        }
+
+    async def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
+        """Softmax over the model's logits for ``texts``, one probability each."""
+        return list(await self._submit(_Request(image, texts)))
+
+    async def embed(self, image: Image.Image) -> np.ndarray:
+        """The image's L2-normalised embedding."""
+        return np.asarray(await self._submit(_Request(image, None)))
+
+    async def embed_many(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Embeddings of several images, submitted together so they share a batch."""
+        results: list[np.ndarray] = [np.empty(0)] * len(images)
+
+        async def one(index: int, image: Image.Image) -> None:
+            results[index] = await self.embed(image)
+
+        async with anyio.create_task_group() as tg:
+            for index, image in enumerate(images):
+                tg.start_soon(one, index, image)
+        return results
+
+    async def _submit(self, request: _Request) -> Any:
+        self._pending.append(request)
+        if len(self._pending) >= self.max_batch:
+            self._full.set()
+        if not self._running:
+            self._running = True
+            self.pool.start_background(self._drain)
+        self._arrived.set()
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                if len(self._pending) < self.max_batch and self.wait_s > 0:
+                    with anyio.move_on_after(self.wait_s):
+                        await self._full.wait()
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                self._full = anyio.Event()
+                if len(self._pending) >= self.max_batch:
+                    self._full.set()
+                await self._run(batch)
+        finally:
+            self._running = False
+
+    async def _run(self, batch: list[_Request]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            async with self.pool.use(self.name) as model:
+                wanted = list(dict.fromkeys(t for r in batch if r.texts for t in r.texts))
+                known = {t: self._cache[t] for t in wanted if t in self._cache}
+                missing = [t for t in wanted if t not in known]
+                self.cache_hits += len(known)
+                self.cache_misses += len(missing)
+                images = [r.image for r in batch]
+                compute: Callable[..., tuple[np.ndarray, np.ndarray | None, tuple[float, float]]] = _compute
+                image_emb, text_emb, (scale, bias) = await self.pool.run(
+                    model, lambda m, _step, _cancel: compute(m, images, missing)
+                )
+            if text_emb is not None:
+                for text, emb in zip(missing, text_emb, strict=True):
+                    self._remember(text, emb)
+            if text_emb is not None:
+                known.update(zip(missing, text_emb, strict=True))
+            for request, emb in zip(batch, image_emb, strict=True):
+                if request.texts is None:
+                    request.result = emb
+                else:
+                    texts = np.stack([known[t] for t in request.texts])
+                    logits = scale * (texts @ emb) + bias
+                    exp = np.exp(logits - logits.max())
+                    request.result = (exp / exp.sum()).tolist()
+        except BaseException as exc:
+            for request in batch:
+                request.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for request in batch:
+                request.done.set()
+
+    def _remember(self, text: str, embedding: np.ndarray) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[text] = embedding
+        self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+def _compute(
+    model: Any, images: list[Image.Image], texts: list[str]
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
+    image_emb = model.encode_images(images)
+    text_emb = model.encode_texts(texts) if texts else None
+    return image_emb, text_emb, model.logit_parameters()
