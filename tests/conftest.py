@@ -5,17 +5,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import torch
 from mcp import Client
 
 from multimodal_mcp.backends.tiny import ensure_tiny_models
-from multimodal_mcp.config import Config, load_config
+from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import MultimodalServer, build_server, create_services
 from multimodal_mcp.tools.common import Services
 
-from helpers import cpu_only
+from helpers import cpu_only, make_config
+
+
+# Tests assert behaviour, not speed: one intra-op thread keeps torch from thrashing when the two
+# cores are shared (with a subprocess server, or another job on the machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -33,16 +38,6 @@ def allowed_root(tmp_path: Path) -> Path:
     root = tmp_path / "allowed"
     root.mkdir()
     return root
-
-
-def make_config(tmp_path: Path, tiny_dir: Path, allowed_root: Path, **server: Any) -> Config:
-    return load_config(
-        profile="tiny",
-        cache_dir=tmp_path / "cache",
-        home=tmp_path,
-        default_allowed_roots=[allowed_root],
-        overrides={"store_dir": tmp_path / "store", "tiny_dir": tiny_dir, **server},
-    )
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from mcp.types import BlobResourceContents, CallToolResult, TextContent
 from PIL import Image
 from skimage import data as skdata
 
+from multimodal_mcp.config import Config, load_config
 from multimodal_mcp.pool.devices import Device, GiB
 
 
@@ -70,3 +72,14 @@ def cpu_only(budget_gib: float = 8) -> list[Device]:
 def fake_gpu(name: str = "fake-gpu:0", budget_bytes: int = 10 * 1024 * 1024) -> Device:
     """A pretend GPU whose tensors live in CPU memory: exercises placement and offloading on any machine."""
     return Device(name, "cpu", "gpu", budget_bytes, budget_bytes)
+
+
+def make_config(tmp_path: Path, tiny_dir: Path, allowed_root: Path, **server: Any) -> Config:
+    """The tiny profile with a private store and the session's tiny models."""
+    return load_config(
+        profile="tiny",
+        cache_dir=tmp_path / "cache",
+        home=tmp_path,
+        default_allowed_roots=[allowed_root],
+        overrides={"store_dir": tmp_path / "store", "tiny_dir": tiny_dir, **server},
+    )

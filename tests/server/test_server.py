@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client, MCPError
 
@@ -97,3 +99,64 @@ async def test_models_load_once_however_many_calls_use_them(client: Client, serv
         await call_ok(client, "controlled_generate", {"prompt": "x", "control_image": image, "seed": 1})
     assert services.pool.load_counts["tiny-sd15"] == 1
     assert services.pool.load_counts["tiny-controlnet-canny"] == 1
+
+
+async def test_pool_status_resource_shows_budgets_models_and_counters(client: Client) -> None:
+    await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+    contents = (await client.read_resource("pool://status")).contents
+    status = json.loads(contents[0].text)
+    (device,) = status["devices"]
+    assert device["name"] == "cpu" and device["budget_bytes"] == 8 * 1024**3
+    assert device["used_bytes"] > 0 and device["calls_served"] >= 1
+    models = {m["name"]: m for m in status["models"]}
+    assert models["tiny-sd15"]["loaded"] and models["tiny-sd15"]["location"] == "cpu"
+    assert not models["tiny-vlm"]["loaded"]
+    assert status["counters"]["misses"] >= 1
+
+
+async def test_list_models_shows_location_size_and_queue(client: Client) -> None:
+    await call_ok(client, "clip_classify", {"image": data_uri(photo("coffee", 32)), "labels": ["a", "b"]})
+    models = {m["name"]: m for m in (await call_ok(client, "list_models", {}))["models"]}
+    clip = models["tiny-clip"]
+    assert clip["loaded"] and clip["location"] == "cpu" and clip["device"] == "cpu"
+    assert clip["memory_bytes"] > 0 and clip["queue_depth"] == 0 and clip["in_use"] == 0
+    assert clip["last_used_seconds_ago"] is not None
+
+
+async def test_cancelling_a_generation_through_mcp_stops_it_and_the_next_call_works(
+    client: Client,
+    services,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    async with services.pool.use("tiny-sd15") as model:
+        pass
+    steps_run: list[int] = []
+    original = model.generate
+
+    def counting_generate(request, on_step, cancel):  # type: ignore[no-untyped-def]
+        def count(step: int, total: int) -> None:
+            steps_run.append(step)
+            on_step(step, total)
+
+        return original(request, count, cancel)
+
+    monkeypatch.setattr(model, "generate", counting_generate)
+    first_step = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if progress >= 1:
+            first_step.set()
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: client.call_tool(
+                    "generate_image", {"prompt": "x", "steps": 100, "seed": 1}, progress_callback=on_progress
+                )
+            )
+            with anyio.fail_after(30):
+                await first_step.wait()
+            scope.cancel()
+    assert 1 <= len(steps_run) < 100
+    with anyio.fail_after(30):
+        await call_ok(client, "generate_image", {"prompt": "after", "seed": 1})

@@ -69,15 +69,19 @@ class ClipBatcher:
 
     async def embed_many(self, images: list[Image.Image]) -> list[np.ndarray]:
         """Embeddings of several images, submitted together so they share a batch."""
-        results: list[np.ndarray] = [np.empty(0)] * len(images)
-
-        async def one(index: int, image: Image.Image) -> None:
-            results[index] = await self.embed(image)
-
-        async with anyio.create_task_group() as tg:
-            for index, image in enumerate(images):
-                tg.start_soon(one, index, image)
-        return results
+        requests = [_Request(image, None) for image in images]
+        self._pending.extend(requests)
+        if len(self._pending) >= self.max_batch:
+            self._full.set()
+        if not self._running:
+            self._running = True
+            self.pool.start_background(self._drain)
+        for request in requests:
+            await request.done.wait()
+        for request in requests:
+            if request.error is not None:
+                raise request.error
+        return [np.asarray(r.result) for r in requests]
 
     async def _submit(self, request: _Request) -> Any:
         self._pending.append(request)

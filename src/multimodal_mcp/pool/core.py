@@ -26,9 +26,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
-from multimodal_mcp.backends.base import CancelToken, LoadContext, StepCallback
+from multimodal_mcp.backends.base import Cancelled, CancelToken, LoadContext, StepCallback
 from multimodal_mcp.backends.registry import get_loader
 from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import BackendError, Busy, UnknownModel
@@ -44,7 +45,9 @@ Work = Callable[[Any, StepCallback, CancelToken], T]
 
 
 def _gib(n: int | None) -> str:
-    return "unknown size" if n is None else f"{n / GiB:.2f} GiB"
+    if n is None:
+        return "unknown size"
+    return f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / 1024**2:.1f} MiB"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -231,17 +234,23 @@ class ModelPool:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Start preloading, keep-alive unloading and batchers; stop them on exit."""
-        async with anyio.create_task_group() as tg:
-            self._task_group = tg
-            for name in self._settings.preload:
-                tg.start_soon(self._preload, name)
-            if self._settings.keep_alive_seconds is not None:
-                tg.start_soon(self._keep_alive_loop)
-            try:
-                yield
-            finally:
-                self._task_group = None
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                for name in self._settings.preload:
+                    tg.start_soon(self._preload, name)
+                if self._settings.keep_alive_seconds is not None:
+                    tg.start_soon(self._keep_alive_loop)
+                try:
+                    yield
+                finally:
+                    self._task_group = None
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Background tasks handle their own errors, so a group here wraps the body's exception.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     _task_group: anyio.abc.TaskGroup | None = None
 
@@ -427,6 +436,11 @@ class ModelPool:
         )
         return [*gpus, self.cpu]
 
+    async def estimate(self, name: str, device: Device | None = None) -> int | None:
+        """Bytes model ``name`` would take on ``device`` (default: the preferred one), from its
+        safetensors headers; None when its weights are not on this machine yet."""
+        return await self._estimate(self._entry(name), device or self.devices[0])
+
     async def _estimate(self, entry: _Entry, device: Device) -> int | None:
         from multimodal_mcp.backends.devices import dtype_itemsize
         from multimodal_mcp.backends.sources import local_path
@@ -570,14 +584,21 @@ class ModelPool:
             finally:
                 token.cancel()
 
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_exit)
             try:
                 result = await anyio.to_thread.run_sync(
                     work, model, on_step, token, limiter=lane.limiter, abandon_on_cancel=False
                 )
+            except Exception as exc:  # raised outside the task group, so callers see it unwrapped
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
+        if isinstance(error, Cancelled):
+            await anyio.lowlevel.checkpoint()  # the caller was cancelled: re-raise that, not ours
+        if error is not None:
+            raise error
         return result
 
 

@@ -1,0 +1,222 @@
+"""Shared helpers for the benchmark scripts: machine description, server configs, MCP sessions.
+
+Nothing here is timed; the scripts time what they measure themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Nothing may be downloaded: every model is built locally and loaded from a directory.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE_ENV)
+
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "multimodal-mcp-bench-cache"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(device: str | None = None) -> list[str]:
+    """What ran the benchmark: CPU, cores, GPU and library versions."""
+    import diffusers
+    import torch
+    import transformers
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    lines = [
+        f"machine:      {platform.node() or '?'} ({platform.system()} {platform.machine()})",
+        f"cpu:          {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), "
+        f"torch threads {torch.get_num_threads()}",
+    ]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        lines.append(f"gpu:          {names} (CUDA {torch.version.cuda})")
+    else:
+        lines.append("gpu:          none")
+    if device is not None:
+        lines.append(f"device used:  {device}")
+    lines.append(
+        f"versions:     python {platform.python_version()}, torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
+        f"mcp {_version('mcp')}, multimodal-mcp {_version('multimodal-mcp')}"
+    )
+    return lines
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def print_header(title: str, device: str | None = None) -> None:
+    print(f"== {title} ==")
+    for line in machine_lines(device):
+        print(line)
+    print()
+
+
+# --- model cache ---------------------------------------------------------------------------------
+
+BUILT_MARKER = "BENCH_BUILD_OK.json"
+
+
+def cached_build(target: Path, build: Callable[[Path], dict[str, Any]], *, label: str) -> tuple[Path, bool]:
+    """``target`` holding a finished build (built into a staging dir and renamed); (path, built_now)."""
+    if (target / BUILT_MARKER).is_file():
+        return target, False
+    if any((target / name).is_file() for name in ("config.json", "model_index.json")):
+        return target, False  # a model saved by someone else (--model-dir): use it as it is
+    if target.exists() and any(target.iterdir()):
+        raise SystemExit(f"{target} exists but holds no finished {label} build; remove it or choose another")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        print(f"building {label} into {target} ...", file=sys.stderr, flush=True)
+        info = build(staging)
+        (staging / BUILT_MARKER).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, True
+
+
+# --- server configs ------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(
+    path: Path,
+    *,
+    store_dir: Path,
+    tiny_dir: Path,
+    models: dict[str, dict[str, Any]],
+    defaults: dict[str, str],
+    server: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> Path:
+    """A server TOML config on the ``tiny`` profile, extended with the bench models."""
+    lines = ['profile = "tiny"', "", "[server]"]
+    lines.append(f"store_dir = {_toml_value(store_dir)}")
+    lines.append(f"tiny_dir = {_toml_value(tiny_dir)}")
+    lines.append("allowed_roots = []")
+    for key, value in (server or {}).items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for table, values in (("server.pool", pool), ("server.limits", limits)):
+        if values:
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for name, spec in models.items():
+        lines += ["", f"[models.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
+    lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in defaults.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pool_setting_exists(name: str) -> bool:
+    """Whether ``[server.pool] name`` is a known key (the config refuses unknown keys)."""
+    from multimodal_mcp.config import PoolSettings
+
+    return name in PoolSettings.model_fields
+
+
+def server_parameters(config: Path, *, log_level: str = "WARNING") -> Any:
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "multimodal_mcp", "serve", "--config", str(config), "--log-level", log_level],
+        env={**os.environ, **OFFLINE_ENV},
+    )
+
+
+async def call_tool(client: Any, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Structured result of a tool call; raises with the server's message on an error result."""
+    from mcp.types import TextContent
+
+    result = await client.call_tool(tool, arguments)
+    if result.is_error or result.structured_content is None:
+        text = " ".join(b.text for b in result.content if isinstance(b, TextContent))
+        raise RuntimeError(f"{tool} failed: {text}")
+    return dict(result.structured_content)
+
+
+async def pool_status(client: Any) -> dict[str, Any]:
+    contents = (await client.read_resource("pool://status")).contents[0]
+    return dict(json.loads(contents.text))
+
+
+async def read_png(client: Any, uri: str) -> bytes:
+    import base64
+
+    contents = (await client.read_resource(uri)).contents[0]
+    return base64.b64decode(contents.blob)
+
+
+@contextmanager
+def temp_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    out = []
+    for index, row in enumerate(cells):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
