@@ -17,7 +17,6 @@ from multimodal_mcp.tools.common import Services
 
 from helpers import cpu_only, make_config
 
-
 # Tests assert behaviour, not speed: one intra-op thread keeps torch from thrashing when the two
 # cores are shared (with a subprocess server, or another job on the machine).
 torch.set_num_threads(1)
