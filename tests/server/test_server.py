@@ -13,7 +13,7 @@ from multimodal_mcp.server.app import build_server, create_services
 from helpers import call_error, call_ok, cpu_only, data_uri, open_png, photo, read_png
 
 
-async def test_the_server_lists_six_tools_with_output_schemas_and_honest_annotations(client: Client) -> None:
+async def test_the_server_lists_its_tools_with_output_schemas_and_honest_annotations(client: Client) -> None:
     tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {
         "generate_image",
@@ -22,6 +22,8 @@ async def test_the_server_lists_six_tools_with_output_schemas_and_honest_annotat
         "describe_image",
         "compare_images",
         "list_models",
+        "get_job",
+        "cancel_job",
     }
     for tool in tools.values():
         assert tool.output_schema is not None and tool.description
@@ -31,7 +33,17 @@ async def test_the_server_lists_six_tools_with_output_schemas_and_honest_annotat
         "describe_image",
         "compare_images",
         "list_models",
+        "get_job",
     }
+    for name in (
+        "generate_image",
+        "controlled_generate",
+        "clip_classify",
+        "describe_image",
+        "compare_images",
+    ):
+        schema = tools[name].output_schema
+        assert schema["type"] == "object" and len(schema["anyOf"]) == 2  # the result, or a job handle
     templates = (await client.list_resource_templates()).resource_templates
     assert [(t.uri_template, t.mime_type) for t in templates] == [("image://{image_id}", "image/png")]
 

@@ -158,6 +158,8 @@ async def test_tool_schema_derives_bounds_and_descriptions_from_the_params_model
     assert props["steps"]["anyOf"][0] == {"maximum": 200, "minimum": 1, "type": "integer"}
     assert "dpm++" in props["scheduler"]["anyOf"][0]["enum"]
     assert props["seed"]["description"].startswith("Random seed")
-    assert tool.output_schema is not None and "images" in tool.output_schema["properties"]
+    assert tool.output_schema is not None and tool.output_schema["type"] == "object"
+    result_schema = tool.output_schema["$defs"]["GenerateImageResult"]
+    assert {"images", "seed", "model", "parameters", "timings"} <= set(result_schema["required"])
     assert tool.annotations is not None and tool.annotations.read_only_hint is False
     assert "image://" in (tool.description or "")

@@ -10,7 +10,6 @@ import base64
 import inspect
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
@@ -19,14 +18,15 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp import __version__
 from multimodal_mcp.config import Config
-from multimodal_mcp.errors import MultimodalError, NotFound
+from multimodal_mcp.errors import NotFound
 from multimodal_mcp.imaging.codec import encode_preview
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import ImageStore, validate_id
+from multimodal_mcp.jobs import JobManager, JobPending, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
@@ -35,6 +35,7 @@ from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_ima
 from multimodal_mcp.tools.controlled_generate import ControlledGenerateParams, controlled_generate
 from multimodal_mcp.tools.describe_image import DescribeImageParams, describe_image
 from multimodal_mcp.tools.generate_image import GenerateImageParams, generate_image
+from multimodal_mcp.tools.jobs import CancelJobParams, GetJobParams, JobResult, cancel_job, get_job
 from multimodal_mcp.tools.list_models import ListModelsParams, list_models
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Renderer:
 
 def _register(
     server: MultimodalServer,
+    config: Config,
     renderer_of: Callable[[Context], Renderer],
     services_of: Callable[[Context], Services],
     implementation: Implementation,
@@ -162,6 +164,7 @@ def _register(
     *,
     title: str,
     read_only: bool,
+    as_job: bool,
 ) -> None:
     name = implementation.__name__
 
@@ -174,25 +177,51 @@ def _register(
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(done, total, message)
 
-        try:
-            result = await implementation(params, services_of(ctx), progress)
+        services = services_of(ctx)
+        if not as_job:
+            try:
+                result = await implementation(params, services, progress)
+            except Exception as exc:
+                raise ToolError(describe_failure(name, exc)) from exc
             return await renderer_of(ctx).render(result)
-        except MultimodalError as exc:
-            raise ToolError(str(exc)) from exc
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            error_id = secrets.token_hex(4)
-            logger.exception("tool %s failed (error id %s)", name, error_id)
-            raise ToolError(
-                f"{name} failed with an internal error (id {error_id}); "
-                "the server logged the details and keeps "
-                "running. Try again, or try another model (list_models)."
-            ) from exc
 
+        # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.
+        jobs = services.jobs
+        job = jobs.start(name, lambda job_progress: implementation(params, services, job_progress))
+        try:
+            finished = await jobs.wait(job, config.server.pool.job_wait_seconds, progress)
+        except anyio.get_cancelled_exc_class():
+            jobs.cancel(job)  # the client cancelled the call: stop the work too
+            raise
+        info = job.info(jobs.now())
+        if not finished:
+            pending = JobPending(job=info)
+            text = (
+                f"{name} is still running after {info.elapsed_seconds:.0f} s as job {info.id}"
+                f"{f' ({info.message})' if info.message else ''}. Call get_job(job_id='{info.id}', "
+                "wait_seconds=30) for the result, or cancel_job to stop it."
+            )
+            return CallToolResult(
+                content=[TextContent(type="text", text=text)],
+                structured_content=pending.model_dump(mode="json"),
+            )
+        if job.status != "done":
+            raise ToolError(job.error or f"{name} was cancelled")
+        return await renderer_of(ctx).render(job.result)
+
+    output_model: Any = result_model
+    if as_job:
+
+        class Output(RootModel[result_model | JobPending]):  # type: ignore[valid-type]
+            # The tool's result, or a job handle when the call outlasts the server's wait.
+            model_config = ConfigDict(
+                json_schema_extra={"type": "object"}, title=f"{result_model.__name__}OrJob"
+            )
+
+        output_model = Output
     server.tool_parameters[name] = frozenset(params_model.model_fields)
-    handler.__signature__ = _signature_from(params_model, result_model)  # type: ignore[attr-defined]
-    handler.__annotations__ = {"ctx": Context, "return": Annotated[CallToolResult, result_model]}
+    handler.__signature__ = _signature_from(params_model, output_model)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"ctx": Context, "return": Annotated[CallToolResult, output_model]}
     handler.__name__ = name
     server.add_tool(
         handler,
@@ -224,7 +253,13 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         )
     store = ImageStore(config.server.store_dir)
     resolver = ImageResolver(store, config.server.allowed_roots, config.server.limits)
-    return Services(config=config, store=store, resolver=resolver, pool=ModelPool(config, devices))
+    pool = ModelPool(config, devices)
+    jobs = JobManager(
+        pool.start_background,
+        ttl_seconds=config.server.pool.job_ttl_seconds,
+        describe_failure=describe_failure,
+    )
+    return Services(config=config, store=store, resolver=resolver, pool=pool, jobs=jobs)
 
 
 def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
@@ -278,23 +313,21 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     from multimodal_mcp.tools.generate_image import GenerateImageResult
     from multimodal_mcp.tools.list_models import ListModelsResult
 
-    tools: list[tuple[Implementation, type[Params], type[Result], str, bool]] = [
-        (generate_image, GenerateImageParams, GenerateImageResult, "Generate image", False),
-        (
-            controlled_generate,
-            ControlledGenerateParams,
-            ControlledGenerateResult,
-            "ControlNet generation",
-            False,
-        ),
-        (clip_classify, ClipClassifyParams, ClipClassifyResult, "Zero-shot classify (CLIP)", True),
-        (describe_image, DescribeImageParams, DescribeImageResult, "Describe image (VLM)", True),
-        (compare_images, CompareImagesParams, CompareImagesResult, "Compare two images", True),
-        (list_models, ListModelsParams, ListModelsResult, "List models", True),
+    # (implementation, params, result, title, read-only, runs as a job)
+    tools: list[tuple[Implementation, type[Params], type[Result], str, bool, bool]] = [
+        (generate_image, GenerateImageParams, GenerateImageResult, "Generate image", False, True),
+        (controlled_generate, ControlledGenerateParams, ControlledGenerateResult, "ControlNet", False, True),
+        (clip_classify, ClipClassifyParams, ClipClassifyResult, "Zero-shot classify (CLIP)", True, True),
+        (describe_image, DescribeImageParams, DescribeImageResult, "Describe image (VLM)", True, True),
+        (compare_images, CompareImagesParams, CompareImagesResult, "Compare two images", True, True),
+        (list_models, ListModelsParams, ListModelsResult, "List models", True, False),
+        (get_job, GetJobParams, JobResult, "Get a long-running call's result", True, False),
+        (cancel_job, CancelJobParams, JobResult, "Cancel a long-running call", False, False),
     ]
-    for implementation, params_model, result_model, title, read_only in tools:
+    for implementation, params_model, result_model, title, read_only, as_job in tools:
         _register(
             server,
+            config,
             renderer_of,
             services_of,
             implementation,
@@ -302,6 +335,7 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             result_model,
             title=title,
             read_only=read_only,
+            as_job=as_job,
         )
 
     @server.resource(

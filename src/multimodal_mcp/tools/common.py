@@ -20,6 +20,7 @@ from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord, ImageStore
+from multimodal_mcp.jobs import JobManager
 from multimodal_mcp.pool import ModelPool
 
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class Services:
     store: ImageStore
     resolver: ImageResolver
     pool: ModelPool
+    jobs: JobManager
 
 
 def pick_model(

@@ -1,0 +1,171 @@
+"""Long jobs: a tool call that outlives the client's patience.
+
+Some clients give up on a tool call after about 60 seconds. Every call runs as a job; when it is not
+done after the configured wait, the call returns a job handle instead, the job keeps running, and
+``get_job`` / ``cancel_job`` reach it. Finished jobs stay retrievable for a configured time.
+No MCP imports: the server layer adapts progress and results.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, Field
+
+from multimodal_mcp.errors import MultimodalError, NotFound
+
+logger = logging.getLogger(__name__)
+
+JobStatus = Literal["running", "done", "failed", "cancelled"]
+Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
+
+
+class JobInfo(BaseModel):
+    """Where a job stands."""
+
+    id: str = Field(description="Pass to get_job or cancel_job.")
+    tool: str
+    status: JobStatus
+    progress: float | None = Field(description="Steps done (or 0 while queued).")
+    total: float | None
+    message: str | None = Field(
+        description="The latest progress message, e.g. 'queued on cuda:0: position 2'."
+    )
+    elapsed_seconds: float
+    error: str | None = Field(default=None, description="Why it failed (status 'failed').")
+
+
+class JobPending(BaseModel):
+    """Returned instead of the tool's result when the call runs past the server's wait."""
+
+    job: JobInfo
+
+
+@dataclass
+class Job:
+    id: str
+    tool: str
+    started: float
+    status: JobStatus = "running"
+    progress: float | None = None
+    total: float | None = None
+    message: str | None = None
+    result: Any = None
+    error: str | None = None
+    finished: float | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    listeners: list[Progress] = field(default_factory=list)
+
+    def info(self, now: float) -> JobInfo:
+        return JobInfo(
+            id=self.id,
+            tool=self.tool,
+            status=self.status,
+            progress=self.progress,
+            total=self.total,
+            message=self.message,
+            elapsed_seconds=round((self.finished or now) - self.started, 3),
+            error=self.error,
+        )
+
+
+class JobManager:
+    """Runs tool calls as jobs in a background task group and keeps their outcomes for a while."""
+
+    def __init__(
+        self,
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+        *,
+        ttl_seconds: float,
+        describe_failure: Callable[[str, BaseException], str],
+    ) -> None:
+        self._spawn = spawn
+        self._ttl = ttl_seconds
+        self._describe_failure = describe_failure
+        self._jobs: dict[str, Job] = {}
+        self._clock = time.monotonic
+
+    def now(self) -> float:
+        return self._clock()
+
+    def start(self, tool: str, run: Callable[[Progress], Awaitable[Any]]) -> Job:
+        """Start ``run(progress)`` as a job; progress goes to whoever is listening."""
+        self._purge()
+        job = Job(id=secrets.token_hex(8), tool=tool, started=self._clock())
+        self._jobs[job.id] = job
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            job.progress, job.total, job.message = done, total, message
+            for listener in list(job.listeners):
+                try:
+                    await listener(done, total, message)
+                except Exception:  # a client that went away must not stop the job
+                    logger.debug("progress listener failed", exc_info=True)
+
+        async def body() -> None:
+            try:
+                with job.scope:
+                    job.result = await run(progress)
+                    job.status = "done"
+            except Exception as exc:
+                job.status = "failed"
+                job.error = self._describe_failure(tool, exc)
+            finally:
+                if job.status == "running":
+                    job.status = "cancelled"
+                job.finished = self._clock()
+                job.done.set()
+
+        self._spawn(body)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        self._purge()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(
+                f"no job {job_id[:40]!r}: it never existed or finished more than {self._ttl:.0f} s ago"
+            )
+        return job
+
+    async def wait(self, job: Job, seconds: float, listener: Progress | None = None) -> bool:
+        """Wait up to ``seconds`` for ``job``, forwarding its progress to ``listener`` meanwhile."""
+        if listener is not None:
+            job.listeners.append(listener)
+        try:
+            with anyio.move_on_after(seconds):
+                await job.done.wait()
+        finally:
+            if listener is not None:
+                job.listeners.remove(listener)
+        return job.done.is_set()
+
+    def cancel(self, job: Job) -> None:
+        job.scope.cancel()
+
+    def _purge(self) -> None:
+        now = self._clock()
+        expired = [
+            j.id for j in self._jobs.values() if j.finished is not None and now - j.finished > self._ttl
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
+
+
+def describe_failure(tool: str, exc: BaseException) -> str:
+    """The caller-facing message for a failed call: curated errors verbatim, others by log id."""
+    if isinstance(exc, MultimodalError):
+        return str(exc)
+    error_id = secrets.token_hex(4)
+    logger.error("tool %s failed (error id %s)", tool, error_id, exc_info=exc)
+    return (
+        f"{tool} failed with an internal error (id {error_id}); the server logged the details and keeps "
+        "running. Try again, or try another model (list_models)."
+    )

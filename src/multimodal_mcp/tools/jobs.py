@@ -1,0 +1,79 @@
+"""get_job and cancel_job: reach a call that outlived the client's wait."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, PrivateAttr
+
+from multimodal_mcp.jobs import JobInfo
+from multimodal_mcp.tools.common import Params, Progress, Result, Services
+
+JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="The job id from a job handle.")]
+
+
+class GetJobParams(Params):
+    job_id: JobId
+    wait_seconds: Annotated[
+        float,
+        Field(
+            ge=0, le=50, description="Wait up to this long for the job to finish (0: just report its status)."
+        ),
+    ] = 30
+
+
+class JobResult(Result):
+    job: JobInfo
+    result: dict[str, Any] | None = Field(
+        description="The tool's result once the job is done, as that tool returns it."
+    )
+    _inner: Result | None = PrivateAttr(default=None)
+
+    def summary(self) -> str:
+        job = self.job
+        if self._inner is not None:
+            return self._inner.summary()
+        if job.status == "running":
+            where = f" ({job.message})" if job.message else ""
+            return (
+                f"Job {job.id} ({job.tool}) is still running after {job.elapsed_seconds:.0f} s{where}. "
+                f"Call get_job(job_id='{job.id}', wait_seconds=30) again, or cancel_job to stop it."
+            )
+        if job.status == "failed":
+            return f"Job {job.id} ({job.tool}) failed: {job.error}"
+        return f"Job {job.id} ({job.tool}) was cancelled."
+
+    def preview_ids(self) -> list[str]:
+        return self._inner.preview_ids() if self._inner is not None else []
+
+
+def job_result(info: JobInfo, inner: Result | None) -> JobResult:
+    out = JobResult(job=info, result=inner.model_dump(mode="json") if inner is not None else None)
+    out._inner = inner
+    return out
+
+
+async def get_job(params: GetJobParams, services: Services, progress: Progress | None = None) -> JobResult:
+    """Get a long-running call's result, or its status and progress if it is still running.
+
+    Tools return a job handle (structured result with 'job') instead of their result when a call
+    runs longer than the server's wait; pass its id here. wait_seconds waits for it to finish.
+    """
+    job = services.jobs.get(params.job_id)
+    await services.jobs.wait(job, params.wait_seconds, progress)
+    info = job.info(services.jobs.now())
+    return job_result(info, job.result if job.status == "done" else None)
+
+
+class CancelJobParams(Params):
+    job_id: JobId
+
+
+async def cancel_job(
+    params: CancelJobParams, services: Services, progress: Progress | None = None
+) -> JobResult:
+    """Cancel a running job: a generation stops at its next step and frees its place in the queue."""
+    job = services.jobs.get(params.job_id)
+    services.jobs.cancel(job)
+    await services.jobs.wait(job, 10)
+    return job_result(job.info(services.jobs.now()), None)
