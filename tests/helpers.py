@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,14 @@ def cpu_only(budget_gib: float = 8) -> list[Device]:
     return [Device("cpu", "cpu", "cpu", int(budget_gib * GiB), int(budget_gib * GiB))]
 
 
+# On a CUDA machine, MMCP_TEST_TORCH_DEVICE=cuda makes the "fake" GPUs real: same budgets, real moves.
+TEST_TORCH_DEVICE = os.environ.get("MMCP_TEST_TORCH_DEVICE", "cpu")
+
+
 def fake_gpu(name: str = "fake-gpu:0", budget_bytes: int = 10 * 1024 * 1024) -> Device:
-    """A pretend GPU whose tensors live in CPU memory: exercises placement and offloading on any machine."""
-    return Device(name, "cpu", "gpu", budget_bytes, budget_bytes)
+    """A GPU with a small injected budget. Its tensors live in CPU memory unless
+    MMCP_TEST_TORCH_DEVICE says otherwise, so placement and offloading are tested on any machine."""
+    return Device(name, TEST_TORCH_DEVICE, "gpu", budget_bytes, budget_bytes)
 
 
 def make_config(tmp_path: Path, tiny_dir: Path, allowed_root: Path, **server: Any) -> Config:

@@ -110,8 +110,8 @@ class PoolSettings(_Frozen):
         gt=0,
         description="RAM for models on or offloaded to the CPU (GiB); default: half of RAM.",
     )
-    keep_alive_seconds: float | None = Field(
-        default=900, gt=0, description="Unload a model idle this long; null keeps models until evicted."
+    keep_alive_seconds: float = Field(
+        default=900, ge=0, description="Unload a model idle this long; 0 keeps models until evicted."
     )
     preload: tuple[str, ...] = Field(default=(), description="Models loaded in the background at startup.")
     max_queue: int = Field(default=32, ge=0, description="Waiting calls per device before 'busy' errors.")

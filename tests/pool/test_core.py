@@ -349,3 +349,24 @@ async def _until(condition: Callable[[], bool]) -> None:
     """Poll a condition that no event signals (background loading and unloading), in small steps."""
     while not condition():  # noqa: ASYNC110
         await anyio.sleep(0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_a_real_cuda_out_of_memory_is_retried_once_then_reported(config: Config) -> None:
+    from multimodal_mcp.pool import discover_devices
+
+    devices = discover_devices("cuda", gpu_headroom_bytes=1024**3, cpu_budget_bytes=8 * 1024**3)
+    pool = ModelPool(config, devices)
+    attempts: list[int] = []
+
+    def allocate_too_much(_model: Any, _step: StepCallback, _cancel: CancelToken) -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            torch.empty(4 * 1024**4, dtype=torch.uint8, device="cuda")  # 4 TiB: a genuine CUDA OOM
+        return "recovered"
+
+    async with pool.running(), pool.use("tiny-clip") as model:
+        assert _where(pool)["tiny-clip"] == "cuda:0"
+        assert await pool.run(model, allocate_too_much) == "recovered"
+        assert pool.oom_retries == 1
