@@ -25,7 +25,7 @@ MB = 1024 * 1024
 
 
 def _config(tmp_path: Path, tiny_dir: Path, **pool: Any) -> Config:
-    return make_config(tmp_path, tiny_dir, tmp_path, pool={"keep_alive_seconds": None, **pool})
+    return make_config(tmp_path, tiny_dir, tmp_path, pool={"keep_alive_seconds": 0, **pool})
 
 
 def _cpu(budget: int) -> Device:

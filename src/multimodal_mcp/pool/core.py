@@ -239,7 +239,7 @@ class ModelPool:
                 self._task_group = tg
                 for name in self._settings.preload:
                     tg.start_soon(self._preload, name)
-                if self._settings.keep_alive_seconds is not None:
+                if self._settings.keep_alive_seconds > 0:
                     tg.start_soon(self._keep_alive_loop)
                 try:
                     yield
@@ -268,7 +268,6 @@ class ModelPool:
 
     async def _keep_alive_loop(self) -> None:
         keep_alive = self._settings.keep_alive_seconds
-        assert keep_alive is not None
         while True:
             await anyio.sleep(min(keep_alive / 4, 30))
             await self.unload_idle(older_than=keep_alive)
