@@ -156,7 +156,6 @@ class Renderer:
 def _register(
     server: MultimodalServer,
     config: Config,
-    renderer_of: Callable[[Context], Renderer],
     services_of: Callable[[Context], Services],
     implementation: Implementation,
     params_model: type[Params],
@@ -183,7 +182,7 @@ def _register(
                 result = await implementation(params, services, progress)
             except Exception as exc:
                 raise ToolError(describe_failure(name, exc)) from exc
-            return await renderer_of(ctx).render(result)
+            return await Renderer(config, services.store).render(result)
 
         # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.
         jobs = services.jobs
@@ -207,7 +206,7 @@ def _register(
             )
         if job.status != "done":
             raise ToolError(job.error or f"{name} was cancelled")
-        return await renderer_of(ctx).render(job.result)
+        return await Renderer(config, services.store).render(job.result)
 
     output_model: Any = result_model
     if as_job:
@@ -297,15 +296,6 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     def services_of(ctx: Context) -> Services:
         return cast(Services, ctx.request_context.lifespan_context)
 
-    renderers: dict[int, Renderer] = {}
-
-    def renderer_of(ctx: Context) -> Renderer:
-        svc = services_of(ctx)
-        renderer = renderers.get(id(svc))
-        if renderer is None:
-            renderer = renderers[id(svc)] = Renderer(config, svc.store)
-        return renderer
-
     from multimodal_mcp.tools.clip_classify import ClipClassifyResult
     from multimodal_mcp.tools.compare_images import CompareImagesResult
     from multimodal_mcp.tools.controlled_generate import ControlledGenerateResult
@@ -328,7 +318,6 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
         _register(
             server,
             config,
-            renderer_of,
             services_of,
             implementation,
             params_model,
