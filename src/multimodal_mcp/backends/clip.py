@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from PIL import Image
 
 from multimodal_mcp.backends.base import LoadContext
-from multimodal_mcp.backends.devices import pick_dtype
-from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.backends.hf import TransformersModel, load_pretrained
 from multimodal_mcp.config import ModelSpec
 
 
-class ClipModel:
+class ClipModel(TransformersModel):
     """A loaded CLIP model and its processor. Methods are blocking; they run in pool worker threads."""
-
-    def __init__(self, name: str, spec: ModelSpec, model: Any, processor: Any, device: str) -> None:
-        self.name = name
-        self.spec = spec
-        self.model = model
-        self.processor = processor
-        self.device = device
-        self._bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    def memory_bytes(self) -> int:
-        return self._bytes
-
-    def move_to(self, device: str) -> None:
-        self.model.to(device)
-        self.device = device
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalised image embeddings of a batch, shape (n, dim), float32 on the CPU."""
@@ -81,15 +63,5 @@ class ClipModel:
 
 
 def load_clip(name: str, spec: ModelSpec, ctx: LoadContext) -> ClipModel:
-    from transformers import AutoModel, AutoProcessor
-
-    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
-    source = resolve_source(spec.source, ctx.tiny_dir)
-    quiet_progress_bars()
-    try:
-        model = AutoModel.from_pretrained(source, dtype=dtype, use_safetensors=True)
-        processor = AutoProcessor.from_pretrained(source)
-    except Exception as exc:
-        raise load_error(name, spec, exc) from exc
-    model = model.to(ctx.device).eval()
+    model, processor = load_pretrained(name, spec, ctx, "AutoModel")
     return ClipModel(name, spec, model, processor, ctx.device)

@@ -50,3 +50,15 @@ def pick_dtype(requested: DType, device: str, *, model: str) -> Any:
         "bfloat16": torch.bfloat16,
         "float32": torch.float32,
     }[requested]
+
+
+def module_bytes(modules: Any) -> int:
+    """Bytes of the parameters and buffers of the torch modules among ``modules``."""
+    import torch
+
+    total = 0
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+            total += sum(b.numel() * b.element_size() for b in module.buffers())
+    return total

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from multimodal_mcp.backends.base import CancelToken, GenerationRequest, LoadContext, StepCallback
-from multimodal_mcp.backends.devices import pick_dtype
+from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.schedulers import build_scheduler, choices_for
 from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
 from multimodal_mcp.config import ModelSpec
@@ -23,17 +23,6 @@ _CONTROLNET_PIPELINES: dict[str, str] = {
     "sd": "StableDiffusionControlNetPipeline",
     "sdxl": "StableDiffusionXLControlNetPipeline",
 }
-
-
-def _module_bytes(modules: Any) -> int:
-    import torch
-
-    total = 0
-    for module in modules:
-        if isinstance(module, torch.nn.Module):
-            total += sum(p.numel() * p.element_size() for p in module.parameters())
-            total += sum(b.numel() * b.element_size() for b in module.buffers())
-    return total
 
 
 def _family(pipe: Any) -> str:
@@ -83,7 +72,7 @@ class DiffusionModel:
         # Flux packs 2x2 latent patches, so its sizes must be multiples of twice the VAE factor.
         self.size_multiple = vae_factor * 2 if self.family == "flux" else vae_factor
         self.takes_negative_prompt = "negative_prompt" in inspect.signature(type(pipe).__call__).parameters
-        self._bytes = _module_bytes(pipe.components.values())
+        self._bytes = module_bytes(pipe.components.values())
 
     def memory_bytes(self) -> int:
         return self._bytes
@@ -207,15 +196,22 @@ class ControlNetWeights:
         self.device = device
 
 
+def _pretrained_kwargs(name: str, spec: ModelSpec, ctx: LoadContext) -> tuple[str, dict[str, Any]]:
+    source = resolve_source(spec.source, ctx.tiny_dir)
+    quiet_progress_bars()
+    kwargs: dict[str, Any] = {
+        "dtype": pick_dtype(spec.dtype, ctx.device, model=name),
+        "use_safetensors": True,
+    }
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    return source, kwargs
+
+
 def load_text_to_image(name: str, spec: ModelSpec, ctx: LoadContext) -> DiffusionModel:
     from diffusers import AutoPipelineForText2Image
 
-    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
-    source = resolve_source(spec.source, ctx.tiny_dir)
-    quiet_progress_bars()
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
+    source, kwargs = _pretrained_kwargs(name, spec, ctx)
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -228,15 +224,10 @@ def load_text_to_image(name: str, spec: ModelSpec, ctx: LoadContext) -> Diffusio
 def load_controlnet(name: str, spec: ModelSpec, ctx: LoadContext) -> ControlNetWeights:
     from diffusers import ControlNetModel
 
-    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
-    source = resolve_source(spec.source, ctx.tiny_dir)
-    quiet_progress_bars()
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
+    source, kwargs = _pretrained_kwargs(name, spec, ctx)
     try:
         model = ControlNetModel.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise load_error(name, spec, exc) from exc
     model = model.to(ctx.device)
-    return ControlNetWeights(name, spec, ctx.device, model, _module_bytes([model]))
+    return ControlNetWeights(name, spec, ctx.device, model, module_bytes([model]))

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from PIL import Image
 
 from multimodal_mcp.backends.base import LoadContext
-from multimodal_mcp.backends.devices import pick_dtype
-from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.backends.hf import TransformersModel, load_pretrained
 from multimodal_mcp.config import ModelSpec
 
 
-class VisionLanguageModel:
+class VisionLanguageModel(TransformersModel):
     """A loaded VLM and its processor. ``answer`` is blocking; it runs in a pool worker thread."""
-
-    def __init__(self, name: str, spec: ModelSpec, model: Any, processor: Any, device: str) -> None:
-        self.name = name
-        self.spec = spec
-        self.model = model
-        self.processor = processor
-        self.device = device
-        self._bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-
-    def memory_bytes(self) -> int:
-        return self._bytes
-
-    def move_to(self, device: str) -> None:
-        self.model.to(device)
-        self.device = device
 
     def _prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -52,15 +34,5 @@ class VisionLanguageModel:
 
 
 def load_vlm(name: str, spec: ModelSpec, ctx: LoadContext) -> VisionLanguageModel:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    dtype = pick_dtype(spec.dtype, ctx.device, model=name)
-    source = resolve_source(spec.source, ctx.tiny_dir)
-    quiet_progress_bars()
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, use_safetensors=True)
-        processor = AutoProcessor.from_pretrained(source)
-    except Exception as exc:
-        raise load_error(name, spec, exc) from exc
-    model = model.to(ctx.device).eval()  # type: ignore[arg-type]
+    model, processor = load_pretrained(name, spec, ctx, "AutoModelForImageTextToText")
     return VisionLanguageModel(name, spec, model, processor, ctx.device)

@@ -377,27 +377,27 @@ class ModelPool:
         self._released.set()
         self._released = anyio.Event()
 
-    async def _ensure_home(self, entry: _Entry, near: Any) -> None:
-        target = self._entry_of(near).home if near is not None else None
-        if (
+    @staticmethod
+    def _ready(entry: _Entry, target: Device | None) -> bool:
+        """Loaded, on its home device, and that home is ``target`` when one is required."""
+        return (
             entry.model is not None
             and entry.location is entry.home
             and (target is None or entry.home is target)
-        ):
+        )
+
+    async def _ensure_home(self, entry: _Entry, near: Any) -> None:
+        target = self._entry_of(near).home if near is not None else None
+        if self._ready(entry, target):
             self.hits += 1
             return
+        self.misses += 1
         deadline = self._clock() + self._settings.placement_wait_seconds
         while True:
             released = self._released
             async with self._placement:
-                if (
-                    entry.model is not None
-                    and entry.location is entry.home
-                    and (target is None or entry.home is target)
-                ):
-                    self.hits += 1
+                if self._ready(entry, target):
                     return
-                self.misses += 1
                 if entry.model is not None and target is not None and entry.home is not target:
                     await self._drop(entry, reason=f"needed on {target.name}")
                 placed = await (

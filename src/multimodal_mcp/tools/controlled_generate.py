@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from multimodal_mcp.backends.base import ControlInput, GenerationRequest
+from multimodal_mcp.backends.base import ControlInput
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.analysis import canny_edges
@@ -33,6 +33,7 @@ from multimodal_mcp.tools.generate_image import (
     Side,
     Steps,
     _denoise,
+    generation_request,
     resolve_parameters,
     store_generated,
 )
@@ -223,17 +224,8 @@ async def controlled_generate(
         clock.use(services, name) as model,
         clock.use(services, controlnet_name, near=model) as controlnet,
     ):
-        request = GenerationRequest(
-            prompt=parameters.prompt,
-            negative_prompt=parameters.negative_prompt,
-            width=parameters.width,
-            height=parameters.height,
-            steps=parameters.steps,
-            guidance_scale=parameters.guidance_scale,
-            scheduler=parameters.scheduler,
-            seeds=seeds,
-            controls=(ControlInput(controlnet.model, control_map, params.conditioning_scale),),
-        )
+        control = ControlInput(controlnet.model, control_map, params.conditioning_scale)
+        request = generation_request(parameters, seeds, (control,))
         model.check(request)
 
         # 4. Denoise

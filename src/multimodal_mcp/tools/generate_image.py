@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from PIL import Image
 from pydantic import Field
 
-from multimodal_mcp.backends.base import CancelToken, GenerationRequest, StepCallback
+from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import ModelSpec
 from multimodal_mcp.errors import InvalidArgument
@@ -209,6 +209,22 @@ async def store_generated(
     ]
 
 
+def generation_request(
+    parameters: GenerationParameters, seeds: list[int], controls: tuple[ControlInput, ...] = ()
+) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=parameters.prompt,
+        negative_prompt=parameters.negative_prompt,
+        width=parameters.width,
+        height=parameters.height,
+        steps=parameters.steps,
+        guidance_scale=parameters.guidance_scale,
+        scheduler=parameters.scheduler,
+        seeds=seeds,
+        controls=controls,
+    )
+
+
 def _denoise(request: GenerationRequest) -> Callable[[Any, StepCallback, CancelToken], list[Image.Image]]:
     def work(model: Any, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
         return list(model.generate(request, on_step, cancel))
@@ -245,16 +261,7 @@ async def generate_image(
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
-    request = GenerationRequest(
-        prompt=parameters.prompt,
-        negative_prompt=parameters.negative_prompt,
-        width=parameters.width,
-        height=parameters.height,
-        steps=parameters.steps,
-        guidance_scale=parameters.guidance_scale,
-        scheduler=parameters.scheduler,
-        seeds=seeds,
-    )
+    request = generation_request(parameters, seeds)
 
     # 2. Get the model, check what only the model knows (size multiples, sampler family)
     async with clock.use(services, name) as model:

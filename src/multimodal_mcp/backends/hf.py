@@ -1,0 +1,47 @@
+"""What the transformers-based backends (CLIP, VLMs) share: holding a model and its processor,
+and loading both from the configured source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multimodal_mcp.backends.base import LoadContext
+from multimodal_mcp.backends.devices import module_bytes, pick_dtype
+from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.config import ModelSpec
+
+
+class TransformersModel:
+    """A loaded transformers model and its processor, on one device."""
+
+    def __init__(self, name: str, spec: ModelSpec, model: Any, processor: Any, device: str) -> None:
+        self.name = name
+        self.spec = spec
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self._bytes = module_bytes([model])
+
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def move_to(self, device: str) -> None:
+        """Move the weights (the pool offloads idle GPU models to CPU RAM and back)."""
+        self.model.to(device)
+        self.device = device
+
+
+def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: str) -> tuple[Any, Any]:
+    """``<auto_class>.from_pretrained`` and ``AutoProcessor.from_pretrained`` on the configured source."""
+    import transformers
+
+    source = resolve_source(spec.source, ctx.tiny_dir)
+    quiet_progress_bars()
+    try:
+        model = getattr(transformers, auto_class).from_pretrained(
+            source, dtype=pick_dtype(spec.dtype, ctx.device, model=name), use_safetensors=True
+        )
+        processor = transformers.AutoProcessor.from_pretrained(source)
+    except Exception as exc:
+        raise load_error(name, spec, exc) from exc
+    return model.to(ctx.device).eval(), processor
