@@ -21,6 +21,11 @@ from typing import Any
 # Nothing may be downloaded: every model is built locally and loaded from a directory.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 os.environ.update(OFFLINE_ENV)
+# OpenMP threads that spin while waiting stall for seconds at a time on small, shared VMs (seen on a
+# 2-vCPU machine: single CLIP calls jumping from 0.2 s to 4 s). Passive waiting removes the stalls. It is
+# set before torch is imported and inherited by the servers, so both sides of every comparison get it;
+# an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "multimodal-mcp-bench-cache"
 
@@ -58,6 +63,10 @@ def machine_lines(device: str | None = None) -> list[str]:
     if device is not None:
         lines.append(f"device used:  {device}")
     lines.append(
+        f"env:          OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (both sides), "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
+    lines.append(
         f"versions:     python {platform.python_version()}, torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
         f"mcp {_version('mcp')}, multimodal-mcp {_version('multimodal-mcp')}"
@@ -74,7 +83,18 @@ def _version(dist: str) -> str:
         return "?"
 
 
+def quiet_libraries() -> None:
+    """No loading/saving progress bars or cast warnings from this process (stdout stays the report)."""
+    import diffusers.utils.logging as diffusers_logging
+
+    from multimodal_mcp.backends.sources import quiet_progress_bars
+
+    quiet_progress_bars()
+    diffusers_logging.set_verbosity_error()
+
+
 def print_header(title: str, device: str | None = None) -> None:
+    quiet_libraries()
     print(f"== {title} ==")
     for line in machine_lines(device):
         print(line)
@@ -159,6 +179,11 @@ def pool_setting_exists(name: str) -> bool:
     return name in PoolSettings.model_fields
 
 
+def wait_for_results() -> dict[str, Any]:
+    """``[server.pool]`` keys that make every call wait for its result rather than return a job handle."""
+    return {"job_wait_seconds": 3600} if pool_setting_exists("job_wait_seconds") else {}
+
+
 def server_parameters(config: Path, *, log_level: str = "WARNING") -> Any:
     from mcp import StdioServerParameters
 
@@ -177,7 +202,10 @@ async def call_tool(client: Any, tool: str, arguments: dict[str, Any]) -> dict[s
     if result.is_error or result.structured_content is None:
         text = " ".join(b.text for b in result.content if isinstance(b, TextContent))
         raise RuntimeError(f"{tool} failed: {text}")
-    return dict(result.structured_content)
+    content = dict(result.structured_content)
+    if set(content) == {"job"}:  # a job handle: the call outlived the server's wait
+        raise RuntimeError(f"{tool} returned a job handle instead of a result: {content['job']}")
+    return content
 
 
 async def pool_status(client: Any) -> dict[str, Any]:
@@ -216,7 +244,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     out = []
     for index, row in enumerate(cells):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

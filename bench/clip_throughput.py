@@ -33,7 +33,7 @@ import anyio.to_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_CACHE,
     cached_build,
     call_tool,
@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     server_parameters,
     table,
     temp_dir,
+    wait_for_results,
     write_config,
 )
 
@@ -123,18 +124,32 @@ def build_clip_b32(target: Path) -> dict[str, Any]:
         model = CLIPModel(config).eval()
     model.save_pretrained(target, safe_serialization=True)
     # The PIL backend of CLIPImageProcessor (the default backend needs torchvision).
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
-    )
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(target)
     return {"architecture": "CLIP ViT-B/32", "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def load_images() -> list[tuple[str, Any]]:
+def load_images() -> tuple[list[tuple[str, Any]], str]:
+    """The test photos from skimage.data, or synthetic stand-ins of the same sizes without scikit-image."""
     from PIL import Image
-    from skimage import data
 
-    return [(name, Image.fromarray(getattr(data, name)()).convert("RGB")) for name in IMAGE_NAMES]
+    try:
+        from skimage import data
+
+        photos = [(name, Image.fromarray(getattr(data, name)()).convert("RGB")) for name in IMAGE_NAMES]
+        return photos, "skimage.data"
+    except ImportError:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        sizes = [(512, 512), (451, 300), (600, 400), (640, 427), (1000, 872), (512, 512)]
+        images = []
+        for name, (w, h) in zip(IMAGE_NAMES, sizes, strict=True):
+            y, x = np.mgrid[0:h, 0:w]
+            base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1)
+            pixels = (base + rng.integers(0, 40, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+            images.append((f"synthetic-{name}", Image.fromarray(pixels)))
+        return images, "synthetic gradients (scikit-image is not installed)"
 
 
 def data_uri(image: Any) -> str:
@@ -224,20 +239,29 @@ async def main(args: argparse.Namespace) -> None:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print_header("clip_throughput: concurrent clip_classify over MCP vs sequential transformers pipeline", device)
+    print_header(
+        "clip_throughput: concurrent clip_classify over MCP vs sequential transformers pipeline", device
+    )
 
     model_dir, built = cached_build(
         args.model_dir or args.cache_dir / "clip-vit-b32-random", build_clip_b32, label="CLIP ViT-B/32"
     )
-    named = load_images()
+    named, origin = load_images()
     images = [image for _, image in named]
     n, rounds = args.requests, args.rounds
-    print(f"model:        CLIP ViT-B/32 architecture, random weights, {model_dir} ({'built now' if built else 'cached'})")
-    print(f"images:       {', '.join(f'{name} {im.width}x{im.height}' for name, im in named)} (skimage.data)")
-    how = "image://<id> (each sent once as a PNG data URI)" if args.images == "id" else "a PNG data URI each call"
+    state = "built now" if built else "cached"
+    print(f"model:        CLIP ViT-B/32 architecture, random weights, {model_dir} ({state})")
+    print(f"images:       {', '.join(f'{name} {im.width}x{im.height}' for name, im in named)} ({origin})")
+    how = (
+        "image://<id> (each sent once as a PNG data URI)"
+        if args.images == "id"
+        else "a PNG data URI each call"
+    )
     print(f"server input: {how}; the pipeline gets the PIL images")
-    print(f"workload:     {n} classifications per run over {len(LABELS)} labels, {rounds} round(s), "
-          "one prompt template per round (label cache cold at the start of each round)")
+    print(
+        f"workload:     {n} classifications per run over {len(LABELS)} labels, {rounds} round(s), "
+        "one prompt template per round (label cache cold at the start of each round)"
+    )
     print()
 
     dtype = "float16" if device.startswith("cuda") else "float32"
@@ -260,7 +284,7 @@ async def main(args: argparse.Namespace) -> None:
                     store_dir=tmp / f"store-{index}",
                     tiny_dir=tmp / "tiny",
                     server={"device": device},
-                    pool={"keep_alive_seconds": 3600, **pool},
+                    pool={"keep_alive_seconds": 3600, **wait_for_results(), **pool},
                     models={
                         MODEL_NAME: {
                             "task": "clip",
@@ -294,71 +318,115 @@ async def main(args: argparse.Namespace) -> None:
                         max_diff = max(max_diff, max(abs(ours[k] - theirs[k]) for k in LABELS))
                         if _top(ours) != _top(theirs):
                             disagreements.append(
-                                f"{server.name}, round {r + 1}, call {i} ({IMAGE_NAMES[i % len(images)]}): "
+                                f"{server.name}, round {r + 1}, call {i} ({named[i % len(named)][0]}): "
                                 f"server {_top(ours)!r}, pipeline {_top(theirs)!r}"
                             )
                 if r == 0:
-                    tops = {IMAGE_NAMES[i]: _top(expected[i]) for i in range(min(n, len(images)))}
+                    tops = {named[i][0]: _top(expected[i]) for i in range(min(n, len(images)))}
 
     best = {name: min(values) for name, values in times.items()}
     fmt = lambda values: "  ".join(f"{v:6.2f}" for v in values)  # noqa: E731
 
     print(f"(a) {n} concurrent clip_classify calls (one MCP session) vs {n} sequential pipeline calls")
     rows = [
-        ["transformers pipeline, sequential, in-process", fmt(times["pipeline"]), f"{best['pipeline']:.2f}",
-         f"{n / best['pipeline']:.1f}"],
-        ["multimodal-mcp clip_classify, concurrent (defaults)", fmt(times["both (defaults)"]),
-         f"{best['both (defaults)']:.2f}", f"{n / best['both (defaults)']:.1f}"],
+        [
+            "transformers pipeline, sequential, in-process",
+            fmt(times["pipeline"]),
+            f"{best['pipeline']:.2f}",
+            f"{n / best['pipeline']:.1f}",
+        ],
+        [
+            "multimodal-mcp clip_classify, concurrent (defaults)",
+            fmt(times["both (defaults)"]),
+            f"{best['both (defaults)']:.2f}",
+            f"{n / best['both (defaults)']:.1f}",
+        ],
     ]
     print(table(["side", "seconds per round", "best s", "calls/s"], rows))
-    print(f"ratio pipeline / multimodal-mcp (best of rounds): {best['pipeline'] / best['both (defaults)']:.2f}x "
-          "(target >= 2x)")
+    ratio = best["pipeline"] / best["both (defaults)"]
+    print(f"ratio pipeline / multimodal-mcp (best of rounds): {ratio:.2f}x (target >= 2x)")
     agree = "yes" if not disagreements else f"NO ({len(disagreements)} calls differ)"
-    print(f"top labels agree with the pipeline on every call of every server config: {agree}; "
-          f"largest score difference {max_diff:.2e}")
-    print("top label per image (random weights, so arbitrary): "
-          + ", ".join(f"{k} -> {v}" for k, v in tops.items()))
+    print(
+        f"top labels agree with the pipeline on every call of every server config: {agree}; "
+        f"largest score difference {max_diff:.2e}"
+    )
+    print(
+        "top label per image (random weights, so arbitrary): "
+        + ", ".join(f"{k} -> {v}" for k, v in tops.items())
+    )
     for line in disagreements[:10]:
         print(f"  disagreement: {line}")
     print()
 
-    print(f"(b) the same {n} concurrent calls per server config; batcher stats from pool://status "
-          "(this run only, best round)")
+    print(
+        f"(b) the same {n} concurrent calls per server config; batcher stats from pool://status "
+        "(this run only, best round)"
+    )
     rows = []
     for name, pool in CONFIGS:
         i = times[name].index(best[name])
         s = stats[name][i]
-        rows.append([
-            name,
-            pool.get("clip_max_batch", "32 (default)"),
-            pool.get("text_cache_size", "4096 (default)"),
-            fmt(times[name]),
-            f"{best[name]:.2f}",
-            f"{best['neither'] / best[name]:.2f}x",
-            s["batches"],
-            f"{s['mean_batch']:.1f}",
-            f"{s['label_cache_hits']}/{s['label_cache_misses']}",
-        ])
-    print(table(["config", "clip_max_batch", "text_cache_size", "seconds per round", "best s", "vs neither",
-                 "batches", "mean batch", "cache hits/misses"], rows))
+        rows.append(
+            [
+                name,
+                pool.get("clip_max_batch", "32 (default)"),
+                pool.get("text_cache_size", "4096 (default)"),
+                fmt(times[name]),
+                f"{best[name]:.2f}",
+                f"{best['neither'] / best[name]:.2f}x",
+                s["batches"],
+                f"{s['mean_batch']:.1f}",
+                f"{s['label_cache_hits']}/{s['label_cache_misses']}",
+            ]
+        )
+    print(
+        table(
+            [
+                "config",
+                "clip_max_batch",
+                "text_cache_size",
+                "seconds per round",
+                "best s",
+                "vs neither",
+                "batches",
+                "mean batch",
+                "cache hits/misses",
+            ],
+            rows,
+        )
+    )
     print("(cache hits/misses count label texts: a batch looks up each distinct label once)")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64, help="classifications per run (default 64)")
-    parser.add_argument("--rounds", type=int, default=2, help="measurement rounds per side (default 2)")
+    parser.add_argument("--requests", type=int, help="classifications per run (default 64; 32 with --quick)")
+    parser.add_argument("--rounds", type=int, help="measurement rounds per side (default 2; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="32 requests, 1 round")
-    parser.add_argument("--images", choices=["id", "data"], default="id",
-                        help="send images as image://<id> after one upload (default) or a data URI every call")
+    parser.add_argument(
+        "--images",
+        choices=["id", "data"],
+        default="id",
+        help="send images as image://<id> after one upload (default) or a data URI every call",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     parser.add_argument("--model-dir", type=Path, help="reuse (or build into) this model directory")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                        help=f"where built models are kept between runs (default {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"where built models are kept between runs (default {DEFAULT_CACHE})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary store and configs")
     args = parser.parse_args()
-    if args.quick:
-        args.requests, args.rounds = 32, 1
+    if args.requests is None:
+        args.requests = 32 if args.quick else 64
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    if not 1 <= args.rounds <= len(TEMPLATES):
+        parser.error(f"--rounds must be 1..{len(TEMPLATES)} (one prompt template per round)")
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
     return args
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import anyio
 import numpy as np
+import pytest
 import torch
 from mcp import Client
 from transformers import AutoProcessor, CLIPModel
@@ -101,3 +102,13 @@ async def test_clip_classify_tool_calls_are_batched_through_mcp(config: Config) 
     stats = services.pool.clip("tiny-clip").stats()
     assert stats["requests"] == 9 and stats["batches"] < 9
     assert all(out["labels"] == outputs[0]["labels"] for out in outputs)
+
+
+async def test_a_batcher_used_before_the_pool_runs_fails_cleanly_and_works_afterwards(config: Config) -> None:
+    pool = ModelPool(config, cpu_only())
+    with pytest.raises(RuntimeError, match="the pool is not running"):
+        await pool.clip("tiny-clip").classify(photo("astronaut", 32), LABELS)
+    async with pool.running():
+        with anyio.fail_after(30):
+            scores = await pool.clip("tiny-clip").classify(photo("astronaut", 32), LABELS)
+    assert math.isclose(sum(scores), 1.0, abs_tol=1e-5)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from multimodal_mcp.backends.base import CancelToken, GenerationRequest, LoadContext, StepCallback
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
-from multimodal_mcp.backends.schedulers import build_scheduler, choices_for
+from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
 from multimodal_mcp.config import ModelSpec
 from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
@@ -100,9 +100,7 @@ class DiffusionModel:
                 f"model {self.name!r} is guidance-distilled and ignores negative prompts; "
                 "leave negative_prompt empty or choose a Stable Diffusion model"
             )
-        build_scheduler(
-            request.scheduler, self.pipe.scheduler.config, flow_matching=self.flow_matching, model=self.name
-        )
+        check_scheduler(request.scheduler, flow_matching=self.flow_matching, model=self.name)
 
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: CancelToken

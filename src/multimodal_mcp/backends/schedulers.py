@@ -52,10 +52,8 @@ def choices_for(flow_matching: bool) -> dict[str, SchedulerChoice]:
     return FLOW_SCHEDULERS if flow_matching else DIFFUSION_SCHEDULERS
 
 
-def build_scheduler(name: str, base_config: Any, *, flow_matching: bool, model: str) -> Any:
-    """A fresh scheduler instance for one request, configured from the checkpoint's own scheduler."""
-    import diffusers
-
+def check_scheduler(name: str, *, flow_matching: bool, model: str) -> SchedulerChoice:
+    """The named sampler, if it fits the model's family; the error lists the ones that do."""
     choices = choices_for(flow_matching)
     choice = choices.get(name)
     if choice is None:
@@ -64,5 +62,13 @@ def build_scheduler(name: str, base_config: Any, *, flow_matching: bool, model: 
             f"scheduler {name!r} does not fit model {model!r} (a {kind} model); "
             f"choose one of {', '.join(choices)}"
         )
+    return choice
+
+
+def build_scheduler(name: str, base_config: Any, *, flow_matching: bool, model: str) -> Any:
+    """A fresh scheduler instance for one request, configured from the checkpoint's own scheduler."""
+    import diffusers
+
+    choice = check_scheduler(name, flow_matching=flow_matching, model=model)
     cls = getattr(diffusers, choice.class_name)
     return cls.from_config(base_config, **choice.overrides)

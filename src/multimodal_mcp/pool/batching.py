@@ -40,7 +40,6 @@ class ClipBatcher:
         self.wait_s = wait_s
         self.cache_size = cache_size
         self._pending: list[_Request] = []
-        self._arrived = anyio.Event()
         self._full = anyio.Event()
         self._running = False
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -61,40 +60,32 @@ class ClipBatcher:
 
     async def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
         """Softmax over the model's logits for ``texts``, one probability each."""
-        return list(await self._submit(_Request(image, texts)))
+        (probabilities,) = await self._submit([_Request(image, texts)])
+        return list(probabilities)
 
     async def embed(self, image: Image.Image) -> np.ndarray:
         """The image's L2-normalised embedding."""
-        return np.asarray(await self._submit(_Request(image, None)))
+        (embedding,) = await self.embed_many([image])
+        return embedding
 
     async def embed_many(self, images: list[Image.Image]) -> list[np.ndarray]:
         """Embeddings of several images, submitted together so they share a batch."""
         requests = [_Request(image, None) for image in images]
+        return [np.asarray(result) for result in await self._submit(requests)]
+
+    async def _submit(self, requests: list[_Request]) -> list[Any]:
+        if not self._running:
+            self.pool.start_background(self._drain)  # raises before anything is queued if not running
+            self._running = True
         self._pending.extend(requests)
         if len(self._pending) >= self.max_batch:
             self._full.set()
-        if not self._running:
-            self._running = True
-            self.pool.start_background(self._drain)
         for request in requests:
             await request.done.wait()
         for request in requests:
             if request.error is not None:
                 raise request.error
-        return [np.asarray(r.result) for r in requests]
-
-    async def _submit(self, request: _Request) -> Any:
-        self._pending.append(request)
-        if len(self._pending) >= self.max_batch:
-            self._full.set()
-        if not self._running:
-            self._running = True
-            self.pool.start_background(self._drain)
-        self._arrived.set()
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.result
+        return [request.result for request in requests]
 
     async def _drain(self) -> None:
         try:
