@@ -14,9 +14,9 @@ export PYTHONPATH="$PWD/src" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-MMCP_TEST_TORCH_DEVICE=cuda timeout 180 python3 -m pytest tests/pool -q -p no:cacheprovider -rs > "$OUT/pool_tests.txt" 2>&1
+MMCP_TEST_TORCH_DEVICE=cuda timeout 150 python3 -m pytest tests/pool -q -p no:cacheprovider -rs > "$OUT/pool_tests.txt" 2>&1
 tail -5 "$OUT/pool_tests.txt"
 timeout 240 python3 bench/generate_overhead.py --arch sd15 --device cuda > "$OUT/bench_generate.txt" 2>&1
 tail -25 "$OUT/bench_generate.txt"
-timeout 150 python3 bench/clip_throughput.py --device cuda > "$OUT/bench_clip.txt" 2>&1
+timeout 110 python3 bench/clip_throughput.py --device cuda --quick > "$OUT/bench_clip.txt" 2>&1
 tail -25 "$OUT/bench_clip.txt"
