@@ -33,10 +33,11 @@ def _cpu(budget: int) -> Device:
 
 
 async def _sizes(config: Config, *names: str) -> dict[str, int]:
+    """Sizes on the (fake) GPU: float16 when the tests run with real CUDA moves, else float32."""
     pool = ModelPool(config, cpu_only())
     sizes = {}
     for name in names:
-        size = await pool.estimate(name)
+        size = await pool.estimate(name, fake_gpu())
         assert size is not None
         sizes[name] = size
     return sizes

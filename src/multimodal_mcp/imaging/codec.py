@@ -134,7 +134,9 @@ def encode_png(img: Image.Image, text: Mapping[str, str] | None = None) -> bytes
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info, compress_level=6)
+    # Level 1: a little larger than the default 6 and several times faster, which matters for
+    # 1024 px images on the hot path of every generation.
+    img.save(buf, format="PNG", pnginfo=info, compress_level=1)
     return buf.getvalue()
 
 

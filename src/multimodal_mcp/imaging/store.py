@@ -16,6 +16,8 @@ import io
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -66,9 +68,21 @@ def validate_id(image_id: str) -> str:
 class ImageStore:
     """A directory of PNGs and JSON records. Methods are blocking; call them from worker threads."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, recent: int = 16) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # Images just written or read are kept decoded: a result's previews and the next tool in a
+        # chain (classify, compare) read them right away.
+        self._recent: OrderedDict[str, Image.Image] = OrderedDict()
+        self._recent_size = recent
+        self._lock = threading.Lock()
+
+    def _remember(self, image_id: str, image: Image.Image) -> None:
+        with self._lock:
+            self._recent[image_id] = image
+            self._recent.move_to_end(image_id)
+            while len(self._recent) > self._recent_size:
+                self._recent.popitem(last=False)
 
     def _paths(self, image_id: str) -> tuple[Path, Path]:
         folder = self.root / image_id[:2]
@@ -119,6 +133,7 @@ class ImageStore:
         png_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(png_path, png)
         _atomic_write(json_path, record.model_dump_json(indent=1).encode())
+        self._remember(record.id, image.copy())
         return record
 
     def put_input(self, image: Image.Image, *, source: str) -> ImageRecord:
@@ -142,9 +157,16 @@ class ImageStore:
         return self._paths(image_id)[0].read_bytes()
 
     def open(self, image_id: str) -> Image.Image:
+        """The decoded image (a copy: callers may modify it)."""
+        with self._lock:
+            cached = self._recent.get(image_id)
+        if cached is not None and self.exists(image_id):
+            return cached.copy()
         with Image.open(io.BytesIO(self.read_png(image_id)), formats=["PNG"]) as img:
             img.load()
-            return img.copy()
+            image = img.copy()
+        self._remember(image_id, image.copy())
+        return image
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -76,6 +76,14 @@ class _Entry:
     load_seconds: float | None = None
 
 
+@dataclass
+class _Forwarding:
+    """Hand-off between a worker's step callback and the task that sends progress."""
+
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    finished: bool = False
+
+
 @dataclass(frozen=True)
 class ModelState:
     """What ``list_models`` and ``pool://status`` show about one model."""
@@ -235,7 +243,8 @@ class ModelPool:
     async def running(self) -> AsyncIterator[None]:
         """Start preloading, keep-alive unloading and batchers; stop them on exit."""
         try:
-            async with anyio.create_task_group() as tg:
+            async with anyio.from_thread.BlockingPortal() as portal, anyio.create_task_group() as tg:
+                self._portal = portal
                 self._task_group = tg
                 for name in self._settings.preload:
                     tg.start_soon(self._preload, name)
@@ -245,6 +254,7 @@ class ModelPool:
                     yield
                 finally:
                     self._task_group = None
+                    self._portal = None
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # Background tasks handle their own errors, so a group here wraps the body's exception.
@@ -253,6 +263,7 @@ class ModelPool:
             raise
 
     _task_group: anyio.abc.TaskGroup | None = None
+    _portal: anyio.from_thread.BlockingPortal | None = None
 
     def start_background(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if self._task_group is None:
@@ -568,24 +579,55 @@ class ModelPool:
         self, lane: _Lane, model: Any, work: Work[T], progress: Progress | None, label: str
     ) -> T:
         token = CancelToken()
+        steps: deque[tuple[int, int]] = deque()
+        state = _Forwarding()
+        portal = self._portal
+
+        def wake() -> None:
+            state.wake.set()
 
         def on_step(step: int, total: int) -> None:
+            # Runs in the worker thread. It never waits for the event loop: the step is queued and
+            # the forwarder is woken, so progress costs the denoising loop next to nothing.
             if progress is None or token.cancelled:
                 return
+            steps.append((step, total))
             try:
-                anyio.from_thread.run(progress, step, total, f"{label}: step {step}/{total}")
-            except Exception:  # progress is best effort: a gone client must not break the work
-                logger.debug("progress notification failed", exc_info=True)
+                if portal is not None:
+                    portal.start_task_soon(wake)
+                else:
+                    anyio.from_thread.run_sync(wake)
+            except RuntimeError:  # the loop is shutting down
+                pass
+
+        async def forward() -> None:
+            assert progress is not None
+            while True:
+                while steps:
+                    step, total = steps.popleft()
+                    try:
+                        await progress(step, total, f"{label}: step {step}/{total}")
+                    except Exception:  # progress is best effort: a gone client must not break the work
+                        logger.debug("progress notification failed", exc_info=True)
+                if state.finished:
+                    return
+                await state.wake.wait()
+                state.wake = anyio.Event()
+
+        watcher = anyio.CancelScope()
 
         async def cancel_on_exit() -> None:
-            try:
-                await anyio.sleep_forever()
-            finally:
-                token.cancel()
+            with watcher:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    token.cancel()
 
         error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_exit)
+            if progress is not None:
+                tg.start_soon(forward)
             try:
                 result = await anyio.to_thread.run_sync(
                     work, model, on_step, token, limiter=lane.limiter, abandon_on_cancel=False
@@ -593,7 +635,10 @@ class ModelPool:
             except Exception as exc:  # raised outside the task group, so callers see it unwrapped
                 error = exc
             finally:
-                tg.cancel_scope.cancel()
+                # Let the forwarder send the steps still queued (before the result goes out), then stop.
+                state.finished = True
+                wake()
+                watcher.cancel()
         if isinstance(error, Cancelled):
             await anyio.lowlevel.checkpoint()  # the caller was cancelled: re-raise that, not ours
         if error is not None:
