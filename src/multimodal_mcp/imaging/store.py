@@ -174,8 +174,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # The rename is atomic: a killed server never leaves a half-written file under the real
+        # name. (No fsync: surviving a power cut is not worth its cost on every image.)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
