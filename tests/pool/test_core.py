@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 import torch
 
@@ -207,11 +209,12 @@ async def test_calls_queue_in_order_report_their_position_and_overflow_as_busy(
 ) -> None:
     pool = ModelPool(_config(tmp_path, tiny_dir, max_queue=1), cpu_only())
     started, gate = anyio.Event(), threading.Event()
+    loop = anyio.lowlevel.current_token()  # model work runs on the device's own thread
     finished: list[str] = []
     messages: list[str | None] = []
 
     def blocking(_model: Any, _step: StepCallback, _cancel: CancelToken) -> str:
-        anyio.from_thread.run_sync(started.set)
+        anyio.from_thread.run_sync(started.set, token=loop)
         gate.wait(10)
         return "first"
 
@@ -267,9 +270,10 @@ async def test_cancelling_a_call_stops_its_work_at_the_next_step_and_frees_the_l
 async def test_a_queued_call_that_is_cancelled_leaves_the_queue(config: Config) -> None:
     pool = ModelPool(config, cpu_only())
     started, gate = anyio.Event(), threading.Event()
+    loop = anyio.lowlevel.current_token()
 
     def blocking(_model: Any, _step: StepCallback, _cancel: CancelToken) -> None:
-        anyio.from_thread.run_sync(started.set)
+        anyio.from_thread.run_sync(started.set, token=loop)
         gate.wait(10)
 
     async with pool.running(), pool.use("tiny-clip") as model, anyio.create_task_group() as tg:
@@ -371,3 +375,17 @@ async def test_a_real_cuda_out_of_memory_is_retried_once_then_reported(config: C
         assert _where(pool)["tiny-clip"] == "cuda:0"
         assert await pool.run(model, allocate_too_much) == "recovered"
         assert pool.oom_retries == 1
+
+
+async def test_a_devices_work_runs_on_one_long_lived_thread(config: Config) -> None:
+    pool = ModelPool(config, cpu_only())
+
+    def where(_model: Any, _step: StepCallback, _cancel: CancelToken) -> tuple[int, str]:
+        return threading.get_ident(), threading.current_thread().name
+
+    async with pool.running(), pool.use("tiny-clip") as model:
+        first = await pool.run(model, where)
+        await anyio.to_thread.run_sync(lambda: None)  # other blocking work in between uses other threads
+        second = await pool.run(model, where)
+    assert first == second and first[0] != threading.get_ident()
+    assert first[1] == "multimodal-mcp cpu"
