@@ -46,7 +46,8 @@ Tools to make and read images on local models. Every image you make or pass in g
 describe_image to check the result -> adjust the prompt (keep the seed to keep the composition) ->
 generate again -> compare_images. controlled_generate keeps the structure of a reference image.
 list_models shows the models and their defaults. Full-resolution images are resources at
-image://<id>; results show small previews."""
+image://<id>; results show small previews. A call that runs long returns a job id instead of its
+result: call get_job(job_id, wait_seconds) until it is done."""
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
 
