@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import cv2
+import jsonschema
 import numpy as np
 from mcp import Client
 from PIL import Image, ImageDraw
@@ -19,6 +20,8 @@ async def test_canny_controlled_generation_returns_the_edge_map_it_was_steered_b
     args = {"prompt": "a futuristic glass skyscraper", "control_image": data_uri(reference), "seed": 11}
     result = await client.call_tool("controlled_generate", args)
     assert not result.is_error, text_of(result)
+    tool = next(t for t in (await client.list_tools()).tools if t.name == "controlled_generate")
+    jsonschema.validate(result.structured_content, tool.output_schema)
     out = result.structured_content
     assert out["control_type"] == "canny" and out["controlnet"] == "tiny-controlnet-canny"
     assert out["conditioning_scale"] == 0.8 and (out["parameters"]["width"], out["parameters"]["height"]) == (

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import jsonschema
 import torch
 from mcp import Client
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -15,6 +16,8 @@ async def test_describe_image_answers_with_the_vlms_greedy_output(client: Client
         "describe_image", {"image": data_uri(image), "prompt": "What animal is this?", "max_tokens": 6}
     )
     assert not result.is_error, text_of(result)
+    tool = next(t for t in (await client.list_tools()).tools if t.name == "describe_image")
+    jsonschema.validate(result.structured_content, tool.output_schema)
     out = result.structured_content
     assert out["model"] == "tiny-vlm" and out["prompt"] == "What animal is this?"
     assert 1 <= out["tokens"] <= 6
