@@ -194,10 +194,6 @@ class Config(_Frozen):
                     )
         return self
 
-    def model(self, name: str) -> ModelSpec:
-        """The spec of a configured model; KeyError if absent (callers turn it into UnknownModel)."""
-        return self.models[name]
-
     def models_for(self, task: Task) -> list[str]:
         return [name for name, spec in self.models.items() if spec.task == task]
 

@@ -6,11 +6,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
-
-from multimodal_mcp.config import ModelSpec
 
 StepCallback = Callable[[int, int], None]
 """Called from the worker thread after each denoising step with (step, total)."""
@@ -67,11 +65,3 @@ class LoadContext:
 
     device: str
     tiny_dir: Path
-
-
-class LoadedModel(Protocol):
-    name: str
-    spec: ModelSpec
-    device: str
-
-    def memory_bytes(self) -> int: ...

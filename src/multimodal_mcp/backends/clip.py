@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
@@ -13,10 +15,6 @@ from multimodal_mcp.config import ModelSpec
 class ClipModel(TransformersModel):
     """A loaded CLIP model and its processor. Methods are blocking; they run in pool worker threads."""
 
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        """L2-normalised image embeddings of a batch, shape (n, dim), float32 on the CPU."""
-        return self.image_embeddings(images)
-
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """L2-normalised text embeddings of a batch, shape (n, dim), float32 on the CPU."""
         import torch
@@ -26,10 +24,7 @@ class ClipModel(TransformersModel):
         )
         with torch.inference_mode():
             features = self.model.get_text_features(**inputs)
-        if not isinstance(features, torch.Tensor):
-            features = features.pooler_output
-        features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+        return _unit_vectors(features)
 
     def logit_parameters(self) -> tuple[float, float]:
         """(scale, bias) that turn cosine similarities into the model's logits."""
@@ -37,29 +32,25 @@ class ClipModel(TransformersModel):
         bias = getattr(self.model, "logit_bias", None)
         return scale, float(bias.detach()) if bias is not None else 0.0
 
-    def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
-        """Softmax over the model's scaled image-text logits, one probability per text."""
-        import torch
-
-        inputs = self.processor(
-            text=texts, images=[image], return_tensors="pt", padding=True, truncation=True
-        )
-        inputs = inputs.to(self.device)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits_per_image[0].float()
-        return [float(p) for p in logits.softmax(dim=-1).cpu()]
-
-    def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
-        """L2-normalised image embeddings, shape (len(images), dim)."""
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings of a batch, shape (n, dim), float32 on the CPU."""
         import torch
 
         inputs = self.processor(images=images, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             features = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype))
-        if not isinstance(features, torch.Tensor):
-            features = features.pooler_output
-        features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+        return _unit_vectors(features)
+
+
+def _unit_vectors(features: Any) -> np.ndarray:
+    """L2-normalised rows as float32 on the CPU. transformers 5 returns the projected features
+    either as a tensor or as the pooled output of a model output object."""
+    import torch
+
+    if not isinstance(features, torch.Tensor):
+        features = features.pooler_output
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return np.asarray(features.cpu().numpy(), dtype=np.float32)
 
 
 def load_clip(name: str, spec: ModelSpec, ctx: LoadContext) -> ClipModel:

@@ -5,28 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from multimodal_mcp.config import Device, DType
+from multimodal_mcp.config import DType
 
 logger = logging.getLogger(__name__)
-
-
-def pick_device(setting: Device) -> str:
-    """Resolve ``auto`` to ``cuda``, then ``mps``, then ``cpu``; warn when a requested GPU is missing."""
-    import torch
-
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        logger.warning("device 'cuda' was configured but CUDA is not available; falling back to CPU")
-        return "cpu"
-    if setting == "mps" and not torch.backends.mps.is_available():
-        logger.warning("device 'mps' was configured but MPS is not available; falling back to CPU")
-        return "cpu"
-    return setting
 
 
 def dtype_itemsize(requested: DType, device: str) -> int:

@@ -30,7 +30,6 @@ _DATA_URI = re.compile(
 class DecodedImage:
     image: Image.Image
     source_format: str
-    raw: bytes
 
 
 def looks_like_data_uri(text: str) -> bool:
@@ -109,7 +108,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         image = image.convert("RGBA") if _has_alpha(image) else image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageInputError("the image data is corrupt or truncated") from exc
-    return DecodedImage(image=image, source_format=fmt, raw=data)
+    return DecodedImage(image=image, source_format=fmt)
 
 
 def _has_alpha(img: Image.Image) -> bool:
