@@ -246,6 +246,15 @@ _DEFAULT_MODELS: dict[str, dict[str, Any]] = {
         "base_models": ["sd15"],
         "description": "ControlNet 1.1 canny edges for Stable Diffusion 1.5.",
     },
+    "controlnet-canny-sdxl": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "diffusers/controlnet-canny-sdxl-1.0",
+        "dtype": "float16",
+        "control_type": "canny",
+        "base_models": ["sdxl"],
+        "description": "Canny edges ControlNet for SDXL 1.0.",
+    },
     "clip-vit-l-14": {
         "task": "clip",
         "backend": "transformers",
@@ -299,6 +308,14 @@ _TINY_MODELS: dict[str, dict[str, Any]] = {
         "control_type": "canny",
         "base_models": ["tiny-sd15"],
         "description": f"Canny ControlNet for the tiny SD 1.5. {_TINY_NOTE}",
+    },
+    "tiny-controlnet-canny-sdxl": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "tiny:controlnet-canny-sdxl",
+        "control_type": "canny",
+        "base_models": ["tiny-sdxl"],
+        "description": f"Canny ControlNet for the tiny SDXL. {_TINY_NOTE}",
     },
     "tiny-clip": {
         "task": "clip",

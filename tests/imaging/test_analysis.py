@@ -295,3 +295,17 @@ def test_canny_rejects_bad_thresholds_naming_the_values(chelsea: Image.Image, lo
     message = str(excinfo.value)
     assert str(low) in message or str(high) in message
     assert "threshold" in message
+
+
+def test_keep_outside_mask_is_exact_outside_and_feathers_only_inside() -> None:
+    from multimodal_mcp.imaging.analysis import keep_outside_mask
+
+    original = Image.new("RGB", (40, 40), (0, 0, 0))
+    generated = Image.new("RGB", (40, 40), (200, 200, 200))
+    mask = Image.new("L", (40, 40), 0)
+    mask.paste(255, (10, 10, 30, 30))
+    out = np.asarray(keep_outside_mask(original, generated, mask, feather=4))
+    inside = np.asarray(mask) == 255
+    assert (out[~inside] == 0).all()  # outside: the original, bit for bit
+    assert (out[20, 20] == 200).all()  # deep inside: the generated image
+    assert 0 < out[20, 10, 0] < 200  # on the mask's edge: blended

@@ -6,7 +6,7 @@ import numpy as np
 from mcp import Client
 from PIL import Image, ImageDraw
 
-from helpers import call_error, call_ok, data_uri, open_png, read_png, text_of
+from helpers import call_error, call_ok, data_uri, open_png, photo, read_png, text_of
 
 
 def _building(size: int = 64) -> Image.Image:
@@ -75,9 +75,9 @@ async def test_the_generated_image_records_its_inputs_as_parents(client: Client,
 async def test_controlled_generate_errors_name_what_can_work(client: Client) -> None:
     image = data_uri(_building())
     message = await call_error(
-        client, "controlled_generate", {"prompt": "x", "control_image": image, "model": "tiny-sdxl"}
+        client, "controlled_generate", {"prompt": "x", "control_image": image, "model": "tiny-flux"}
     )
-    assert "no canny ControlNet" in message and "tiny-sd15" in message
+    assert "no canny ControlNet" in message and "tiny-sd15" in message and "tiny-sdxl" in message
     message = await call_error(
         client,
         "controlled_generate",
@@ -87,3 +87,121 @@ async def test_controlled_generate_errors_name_what_can_work(client: Client) -> 
     assert "control_type" in await call_error(
         client, "controlled_generate", {"prompt": "x", "control_image": image, "control_type": "depth"}
     )
+
+
+def _mask(size: int = 64, box: tuple[int, int, int, int] = (16, 16, 47, 47)) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return mask
+
+
+async def test_img2img_keeps_the_init_size_and_strength_changes_the_output(client: Client) -> None:
+    init = photo("chelsea", None).resize((96, 64))
+    base = {"prompt": "a cat in a garden", "init_image": data_uri(init), "seed": 5, "steps": 4}
+    out = await call_ok(client, "controlled_generate", {**base, "strength": 0.5})
+    assert out["mode"] == "img2img" and out["control_image"] is None and out["strength"] == 0.5
+    assert (out["parameters"]["width"], out["parameters"]["height"]) == (96, 64)
+    first = await read_png(client, out["images"][0]["uri"])
+    assert open_png(first).size == (96, 64)
+    again = await call_ok(client, "controlled_generate", {**base, "strength": 0.5})
+    assert await read_png(client, again["images"][0]["uri"]) == first
+    stronger = await call_ok(client, "controlled_generate", {**base, "strength": 1.0})
+    assert await read_png(client, stronger["images"][0]["uri"]) != first
+
+
+async def test_inpainting_changes_only_the_masked_pixels(client: Client, services) -> None:  # type: ignore[no-untyped-def]
+    init = photo("astronaut", 64)
+    mask = _mask()
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "a red balloon", "init_image": data_uri(init), "mask_image": data_uri(mask), "seed": 2},
+    )
+    assert out["mode"] == "inpaint" and out["mask_image"]["id"]
+    result = np.asarray(open_png(await read_png(client, out["images"][0]["uri"])).convert("RGB"), dtype=int)
+    original = np.asarray(init, dtype=int)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(result[outside], original[outside])  # bit for bit
+    assert np.abs(result[~outside] - original[~outside]).mean() > 5  # the inside was repainted
+    record = services.store.record(out["images"][0]["id"])
+    assert record.parents == [out["init_image"]["id"], out["mask_image"]["id"]]
+
+
+async def test_controlnet_combines_with_img2img_and_inpainting(client: Client) -> None:
+    init = data_uri(photo("coffee", 64))
+    both = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "control_image": data_uri(_building()), "init_image": init, "seed": 1},
+    )
+    assert both["mode"] == "control+img2img" and both["controlnet"] == "tiny-controlnet-canny"
+    inpaint = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "x",
+            "control_image": data_uri(_building()),
+            "init_image": init,
+            "mask_image": data_uri(_mask()),
+            "seed": 1,
+        },
+    )
+    assert inpaint["mode"] == "control+inpaint"
+
+
+async def test_sdxl_takes_its_own_canny_controlnet_and_inpaints(client: Client) -> None:
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "control_image": data_uri(_building()), "model": "tiny-sdxl"},
+    )
+    assert out["controlnet"] == "tiny-controlnet-canny-sdxl"
+    init = photo("chelsea", 64)
+    mask = _mask()
+    painted = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "model": "tiny-sdxl", "init_image": data_uri(init), "mask_image": data_uri(mask)},
+    )
+    result = np.asarray(open_png(await read_png(client, painted["images"][0]["uri"])).convert("RGB"))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(result[outside], np.asarray(init)[outside])
+
+
+async def test_bad_masks_and_mode_combinations_get_clear_errors(client: Client) -> None:
+    init = data_uri(photo("astronaut", 64))
+    message = await call_error(
+        client, "controlled_generate", {"prompt": "x", "init_image": init, "mask_image": data_uri(_mask(32))}
+    )
+    assert "mask_image is 32x32 but init_image is 64x64" in message
+    colour = Image.new("RGB", (64, 64), (255, 0, 0))
+    message = await call_error(
+        client, "controlled_generate", {"prompt": "x", "init_image": init, "mask_image": data_uri(colour)}
+    )
+    assert "black and white" in message
+    assert "needs init_image" in await call_error(
+        client, "controlled_generate", {"prompt": "x", "control_image": init, "mask_image": data_uri(_mask())}
+    )
+    assert "pass control_image" in await call_error(client, "controlled_generate", {"prompt": "x"})
+    assert "leave width and height out" in await call_error(
+        client, "controlled_generate", {"prompt": "x", "init_image": init, "width": 128}
+    )
+    odd = data_uri(photo("astronaut", 60))
+    assert "not a multiple of 8" in await call_error(
+        client, "controlled_generate", {"prompt": "x", "init_image": odd}
+    )
+
+
+async def test_base_weights_load_once_across_text_to_image_img2img_and_inpainting(
+    client: Client, services
+) -> None:  # type: ignore[no-untyped-def]
+    init = data_uri(photo("coffee", 64))
+    for _ in range(2):
+        await call_ok(client, "generate_image", {"prompt": "x", "seed": 1})
+        await call_ok(client, "controlled_generate", {"prompt": "x", "init_image": init, "seed": 1})
+        await call_ok(
+            client,
+            "controlled_generate",
+            {"prompt": "x", "init_image": init, "mask_image": data_uri(_mask())},
+        )
+    assert services.pool.load_counts == {"tiny-sd15": 1}

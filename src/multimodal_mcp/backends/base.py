@@ -56,6 +56,9 @@ class GenerationRequest:
     scheduler: str
     seeds: list[int]
     controls: tuple[ControlInput, ...] = ()
+    init_image: Image.Image | None = None  # img2img / inpainting: the picture to start from
+    mask_image: Image.Image | None = None  # inpainting: white = repaint
+    strength: float | None = None  # img2img / inpainting: how much of the picture is re-noised
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -19,10 +19,29 @@ from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 logger = logging.getLogger(__name__)
 
 # Pipeline family -> the diffusers class that adds a ControlNet to it.
-_CONTROLNET_PIPELINES: dict[str, str] = {
-    "sd": "StableDiffusionControlNetPipeline",
-    "sdxl": "StableDiffusionXLControlNetPipeline",
+# (family, mode) -> the diffusers class for that mode, built over the loaded text-to-image
+# pipeline's modules. Modes: control (ControlNet), img2img, inpaint, and ControlNet with either.
+_PIPELINES: dict[tuple[str, str], str] = {
+    ("sd", "control"): "StableDiffusionControlNetPipeline",
+    ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
+    ("sd", "control+img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd", "control+inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "control"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+    ("sdxl", "control+img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "control+inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline",
 }
+
+
+def _mode(request: GenerationRequest) -> str:
+    parts = ["control"] if request.controls else []
+    if request.init_image is not None:
+        parts.append("inpaint" if request.mask_image is not None else "img2img")
+    return "+".join(parts) or "text2img"
 
 
 def _family(pipe: Any) -> str:
@@ -101,6 +120,9 @@ class DiffusionModel:
                 "leave negative_prompt empty or choose a Stable Diffusion model"
             )
         check_scheduler(request.scheduler, flow_matching=self.flow_matching, model=self.name)
+        mode = _mode(request)
+        if mode != "text2img":
+            self._pipeline_class(mode)
 
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: CancelToken
@@ -113,9 +135,9 @@ class DiffusionModel:
             request.scheduler, self.pipe.scheduler.config, flow_matching=self.flow_matching, model=self.name
         )
         overrides: dict[str, Any] = {"scheduler": scheduler}
-        pipe_cls: Any = type(self.pipe)
+        mode = _mode(request)
+        pipe_cls: Any = type(self.pipe) if mode == "text2img" else self._pipeline_class(mode)
         if request.controls:
-            pipe_cls = self._controlnet_pipeline_class()
             nets = [c.controlnet for c in request.controls]
             if len(nets) == 1:
                 overrides["controlnet"] = nets[0]
@@ -134,7 +156,9 @@ class DiffusionModel:
         ) -> dict[str, Any]:
             cancel.raise_if_cancelled()
             if on_step is not None:
-                on_step(min(step + 1, total), total)
+                # img2img and inpainting run only the last `strength` share of the steps.
+                steps = int(getattr(_pipe, "num_timesteps", total) or total)
+                on_step(min(step + 1, steps), steps)
             return callback_kwargs
 
         kwargs: dict[str, Any] = {
@@ -157,21 +181,36 @@ class DiffusionModel:
                 c.image.convert("RGB").resize((request.width, request.height)) for c in request.controls
             ]
             scales = [c.scale for c in request.controls]
-            kwargs["image"] = images[0] if len(images) == 1 else images
+            # Plain ControlNet pipelines take the map as `image`; with img2img/inpainting, `image` is the
+            # picture to edit and the map is `control_image`.
+            kwargs["control_image" if request.init_image is not None else "image"] = (
+                images[0] if len(images) == 1 else images
+            )
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
+        if request.init_image is not None:
+            kwargs["image"] = request.init_image.convert("RGB")
+            kwargs["strength"] = request.strength
+        if request.mask_image is not None:
+            kwargs["mask_image"] = request.mask_image
+        accepted = inspect.signature(pipe_cls.__call__).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}  # img2img takes its size from the image
         cancel.raise_if_cancelled()
         with torch.inference_mode():
             output = pipe(**kwargs)
         return list(output.images)
 
-    def _controlnet_pipeline_class(self) -> Any:
+    def supports(self, mode: str) -> bool:
+        return mode == "text2img" or (self.family, mode) in _PIPELINES
+
+    def _pipeline_class(self, mode: str) -> Any:
         import diffusers
 
-        class_name = _CONTROLNET_PIPELINES.get(self.family)
+        class_name = _PIPELINES.get((self.family, mode))
         if class_name is None:
+            able = sorted({family for family, m in _PIPELINES if m == mode})
             raise UnsupportedOperation(
-                f"model {self.name!r} ({self.family}) has no ControlNet support in this server; "
-                "use a Stable Diffusion 1.5 or SDXL model"
+                f"model {self.name!r} ({self.family}) cannot do {mode.replace('+', ' with ')} in this "
+                f"server; model families that can: {', '.join(able)}"
             )
         return getattr(diffusers, class_name)
 

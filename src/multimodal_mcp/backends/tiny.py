@@ -28,13 +28,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "1"
+TINY_BUILD_VERSION: str = "2"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
     "sdxl": "sdxl",
     "flux": "flux",
     "controlnet-canny-sd15": "controlnet-canny-sd15",
+    "controlnet-canny-sdxl": "controlnet-canny-sdxl",
     "clip": "clip",
     "vlm": "vlm",
 }
@@ -319,8 +320,9 @@ def _build_sd15(target: Path) -> None:
     pipe.save_pretrained(target, safe_serialization=True)
 
 
-def _build_sdxl(target: Path) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _sdxl_parts() -> tuple[Any, Any, Any, Any]:
+    """The tiny SDXL's tokenizer, two text encoders and UNet (also the template of its ControlNet)."""
+    from diffusers import UNet2DConditionModel
 
     tokenizer = _make_clip_tokenizer()
     text_encoder = _make_clip_text_encoder(2001, tokenizer)
@@ -346,6 +348,13 @@ def _build_sdxl(target: Path) -> None:
         norm_num_groups=32,
         sample_size=8,
     )
+    return tokenizer, text_encoder, text_encoder_2, unet
+
+
+def _build_sdxl(target: Path) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    tokenizer, text_encoder, text_encoder_2, unet = _sdxl_parts()
     scheduler: Any = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -442,7 +451,6 @@ def _build_flux(target: Path) -> None:
 
 
 def _build_controlnet_canny_sd15(target: Path) -> None:
-    import torch
     from diffusers import ControlNetModel
 
     _seed(4001)
@@ -452,6 +460,23 @@ def _build_controlnet_canny_sd15(target: Path) -> None:
         # Three stride-2 convolutions: the conditioning image is downsampled by 8, matching the sd15 VAE.
         conditioning_embedding_out_channels=(8, 16, 16, 32),
     )
+    _make_controlnet_effective(controlnet)
+    controlnet.save_pretrained(target, safe_serialization=True)
+
+
+def _build_controlnet_canny_sdxl(target: Path) -> None:
+    from diffusers import ControlNetModel
+
+    unet = _sdxl_parts()[3]
+    _seed(4002)
+    controlnet: Any = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    _make_controlnet_effective(controlnet)
+    controlnet.save_pretrained(target, safe_serialization=True)
+
+
+def _make_controlnet_effective(controlnet: Any) -> None:
+    import torch
+
     # A fresh ControlNet has zero-initialised output convolutions and would not influence the UNet at all.
     # Give them ordinary random weights, and give the conditioning-image encoder He-initialised weights
     # without biases: with the default init its signal fades over its seven layers and a thin edge map
@@ -463,7 +488,6 @@ def _build_controlnet_canny_sd15(target: Path) -> None:
         for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
             torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
             conv.bias.zero_()
-    controlnet.save_pretrained(target, safe_serialization=True)
 
 
 def _build_clip(target: Path) -> None:
@@ -542,6 +566,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl": _build_sdxl,
     "flux": _build_flux,
     "controlnet-canny-sd15": _build_controlnet_canny_sd15,
+    "controlnet-canny-sdxl": _build_controlnet_canny_sdxl,
     "clip": _build_clip,
     "vlm": _build_vlm,
 }

@@ -246,3 +246,27 @@ def canny_edges(image: Image.Image, low_threshold: int = 100, high_threshold: in
     gray = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, float(low_threshold), float(high_threshold))
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2), mode="RGB")
+
+
+def keep_outside_mask(
+    original: Image.Image, generated: Image.Image, mask: Image.Image, *, feather: int = 4
+) -> Image.Image:
+    """Inpainting's final composite: ``original`` wherever ``mask`` is 0 (bit for bit), ``generated``
+    inside, blended over ``feather`` pixels *inside* the mask's edge so the seam does not show.
+
+    ``mask`` is an L image of the same size (255 = repainted); ``generated`` is resized to it if needed.
+    """
+    if generated.size != original.size:
+        generated = generated.resize(original.size, Image.Resampling.LANCZOS)
+    inside = np.asarray(mask.convert("L")) >= 128
+    if feather > 0:
+        # Distance to the nearest outside pixel: 1 on the boundary, growing inward.
+        distance = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3)
+        alpha = np.clip(distance / feather, 0.0, 1.0)
+    else:
+        alpha = inside.astype(np.float64)
+    alpha = np.where(inside, alpha, 0.0)[..., None]
+    a = np.asarray(original.convert("RGB"), dtype=np.float64)
+    b = np.asarray(generated.convert("RGB"), dtype=np.float64)
+    out = np.where(alpha > 0, np.rint(a * (1 - alpha) + b * alpha), a)
+    return Image.fromarray(out.astype(np.uint8), mode="RGB")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Annotated, Literal
 
+import numpy as np
+from PIL import Image
 from pydantic import Field, model_validator
 
 from multimodal_mcp.backends.base import ControlInput
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
-from multimodal_mcp.imaging.analysis import canny_edges
+from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
+from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
     ImageRef,
@@ -45,16 +50,17 @@ Threshold = Annotated[int, Field(ge=0, le=255)]
 class ControlledGenerateParams(Params):
     prompt: Prompt
     control_image: Annotated[
-        str,
+        str | None,
         Field(
             min_length=1,
             max_length=48_000_000,
             description=(
                 "The image whose structure to keep: image://<id>, a data: URI, bare base64, or an absolute "
-                "file path. For canny, an ordinary photo or drawing; the edge map is computed from it."
+                "file path. For canny, an ordinary photo or drawing; the edge map is computed from it. "
+                "Optional when init_image is given."
             ),
         ),
-    ]
+    ] = None
     control_type: Annotated[
         ControlType, Field(description="The kind of control. 'canny': edges of the image.")
     ] = "canny"
@@ -80,9 +86,45 @@ class ControlledGenerateParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    init_image: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=48_000_000,
+            description=(
+                "img2img / inpainting: the picture to start from (image://<id>, data: URI, base64 or path). "
+                "The output has its size, which must be a multiple of 8 (16 for Flux)."
+            ),
+        ),
+    ] = None
+    strength: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=1.0,
+            description="With init_image: how much to change it (0.1 = touch up, 1.0 = repaint entirely).",
+        ),
+    ] = 0.75
+    mask_image: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=48_000_000,
+            description=(
+                "Inpainting: a black-and-white mask the size of init_image; white = repaint. Pixels outside "
+                "the mask come back exactly as they were."
+            ),
+        ),
+    ] = None
 
     @model_validator(mode="after")
-    def _thresholds(self) -> ControlledGenerateParams:
+    def _consistent(self) -> ControlledGenerateParams:
+        if self.control_image is None and self.init_image is None:
+            raise ValueError("pass control_image (ControlNet), init_image (img2img, inpainting), or both")
+        if self.mask_image is not None and self.init_image is None:
+            raise ValueError("mask_image needs init_image: the mask says which part of init_image to repaint")
+        if self.init_image is not None and (self.width is not None or self.height is not None):
+            raise ValueError("with init_image the output keeps its size; leave width and height out")
         if self.low_threshold > self.high_threshold:
             raise ValueError(
                 f"low_threshold ({self.low_threshold}) must not be greater than "
@@ -92,22 +134,32 @@ class ControlledGenerateParams(Params):
 
 
 class ControlledGenerateResult(GenerateImageResult):
-    control_image: ImageRef = Field(
+    mode: str = Field(description="control, img2img, inpaint, control+img2img or control+inpaint.")
+    control_image: ImageRef | None = Field(
         description="The control map the model was steered by (e.g. the canny edges)."
     )
-    input_image: ImageRef = Field(description="The control_image argument as stored.")
-    control_type: str
-    controlnet: str
-    conditioning_scale: float
+    input_image: ImageRef | None = Field(description="The control_image argument as stored.")
+    control_type: str | None
+    controlnet: str | None
+    conditioning_scale: float | None
+    init_image: ImageRef | None = Field(description="The init_image argument as stored.")
+    mask_image: ImageRef | None = Field(description="The mask_image argument as stored.")
+    strength: float | None
 
     def summary(self) -> str:
-        return (
-            f"{super().summary()} Steered by {self.control_type} map {self.control_image.uri} "
-            f"(ControlNet {self.controlnet}, scale {self.conditioning_scale})."
-        )
+        text = super().summary()
+        if self.control_image is not None:
+            text += (
+                f" Steered by {self.control_type} map {self.control_image.uri} "
+                f"(ControlNet {self.controlnet}, scale {self.conditioning_scale})."
+            )
+        if self.init_image is not None:
+            what = "Inpainted" if self.mask_image is not None else "Started from"
+            text += f" {what} {self.init_image.uri} (strength {self.strength})."
+        return text
 
     def preview_ids(self) -> list[str]:
-        return [*super().preview_ids(), self.control_image.id]
+        return [*super().preview_ids(), *([self.control_image.id] if self.control_image else [])]
 
 
 def find_controlnet(config: Config, base: str, control_type: str, requested: str | None) -> str:
@@ -165,23 +217,54 @@ def _size_from_control(
     return max(64, round(w / 8) * 8), max(64, round(h / 8) * 8)
 
 
+def _mask_from(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A binary L mask (255 = repaint) from a black-and-white image of exactly ``size``."""
+    if image.size != size:
+        raise InvalidArgument(
+            f"mask_image is {image.width}x{image.height} but init_image is {size[0]}x{size[1]}; "
+            "make the mask exactly the size of init_image (a resize would shift the region)"
+        )
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    if np.abs(rgb - rgb[..., :1]).max() > 8:
+        raise InvalidArgument("mask_image must be black and white (white = repaint), not a colour image")
+    return Image.fromarray(np.where(rgb[..., 0] >= 128, 255, 0).astype(np.uint8), mode="L")
+
+
 async def controlled_generate(
     params: ControlledGenerateParams, services: Services, progress: Progress | None = None
 ) -> ControlledGenerateResult:
-    """Generate images that keep the structure of a reference image, with a ControlNet.
+    """Generate images steered by pictures: a ControlNet map, a picture to edit, or a region to repaint.
 
-    control_type='canny' computes an edge map from control_image with OpenCV (low_threshold,
-    high_threshold) and steers a Stable Diffusion model with it; conditioning_scale sets how
-    strictly the edges are followed. The edge map is stored and returned (control_image) so you can
-    see what steered the result. Everything else works as in generate_image.
+    - ControlNet: control_type='canny' computes an edge map from control_image with OpenCV
+      (low_threshold, high_threshold) and keeps its structure; conditioning_scale sets how strictly.
+      The edge map is stored and returned (control_image) so you can see what steered the result.
+    - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it).
+    - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
+      mask comes back exactly as it was.
+    ControlNet combines with either. Everything else works as in generate_image.
     """
     # 1. Check inputs and pick the models
     clock = Clock()
     name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
-    controlnet_name = find_controlnet(services.config, name, params.control_type, params.controlnet)
-    source = await resolve_image(services, params.control_image, "control_image")
-    default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
-    width, height = _size_from_control(params.width, params.height, source.image.size, default_area)
+    controlnet_name = (
+        find_controlnet(services.config, name, params.control_type, params.controlnet)
+        if params.control_image is not None
+        else None
+    )
+    source = (
+        await resolve_image(services, params.control_image, "control_image") if params.control_image else None
+    )
+    init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
+    mask_source = (
+        await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
+    )
+    mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
+    if init is not None:
+        width, height = init.image.size
+    else:
+        assert source is not None
+        default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
+        width, height = _size_from_control(params.width, params.height, source.image.size, default_area)
     parameters = resolve_parameters(
         spec=spec,
         prompt=params.prompt,
@@ -199,54 +282,87 @@ async def controlled_generate(
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
     # 2. Compute and store the control map
-    def make_control():  # type: ignore[no-untyped-def]
-        edges = canny_edges(source.image, params.low_threshold, params.high_threshold)
-        record = services.store.put(
-            edges,
-            kind="control",
-            parents=[source.record.id],
-            parameters={
-                "control_type": params.control_type,
-                "low_threshold": params.low_threshold,
-                "high_threshold": params.high_threshold,
-            },
+    control_map: Image.Image | None = None
+    control_record = None
+    if source is not None:
+
+        def make_control() -> tuple[Image.Image, ImageRecord]:
+            edges = canny_edges(source.image, params.low_threshold, params.high_threshold)
+            record = services.store.put(
+                edges,
+                kind="control",
+                parents=[source.record.id],
+                parameters={
+                    "control_type": params.control_type,
+                    "low_threshold": params.low_threshold,
+                    "high_threshold": params.high_threshold,
+                },
+            )
+            return edges, record
+
+        try:
+            control_map, control_record = await in_thread(make_control)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+
+    # 3. Hold the base pipeline (the weights generate_image uses: loaded once) and, for ControlNet,
+    #    the ControlNet on the same device
+    async with AsyncExitStack() as stack:
+        model = await stack.enter_async_context(clock.use(services, name))
+        controls: tuple[ControlInput, ...] = ()
+        if controlnet_name is not None and control_map is not None:
+            controlnet = await stack.enter_async_context(clock.use(services, controlnet_name, near=model))
+            controls = (ControlInput(controlnet.model, control_map, params.conditioning_scale),)
+        request = replace(
+            generation_request(parameters, seeds, controls),
+            init_image=init.image.convert("RGB") if init else None,
+            mask_image=mask,
+            strength=params.strength if init else None,
         )
-        return edges, record
-
-    try:
-        control_map, control_record = await in_thread(make_control)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
-
-    # 3. Hold the base pipeline and its ControlNet on one device (the base weights are the ones
-    #    generate_image uses: loaded once)
-    async with (
-        clock.use(services, name) as model,
-        clock.use(services, controlnet_name, near=model) as controlnet,
-    ):
-        control = ControlInput(controlnet.model, control_map, params.conditioning_scale)
-        request = generation_request(parameters, seeds, (control,))
         model.check(request)
 
         # 4. Denoise
         async with clock.infer():
             images = await services.pool.run(model, _denoise(request), progress=progress)
 
-    # 5. Store with the ids of every input
+    # 5. Inpainting: put every pixel outside the mask back exactly, feathering only inside it
+    if init is not None and mask is not None:
+        original = init.image.convert("RGB")
+        images = await in_thread(lambda: [keep_outside_mask(original, image, mask) for image in images])
+
+    # 6. Store with the ids of every input
+    mode = "+".join(
+        [*(["control"] if control_record else []), *(["inpaint" if mask else "img2img"] if init else [])]
+    )
+    parents = [
+        r.id
+        for r in (
+            source.record if source else None,
+            control_record,
+            init.record if init else None,
+            mask_source.record if mask_source else None,
+        )
+        if r is not None
+    ]
+    extra: dict[str, object] = {"mode": mode}
+    if control_record is not None:
+        extra |= {
+            "control_type": params.control_type,
+            "controlnet": controlnet_name,
+            "conditioning_scale": params.conditioning_scale,
+            "low_threshold": params.low_threshold,
+            "high_threshold": params.high_threshold,
+        }
+    if init is not None:
+        extra["strength"] = params.strength
     refs = await store_generated(
         services,
         images,
         seeds=seeds,
         model=name,
         parameters=parameters,
-        parents=[source.record.id, control_record.id],
-        extra_parameters={
-            "control_type": params.control_type,
-            "controlnet": controlnet_name,
-            "conditioning_scale": params.conditioning_scale,
-            "low_threshold": params.low_threshold,
-            "high_threshold": params.high_threshold,
-        },
+        parents=parents,
+        extra_parameters=extra,
     )
     return ControlledGenerateResult(
         images=refs,
@@ -254,9 +370,13 @@ async def controlled_generate(
         model=name,
         parameters=parameters,
         timings=clock.timings(),
-        control_image=ImageRef.of(control_record),
-        input_image=ImageRef.of(source.record),
-        control_type=params.control_type,
+        mode=mode,
+        control_image=ImageRef.of(control_record) if control_record else None,
+        input_image=ImageRef.of(source.record) if source else None,
+        control_type=params.control_type if control_record else None,
         controlnet=controlnet_name,
-        conditioning_scale=params.conditioning_scale,
+        conditioning_scale=params.conditioning_scale if control_record else None,
+        init_image=ImageRef.of(init.record) if init else None,
+        mask_image=ImageRef.of(mask_source.record) if mask_source else None,
+        strength=params.strength if init else None,
     )
