@@ -246,6 +246,15 @@ _DEFAULT_MODELS: dict[str, dict[str, Any]] = {
         "base_models": ["sd15"],
         "description": "ControlNet 1.1 canny edges for Stable Diffusion 1.5.",
     },
+    "controlnet-depth-sd15": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "lllyasviel/control_v11f1p_sd15_depth",
+        "dtype": "float16",
+        "control_type": "depth",
+        "base_models": ["sd15"],
+        "description": "ControlNet 1.1 depth maps for Stable Diffusion 1.5 (pass a prepared depth map).",
+    },
     "controlnet-canny-sdxl": {
         "task": "controlnet",
         "backend": "diffusers",
@@ -308,6 +317,14 @@ _TINY_MODELS: dict[str, dict[str, Any]] = {
         "control_type": "canny",
         "base_models": ["tiny-sd15"],
         "description": f"Canny ControlNet for the tiny SD 1.5. {_TINY_NOTE}",
+    },
+    "tiny-controlnet-depth": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "tiny:controlnet-canny-sd15",
+        "control_type": "depth",
+        "base_models": ["tiny-sd15"],
+        "description": f"A depth ControlNet stand-in for the tiny SD 1.5 (canny weights). {_TINY_NOTE}",
     },
     "tiny-controlnet-canny-sdxl": {
         "task": "controlnet",

@@ -69,7 +69,9 @@ async def test_the_generated_image_records_its_inputs_as_parents(client: Client,
     )
     record = services.store.record(out["images"][0]["id"])
     assert record.parents == [out["input_image"]["id"], out["control_image"]["id"]]
-    assert record.parameters["controlnet"] == "tiny-controlnet-canny"
+    assert record.parameters["controls"] == [
+        {"type": "canny", "controlnet": "tiny-controlnet-canny", "scale": 0.8}
+    ]
 
 
 async def test_controlled_generate_errors_name_what_can_work(client: Client) -> None:
@@ -85,7 +87,7 @@ async def test_controlled_generate_errors_name_what_can_work(client: Client) -> 
     )
     assert "low_threshold (200)" in message
     assert "control_type" in await call_error(
-        client, "controlled_generate", {"prompt": "x", "control_image": image, "control_type": "depth"}
+        client, "controlled_generate", {"prompt": "x", "control_image": image, "control_type": "thermal"}
     )
 
 
@@ -205,3 +207,48 @@ async def test_base_weights_load_once_across_text_to_image_img2img_and_inpaintin
             {"prompt": "x", "init_image": init, "mask_image": data_uri(_mask())},
         )
     assert services.pool.load_counts == {"tiny-sd15": 1}
+
+
+async def test_several_controls_at_once_and_prepared_maps_used_as_given(client: Client) -> None:
+    depth = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "a tower",
+            "controls": [
+                {"image": data_uri(_building()), "type": "canny", "scale": 0.8},
+                {"image": data_uri(depth), "type": "depth", "scale": 0.5},
+            ],
+            "seed": 4,
+        },
+    )
+    assert [(c["type"], c["controlnet"], c["scale"]) for c in out["controls"]] == [
+        ("canny", "tiny-controlnet-canny", 0.8),
+        ("depth", "tiny-controlnet-depth", 0.5),
+    ]
+    depth_used = out["controls"][1]
+    assert depth_used["control_image"]["id"] == depth_used["input_image"]["id"]  # a prepared map, as given
+    single = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "a tower", "control_image": data_uri(_building()), "seed": 4},
+    )
+    assert await read_png(client, single["images"][0]["uri"]) != await read_png(
+        client, out["images"][0]["uri"]
+    )
+
+
+async def test_the_share_of_steps_under_control_changes_the_output(client: Client) -> None:
+    base = {"prompt": "a tower", "control_image": data_uri(_building()), "seed": 6, "steps": 4}
+    full = await call_ok(client, "controlled_generate", base)
+    late = await call_ok(client, "controlled_generate", {**base, "control_start": 0.5})
+    assert await read_png(client, full["images"][0]["uri"]) != await read_png(
+        client, late["images"][0]["uri"]
+    )
+    assert "control_start (0.6) must be less than control_end (0.5)" in await call_error(
+        client, "controlled_generate", {**base, "control_start": 0.6, "control_end": 0.5}
+    )
+    assert "either control_image or controls" in await call_error(
+        client, "controlled_generate", {**base, "controls": [{"image": data_uri(_building())}]}
+    )

@@ -14,6 +14,8 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-sdxl",
         "tiny-flux",
         "tiny-controlnet-canny",
+        "tiny-controlnet-depth",
+        "tiny-controlnet-canny-sdxl",
         "tiny-clip",
         "tiny-vlm",
     }

@@ -1,22 +1,24 @@
-"""controlled_generate: ControlNet-guided generation (canny edges computed from an ordinary image)."""
+"""controlled_generate: generation steered by pictures: ControlNet maps, img2img, inpainting."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.backends.base import ControlInput
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
+from multimodal_mcp.imaging.inputs import ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
+    ImageArg,
     ImageRef,
     ModelArg,
     Params,
@@ -43,40 +45,67 @@ from multimodal_mcp.tools.generate_image import (
     store_generated,
 )
 
-ControlType = Literal["canny"]
+ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
 Threshold = Annotated[int, Field(ge=0, le=255)]
+ControlScale = Annotated[
+    float, Field(ge=0.0, le=2.0, description="How strongly the control map steers the image (0 = ignore it).")
+]
+OptionalImage = Annotated[str | None, Field(min_length=1, max_length=48_000_000)]
+CONTROL_TYPES_HELP = (
+    "'canny': any photo or drawing, edges are computed from it. depth, pose, scribble, segmentation, "
+    "lineart, softedge, normal: a prepared control map of that kind, used as given."
+)
+
+
+class ControlSpec(BaseModel):
+    """One ControlNet condition, for several at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageArg
+    type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
+    scale: ControlScale = 0.8
 
 
 class ControlledGenerateParams(Params):
     prompt: Prompt
     control_image: Annotated[
-        str | None,
+        OptionalImage,
         Field(
-            min_length=1,
-            max_length=48_000_000,
             description=(
                 "The image whose structure to keep: image://<id>, a data: URI, bare base64, or an absolute "
                 "file path. For canny, an ordinary photo or drawing; the edge map is computed from it. "
-                "Optional when init_image is given."
+                "Optional when init_image or controls is given."
             ),
         ),
     ] = None
-    control_type: Annotated[
-        ControlType, Field(description="The kind of control. 'canny': edges of the image.")
-    ] = "canny"
+    control_type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
     low_threshold: Annotated[Threshold, Field(description="Canny lower hysteresis threshold (0-255).")] = 100
     high_threshold: Annotated[Threshold, Field(description="Canny upper hysteresis threshold (0-255).")] = 200
-    conditioning_scale: Annotated[
-        float,
-        Field(ge=0.0, le=2.0, description="How strongly the control map steers the image (0 = ignore it)."),
-    ] = 0.8
+    conditioning_scale: ControlScale = 0.8
+    controls: Annotated[
+        list[ControlSpec] | None,
+        Field(
+            min_length=1,
+            max_length=3,
+            description="Several controls at once (multi-ControlNet), instead of control_image: "
+            "[{image, type, scale}, ...].",
+        ),
+    ] = None
+    control_start: Annotated[
+        float, Field(ge=0.0, lt=1.0, description="Fraction of the steps after which control starts.")
+    ] = 0.0
+    control_end: Annotated[
+        float, Field(gt=0.0, le=1.0, description="Fraction of the steps after which control stops.")
+    ] = 1.0
     negative_prompt: NegativePrompt = None
     model: ModelArg = None
     controlnet: Annotated[
         str | None,
         Field(
             max_length=64,
-            description="A configured ControlNet name; omit to use the one for the model and type.",
+            description="A configured ControlNet name for control_image; omit to use the one for the model "
+            "and type.",
         ),
     ] = None
     width: Side = None
@@ -87,10 +116,8 @@ class ControlledGenerateParams(Params):
     seed: Seed = None
     num_images: NumImages = 1
     init_image: Annotated[
-        str | None,
+        OptionalImage,
         Field(
-            min_length=1,
-            max_length=48_000_000,
             description=(
                 "img2img / inpainting: the picture to start from (image://<id>, data: URI, base64 or path). "
                 "The output has its size, which must be a multiple of 8 (16 for Flux)."
@@ -106,10 +133,8 @@ class ControlledGenerateParams(Params):
         ),
     ] = 0.75
     mask_image: Annotated[
-        str | None,
+        OptionalImage,
         Field(
-            min_length=1,
-            max_length=48_000_000,
             description=(
                 "Inpainting: a black-and-white mask the size of init_image; white = repaint. Pixels outside "
                 "the mask come back exactly as they were."
@@ -119,12 +144,22 @@ class ControlledGenerateParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlledGenerateParams:
-        if self.control_image is None and self.init_image is None:
+        if self.control_image is None and self.controls is None and self.init_image is None:
             raise ValueError("pass control_image (ControlNet), init_image (img2img, inpainting), or both")
+        if self.control_image is not None and self.controls is not None:
+            raise ValueError("pass either control_image or controls, not both")
+        if self.controls is not None and self.controlnet is not None:
+            raise ValueError(
+                "controlnet names the ControlNet for control_image; with controls it is chosen per type"
+            )
         if self.mask_image is not None and self.init_image is None:
             raise ValueError("mask_image needs init_image: the mask says which part of init_image to repaint")
         if self.init_image is not None and (self.width is not None or self.height is not None):
             raise ValueError("with init_image the output keeps its size; leave width and height out")
+        if self.control_start >= self.control_end:
+            raise ValueError(
+                f"control_start ({self.control_start}) must be less than control_end ({self.control_end})"
+            )
         if self.low_threshold > self.high_threshold:
             raise ValueError(
                 f"low_threshold ({self.low_threshold}) must not be greater than "
@@ -132,13 +167,29 @@ class ControlledGenerateParams(Params):
             )
         return self
 
+    def control_specs(self) -> list[ControlSpec]:
+        if self.controls is not None:
+            return list(self.controls)
+        if self.control_image is not None:
+            return [
+                ControlSpec(image=self.control_image, type=self.control_type, scale=self.conditioning_scale)
+            ]
+        return []
+
+
+class ControlUsed(BaseModel):
+    type: str
+    controlnet: str
+    scale: float
+    control_image: ImageRef = Field(description="The control map the model was steered by.")
+    input_image: ImageRef = Field(description="The image the map was made from (the map itself if prepared).")
+
 
 class ControlledGenerateResult(GenerateImageResult):
     mode: str = Field(description="control, img2img, inpaint, control+img2img or control+inpaint.")
-    control_image: ImageRef | None = Field(
-        description="The control map the model was steered by (e.g. the canny edges)."
-    )
-    input_image: ImageRef | None = Field(description="The control_image argument as stored.")
+    controls: list[ControlUsed] = Field(description="Every ControlNet condition used, in order.")
+    control_image: ImageRef | None = Field(description="The first control map (e.g. the canny edges).")
+    input_image: ImageRef | None = Field(description="The first control's input image as stored.")
     control_type: str | None
     controlnet: str | None
     conditioning_scale: float | None
@@ -148,10 +199,10 @@ class ControlledGenerateResult(GenerateImageResult):
 
     def summary(self) -> str:
         text = super().summary()
-        if self.control_image is not None:
+        for used in self.controls:
             text += (
-                f" Steered by {self.control_type} map {self.control_image.uri} "
-                f"(ControlNet {self.controlnet}, scale {self.conditioning_scale})."
+                f" Steered by {used.type} map {used.control_image.uri} "
+                f"(ControlNet {used.controlnet}, scale {used.scale})."
             )
         if self.init_image is not None:
             what = "Inpainted" if self.mask_image is not None else "Started from"
@@ -159,7 +210,16 @@ class ControlledGenerateResult(GenerateImageResult):
         return text
 
     def preview_ids(self) -> list[str]:
-        return [*super().preview_ids(), *([self.control_image.id] if self.control_image else [])]
+        return [*super().preview_ids(), *(used.control_image.id for used in self.controls)]
+
+
+@dataclass(frozen=True)
+class _PreparedControl:
+    spec: ControlSpec
+    controlnet: str
+    source: ResolvedImage
+    image: Image.Image
+    record: ImageRecord
 
 
 def find_controlnet(config: Config, base: str, control_type: str, requested: str | None) -> str:
@@ -233,11 +293,13 @@ def _mask_from(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 async def controlled_generate(
     params: ControlledGenerateParams, services: Services, progress: Progress | None = None
 ) -> ControlledGenerateResult:
-    """Generate images steered by pictures: a ControlNet map, a picture to edit, or a region to repaint.
+    """Generate images steered by pictures: ControlNet maps, a picture to edit, or a region to repaint.
 
     - ControlNet: control_type='canny' computes an edge map from control_image with OpenCV
-      (low_threshold, high_threshold) and keeps its structure; conditioning_scale sets how strictly.
-      The edge map is stored and returned (control_image) so you can see what steered the result.
+      (low_threshold, high_threshold) and keeps its structure; other types (depth, pose, scribble,
+      segmentation, lineart, softedge, normal) take a prepared map. conditioning_scale sets how
+      strictly, control_start/control_end the share of steps it applies to; controls=[...] combines
+      several. The maps are stored and returned so you can see what steered the result.
     - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it).
     - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
       mask comes back exactly as it was.
@@ -246,14 +308,17 @@ async def controlled_generate(
     # 1. Check inputs and pick the models
     clock = Clock()
     name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
-    controlnet_name = (
-        find_controlnet(services.config, name, params.control_type, params.controlnet)
-        if params.control_image is not None
-        else None
-    )
-    source = (
-        await resolve_image(services, params.control_image, "control_image") if params.control_image else None
-    )
+    specs = params.control_specs()
+    controlnets = [
+        find_controlnet(services.config, name, c.type, params.controlnet if params.controls is None else None)
+        for c in specs
+    ]
+    sources = [
+        await resolve_image(
+            services, c.image, "control_image" if params.controls is None else f"controls[{i}].image"
+        )
+        for i, c in enumerate(specs)
+    ]
     init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
     mask_source = (
         await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
@@ -262,9 +327,8 @@ async def controlled_generate(
     if init is not None:
         width, height = init.image.size
     else:
-        assert source is not None
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
-        width, height = _size_from_control(params.width, params.height, source.image.size, default_area)
+        width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
     parameters = resolve_parameters(
         spec=spec,
         prompt=params.prompt,
@@ -281,43 +345,45 @@ async def controlled_generate(
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
-    # 2. Compute and store the control map
-    control_map: Image.Image | None = None
-    control_record = None
-    if source is not None:
-
-        def make_control() -> tuple[Image.Image, ImageRecord]:
-            edges = canny_edges(source.image, params.low_threshold, params.high_threshold)
+    # 2. Make and store the control maps (canny computed; other types used as given)
+    def prepare() -> list[_PreparedControl]:
+        prepared = []
+        for control, controlnet, source in zip(specs, controlnets, sources, strict=True):
+            if control.type == "canny":
+                image = canny_edges(source.image, params.low_threshold, params.high_threshold)
+                settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
+            else:
+                image, settings = source.image.convert("RGB"), {}
             record = services.store.put(
-                edges,
+                image,
                 kind="control",
                 parents=[source.record.id],
-                parameters={
-                    "control_type": params.control_type,
-                    "low_threshold": params.low_threshold,
-                    "high_threshold": params.high_threshold,
-                },
+                parameters={"control_type": control.type, **settings},
             )
-            return edges, record
+            prepared.append(_PreparedControl(control, controlnet, source, image, record))
+        return prepared
 
-        try:
-            control_map, control_record = await in_thread(make_control)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
+    try:
+        prepared = await in_thread(prepare)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
 
-    # 3. Hold the base pipeline (the weights generate_image uses: loaded once) and, for ControlNet,
-    #    the ControlNet on the same device
+    # 3. Hold the base pipeline (the weights generate_image uses: loaded once) and the ControlNets on
+    #    the same device
     async with AsyncExitStack() as stack:
         model = await stack.enter_async_context(clock.use(services, name))
-        controls: tuple[ControlInput, ...] = ()
-        if controlnet_name is not None and control_map is not None:
-            controlnet = await stack.enter_async_context(clock.use(services, controlnet_name, near=model))
-            controls = (ControlInput(controlnet.model, control_map, params.conditioning_scale),)
+        controls = []
+        for item in prepared:
+            controlnet = await stack.enter_async_context(clock.use(services, item.controlnet, near=model))
+            controls.append(ControlInput(controlnet.model, item.image, item.spec.scale))
         request = replace(
-            generation_request(parameters, seeds, controls),
+            generation_request(parameters, seeds, tuple(controls)),
             init_image=init.image.convert("RGB") if init else None,
             mask_image=mask,
             strength=params.strength if init else None,
+            extra={"control_guidance_start": params.control_start, "control_guidance_end": params.control_end}
+            if controls
+            else {},
         )
         model.check(request)
 
@@ -332,24 +398,29 @@ async def controlled_generate(
 
     # 6. Store with the ids of every input
     mode = "+".join(
-        [*(["control"] if control_record else []), *(["inpaint" if mask else "img2img"] if init else [])]
+        [*(["control"] if prepared else []), *(["inpaint" if mask else "img2img"] if init else [])]
     )
-    parents = [
-        r.id
-        for r in (
-            source.record if source else None,
-            control_record,
-            init.record if init else None,
-            mask_source.record if mask_source else None,
+    used = [
+        ControlUsed(
+            type=item.spec.type,
+            controlnet=item.controlnet,
+            scale=item.spec.scale,
+            control_image=ImageRef.of(item.record),
+            input_image=ImageRef.of(item.source.record),
         )
-        if r is not None
+        for item in prepared
+    ]
+    parents = [
+        *(r for item in prepared for r in dict.fromkeys([item.source.record.id, item.record.id])),
+        *([init.record.id] if init else []),
+        *([mask_source.record.id] if mask_source else []),
     ]
     extra: dict[str, object] = {"mode": mode}
-    if control_record is not None:
+    if used:
         extra |= {
-            "control_type": params.control_type,
-            "controlnet": controlnet_name,
-            "conditioning_scale": params.conditioning_scale,
+            "controls": [{"type": u.type, "controlnet": u.controlnet, "scale": u.scale} for u in used],
+            "control_start": params.control_start,
+            "control_end": params.control_end,
             "low_threshold": params.low_threshold,
             "high_threshold": params.high_threshold,
         }
@@ -364,6 +435,7 @@ async def controlled_generate(
         parents=parents,
         extra_parameters=extra,
     )
+    first = used[0] if used else None
     return ControlledGenerateResult(
         images=refs,
         seed=seed,
@@ -371,11 +443,12 @@ async def controlled_generate(
         parameters=parameters,
         timings=clock.timings(),
         mode=mode,
-        control_image=ImageRef.of(control_record) if control_record else None,
-        input_image=ImageRef.of(source.record) if source else None,
-        control_type=params.control_type if control_record else None,
-        controlnet=controlnet_name,
-        conditioning_scale=params.conditioning_scale if control_record else None,
+        controls=used,
+        control_image=first.control_image if first else None,
+        input_image=first.input_image if first else None,
+        control_type=first.type if first else None,
+        controlnet=first.controlnet if first else None,
+        conditioning_scale=first.scale if first else None,
         init_image=ImageRef.of(init.record) if init else None,
         mask_image=ImageRef.of(mask_source.record) if mask_source else None,
         strength=params.strength if init else None,
