@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Task = Literal["text_to_image", "controlnet", "clip", "vlm"]
+Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm"]
 Backend = Literal["diffusers", "transformers"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -66,7 +66,14 @@ class ModelSpec(_Frozen):
         default=None, description="For ControlNets: the control type, e.g. 'canny'."
     )
     base_models: tuple[str, ...] = Field(
-        default=(), description="For ControlNets: names of the text-to-image models this ControlNet fits."
+        default=(), description="For ControlNets and IP-Adapters: the text-to-image models it fits."
+    )
+    weight_name: str | None = Field(
+        default=None,
+        description="For IP-Adapters: the weights file inside source (a path relative to it).",
+    )
+    image_encoder: str | None = Field(
+        default=None, description="For IP-Adapters: the CLIP image encoder's folder inside source."
     )
     pipeline_kwargs: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="Extra keyword arguments passed to every pipeline call."
@@ -76,8 +83,14 @@ class ModelSpec(_Frozen):
     def _controlnet_fields(self) -> ModelSpec:
         if self.task == "controlnet" and (not self.control_type or not self.base_models):
             raise ValueError("a controlnet model needs 'control_type' and 'base_models'")
-        if self.task != "controlnet" and (self.control_type or self.base_models):
-            raise ValueError("'control_type' and 'base_models' apply to controlnet models only")
+        if self.task == "ip_adapter" and (
+            not self.base_models or not self.weight_name or not self.image_encoder
+        ):
+            raise ValueError("an ip_adapter model needs 'base_models', 'weight_name' and 'image_encoder'")
+        if self.task != "controlnet" and self.control_type:
+            raise ValueError("'control_type' applies to controlnet models only")
+        if self.task not in ("controlnet", "ip_adapter") and self.base_models:
+            raise ValueError("'base_models' applies to controlnet and ip_adapter models only")
         return self
 
 
@@ -264,6 +277,16 @@ _DEFAULT_MODELS: dict[str, dict[str, Any]] = {
         "base_models": ["sdxl"],
         "description": "Canny edges ControlNet for SDXL 1.0.",
     },
+    "ip-adapter-sd15": {
+        "task": "ip_adapter",
+        "backend": "diffusers",
+        "source": "h94/IP-Adapter",
+        "weight_name": "models/ip-adapter_sd15.safetensors",
+        "image_encoder": "models/image_encoder",
+        "dtype": "float16",
+        "base_models": ["sd15"],
+        "description": "IP-Adapter for SD 1.5: transfers style or subject from a reference image.",
+    },
     "clip-vit-l-14": {
         "task": "clip",
         "backend": "transformers",
@@ -333,6 +356,15 @@ _TINY_MODELS: dict[str, dict[str, Any]] = {
         "control_type": "canny",
         "base_models": ["tiny-sdxl"],
         "description": f"Canny ControlNet for the tiny SDXL. {_TINY_NOTE}",
+    },
+    "tiny-ip-adapter": {
+        "task": "ip_adapter",
+        "backend": "diffusers",
+        "source": "tiny:ip-adapter-sd15",
+        "weight_name": "ip_adapter.safetensors",
+        "image_encoder": "image_encoder",
+        "base_models": ["tiny-sd15"],
+        "description": f"IP-Adapter for the tiny SD 1.5. {_TINY_NOTE}",
     },
     "tiny-clip": {
         "task": "clip",

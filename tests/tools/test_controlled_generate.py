@@ -252,3 +252,49 @@ async def test_the_share_of_steps_under_control_changes_the_output(client: Clien
     assert "either control_image or controls" in await call_error(
         client, "controlled_generate", {**base, "controls": [{"image": data_uri(_building())}]}
     )
+
+
+async def test_a_reference_image_steers_through_the_ip_adapter_and_its_scale_matters(client: Client) -> None:
+    reference = data_uri(photo("chelsea", 64))
+    base = {"prompt": "a portrait", "reference_image": reference, "seed": 8}
+    out = await call_ok(client, "controlled_generate", {**base, "reference_scale": 1.0})
+    assert out["mode"] == "reference" and out["ip_adapter"] == "tiny-ip-adapter"
+    assert out["reference_image"]["uri"].startswith("image://") and out["reference_scale"] == 1.0
+    strong = await read_png(client, out["images"][0]["uri"])
+    again = await call_ok(client, "controlled_generate", {**base, "reference_scale": 1.0})
+    assert await read_png(client, again["images"][0]["uri"]) == strong
+    off = await call_ok(client, "controlled_generate", {**base, "reference_scale": 0.0})
+    assert await read_png(client, off["images"][0]["uri"]) != strong
+
+
+async def test_the_ip_adapter_is_detached_after_its_call(client: Client) -> None:
+    args = {"prompt": "a lighthouse", "seed": 3}
+    before = await read_png(client, (await call_ok(client, "generate_image", args))["images"][0]["uri"])
+    await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "reference_image": data_uri(photo("coffee", 64)), "seed": 1},
+    )
+    after = await read_png(client, (await call_ok(client, "generate_image", args))["images"][0]["uri"])
+    assert after == before  # the shared UNet is back to plain attention
+
+
+async def test_a_reference_combines_with_controlnet_and_is_refused_where_no_adapter_is_configured(
+    client: Client,
+) -> None:
+    both = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "x",
+            "control_image": data_uri(_building()),
+            "reference_image": data_uri(photo("coffee", 64)),
+        },
+    )
+    assert both["mode"] == "control+reference"
+    message = await call_error(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "model": "tiny-sdxl", "reference_image": data_uri(photo("coffee", 64))},
+    )
+    assert "no IP-Adapter configured" in message and "tiny-sd15" in message

@@ -46,6 +46,15 @@ class ControlInput:
 
 
 @dataclass(frozen=True)
+class ReferenceInput:
+    """An IP-Adapter condition: the loaded adapter, the reference picture and how much it counts."""
+
+    adapter: Any
+    image: Image.Image
+    scale: float
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     negative_prompt: str | None
@@ -59,6 +68,7 @@ class GenerationRequest:
     init_image: Image.Image | None = None  # img2img / inpainting: the picture to start from
     mask_image: Image.Image | None = None  # inpainting: white = repaint
     strength: float | None = None  # img2img / inpainting: how much of the picture is re-noised
+    reference: ReferenceInput | None = None  # IP-Adapter
     extra: dict[str, Any] = field(default_factory=dict)
 
 

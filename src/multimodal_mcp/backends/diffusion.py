@@ -145,6 +145,8 @@ class DiffusionModel:
                 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
                 overrides["controlnet"] = MultiControlNetModel(nets)
+        if request.reference is not None:
+            overrides["image_encoder"] = request.reference.adapter.image_encoder
         pipe = _pipeline_over(pipe_cls, self.pipe, overrides)
         pipe.set_progress_bar_config(disable=True)
 
@@ -192,12 +194,25 @@ class DiffusionModel:
             kwargs["strength"] = request.strength
         if request.mask_image is not None:
             kwargs["mask_image"] = request.mask_image
+        if request.reference is not None:
+            kwargs["ip_adapter_image"] = request.reference.image.convert("RGB")
         accepted = inspect.signature(pipe_cls.__call__).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}  # img2img takes its size from the image
         cancel.raise_if_cancelled()
-        with torch.inference_mode():
-            output = pipe(**kwargs)
-        return list(output.images)
+        if request.reference is None:
+            with torch.inference_mode():
+                return list(pipe(**kwargs).images)
+        # The adapter's attention processors go into the shared UNet for this call only; calls on a
+        # device run one at a time, and the finally clause restores the UNet for the next one.
+        pipe.load_ip_adapter(
+            request.reference.adapter.state_dict, subfolder=None, weight_name=None, image_encoder_folder=None
+        )
+        try:
+            pipe.set_ip_adapter_scale(request.reference.scale)
+            with torch.inference_mode():
+                return list(pipe(**kwargs).images)
+        finally:
+            pipe.unload_ip_adapter()
 
     def supports(self, mode: str) -> bool:
         return mode == "text2img" or (self.family, mode) in _PIPELINES
@@ -268,3 +283,60 @@ def load_controlnet(name: str, spec: ModelSpec, ctx: LoadContext) -> ControlNetW
         raise load_error(name, spec, exc) from exc
     model = model.to(ctx.device)
     return ControlNetWeights(name, spec, ctx.device, model, module_bytes([model]))
+
+
+@dataclass
+class IPAdapterWeights:
+    """A loaded IP-Adapter: its weights (as diffusers' ``load_ip_adapter`` takes them) and its image
+    encoder. Attached to the base pipeline's UNet for one request and detached after it."""
+
+    name: str
+    spec: ModelSpec
+    device: str
+    state_dict: dict[str, dict[str, Any]]
+    image_encoder: Any
+    _bytes: int = 0
+
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def move_to(self, device: str) -> None:
+        self.image_encoder.to(device)
+        for part in self.state_dict.values():
+            for key, tensor in part.items():
+                part[key] = tensor.to(device)
+        self.device = device
+
+
+def load_ip_adapter(name: str, spec: ModelSpec, ctx: LoadContext) -> IPAdapterWeights:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModelWithProjection
+
+    source, kwargs = _pretrained_kwargs(name, spec, ctx)
+    assert spec.weight_name is not None and spec.image_encoder is not None
+    try:
+        if Path(source).is_dir():
+            weights = Path(source) / spec.weight_name
+        else:
+            from huggingface_hub import hf_hub_download
+
+            weights = Path(hf_hub_download(source, spec.weight_name))
+        flat = load_file(str(weights), device=ctx.device)
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            source, subfolder=spec.image_encoder, dtype=kwargs["dtype"], use_safetensors=True
+        )
+    except Exception as exc:
+        raise load_error(name, spec, exc) from exc
+    dtype = kwargs["dtype"]
+    state_dict: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
+    for key, tensor in flat.items():
+        part, _, rest = key.partition(".")
+        if part in state_dict:
+            state_dict[part][rest] = tensor.to(dtype)
+    encoder = encoder.to(ctx.device).eval()  # type: ignore[arg-type]
+    size = module_bytes([encoder]) + sum(
+        t.numel() * t.element_size() for p in state_dict.values() for t in p.values()
+    )
+    return IPAdapterWeights(name, spec, ctx.device, state_dict, encoder, size)

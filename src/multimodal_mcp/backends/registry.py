@@ -35,5 +35,6 @@ def get_loader(backend: str, task: str) -> Loader:
 
 register_loader("diffusers", "text_to_image", "multimodal_mcp.backends.diffusion:load_text_to_image")
 register_loader("diffusers", "controlnet", "multimodal_mcp.backends.diffusion:load_controlnet")
+register_loader("diffusers", "ip_adapter", "multimodal_mcp.backends.diffusion:load_ip_adapter")
 register_loader("transformers", "clip", "multimodal_mcp.backends.clip:load_clip")
 register_loader("transformers", "vlm", "multimodal_mcp.backends.vlm:load_vlm")

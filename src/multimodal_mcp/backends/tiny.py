@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "2"
+TINY_BUILD_VERSION: str = "3"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -36,6 +36,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "flux": "flux",
     "controlnet-canny-sd15": "controlnet-canny-sd15",
     "controlnet-canny-sdxl": "controlnet-canny-sdxl",
+    "ip-adapter-sd15": "ip-adapter-sd15",
     "clip": "clip",
     "vlm": "vlm",
 }
@@ -490,6 +491,55 @@ def _make_controlnet_effective(controlnet: Any) -> None:
             conv.bias.zero_()
 
 
+def _build_ip_adapter_sd15(target: Path) -> None:
+    """An IP-Adapter for the tiny SD 1.5 in the original file layout that diffusers' ``load_ip_adapter``
+    reads: ``ip_adapter.safetensors`` (``image_proj.*`` and ``ip_adapter.<n>.to_{k,v}_ip.weight``, n = 1, 3,
+    5, ... over the UNet's cross-attention layers) and a CLIP vision encoder in ``image_encoder/``."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    unet: Any = UNet2DConditionModel(
+        **_SD15_UNET_SHARED, out_channels=4, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), sample_size=8
+    )
+    _seed(5001)
+    encoder = CLIPVisionModelWithProjection(_clip_vision_config()).eval()
+    target.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(target / "image_encoder", safe_serialization=True)
+    CLIPImageProcessor(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    ).save_pretrained(target / "image_encoder")
+
+    cross_dim = unet.config.cross_attention_dim
+    embed_dim = encoder.config.projection_dim
+    blocks = list(unet.config.block_out_channels)
+    _seed(5002)
+    tensors = {
+        "image_proj.proj.weight": torch.randn(4 * cross_dim, embed_dim) * embed_dim**-0.5,
+        "image_proj.proj.bias": torch.zeros(4 * cross_dim),
+        "image_proj.norm.weight": torch.ones(cross_dim),
+        "image_proj.norm.bias": torch.zeros(cross_dim),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        for kind in ("k", "v"):
+            tensors[f"ip_adapter.{key_id}.to_{kind}_ip.weight"] = (
+                torch.randn(hidden, cross_dim) * cross_dim**-0.5
+            )
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(target / "ip_adapter.safetensors"))
+
+
 def _build_clip(target: Path) -> None:
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
@@ -567,6 +617,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "flux": _build_flux,
     "controlnet-canny-sd15": _build_controlnet_canny_sd15,
     "controlnet-canny-sdxl": _build_controlnet_canny_sdxl,
+    "ip-adapter-sd15": _build_ip_adapter_sd15,
     "clip": _build_clip,
     "vlm": _build_vlm,
 }

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from multimodal_mcp.backends.base import ControlInput
+from multimodal_mcp.backends.base import ControlInput, ReferenceInput
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
@@ -142,10 +142,31 @@ class ControlledGenerateParams(Params):
         ),
     ] = None
 
+    reference_image: Annotated[
+        OptionalImage,
+        Field(
+            description=(
+                "IP-Adapter: a picture whose style or subject to carry over (image://<id>, data: URI, base64 "
+                "or path); works alone or with the other modes."
+            ),
+        ),
+    ] = None
+    reference_scale: Annotated[
+        float, Field(ge=0.0, le=2.0, description="How much the reference image counts (0 = not at all).")
+    ] = 0.6
+
     @model_validator(mode="after")
     def _consistent(self) -> ControlledGenerateParams:
-        if self.control_image is None and self.controls is None and self.init_image is None:
-            raise ValueError("pass control_image (ControlNet), init_image (img2img, inpainting), or both")
+        if (
+            self.control_image is None
+            and self.controls is None
+            and self.init_image is None
+            and self.reference_image is None
+        ):
+            raise ValueError(
+                "pass control_image (ControlNet), init_image (img2img, inpainting), reference_image "
+                "(IP-Adapter), or a combination"
+            )
         if self.control_image is not None and self.controls is not None:
             raise ValueError("pass either control_image or controls, not both")
         if self.controls is not None and self.controlnet is not None:
@@ -186,7 +207,9 @@ class ControlUsed(BaseModel):
 
 
 class ControlledGenerateResult(GenerateImageResult):
-    mode: str = Field(description="control, img2img, inpaint, control+img2img or control+inpaint.")
+    mode: str = Field(
+        description="What steered the images: control, img2img or inpaint, and reference, joined with '+'."
+    )
     controls: list[ControlUsed] = Field(description="Every ControlNet condition used, in order.")
     control_image: ImageRef | None = Field(description="The first control map (e.g. the canny edges).")
     input_image: ImageRef | None = Field(description="The first control's input image as stored.")
@@ -196,6 +219,9 @@ class ControlledGenerateResult(GenerateImageResult):
     init_image: ImageRef | None = Field(description="The init_image argument as stored.")
     mask_image: ImageRef | None = Field(description="The mask_image argument as stored.")
     strength: float | None
+    reference_image: ImageRef | None = Field(description="The reference_image argument as stored.")
+    reference_scale: float | None
+    ip_adapter: str | None
 
     def summary(self) -> str:
         text = super().summary()
@@ -207,6 +233,10 @@ class ControlledGenerateResult(GenerateImageResult):
         if self.init_image is not None:
             what = "Inpainted" if self.mask_image is not None else "Started from"
             text += f" {what} {self.init_image.uri} (strength {self.strength})."
+        if self.reference_image is not None:
+            text += (
+                f" Reference {self.reference_image.uri} via {self.ip_adapter} (scale {self.reference_scale})."
+            )
         return text
 
     def preview_ids(self) -> list[str]:
@@ -254,6 +284,20 @@ def find_controlnet(config: Config, base: str, control_type: str, requested: str
             f"model {base!r} has no {control_type} ControlNet configured; models that can: {bases or 'none'}"
         )
     return fitting[0]
+
+
+def find_ip_adapter(config: Config, base: str) -> str:
+    """The IP-Adapter configured for ``base``; the error names the models that have one."""
+    for name, spec in config.models.items():
+        if spec.task == "ip_adapter" and base in spec.base_models:
+            return name
+    able = sorted(
+        {b for spec in config.models.values() if spec.task == "ip_adapter" for b in spec.base_models}
+    )
+    raise UnsupportedOperation(
+        f"model {base!r} has no IP-Adapter configured for reference_image; models that have one: "
+        f"{able or 'none'}"
+    )
 
 
 def _size_from_control(
@@ -319,6 +363,12 @@ async def controlled_generate(
         )
         for i, c in enumerate(specs)
     ]
+    ip_adapter = find_ip_adapter(services.config, name) if params.reference_image is not None else None
+    reference = (
+        await resolve_image(services, params.reference_image, "reference_image")
+        if params.reference_image
+        else None
+    )
     init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
     mask_source = (
         await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
@@ -326,6 +376,11 @@ async def controlled_generate(
     mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
     if init is not None:
         width, height = init.image.size
+    elif not sources:
+        width, height = (
+            params.width or spec.defaults.width or 512,
+            params.height or spec.defaults.height or 512,
+        )
     else:
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
         width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
@@ -376,11 +431,16 @@ async def controlled_generate(
         for item in prepared:
             controlnet = await stack.enter_async_context(clock.use(services, item.controlnet, near=model))
             controls.append(ControlInput(controlnet.model, item.image, item.spec.scale))
+        reference_input = None
+        if ip_adapter is not None and reference is not None:
+            adapter = await stack.enter_async_context(clock.use(services, ip_adapter, near=model))
+            reference_input = ReferenceInput(adapter, reference.image.convert("RGB"), params.reference_scale)
         request = replace(
             generation_request(parameters, seeds, tuple(controls)),
             init_image=init.image.convert("RGB") if init else None,
             mask_image=mask,
             strength=params.strength if init else None,
+            reference=reference_input,
             extra={"control_guidance_start": params.control_start, "control_guidance_end": params.control_end}
             if controls
             else {},
@@ -398,7 +458,11 @@ async def controlled_generate(
 
     # 6. Store with the ids of every input
     mode = "+".join(
-        [*(["control"] if prepared else []), *(["inpaint" if mask else "img2img"] if init else [])]
+        [
+            *(["control"] if prepared else []),
+            *(["inpaint" if mask else "img2img"] if init else []),
+            *(["reference"] if reference else []),
+        ]
     )
     used = [
         ControlUsed(
@@ -414,6 +478,7 @@ async def controlled_generate(
         *(r for item in prepared for r in dict.fromkeys([item.source.record.id, item.record.id])),
         *([init.record.id] if init else []),
         *([mask_source.record.id] if mask_source else []),
+        *([reference.record.id] if reference else []),
     ]
     extra: dict[str, object] = {"mode": mode}
     if used:
@@ -426,6 +491,8 @@ async def controlled_generate(
         }
     if init is not None:
         extra["strength"] = params.strength
+    if reference is not None:
+        extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
     refs = await store_generated(
         services,
         images,
@@ -452,4 +519,7 @@ async def controlled_generate(
         init_image=ImageRef.of(init.record) if init else None,
         mask_image=ImageRef.of(mask_source.record) if mask_source else None,
         strength=params.strength if init else None,
+        reference_image=ImageRef.of(reference.record) if reference else None,
+        reference_scale=params.reference_scale if reference else None,
+        ip_adapter=ip_adapter,
     )
