@@ -277,6 +277,15 @@ _DEFAULT_MODELS: dict[str, dict[str, Any]] = {
         "base_models": ["sdxl"],
         "description": "Canny edges ControlNet for SDXL 1.0.",
     },
+    "controlnet-canny-flux": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "InstantX/FLUX.1-dev-Controlnet-Canny",
+        "dtype": "bfloat16",
+        "control_type": "canny",
+        "base_models": ["flux-schnell"],
+        "description": "Canny ControlNet trained on FLUX.1 [dev], used here with FLUX.1 [schnell].",
+    },
     "ip-adapter-sd15": {
         "task": "ip_adapter",
         "backend": "diffusers",
@@ -356,6 +365,14 @@ _TINY_MODELS: dict[str, dict[str, Any]] = {
         "control_type": "canny",
         "base_models": ["tiny-sdxl"],
         "description": f"Canny ControlNet for the tiny SDXL. {_TINY_NOTE}",
+    },
+    "tiny-controlnet-canny-flux": {
+        "task": "controlnet",
+        "backend": "diffusers",
+        "source": "tiny:controlnet-canny-flux",
+        "control_type": "canny",
+        "base_models": ["tiny-flux"],
+        "description": f"Canny ControlNet for the tiny Flux. {_TINY_NOTE}",
     },
     "tiny-ip-adapter": {
         "task": "ip_adapter",

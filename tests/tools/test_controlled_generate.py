@@ -77,9 +77,11 @@ async def test_the_generated_image_records_its_inputs_as_parents(client: Client,
 async def test_controlled_generate_errors_name_what_can_work(client: Client) -> None:
     image = data_uri(_building())
     message = await call_error(
-        client, "controlled_generate", {"prompt": "x", "control_image": image, "model": "tiny-flux"}
+        client,
+        "controlled_generate",
+        {"prompt": "x", "control_image": image, "control_type": "depth", "model": "tiny-sdxl"},
     )
-    assert "no canny ControlNet" in message and "tiny-sd15" in message and "tiny-sdxl" in message
+    assert "no depth ControlNet" in message and "tiny-sd15" in message
     message = await call_error(
         client,
         "controlled_generate",
@@ -298,3 +300,13 @@ async def test_a_reference_combines_with_controlnet_and_is_refused_where_no_adap
         {"prompt": "x", "model": "tiny-sdxl", "reference_image": data_uri(photo("coffee", 64))},
     )
     assert "no IP-Adapter configured" in message and "tiny-sd15" in message
+
+
+async def test_flux_takes_a_flux_controlnet_alone_and_with_img2img(client: Client) -> None:
+    base = {"prompt": "x", "control_image": data_uri(_building()), "model": "tiny-flux", "seed": 1}
+    out = await call_ok(client, "controlled_generate", base)
+    assert out["controlnet"] == "tiny-controlnet-canny-flux" and out["mode"] == "control"
+    off = await call_ok(client, "controlled_generate", {**base, "conditioning_scale": 0.0})
+    assert await read_png(client, off["images"][0]["uri"]) != await read_png(client, out["images"][0]["uri"])
+    both = await call_ok(client, "controlled_generate", {**base, "init_image": data_uri(photo("coffee", 64))})
+    assert both["mode"] == "control+img2img"

@@ -16,6 +16,7 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-controlnet-canny",
         "tiny-controlnet-depth",
         "tiny-controlnet-canny-sdxl",
+        "tiny-controlnet-canny-flux",
         "tiny-ip-adapter",
         "tiny-clip",
         "tiny-vlm",

@@ -32,8 +32,11 @@ _PIPELINES: dict[tuple[str, str], str] = {
     ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
     ("sdxl", "control+img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
     ("sdxl", "control+inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "control"): "FluxControlNetPipeline",
     ("flux", "img2img"): "FluxImg2ImgPipeline",
     ("flux", "inpaint"): "FluxInpaintPipeline",
+    ("flux", "control+img2img"): "FluxControlNetImg2ImgPipeline",
+    ("flux", "control+inpaint"): "FluxControlNetInpaintPipeline",
 }
 
 
@@ -185,9 +188,8 @@ class DiffusionModel:
             scales = [c.scale for c in request.controls]
             # Plain ControlNet pipelines take the map as `image`; with img2img/inpainting, `image` is the
             # picture to edit and the map is `control_image`.
-            kwargs["control_image" if request.init_image is not None else "image"] = (
-                images[0] if len(images) == 1 else images
-            )
+            map_key = "control_image" if request.init_image is not None or self.family == "flux" else "image"
+            kwargs[map_key] = images[0] if len(images) == 1 else images
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
         if request.init_image is not None:
             kwargs["image"] = request.init_image.convert("RGB")
@@ -274,11 +276,14 @@ def load_text_to_image(name: str, spec: ModelSpec, ctx: LoadContext) -> Diffusio
 
 
 def load_controlnet(name: str, spec: ModelSpec, ctx: LoadContext) -> ControlNetWeights:
-    from diffusers import ControlNetModel
+    import diffusers
 
     source, kwargs = _pretrained_kwargs(name, spec, ctx)
     try:
-        model = ControlNetModel.from_pretrained(source, **kwargs)
+        # The checkpoint's config names its class: ControlNetModel (SD, SDXL) or FluxControlNetModel.
+        class_name = diffusers.ControlNetModel.load_config(source).get("_class_name", "ControlNetModel")
+        model_class = getattr(diffusers, class_name, diffusers.ControlNetModel)
+        model = model_class.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise load_error(name, spec, exc) from exc
     model = model.to(ctx.device)

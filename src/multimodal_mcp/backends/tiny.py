@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "3"
+TINY_BUILD_VERSION: str = "4"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -36,6 +36,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "flux": "flux",
     "controlnet-canny-sd15": "controlnet-canny-sd15",
     "controlnet-canny-sdxl": "controlnet-canny-sdxl",
+    "controlnet-canny-flux": "controlnet-canny-flux",
     "ip-adapter-sd15": "ip-adapter-sd15",
     "clip": "clip",
     "vlm": "vlm",
@@ -379,8 +380,44 @@ def _build_sdxl(target: Path) -> None:
     pipe.save_pretrained(target, safe_serialization=True)
 
 
+def _flux_transformer(joint_dim: int, pooled_dim: int, latent_channels: int) -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    _seed(3004)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        # Latents are packed into 2x2 patches before entering the transformer.
+        in_channels=4 * latent_channels,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=joint_dim,
+        pooled_projection_dim=pooled_dim,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
+    )
+
+
+def _build_controlnet_canny_flux(target: Path) -> None:
+    import torch
+    from diffusers import FluxControlNetModel
+
+    # The tiny Flux's CLIP and T5 widths are both 32; its latents have 16 channels.
+    transformer = _flux_transformer(32, 32, 16)
+    _seed(4003)
+    controlnet: Any = FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=0, attention_head_dim=16, num_attention_heads=2
+    )
+    # Zero-initialised outputs would make the ControlNet a no-op; give them ordinary random weights.
+    with torch.no_grad():
+        for module in [*controlnet.controlnet_blocks, controlnet.controlnet_x_embedder]:
+            module.reset_parameters()
+    controlnet.save_pretrained(target, safe_serialization=True)
+
+
 def _build_flux(target: Path) -> None:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5Config, T5EncoderModel
 
     clip_tokenizer = _make_clip_tokenizer()
@@ -416,19 +453,8 @@ def _build_flux(target: Path) -> None:
         use_post_quant_conv=False,
     )
 
-    _seed(3004)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        # Latents are packed into 2x2 patches before entering the transformer.
-        in_channels=4 * latent_channels,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=text_encoder_2.config.d_model,
-        pooled_projection_dim=text_encoder.config.hidden_size,
-        guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
+    transformer = _flux_transformer(
+        text_encoder_2.config.d_model, text_encoder.config.hidden_size, latent_channels
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -617,6 +643,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "flux": _build_flux,
     "controlnet-canny-sd15": _build_controlnet_canny_sd15,
     "controlnet-canny-sdxl": _build_controlnet_canny_sdxl,
+    "controlnet-canny-flux": _build_controlnet_canny_flux,
     "ip-adapter-sd15": _build_ip_adapter_sd15,
     "clip": _build_clip,
     "vlm": _build_vlm,
