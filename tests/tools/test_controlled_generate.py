@@ -310,3 +310,11 @@ async def test_flux_takes_a_flux_controlnet_alone_and_with_img2img(client: Clien
     assert await read_png(client, off["images"][0]["uri"]) != await read_png(client, out["images"][0]["uri"])
     both = await call_ok(client, "controlled_generate", {**base, "init_image": data_uri(photo("coffee", 64))})
     assert both["mode"] == "control+img2img"
+    two = [
+        {"image": data_uri(_building()), "scale": 0.5},
+        {"image": data_uri(photo("astronaut", 64)), "scale": 0.5},
+    ]
+    multi = await call_ok(
+        client, "controlled_generate", {"prompt": "x", "controls": two, "model": "tiny-flux"}
+    )
+    assert [c["controlnet"] for c in multi["controls"]] == ["tiny-controlnet-canny-flux"] * 2

@@ -145,9 +145,10 @@ class DiffusionModel:
             if len(nets) == 1:
                 overrides["controlnet"] = nets[0]
             else:
-                from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+                import diffusers
 
-                overrides["controlnet"] = MultiControlNetModel(nets)
+                multi = "FluxMultiControlNetModel" if self.family == "flux" else "MultiControlNetModel"
+                overrides["controlnet"] = getattr(diffusers, multi)(nets)
         if request.reference is not None:
             overrides["image_encoder"] = request.reference.adapter.image_encoder
         pipe = _pipeline_over(pipe_cls, self.pipe, overrides)
