@@ -30,8 +30,6 @@ def test_numbers_open_a_phrase_and_possessives_are_folded() -> None:
 def test_phrases_are_distinct_lower_case_short_and_limited() -> None:
     nouns = ["cup", "fork", "knife", "plate", "bowl", "spoon"]
     text = "A Dog. a dog! The big old red brick farm house. " + " ".join(f"a {w}." for w in nouns)
-        f"a {w}." for w in ["cup", "fork", "knife", "plate", "bowl", "spoon"]
-    )
     phrases = noun_phrases(text, limit=5)
     assert phrases[:2] == ["dog", "red brick farm house"]  # the last four words
     assert len(phrases) == 5 and all(len(p.split()) <= 4 for p in phrases)
