@@ -217,7 +217,7 @@ class ServerSettings(_Frozen):
     result_max_bytes: int = Field(
         default=900_000,
         ge=50_000,
-        description="Budget for one tool result's inline previews (base64 included).",
+        description="Most bytes of one tool result, previews' base64 included (client_limits may lower it).",
     )
     limits: Limits = Limits()
     pool: PoolSettings = PoolSettings()

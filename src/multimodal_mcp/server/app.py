@@ -255,6 +255,9 @@ class Renderer:
         records = [self.store.record(image_id) for image_id in ids]
         if any(max(r.width, r.height) > self.limits.max_image_side for r in records):
             return []
+        on_disk = sum(self.store.png_path(image_id).stat().st_size for image_id in ids)
+        if on_disk * 4 // 3 > self.max_bytes - fixed[0]:
+            return []  # clearly too big: not worth reading
         pngs = [self.store.read_png(image_id) for image_id in ids]
         images = [
             ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png")
