@@ -57,8 +57,8 @@ generate again -> compare_images. controlled_generate keeps the structure of a r
 list_models shows the models and their defaults. Full-resolution images are resources at
 image://<id>; results show small previews (delivery='none' for text only, 'full' for the full image,
 'path' for its local file path). verify=True on generate_image scores the result against the prompt.
-A call that runs long returns a job id instead of its
-result: call get_job(job_id, wait_seconds) until it is done."""
+A call that runs long returns a job id instead of its result: call get_job(job_id, wait_seconds)
+until it is done."""
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
 
@@ -178,7 +178,7 @@ class Renderer:
             if not images:
                 images = await in_thread(self._previews, ids, fixed)
         images = await in_thread(self._fit, text, notes, links, images, structured)
-        if ids and delivery != "none" and not images and not notes:
+        if ids and delivery != "none" and not images and not any("left out" in n for n in notes):
             notes.append(f"No room for inline images within {self._limits_text()}; read the image:// links.")
         content: list[Any] = [TextContent(type="text", text=self._text(text, notes)), *images, *links]
         return CallToolResult(content=content, structured_content=structured)
