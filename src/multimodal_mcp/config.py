@@ -20,6 +20,11 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
 ProfileName = Literal["default", "tiny"]
+Delivery = Literal["preview", "full", "none", "path"]
+"""How results carry images: ``preview`` (small inline image + resource link), ``full`` (the PNG inline
+when it fits the client's limits, else a preview), ``none`` (text and links only), ``path`` (a preview
+plus the stored PNG's local absolute path)."""
+ClientLimitsPreset = Literal["claude-desktop", "claude-code", "generic"]
 
 DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm"]
 """Keys of ``[defaults]``: the model a tool uses when its ``model`` argument is omitted.
@@ -149,6 +154,57 @@ class PoolSettings(_Frozen):
     job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
 
 
+class ClientLimits(_Frozen):
+    """What one tool result may weigh for the client reading it (see ``CLIENT_LIMITS`` for presets)."""
+
+    max_result_bytes: int = Field(
+        default=1024 * 1024,
+        ge=20_000,
+        description="The whole result serialised as JSON (text, previews' base64, structured content).",
+    )
+    max_result_tokens: int | None = Field(
+        default=None,
+        ge=2_000,
+        description="The whole result in estimated tokens (text at 3 characters per token, images as "
+        "the larger of their base64 length at 3 characters per token and width*height/750); None: no cap.",
+    )
+    max_image_side: int = Field(default=8000, ge=64, description="Longest side of any inline image (px).")
+
+
+CLIENT_LIMITS: dict[str, ClientLimits] = {
+    # Claude Desktop rejects tool results over 1 MiB.
+    "claude-desktop": ClientLimits(max_result_bytes=1024 * 1024),
+    # Claude Code refuses or truncates tool output over 25,000 tokens (MAX_MCP_OUTPUT_TOKENS), and some
+    # versions count an image's base64 and the structured content as text.
+    "claude-code": ClientLimits(max_result_bytes=1024 * 1024, max_result_tokens=25_000),
+    # Any MCP client: the common 1 MiB cap and the 8000 px side limit of vision models.
+    "generic": ClientLimits(max_result_bytes=1024 * 1024),
+}
+
+
+class VerificationSettings(_Frozen):
+    """When generate_image(verify=True) and describe_image(ground=True) call a result good."""
+
+    prompt_threshold: float = Field(
+        default=0.22,
+        ge=-1.0,
+        le=1.0,
+        description="An image passes when the CLIP cosine similarity of image and prompt is at least this "
+        "(tuned for CLIP ViT-L/14 and ViT-B/32: matching pairs score about 0.25-0.35, unrelated ones "
+        "about 0.10-0.18).",
+    )
+    label_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="A label or phrase counts as present when its score (CLIP's probability that it "
+        "describes the image better than neutral captions) is at least this.",
+    )
+    max_phrases: int = Field(
+        default=16, ge=1, le=64, description="Most phrases describe_image(ground=True) checks."
+    )
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -161,10 +217,23 @@ class ServerSettings(_Frozen):
     result_max_bytes: int = Field(
         default=900_000,
         ge=50_000,
-        description="Budget for one tool result's inline previews (base64 included).",
+        description="Most bytes of one tool result, previews' base64 included (client_limits may lower it).",
     )
     limits: Limits = Limits()
     pool: PoolSettings = PoolSettings()
+    delivery: Delivery = Field(
+        default="preview", description="How results carry images unless a call passes delivery."
+    )
+    client_limits: ClientLimitsPreset | ClientLimits = Field(
+        default="generic",
+        description="The client's limits on one result: a preset name or a table of ClientLimits fields.",
+    )
+    verification: VerificationSettings = VerificationSettings()
+
+    def client_budget(self) -> ClientLimits:
+        """The client's limits as numbers (a preset resolved)."""
+        limits = self.client_limits
+        return CLIENT_LIMITS[limits] if isinstance(limits, str) else limits
 
 
 class Config(_Frozen):

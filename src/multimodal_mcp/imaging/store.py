@@ -152,6 +152,11 @@ class ImageStore:
         except (ValidationError, OSError) as exc:
             raise NotFound(f"the record of image {image_id} is unreadable") from exc
 
+    def png_path(self, image_id: str) -> Path:
+        """The absolute path of a stored image's PNG (for clients sharing the server's disk)."""
+        self.record(image_id)
+        return self._paths(image_id)[0].absolute()
+
     def read_png(self, image_id: str) -> bytes:
         self.record(image_id)
         return self._paths(image_id)[0].read_bytes()

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 class _Request:
     image: Image.Image
     texts: list[str] | None  # None: embedding only
+    cosine: bool = False  # raw cosine similarities and the logit scale instead of a softmax
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -62,6 +63,15 @@ class ClipBatcher:
         """Softmax over the model's logits for ``texts``, one probability each."""
         (probabilities,) = await self._submit([_Request(image, texts)])
         return list(probabilities)
+
+    async def similarities(
+        self, images: list[Image.Image], texts: list[str]
+    ) -> tuple[list[list[float]], float]:
+        """Cosine similarity of each image to each text (one row per image), and the model's logit
+        scale (what turns a difference of cosines into a difference of logits)."""
+        results = await self._submit([_Request(image, texts, cosine=True) for image in images])
+        scale = results[0][1] if results else 1.0
+        return [list(cosines) for cosines, _ in results], scale
 
     async def embed(self, image: Image.Image) -> np.ndarray:
         """The image's L2-normalised embedding."""
@@ -126,6 +136,9 @@ class ClipBatcher:
                     request.result = emb
                 else:
                     texts = np.stack([known[t] for t in request.texts])
+                    if request.cosine:
+                        request.result = ((texts @ emb).tolist(), scale)
+                        continue
                     logits = scale * (texts @ emb) + bias
                     exp = np.exp(logits - logits.max())
                     request.result = (exp / exp.sum()).tolist()

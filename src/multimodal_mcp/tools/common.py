@@ -70,6 +70,10 @@ class ImageRef(BaseModel):
     uri: str = Field(description="The image:// resource holding the full-resolution PNG.")
     width: int
     height: int
+    path: str | None = Field(
+        default=None,
+        description="The PNG's absolute path on the server's disk; only with delivery='path'.",
+    )
 
     @classmethod
     def of(cls, record: ImageRecord) -> ImageRef:

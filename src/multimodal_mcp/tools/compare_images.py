@@ -83,6 +83,8 @@ class CompareImagesResult(Result):
             text += " image_b was resized to image_a's size first."
         if self.narrative:
             text += f"\nWhat changed ({self.model}): {self.narrative}"
+        else:
+            text += " Pass describe=True for a vision-language model's account of what changed."
         return text
 
     def preview_ids(self) -> list[str]:

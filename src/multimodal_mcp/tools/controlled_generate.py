@@ -43,7 +43,9 @@ from multimodal_mcp.tools.generate_image import (
     generation_request,
     resolve_parameters,
     store_generated,
+    with_ids,
 )
+from multimodal_mcp.tools.verification import Verify, VerifyLabels, check_labels, verify_images
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
 Threshold = Annotated[int, Field(ge=0, le=255)]
@@ -154,6 +156,8 @@ class ControlledGenerateParams(Params):
     reference_scale: Annotated[
         float, Field(ge=0.0, le=2.0, description="How much the reference image counts (0 = not at all).")
     ] = 0.6
+    verify: Verify = False
+    verify_labels: VerifyLabels = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlledGenerateParams:
@@ -224,7 +228,7 @@ class ControlledGenerateResult(GenerateImageResult):
     ip_adapter: str | None
 
     def summary(self) -> str:
-        text = super().summary()
+        text = self._generation_text()
         for used in self.controls:
             text += (
                 f" Steered by {used.type} map {used.control_image.uri} "
@@ -237,7 +241,7 @@ class ControlledGenerateResult(GenerateImageResult):
             text += (
                 f" Reference {self.reference_image.uri} via {self.ip_adapter} (scale {self.reference_scale})."
             )
-        return text
+        return text + self._verification_text()
 
     def preview_ids(self) -> list[str]:
         return [*super().preview_ids(), *(used.control_image.id for used in self.controls)]
@@ -347,7 +351,8 @@ async def controlled_generate(
     - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it).
     - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
       mask comes back exactly as it was.
-    ControlNet combines with either. Everything else works as in generate_image.
+    ControlNet combines with either. Everything else works as in generate_image, verify and
+    verify_labels included.
     """
     # 1. Check inputs and pick the models
     clock = Clock()
@@ -397,6 +402,7 @@ async def controlled_generate(
         services=services,
         default_scheduler="dpm++",
     )
+    check_labels(services, params.verify_labels)
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
@@ -456,7 +462,13 @@ async def controlled_generate(
         original = init.image.convert("RGB")
         images = await in_thread(lambda: [keep_outside_mask(original, image, mask) for image in images])
 
-    # 6. Store with the ids of every input
+    # 6. Verify with CLIP (before storing: the scores are stored with each image)
+    checks = None
+    if params.verify or params.verify_labels:
+        async with clock.infer():
+            checks = await verify_images(services, images, parameters.prompt, params.verify_labels)
+
+    # 7. Store with the ids of every input
     mode = "+".join(
         [
             *(["control"] if prepared else []),
@@ -501,6 +513,7 @@ async def controlled_generate(
         parameters=parameters,
         parents=parents,
         extra_parameters=extra,
+        verification=checks,
     )
     first = used[0] if used else None
     return ControlledGenerateResult(
@@ -522,4 +535,5 @@ async def controlled_generate(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=params.reference_scale if reference else None,
         ip_adapter=ip_adapter,
+        verification=with_ids(checks, refs),
     )

@@ -20,6 +20,7 @@ from multimodal_mcp.tools.common import (
     pick_model,
     resolve_image,
 )
+from multimodal_mcp.tools.verification import Grounding, ground_description, grounding_summary
 
 DEFAULT_PROMPT = "Describe this image in detail."
 
@@ -39,6 +40,15 @@ class DescribeImageParams(Params):
         int | None,
         Field(ge=1, le=8192, description="Longest answer in tokens; omit for the model's default."),
     ] = None
+    ground: Annotated[
+        bool,
+        Field(
+            description=(
+                "Check the answer: the things it names are scored against the image with CLIP and the "
+                "poorly supported ones are flagged as possible hallucinations (result 'grounding')."
+            )
+        ),
+    ] = False
 
 
 class DescribeImageResult(Result):
@@ -48,13 +58,19 @@ class DescribeImageResult(Result):
     image: ImageRef
     tokens: int = Field(description="Tokens generated.")
     timings: Timings
+    grounding: Grounding | None = Field(
+        default=None, description="With ground=True: the answer's noun phrases scored against the image."
+    )
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.model} on {self.image.uri}: {self.text}\n"
             "(Vision-language models can describe things that are not there; verify key claims with "
             "clip_classify.)"
         )
+        if self.grounding is not None:
+            text += "\n" + grounding_summary(self.grounding)
+        return text
 
 
 async def describe_image(
@@ -63,7 +79,8 @@ async def describe_image(
     """Ask a vision-language model about an image: describe it, read text, answer a question.
 
     Pass prompt for a specific question (e.g. 'Extract the total amount and date from this
-    receipt.'). Answers can contain hallucinated details; check important ones with clip_classify.
+    receipt.'). Answers can contain hallucinated details; check important ones with clip_classify,
+    or pass ground=True to have the things the answer names scored against the image with CLIP.
     """
     # 1. Check inputs
     clock = Clock()
@@ -81,6 +98,12 @@ async def describe_image(
         text, tokens = await services.pool.run(
             model, lambda m, _step, _cancel: m.answer(image, prompt, max_tokens), progress=progress
         )
+
+    # 3. Ground: score the things the answer names against the image
+    grounding = None
+    if params.ground:
+        async with clock.infer():
+            grounding = await ground_description(services, image, text)
     return DescribeImageResult(
         text=text,
         model=name,
@@ -88,4 +111,5 @@ async def describe_image(
         image=ImageRef.of(source.record),
         tokens=tokens,
         timings=clock.timings(),
+        grounding=grounding,
     )

@@ -27,6 +27,14 @@ from multimodal_mcp.tools.common import (
     in_thread,
     pick_model,
 )
+from multimodal_mcp.tools.verification import (
+    ImageVerification,
+    Verify,
+    VerifyLabels,
+    check_labels,
+    verification_summary,
+    verify_images,
+)
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
 
@@ -84,6 +92,8 @@ class GenerateImageParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    verify: Verify = False
+    verify_labels: VerifyLabels = None
 
 
 class GeneratedImage(ImageRef):
@@ -112,8 +122,14 @@ class GenerateImageResult(Result):
     model: str
     parameters: GenerationParameters
     timings: Timings
+    verification: list[ImageVerification] | None = Field(
+        default=None, description="With verify=True: one check per image, in the order of images."
+    )
 
     def summary(self) -> str:
+        return self._generation_text() + self._verification_text()
+
+    def _generation_text(self) -> str:
         p = self.parameters
         uris = ", ".join(img.uri for img in self.images)
         first = self.images[0].uri
@@ -125,6 +141,11 @@ class GenerateImageResult(Result):
             f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
+
+    def _verification_text(self) -> str:
+        if self.verification is None:
+            return ""
+        return "\n" + verification_summary(self.verification, [img.seed for img in self.images])
 
     def preview_ids(self) -> list[str]:
         return [img.id for img in self.images]
@@ -183,7 +204,16 @@ async def store_generated(
     parameters: GenerationParameters,
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
+    verification: list[ImageVerification] | None = None,
 ) -> list[GeneratedImage]:
+    """Store the images; with ``verification`` each image's scores are stored in its record and PNG
+    (``parameters.verification``)."""
+    per_image: list[dict[str, object]] = (
+        [{"verification": v.model_dump(exclude={"image_id"})} for v in verification]
+        if verification is not None
+        else [{} for _ in images]
+    )
+
     def write() -> list[ImageRecord]:
         recorded = {
             **parameters.model_dump(exclude={"prompt", "negative_prompt"}),
@@ -197,10 +227,10 @@ async def store_generated(
                 negative_prompt=parameters.negative_prompt,
                 seed=seed,
                 model=model,
-                parameters=recorded,
+                parameters={**recorded, **own},
                 parents=parents,
             )
-            for image, seed in zip(images, seeds, strict=True)
+            for image, seed, own in zip(images, seeds, per_image, strict=True)
         ]
 
     records = await in_thread(write)
@@ -241,6 +271,8 @@ async def generate_image(
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while
     keeping the composition. Omitted arguments use the model's configured defaults
     (see list_models). Flux models take no negative prompt and use guidance 0.
+    verify=True scores each image against the prompt with CLIP (and checks verify_labels, the things
+    it must show); the result says which passed and what is missing, so you can revise the prompt.
     """
     # 1. Check inputs
     clock = Clock()
@@ -258,6 +290,7 @@ async def generate_image(
         services=services,
         default_scheduler="dpm++",
     )
+    check_labels(services, params.verify_labels)
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
@@ -271,8 +304,30 @@ async def generate_image(
         async with clock.infer():
             images = await services.pool.run(model, _denoise(request), progress=progress)
 
-    # 4. Store and describe
-    refs = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)
-    return GenerateImageResult(
-        images=refs, seed=seed, model=name, parameters=parameters, timings=clock.timings()
+    # 4. Verify with CLIP (before storing: the scores are stored with each image)
+    checks = None
+    if params.verify or params.verify_labels:
+        async with clock.infer():
+            checks = await verify_images(services, images, parameters.prompt, params.verify_labels)
+
+    # 5. Store and describe
+    refs = await store_generated(
+        services, images, seeds=seeds, model=name, parameters=parameters, verification=checks
     )
+    return GenerateImageResult(
+        images=refs,
+        seed=seed,
+        model=name,
+        parameters=parameters,
+        timings=clock.timings(),
+        verification=with_ids(checks, refs),
+    )
+
+
+def with_ids(
+    checks: list[ImageVerification] | None, refs: list[GeneratedImage]
+) -> list[ImageVerification] | None:
+    """The checks with the ids the images got when stored."""
+    if checks is None:
+        return None
+    return [c.model_copy(update={"image_id": r.id}) for c, r in zip(checks, refs, strict=True)]
