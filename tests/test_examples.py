@@ -92,7 +92,9 @@ def check_before_after(stdout: str, out: Path) -> None:
 
 
 def check_generate_and_verify(stdout: str, out: Path) -> None:
-    assert len(set(image_ids(stdout))) >= 3  # two generations and a heat map
+    tools = re.findall(r"^\[(\w+)\]", stdout, re.MULTILINE)
+    assert tools == ["generate_image", "clip_classify", "describe_image", "generate_image", "compare_images"]
+    assert len(set(image_ids(stdout))) == 3  # two generations and a heat map
 
 
 CHECKS: dict[str, Callable[[str, Path], None]] = {
