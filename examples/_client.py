@@ -47,24 +47,32 @@ def connect(args: argparse.Namespace) -> Client:
     return Client(server, read_timeout_seconds=900)
 
 
-async def call(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Call a tool, print its text summary, and return its structured result (exit on a tool error).
+async def call(
+    client: Client, tool: str, arguments: dict[str, Any], *, may_fail: bool = False
+) -> dict[str, Any]:
+    """Call a tool, print its text summary, and return its structured result.
 
-    A call that outlasts the server's wait comes back as a job handle; this waits for the job.
+    A tool error ends the example, or returns ``{}`` with ``may_fail``. A call that outlasts the
+    server's wait comes back as a job handle; this waits for the job.
     """
-    result = _checked(tool, await client.call_tool(tool, arguments))
+    result = _checked(tool, await client.call_tool(tool, arguments), may_fail)
     while "job" in result and result.get("result") is None:
-        if result["job"]["status"] != "running":
+        if result["job"]["status"] != "running":  # failed or cancelled: its summary said why
+            if may_fail:
+                return {}
             raise SystemExit(1)
         job = {"job_id": result["job"]["id"], "wait_seconds": 50}
-        result = _checked("get_job", await client.call_tool("get_job", job))
+        result = _checked("get_job", await client.call_tool("get_job", job), may_fail)
     return dict(result["result"]) if "job" in result else result
 
 
-def _checked(tool: str, result: CallToolResult) -> dict[str, Any]:
+def _checked(tool: str, result: CallToolResult, may_fail: bool) -> dict[str, Any]:
     text = " ".join(block.text for block in result.content if isinstance(block, TextContent))
-    print(f"[{tool}] {text}")
+    if text:
+        print(f"[{tool}] {text}")
     if result.is_error or result.structured_content is None:
+        if may_fail:
+            return {}
         raise SystemExit(1)
     return result.structured_content
 

@@ -2,7 +2,8 @@
 
 The receipt is drawn here with PIL, so we know what it says. A vision-language model answers
 "Extract the total amount and date from this receipt."; when the server's describe_image takes a
-`response_schema` (a JSON Schema for the answer), the example asks for JSON and prints it.
+`response_schema` (a JSON Schema for the answer), the example first asks for JSON and prints the
+validated value (a model that cannot comply, like the tiny one, gets an error instead).
 Meant for LLaVA 1.6 (llava-hf/llava-v1.6-mistral-7b-hf, model `llava-1.6-mistral-7b`) on a GPU.
 On the offline `tiny` profile the VLM has random weights and answers word salad. Either way,
 check what matters against the source: VLMs misread text and invent numbers.
@@ -14,6 +15,7 @@ check what matters against the source: VLMs misread text and invent numbers.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 from _client import call, connect, data_uri, hint, options
@@ -31,8 +33,6 @@ RECEIPT_SCHEMA = {
     "properties": {"total": {"type": "string"}, "date": {"type": "string"}},
     "required": ["total", "date"],
 }
-# describe_image's result fields without a response_schema; anything else is the structured answer.
-PLAIN_FIELDS = {"text", "model", "prompt", "image", "tokens", "timings"}
 
 
 def receipt() -> Image.Image:
@@ -54,14 +54,16 @@ async def main() -> None:
     async with connect(args) as client:
         arguments = {"image": data_uri(image), "prompt": PROMPT}
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-        structured = "response_schema" in tools["describe_image"].input_schema.get("properties", {})
-        if structured:
-            arguments["response_schema"] = RECEIPT_SCHEMA
-        answer = await call(client, "describe_image", arguments)
+        answer: dict[str, Any] = {}
+        if "response_schema" in tools["describe_image"].input_schema.get("properties", {}):
+            # The answer as JSON, checked against the schema: a model that does not comply gets an error.
+            schema = {"response_schema": RECEIPT_SCHEMA}
+            answer = await call(client, "describe_image", {**arguments, **schema}, may_fail=True)
+            if answer:
+                print("structured:", json.dumps(answer["data"], indent=2))
+        if not answer:
+            answer = await call(client, "describe_image", arguments)
     print("answer:", answer["text"])
-    if structured:
-        fields = {key: value for key, value in answer.items() if key not in PLAIN_FIELDS}
-        print("structured:", json.dumps(fields, indent=2))
     print(f"the receipt says: total {TOTAL}, date {DATE} (check the answer against it)")
     hint(args, "llava-hf/llava-v1.6-mistral-7b-hf")
 

@@ -125,10 +125,11 @@ def test_verification_scores_are_shown_when_generate_image_returns_them() -> Non
         "label_scores": {"a lighthouse": 0.8, "dusk": 0.05},
         "missing_labels": ["dusk"],
         "passed": False,
+        "prompt_threshold": 0.22,
     }
     plain = parse(_html(steps()))
     sheet = parse(_html(steps({"verification": [check]})))
     text = text_of(sheet)
     assert "verification" not in text_of(plain)
-    assert "verification: failed" in text and "prompt: 0.310" in text and "a lighthouse: 0.800" in text
+    assert "verification: failed" in text and "prompt (needs 0.22): 0.310" in text and "a lighthouse: 0.800" in text
     assert "missing: dusk" in text

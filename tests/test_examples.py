@@ -74,11 +74,14 @@ def check_receipt_extraction(stdout: str, out: Path) -> None:
     assert receipt.getextrema()[0] == (0, 255), "black text on white"
     assert re.search(r"^answer: \S", stdout, re.MULTILINE)
     assert "the receipt says: total $23.47, date 2024-03-15" in stdout
-    if "response_schema" in DescribeImageParams.model_fields:
+    if "structured: " in stdout:  # the model answered JSON that matches the schema
+        assert "response_schema" in DescribeImageParams.model_fields
         fields, _ = json.JSONDecoder().raw_decode(stdout.split("structured: ", 1)[1])
-        assert isinstance(fields, dict) and fields
+        assert {"total", "date"} <= set(fields)
+    elif "response_schema" in DescribeImageParams.model_fields:  # the tiny model cannot: asked again
+        assert stdout.count("[describe_image]") == 2
     else:
-        assert "structured:" not in stdout
+        assert stdout.count("[describe_image]") == 1
 
 
 def check_before_after(stdout: str, out: Path) -> None:

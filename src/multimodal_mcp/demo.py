@@ -51,9 +51,10 @@ async def _run(output_dir: Path, server_args: list[str]) -> Path:
     async with Client(params, read_timeout_seconds=600) as client:
         # Servers that can check prompt adherence while generating (verify=True) are asked to.
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-        verify = (
-            {"verify": True} if "verify" in tools["generate_image"].input_schema.get("properties", {}) else {}
-        )
+        accepts = tools["generate_image"].input_schema.get("properties", {})
+        verify: dict[str, Any] = {"verify": True} if "verify" in accepts else {}
+        if "verify_labels" in accepts:
+            verify["verify_labels"] = LABELS[:1]
         first = await _call(client, "generate_image", {"prompt": PROMPT, "seed": 7, **verify})
         first_uri = first["images"][0]["uri"]
         classes = await _call(client, "clip_classify", {"image": first_uri, "labels": LABELS})
@@ -128,7 +129,9 @@ def _verification(result: dict[str, Any], image_id: str) -> str:
         parts.append(f'<h3>verification: <span class="{"pass" if passed else "fail"}">{verdict}</span></h3>')
         scores = _label_scores(check.get("label_scores"))
         if isinstance(check.get("prompt_score"), int | float):
-            scores.insert(0, ("prompt", float(check["prompt_score"])))
+            needs = check.get("prompt_threshold")
+            label = f"prompt (needs {needs})" if isinstance(needs, int | float) else "prompt"
+            scores.insert(0, (label, float(check["prompt_score"])))
         parts.append(_scores("prompt adherence", scores) if scores else "")
         if check.get("missing_labels"):
             parts.append(f"<p>missing: {_e(', '.join(str(m) for m in check['missing_labels']))}</p>")
