@@ -131,5 +131,6 @@ def test_verification_scores_are_shown_when_generate_image_returns_them() -> Non
     sheet = parse(_html(steps({"verification": [check]})))
     text = text_of(sheet)
     assert "verification" not in text_of(plain)
-    assert "verification: failed" in text and "prompt (needs 0.22): 0.310" in text and "a lighthouse: 0.800" in text
+    assert "verification: failed" in text and "prompt (needs 0.22): 0.310" in text
+    assert "a lighthouse: 0.800" in text and "dusk: 0.050" in text
     assert "missing: dusk" in text

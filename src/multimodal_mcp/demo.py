@@ -86,7 +86,7 @@ body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1
 .card{border:1px solid #ccc;border-radius:6px;padding:.6em;width:272px;font-size:13px}
 .card h2{font-size:14px;margin:0 0 .4em}.thumb{position:relative;width:256px;margin:0 auto .4em}
 .thumb img{display:block;width:256px;height:auto;image-rendering:pixelated;background:#eee}
-.box{position:absolute;border:2px solid #e0245e;box-sizing:border-box}
+.box{position:absolute;border:2px solid #e0245e;box-sizing:border-box;pointer-events:none}
 dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .6em;margin:.3em 0}dt{color:#666}dd{margin:0}
 code{font-size:12px;word-break:break-all}.bar{background:#eee;height:.5em;border-radius:2px}
 .bar span{display:block;height:100%;background:#3b7dd8;border-radius:2px}
@@ -109,32 +109,21 @@ def _scores(title: str, scores: list[tuple[str, float]]) -> str:
     return f"<h3>{_e(title)}</h3><ul>{items}</ul>"
 
 
-def _label_scores(raw: Any) -> list[tuple[str, float]]:
-    """``label_scores`` as (label, score) pairs, whether a mapping or a list of {label, score}."""
-    if isinstance(raw, dict):
-        return [(str(k), float(v)) for k, v in raw.items() if isinstance(v, int | float)]
-    if isinstance(raw, list):
-        return [(str(s["label"]), float(s["score"])) for s in raw if isinstance(s, dict) and "label" in s]
-    return []
-
-
 def _verification(result: dict[str, Any], image_id: str) -> str:
-    """generate_image's prompt-adherence check for one image, when the call asked for it."""
+    """generate_image's prompt-adherence check of one image (``verify=True``), when there is one."""
     parts = []
     for check in result.get("verification") or []:
-        if not isinstance(check, dict) or check.get("image_id") != image_id:
+        if check["image_id"] != image_id:
             continue
-        passed = check.get("passed")
-        verdict = "passed" if passed else "failed"
-        parts.append(f'<h3>verification: <span class="{"pass" if passed else "fail"}">{verdict}</span></h3>')
-        scores = _label_scores(check.get("label_scores"))
-        if isinstance(check.get("prompt_score"), int | float):
-            needs = check.get("prompt_threshold")
-            label = f"prompt (needs {needs})" if isinstance(needs, int | float) else "prompt"
-            scores.insert(0, (label, float(check["prompt_score"])))
-        parts.append(_scores("prompt adherence", scores) if scores else "")
+        verdict = "pass" if check["passed"] else "fail"
+        parts.append(f'<h3>verification: <span class="{verdict}">{verdict}ed</span></h3>')
+        threshold = check.get("prompt_threshold")
+        prompt = f"prompt (needs {threshold})" if threshold is not None else "prompt"
+        scores = [(prompt, float(check["prompt_score"]))]
+        scores += [(label, float(score)) for label, score in (check.get("label_scores") or {}).items()]
+        parts.append(_scores("prompt adherence", scores))
         if check.get("missing_labels"):
-            parts.append(f"<p>missing: {_e(', '.join(str(m) for m in check['missing_labels']))}</p>")
+            parts.append(f"<p>missing: {_e(', '.join(check['missing_labels']))}</p>")
     return "".join(parts)
 
 
