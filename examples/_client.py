@@ -22,16 +22,16 @@ from PIL import Image
 
 def options(doc: str | None) -> argparse.ArgumentParser:
     """The options every example takes: which models to serve and where to write files."""
-    parser = argparse.ArgumentParser(
-        description=(doc or "").splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--profile",
         default="tiny",
         choices=["tiny", "default"],
         help="'tiny': offline random-weight models (noise, runs anywhere); 'default': the real checkpoints",
     )
-    parser.add_argument("--config", type=Path, help="a TOML config file for the server (adds models)")
+    parser.add_argument(
+        "--config", type=Path, help="a TOML config file for the server (its settings and extra models)"
+    )
     parser.add_argument(
         "--output", type=Path, default=Path("example-output"), help="where images are written"
     )
