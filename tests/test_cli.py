@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from multimodal_mcp.cli import main
+from test_demo import parse, text_of
 
 
 def test_models_lists_the_profile_with_its_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,7 +54,16 @@ def test_the_demo_runs_the_whole_chain_over_stdio_and_writes_a_report(tmp_path: 
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    report = (tmp_path / "out" / "report.html").read_text()
-    assert "clip_classify" in report and "compare_images" in report
-    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    out = tmp_path / "out"
+    sheet = parse((out / "report.html").read_text())
+    chain = json.loads((out / "demo.json").read_text())
+    first, second = chain["first"], chain["second"]
+    heat_map = chain["comparison"]["diff_image"]["id"]
+    ids = [first["images"][0]["id"], second["images"][0]["id"], heat_map]
+    assert sheet.sources == [f"{image_id}.png" for image_id in ids], "every image of the chain, in order"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(sheet.sources), "thumbnails sit next to it"
+    text = text_of(sheet)
+    for step in (first, second):
+        assert f"prompt {step['parameters']['prompt']} seed {step['seed']}" in text
+    assert "clip_classify" in text and "SSIM" in text and "difference heat map" in text
     assert result.stdout.strip().endswith("report.html")

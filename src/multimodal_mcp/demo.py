@@ -49,11 +49,17 @@ async def _run(output_dir: Path, server_args: list[str]) -> Path:
         command=sys.executable, args=["-m", "multimodal_mcp", "serve", *server_args], env=dict(os.environ)
     )
     async with Client(params, read_timeout_seconds=600) as client:
-        first = await _call(client, "generate_image", {"prompt": PROMPT, "seed": 7})
+        # Servers that can check prompt adherence while generating (verify=True) are asked to.
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        accepts = tools["generate_image"].input_schema.get("properties", {})
+        verify: dict[str, Any] = {"verify": True} if "verify" in accepts else {}
+        if "verify_labels" in accepts:
+            verify["verify_labels"] = LABELS[:1]
+        first = await _call(client, "generate_image", {"prompt": PROMPT, "seed": 7, **verify})
         first_uri = first["images"][0]["uri"]
         classes = await _call(client, "clip_classify", {"image": first_uri, "labels": LABELS})
         description = await _call(client, "describe_image", {"image": first_uri})
-        second = await _call(client, "generate_image", {"prompt": REVISED, "seed": 7})
+        second = await _call(client, "generate_image", {"prompt": REVISED, "seed": 7, **verify})
         second_uri = second["images"][0]["uri"]
         comparison = await _call(
             client, "compare_images", {"image_a": first_uri, "image_b": second_uri, "describe": True}
@@ -74,45 +80,123 @@ async def _run(output_dir: Path, server_args: list[str]) -> Path:
     return report
 
 
-def _figure(image_id: str, caption: str) -> str:
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#222}
+.chain{color:#555}.sheet{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.card{border:1px solid #ccc;border-radius:6px;padding:.6em;width:272px;font-size:13px}
+.card h2{font-size:14px;margin:0 0 .4em}.thumb{position:relative;width:256px;margin:0 auto .4em}
+.thumb img{display:block;width:256px;height:auto;image-rendering:pixelated;background:#eee}
+.box{position:absolute;border:2px solid #e0245e;box-sizing:border-box;pointer-events:none}
+dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .6em;margin:.3em 0}dt{color:#666}dd{margin:0}
+code{font-size:12px;word-break:break-all}.bar{background:#eee;height:.5em;border-radius:2px}
+.bar span{display:block;height:100%;background:#3b7dd8;border-radius:2px}
+ul{list-style:none;padding:0;margin:.3em 0}li{margin:.15em 0}
+.pass{color:#187a3b}.fail{color:#b3261e}blockquote{margin:.3em 0;color:#444;font-style:italic}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _scores(title: str, scores: list[tuple[str, float]]) -> str:
+    """Labelled probabilities or similarities in [0, 1] as bars."""
+    items = "".join(
+        f'<li>{_e(label)}: {score:.3f}<div class="bar"><span style="width:{max(0.0, min(score, 1.0)):.1%}">'
+        "</span></div></li>"
+        for label, score in scores
+    )
+    return f"<h3>{_e(title)}</h3><ul>{items}</ul>"
+
+
+def _verification(result: dict[str, Any], image_id: str) -> str:
+    """generate_image's prompt-adherence check of one image (``verify=True``), when there is one."""
+    parts = []
+    for check in result.get("verification") or []:
+        if check["image_id"] != image_id:
+            continue
+        verdict = "pass" if check["passed"] else "fail"
+        parts.append(f'<h3>verification: <span class="{verdict}">{verdict}ed</span></h3>')
+        threshold = check.get("prompt_threshold")
+        prompt = f"prompt (needs {threshold})" if threshold is not None else "prompt"
+        scores = [(prompt, float(check["prompt_score"]))]
+        scores += [(label, float(score)) for label, score in (check.get("label_scores") or {}).items()]
+        parts.append(_scores("prompt adherence", scores))
+        if check.get("missing_labels"):
+            parts.append(f"<p>missing: {_e(', '.join(check['missing_labels']))}</p>")
+    return "".join(parts)
+
+
+def _card(title: str, image: dict[str, Any], facts: list[tuple[str, str]], body: str, boxes: str = "") -> str:
+    rows = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
     return (
-        f'<figure><img src="{image_id}.png" alt="{image_id}" width="256">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        f'<section class="card"><h2>{_e(title)}</h2>'
+        f'<div class="thumb"><a href="{_e(image["id"])}.png"><img src="{_e(image["id"])}.png" '
+        f'alt="{_e(image["id"])}"></a>{boxes}</div>'
+        f"<dl><dt>id</dt><dd><code>{_e(image['id'])}</code></dd>{rows}</dl>{body}</section>"
+    )
+
+
+def _generated(title: str, result: dict[str, Any], body: str = "", boxes: str = "") -> str:
+    image, parameters = result["images"][0], result["parameters"]
+    facts = [
+        ("prompt", _e(parameters["prompt"])),
+        ("seed", _e(image["seed"])),
+        ("model", _e(result["model"])),
+        ("size", _e(f"{image['width']}x{image['height']}, {parameters['steps']} steps")),
+    ]
+    return _card(title, image, facts, body + _verification(result, image["id"]), boxes)
+
+
+def _region_boxes(comparison: dict[str, Any], width: int, height: int) -> str:
+    """The changed regions (in image_a's pixels) as outlines over a thumbnail of that size."""
+    return "".join(
+        f'<div class="box" style="left:{r["x"] / width:.2%};top:{r["y"] / height:.2%};'
+        f'width:{r["width"] / width:.2%};height:{r["height"] / height:.2%}"></div>'
+        for r in comparison["changed_regions"]
     )
 
 
 def _html(steps: dict[str, Any]) -> str:
+    """The chain as a contact sheet: every image with its id, prompt, seed and scores."""
     first, second, comparison = steps["first"], steps["second"], steps["comparison"]
-    scores = "".join(
-        f"<li>{html.escape(s['label'])}: {s['score']:.3f}</li>" for s in steps["classification"]["labels"]
+    classes, description = steps["classification"], steps["description"]
+    first_image = first["images"][0]
+    classified = _scores(
+        f"clip_classify ({classes['model']})", [(s["label"], float(s["score"])) for s in classes["labels"]]
     )
+    described = (
+        f"<h3>describe_image ({_e(description['model'])})</h3>"
+        f"<blockquote>{_e(description['text'])}</blockquote>"
+    )
+    similarity = _scores(
+        "compare_images",
+        [
+            ("SSIM", float(comparison["ssim"])),
+            ("pixels changed", float(comparison["pixel_difference"])),
+            (f"CLIP similarity ({comparison['clip_model']})", float(comparison["clip_similarity"])),
+        ],
+    )
+    narrative = comparison.get("narrative")
+    diff_facts = [
+        ("compares", _e(f"{comparison['image_a']['id']} vs {comparison['image_b']['id']}")),
+        ("changed regions", _e(len(comparison["changed_regions"]))),
+    ]
+    if narrative:
+        diff_facts.append(("what changed", f"{_e(narrative)} <em>({_e(comparison['model'])})</em>"))
+    boxes = _region_boxes(comparison, first_image["width"], first_image["height"])
     cards = [
-        _figure(
-            first["images"][0]["id"],
-            f"1. {first['parameters']['prompt']} (seed {first['seed']}, {first['model']})",
-        ),
-        _figure(
-            second["images"][0]["id"],
-            f"2. {second['parameters']['prompt']} (seed {second['seed']}, {second['model']})",
-        ),
-        _figure(comparison["diff_image"]["id"], "difference heat map"),
+        _generated("1. generate_image", first, classified + described),
+        _generated("2. generate_image, revised prompt", second, "<p>outlined: changed regions</p>", boxes),
+        _card("3. compare_images: difference heat map", comparison["diff_image"], diff_facts, similarity),
     ]
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>multimodal-mcp demo</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-figure{{display:inline-block;margin:0 1em 1em 0}}
-img{{image-rendering:pixelated;border:1px solid #ccc}}</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><title>multimodal-mcp demo</title>
+<style>{_CSS}</style></head><body>
 <h1>multimodal-mcp demo</h1>
-<p>generate &rarr; classify &rarr; describe &rarr; regenerate &rarr; compare,
-through an MCP client over stdio.</p>
-{"".join(cards)}
-<h2>clip_classify ({html.escape(steps["classification"]["model"])})</h2><ul>{scores}</ul>
-<h2>describe_image ({html.escape(steps["description"]["model"])})</h2>
-<blockquote>{html.escape(steps["description"]["text"])}</blockquote>
-<h2>compare_images</h2>
-<p>SSIM {comparison["ssim"]:.3f}, pixels changed {comparison["pixel_difference"]:.1%},
-CLIP similarity {comparison["clip_similarity"]:.3f}, {len(comparison["changed_regions"])} changed regions.</p>
-<blockquote>{html.escape(comparison.get("narrative") or "")}</blockquote>
+<p class="chain">generate &rarr; classify &rarr; describe &rarr; regenerate &rarr; compare,
+through an MCP client over stdio. Click a thumbnail for the full-size PNG.</p>
+<div class="sheet">{"".join(cards)}</div>
 </body></html>
 """
 
