@@ -143,7 +143,9 @@ class Limits(_Frozen):
     max_prompt_chars: int = Field(
         default=4000, ge=16, le=4000, description="Characters in a prompt or negative prompt."
     )
-    max_tokens: int = Field(default=1024, ge=1, le=8192, description="Tokens a describe_image answer may have.")
+    max_tokens: int = Field(
+        default=1024, ge=1, le=8192, description="Tokens a describe_image answer may have."
+    )
 
 
 class UrlSettings(_Frozen):
@@ -170,7 +172,9 @@ class UrlSettings(_Frozen):
             try:
                 ipaddress.ip_network(net, strict=True)
             except ValueError as exc:
-                raise ValueError(f"allow_networks: {net!r} is not a network like '127.0.0.1/32' ({exc})") from exc
+                raise ValueError(
+                    f"allow_networks: {net!r} is not a network like '127.0.0.1/32' ({exc})"
+                ) from exc
         return networks
 
 

@@ -11,7 +11,6 @@ from PIL import Image
 from pydantic import ValidationError
 
 from multimodal_mcp.config import Limits
-
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.codec import (
     decode_base64_payload,
@@ -197,7 +196,7 @@ def test_truncated_pngs_and_jpegs_are_input_errors() -> None:
     for fmt in ("PNG", "JPEG", "WEBP", "GIF"):
         data = _encoded(photo("astronaut", 64), fmt)
         for cut in (len(data) // 2, 40, 12):
-            with pytest.raises(ImageInputError, match="corrupt or truncated|not an image"):
+            with pytest.raises(ImageInputError, match=r"corrupt or truncated|not an image"):
                 decode_image(data[:cut], max_pixels=10_000)
 
 

@@ -18,6 +18,7 @@ HTTP/1.0 so bodies are never chunked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -83,7 +84,10 @@ def blocked_reason(ip: IPAddress) -> str | None:
         (ip.is_unspecified, "is unspecified"),
         (ip.is_loopback, "is a loopback address"),
         (ip.is_link_local, "is link-local (cloud metadata services live there)"),
-        (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "is in the shared CGNAT range 100.64.0.0/10"),
+        (
+            isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT,
+            "is in the shared CGNAT range 100.64.0.0/10",
+        ),
         (ip.is_multicast, "is multicast"),
         (ip.is_private, "is a private address"),
         (ip.is_reserved, "is reserved"),
@@ -195,16 +199,15 @@ class UrlFetcher:
 
     async def _checked_address(self, target: _Target) -> str:
         """The address to connect to: every address the host resolves to must pass the check."""
-        try:
-            addresses = [ipaddress.ip_address(target.host)]
-        except ValueError:
+        literal = _ip_literal(target.host)
+        if literal is not None:
+            addresses = [literal]
+        else:
             names = await _resolve_in_thread(self.resolve, target.host, target.port)
-            try:
-                addresses = [ipaddress.ip_address(name.split("%", 1)[0]) for name in names]
-            except ValueError:
-                raise ImageInputError(f"the host {target.host} resolved to something not an address") from None
-            if not addresses:
-                raise ImageInputError(f"the host {target.host} has no addresses")
+            parsed = [_ip_literal(name.split("%", 1)[0]) for name in names]
+            addresses = [ip for ip in parsed if ip is not None]
+            if not addresses or len(addresses) != len(parsed):
+                raise ImageInputError(f"the host {target.host} resolved to no usable addresses")
         for ip in addresses:
             reason = blocked_reason(ip)
             if reason and not self._permitted(ip):
@@ -258,7 +261,9 @@ class UrlFetcher:
         )
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise ImageInputError(f"the server sent a {encoding}-encoded body; only plain bodies are accepted")
+            raise ImageInputError(
+                f"the server sent a {encoding}-encoded body; only plain bodies are accepted"
+            )
         length = headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
@@ -282,6 +287,13 @@ class UrlFetcher:
         if length is not None and len(body) != int(length):
             raise ImageInputError("the download was cut short (fewer bytes than Content-Length)")
         return body
+
+
+def _ip_literal(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
@@ -325,10 +337,8 @@ async def _resolve_in_thread(resolve: Resolve, host: str, port: int) -> list[str
             error = ImageInputError(f"the host name {host} could not be resolved")
         except Exception as exc:  # a resolver bug is still the fetch failing, not the server
             error = exc
-        try:
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is gone, the deadline passed
             loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop is gone: the deadline already passed
-            pass
 
     threading.Thread(target=work, name="mmcp-dns", daemon=True).start()
     return await future
