@@ -110,6 +110,10 @@ class ModelSpec(_Frozen):
             not self.base_models or not self.weight_name or not self.image_encoder
         ):
             raise ValueError("an ip_adapter model needs 'base_models', 'weight_name' and 'image_encoder'")
+        if self.weight_name is not None and not self.weight_name.endswith(".safetensors"):
+            raise ValueError(
+                f"weight_name {self.weight_name!r} must be a .safetensors file (pickle weights can run code)"
+            )
         if self.task != "controlnet" and self.control_type:
             raise ValueError("'control_type' applies to controlnet models only")
         if self.task not in ("controlnet", "ip_adapter") and self.base_models:
