@@ -506,7 +506,8 @@ def load_config(
         cache_dir: The per-user cache directory; the store and tiny models live below it by default.
         home: The user's home directory (``~`` in paths expands to it).
         default_allowed_roots: Directories clients may read when the file sets no ``allowed_roots``
-            (the CLI passes the home directory for stdio and nothing for HTTP).
+            (the CLI passes the home directory for stdio and nothing for HTTP); when not empty, the
+            store directory is added to them.
         overrides: Keys of the ``[server]`` table set on the command line (e.g. ``store_dir``).
 
     Raises:
@@ -546,6 +547,9 @@ def load_config(
     for key in ("store_dir", "tiny_dir"):
         server[key] = _expand(server[key], home)
     server["allowed_roots"] = [_expand(p, home) for p in server.get("allowed_roots", [])]
+    roots_chosen = "allowed_roots" in data.get("server", {}) or "allowed_roots" in (overrides or {})
+    if default_allowed_roots and not roots_chosen:
+        server["allowed_roots"].append(server["store_dir"])  # the defaults cover the store too
 
     try:
         return Config.model_validate(
