@@ -163,3 +163,14 @@ def test_a_file_with_an_image_extension_but_other_content_is_refused(
     (root / "fake.png").write_bytes(b"8BPS\x00\x01" + b"\x00" * 100)  # a PSD header
     with pytest.raises(ImageInputError, match="not an image in an accepted format"):
         resolver.resolve(str(root / "fake.png"))
+
+
+def test_image_ids_cannot_traverse_the_store(resolver: ImageResolver) -> None:
+    for value in (
+        "image://../../etc/passwd",
+        "image://0123456789abcdef/../x",
+        "image://%2e%2e/x",
+        "image://~",
+    ):
+        with pytest.raises(NotFound, match="is not an image id"):
+            resolver.resolve(value)
