@@ -95,7 +95,7 @@ def test_url_fetching_is_off_by_default_and_configured_under_server_urls(tmp_pat
     urls = config.server.urls
     assert (urls.enabled, urls.max_bytes, urls.timeout_seconds, urls.max_redirects) == (True, 2048, 5, 2)
     assert urls.allow_networks == ("127.0.0.1/32",)
-    with pytest.raises(ConfigError, match="server.urls.allow_networks"):
+    with pytest.raises(ConfigError, match=r"server\.urls\.allow_networks"):
         _load(tmp_path, '[server.urls]\nallow_networks = ["10.0.0.0/33"]')
-    with pytest.raises(ConfigError, match="server.urls.max_redirects"):
+    with pytest.raises(ConfigError, match=r"server\.urls\.max_redirects"):
         _load(tmp_path, "[server.urls]\nmax_redirects = 50")
