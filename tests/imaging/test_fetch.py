@@ -128,6 +128,8 @@ def test_an_image_url_is_fetched_and_stored_like_other_inputs(tmp_path: Path, ht
 def test_loopback_is_refused_unless_its_network_is_explicitly_allowed(http_server: str) -> None:
     with pytest.raises(ImageInputError, match=r"127.0.0.1 is a loopback address"):
         _fetcher(allow_networks=()).fetch(f"{http_server}/cat.png")
+    with pytest.raises(ImageInputError, match="loopback address"):
+        _fetcher(allow_networks=()).fetch(http_server.replace("127.0.0.1", "localhost") + "/cat.png")
 
 
 @pytest.mark.parametrize(
@@ -144,6 +146,10 @@ def test_loopback_is_refused_unless_its_network_is_explicitly_allowed(http_serve
         ("http://0.0.0.0/x.png", "unspecified"),
         ("http://224.0.0.1/x.png", "multicast"),
         ("http://[::1]/x.png", "loopback"),
+        ("http://2130706434/x.png", "127.0.0.2 is a loopback"),  # decimal, resolved by the system
+        ("http://0x7f000002/x.png", "127.0.0.2 is a loopback"),  # hex
+        ("http://127.2/x.png", "127.0.0.2 is a loopback"),  # short form
+        ("http://0177.0.0.2/x.png", "127.0.0.2 is a loopback"),  # octal
     ],
 )
 def test_a_redirect_to_a_forbidden_address_is_refused_before_connecting(
