@@ -281,12 +281,13 @@ async def generate_image(
 ) -> GenerateImageResult:
     """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL, Flux).
 
+    Each call has a budget of width*height*num_images pixels and width*height*steps*num_images
+    pixel-steps; an error names the limit when a call goes over it.
+
     Every image is stored and returned with an id: pass 'image://<id>' to clip_classify,
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while
     keeping the composition. Omitted arguments use the model's configured defaults
-    (see list_models). Flux models take no negative prompt and use guidance 0. Each call has a
-    budget of width*height*num_images pixels and width*height*steps*num_images pixel-steps; an
-    error names the limit when a call goes over it.
+    (see list_models). Flux models take no negative prompt and use guidance 0.
     """
     # 1. Check inputs
     clock = Clock()
