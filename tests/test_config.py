@@ -75,3 +75,27 @@ def test_invalid_configuration_is_reported_with_its_location(tmp_path: Path, tex
 def test_an_unknown_profile_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown profile 'huge'"):
         _load(tmp_path, profile="huge")
+
+
+def test_default_allowed_roots_cover_home_and_the_store_and_none_for_http(tmp_path: Path) -> None:
+    stdio = _load(tmp_path, default_allowed_roots=[tmp_path])
+    assert stdio.server.allowed_roots == (tmp_path, tmp_path / "cache" / "images")
+    assert _load(tmp_path, default_allowed_roots=[]).server.allowed_roots == ()
+    chosen = _load(tmp_path, '[server]\nallowed_roots = ["~/pictures"]', default_allowed_roots=[tmp_path])
+    assert chosen.server.allowed_roots == (tmp_path / "pictures",)
+
+
+def test_url_fetching_is_off_by_default_and_configured_under_server_urls(tmp_path: Path) -> None:
+    assert _load(tmp_path).server.urls.enabled is False
+    config = _load(
+        tmp_path,
+        "[server.urls]\nenabled = true\nmax_bytes = 2048\ntimeout_seconds = 5\nmax_redirects = 2\n"
+        'allow_networks = ["127.0.0.1/32"]',
+    )
+    urls = config.server.urls
+    assert (urls.enabled, urls.max_bytes, urls.timeout_seconds, urls.max_redirects) == (True, 2048, 5, 2)
+    assert urls.allow_networks == ("127.0.0.1/32",)
+    with pytest.raises(ConfigError, match=r"server\.urls\.allow_networks"):
+        _load(tmp_path, '[server.urls]\nallow_networks = ["10.0.0.0/33"]')
+    with pytest.raises(ConfigError, match=r"server\.urls\.max_redirects"):
+        _load(tmp_path, "[server.urls]\nmax_redirects = 50")

@@ -7,6 +7,8 @@ environment; :func:`load_config` is given every input explicitly.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +56,9 @@ class ModelDefaults(_Frozen):
     template: str | None = None
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 class ModelSpec(_Frozen):
     """One named model: what it does, how it is loaded, and its defaults."""
 
@@ -83,6 +88,24 @@ class ModelSpec(_Frozen):
     pipeline_kwargs: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="Extra keyword arguments passed to every pipeline call."
     )
+    revision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Hub revision to load (a branch, tag or commit); a 40-hex commit pins it.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run Python code shipped with the checkpoint. Only with a pinned 40-hex commit revision.",
+    )
+
+    @model_validator(mode="after")
+    def _remote_code_needs_a_pinned_revision(self) -> ModelSpec:
+        if self.trust_remote_code and not (self.revision and _COMMIT.fullmatch(self.revision)):
+            raise ValueError(
+                "trust_remote_code = true runs code from the checkpoint, so it needs 'revision' pinned to a "
+                "full 40-hex commit hash (a branch or tag can change under you)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _controlnet_fields(self) -> ModelSpec:
@@ -92,6 +115,10 @@ class ModelSpec(_Frozen):
             not self.base_models or not self.weight_name or not self.image_encoder
         ):
             raise ValueError("an ip_adapter model needs 'base_models', 'weight_name' and 'image_encoder'")
+        if self.weight_name is not None and not self.weight_name.endswith(".safetensors"):
+            raise ValueError(
+                f"weight_name {self.weight_name!r} must be a .safetensors file (pickle weights can run code)"
+            )
         if self.task != "controlnet" and self.control_type:
             raise ValueError("'control_type' applies to controlnet models only")
         if self.task not in ("controlnet", "ip_adapter") and self.base_models:
@@ -102,19 +129,62 @@ class ModelSpec(_Frozen):
 class Limits(_Frozen):
     """Caps on what one call may ask for. Arguments beyond them get an error naming the limit."""
 
-    max_side: int = Field(default=2048, ge=64)
+    max_side: int = Field(default=2048, ge=64, le=4096, description="Widest or tallest generated image (px).")
     max_pixels_per_call: int = Field(default=4 * 1024 * 1024, ge=4096, description="width*height*num_images")
-    max_images: int = Field(default=4, ge=1, le=16)
-    max_steps: int = Field(default=100, ge=1)
+    max_pixel_steps_per_call: int = Field(
+        default=256 * 1024 * 1024,
+        ge=4096,
+        description="Compute budget of one generation call: width*height*steps*num_images.",
+    )
+    max_images: int = Field(default=4, ge=1, le=16, description="Images per generation call.")
+    max_steps: int = Field(default=100, ge=1, le=200, description="Denoising steps per call.")
     max_input_pixels: int = Field(
-        default=40_000_000, ge=4096, description="Decoded size cap for input images."
+        default=40_000_000,
+        ge=4096,
+        le=80_000_000,
+        description="Decoded size cap for input images, read from the header before decoding; kept "
+        "below Pillow's decompression-bomb limit (89 Mpx).",
     )
     max_input_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Encoded size cap for inputs."
     )
-    max_labels: int = Field(default=64, ge=2)
-    max_prompt_chars: int = Field(default=4000, ge=16)
-    max_tokens: int = Field(default=1024, ge=1)
+    max_labels: int = Field(default=64, ge=2, le=256, description="Labels per clip_classify call.")
+    max_prompt_chars: int = Field(
+        default=4000, ge=16, le=4000, description="Characters in a prompt or negative prompt."
+    )
+    max_tokens: int = Field(
+        default=1024, ge=1, le=8192, description="Tokens a describe_image answer may have."
+    )
+
+
+class UrlSettings(_Frozen):
+    """Fetching images from http(s) URLs named in arguments (``[server.urls]``). Off by default."""
+
+    enabled: bool = Field(default=False, description="Fetch http(s) image URLs named in arguments.")
+    max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest body read; the download stops at it."
+    )
+    timeout_seconds: float = Field(
+        default=15, gt=0, le=300, description="Total time for one fetch, redirects and DNS included."
+    )
+    max_redirects: int = Field(default=5, ge=0, le=10, description="Redirects followed, each re-checked.")
+    allow_networks: tuple[str, ...] = Field(
+        default=(),
+        description="DANGEROUS: networks exempt from the address check (e.g. '127.0.0.1/32' for a local "
+        "test server). Anything listed here becomes reachable by whoever writes the arguments.",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=True)
+            except ValueError as exc:
+                raise ValueError(
+                    f"allow_networks: {net!r} is not a network like '127.0.0.1/32' ({exc})"
+                ) from exc
+        return networks
 
 
 class PoolSettings(_Frozen):
@@ -220,6 +290,7 @@ class ServerSettings(_Frozen):
         description="Most bytes of one tool result, previews' base64 included (client_limits may lower it).",
     )
     limits: Limits = Limits()
+    urls: UrlSettings = UrlSettings()
     pool: PoolSettings = PoolSettings()
     delivery: Delivery = Field(
         default="preview", description="How results carry images unless a call passes delivery."
@@ -504,7 +575,8 @@ def load_config(
         cache_dir: The per-user cache directory; the store and tiny models live below it by default.
         home: The user's home directory (``~`` in paths expands to it).
         default_allowed_roots: Directories clients may read when the file sets no ``allowed_roots``
-            (the CLI passes the home directory for stdio and nothing for HTTP).
+            (the CLI passes the home directory for stdio and nothing for HTTP); when not empty, the
+            store directory is added to them.
         overrides: Keys of the ``[server]`` table set on the command line (e.g. ``store_dir``).
 
     Raises:
@@ -544,6 +616,9 @@ def load_config(
     for key in ("store_dir", "tiny_dir"):
         server[key] = _expand(server[key], home)
     server["allowed_roots"] = [_expand(p, home) for p in server.get("allowed_roots", [])]
+    roots_chosen = "allowed_roots" in data.get("server", {}) or "allowed_roots" in (overrides or {})
+    if default_allowed_roots and not roots_chosen:
+        server["allowed_roots"].append(server["store_dir"])  # the defaults cover the store too
 
     try:
         return Config.model_validate(

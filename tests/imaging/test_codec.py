@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
+from multimodal_mcp.config import Limits
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.codec import (
     decode_base64_payload,
@@ -34,7 +39,7 @@ def test_png_jpeg_and_webp_decode_to_rgb() -> None:
 
 def test_formats_outside_the_allow_list_are_refused_by_content() -> None:
     tiff = _encoded(photo("astronaut", 16), "TIFF")
-    with pytest.raises(ImageInputError, match="accepted: PNG, JPEG, WEBP, GIF, BMP"):
+    with pytest.raises(ImageInputError, match="accepted: PNG, JPEG, WEBP, GIF"):
         decode_image(tiff, max_pixels=10_000)
     with pytest.raises(ImageInputError, match="not an image"):
         decode_image(b"%PDF-1.7 not an image", max_pixels=10_000)
@@ -100,3 +105,138 @@ def test_previews_fit_their_byte_budget_and_side_limit() -> None:
     assert decoded.format == "JPEG" and decoded.size == (preview.width, preview.height)
     webp = encode_preview(big, max_side=768, max_bytes=200_000, fmt="webp")
     assert webp.mime_type == "image/webp" and Image.open(io.BytesIO(webp.data)).format == "WEBP"
+
+
+# --- hostile inputs -------------------------------------------------------------------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(width: int, height: int, idat: bytes, extra: bytes = b"") -> bytes:
+    """A grayscale 8-bit PNG assembled by hand, so its header can say anything."""
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _compressible_png(side: int) -> bytes:
+    """A real, valid all-black PNG of side x side, compressed row by row (a few hundred KB)."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    return _png(side, side, body)
+
+
+def test_a_png_declaring_30000x30000_is_refused_from_its_header() -> None:
+    bomb = _png(30000, 30000, zlib.compress(b"\x00" * 100))
+    assert len(bomb) < 200
+    with pytest.raises(ImageInputError, match="limit is 40000000"):
+        decode_image(bomb, max_pixels=40_000_000)
+
+
+def test_a_real_highly_compressible_png_over_the_cap_is_refused_before_decoding() -> None:
+    bomb = _compressible_png(7000)  # 49 Mpx of zeros in well under 1 MB
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageInputError, match="7000x7000 = 49000000 pixels; the limit is 40000000"):
+        decode_image(bomb, max_pixels=40_000_000)
+    with pytest.raises(ImageInputError, match="the limit is 1000000"):
+        decode_image(_compressible_png(1200), max_pixels=1_000_000)
+
+
+def test_the_pixel_cap_stays_below_pillows_bomb_limit() -> None:
+    assert Limits().max_input_pixels < Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValidationError, match="less than or equal to 80000000"):
+        Limits(max_input_pixels=Image.MAX_IMAGE_PIXELS)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"8BPS\x00\x01" + b"\x00" * 64,  # Photoshop
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n",  # EPS
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n",  # PDF
+        b"SIMPLE  =                    T" + b" " * 50,  # FITS
+        b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 32,  # JPEG 2000
+        b"icns\x00\x00\x00\x10" + b"\x00" * 8,  # ICNS
+        b"\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x08\x00\x08\x00\x18\x00" + b"\x00" * 192,  # TGA
+        b"BM" + b"\x00" * 60,  # BMP
+    ],
+    ids=["psd", "eps", "pdf", "fits", "jp2", "icns", "tga", "bmp"],
+)
+def test_disallowed_formats_are_refused_by_content_whatever_they_are_named(
+    content: bytes, tmp_path: Path
+) -> None:
+    named_png = tmp_path / "photo.png"
+    named_png.write_bytes(content)
+    with pytest.raises(ImageInputError, match="not an image in an accepted format"):
+        decode_image(named_png.read_bytes(), max_pixels=10_000)
+
+
+def test_real_tga_and_tiff_files_named_png_are_refused() -> None:
+    img = photo("astronaut", 16)
+    for fmt in ("TGA", "TIFF", "BMP", "ICO"):
+        with pytest.raises(ImageInputError, match="accepted: PNG, JPEG, WEBP, GIF"):
+            decode_image(_encoded(img, fmt), max_pixels=10_000)
+
+
+def test_a_polyglot_decodes_as_its_image_and_keeps_none_of_the_payload(tmp_path: Path) -> None:
+    payload = b"PK\x03\x04" + b"<script>alert(1)</script>" * 40  # a zip/HTML tail after the PNG
+    polyglot = _encoded(photo("astronaut", 16), "PNG") + payload
+    decoded = decode_image(polyglot, max_pixels=10_000)
+    assert decoded.source_format == "PNG" and decoded.image.size == (16, 16)
+    reencoded = encode_png(decoded.image)
+    assert b"<script>" not in reencoded and b"PK\x03\x04" not in reencoded
+    # The other way round (a PDF wrapping a PNG) is a PDF, and refused.
+    with pytest.raises(ImageInputError, match="not an image in an accepted format"):
+        decode_image(b"%PDF-1.4\n" + _encoded(photo("astronaut", 16), "PNG"), max_pixels=10_000)
+
+
+def test_truncated_pngs_and_jpegs_are_input_errors() -> None:
+    for fmt in ("PNG", "JPEG", "WEBP", "GIF"):
+        data = _encoded(photo("astronaut", 64), fmt)
+        for cut in (len(data) // 2, 40, 12):
+            with pytest.raises(ImageInputError, match=r"corrupt or truncated|not an image"):
+                decode_image(data[:cut], max_pixels=10_000)
+
+
+def test_a_header_that_lies_about_the_size_is_an_input_error() -> None:
+    # IHDR says 64x64 but the pixel data holds 8x8.
+    liar = _png(64, 64, zlib.compress(b"\x00" * 9 * 8))
+    with pytest.raises(ImageInputError, match="corrupt or truncated"):
+        decode_image(liar, max_pixels=10_000)
+    # A JPEG whose frame header claims 60000x60000: refused from the header, nothing allocated.
+    jpeg = bytearray(_encoded(photo("astronaut", 16), "JPEG"))
+    sof = jpeg.find(b"\xff\xc0")
+    struct.pack_into(">HH", jpeg, sof + 5, 60000, 60000)
+    with pytest.raises(ImageInputError, match="pixels; the limit is 10000"):
+        decode_image(bytes(jpeg), max_pixels=10_000)
+
+
+def test_only_the_first_frame_of_animated_gif_webp_and_apng_is_used() -> None:
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    for fmt in ("GIF", "WEBP", "PNG"):
+        animated = _encoded(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50)
+        decoded = decode_image(animated, max_pixels=100)
+        r, g, b = decoded.image.convert("RGB").getpixel((4, 4))  # type: ignore[misc]
+        assert r > 200 and g < 50 and b < 50, fmt  # red, the first frame (WebP is lossy)
+        assert getattr(decoded.image, "n_frames", 1) == 1
+
+
+def test_pngs_with_huge_text_chunks_are_refused_or_stripped() -> None:
+    pixels = zlib.compress(b"\x00" * 9 * 8)
+    # 200 MB of compressed text in a 200 KB chunk: Pillow stops at its text limit.
+    ztxt = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (200 * 1024 * 1024)))
+    with pytest.raises(ImageInputError, match="corrupt or truncated"):
+        decode_image(_png(8, 8, pixels, ztxt), max_pixels=100)
+    # 8 MB of plain text: the pixels decode, and the text is not carried into the stored PNG.
+    text = _chunk(b"tEXt", b"Comment\x00" + b"A" * (8 * 1024 * 1024))
+    decoded = decode_image(_png(8, 8, pixels, text), max_pixels=100)
+    assert decoded.image.size == (8, 8)
+    assert len(encode_png(decoded.image)) < 1000
+
+
+def test_base64_over_the_limit_is_refused_without_decoding_it() -> None:
+    huge = "data:image/png;base64," + "QUFB" * 5_000_000  # 20 MB of base64
+    with pytest.raises(ImageInputError, match="limit is 1048576 bytes"):
+        decode_base64_payload(huge, max_bytes=1024 * 1024)

@@ -58,9 +58,9 @@ def test_nul_bytes_relative_paths_urls_and_encoded_traversal_are_refused(
         resolver.resolve(str(root / "cat.png") + "\x00.png")
     with pytest.raises(ImageInputError, match="neither an absolute file path nor base64"):
         resolver.resolve("cat.png")
-    with pytest.raises(ImageInputError, match="URLs are not fetched"):
+    with pytest.raises(ImageInputError, match="fetching URLs is turned off"):
         resolver.resolve("http://169.254.169.254/latest/meta-data")
-    with pytest.raises(ImageInputError, match="URLs are not fetched"):
+    with pytest.raises(ImageInputError, match="file:// URLs are not read"):
         resolver.resolve("file:///etc/passwd")
     with pytest.raises(ImageInputError, match="no such file"):
         resolver.resolve(str(root / "%2e%2e" / "outside.png"))
@@ -86,3 +86,91 @@ def test_a_file_over_the_byte_limit_is_refused_before_reading(tmp_path: Path, ro
     photo("astronaut", 128).save(root / "big.png")
     with pytest.raises(ImageInputError, match="limit is 1024 bytes"):
         resolver.resolve(str(root / "big.png"))
+
+
+# --- hostile paths --------------------------------------------------------------------------------
+
+
+def test_dotdot_and_symlinks_are_resolved_before_the_root_check(
+    resolver: ImageResolver, root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    photo("coffee", 16).save(outside / "x.png")
+    os.symlink(outside, root / "dirlink")  # a directory symlink that leaves the root
+    inside = root / "sub"
+    inside.mkdir()
+    os.symlink(root / "cat.png", inside / "ok.png")  # a symlink that stays inside is fine
+    for value in (
+        f"{root}/../secret/x.png",
+        f"{root}/sub/../../secret/x.png",
+        f"{root}/dirlink/x.png",
+        f"{root}/dirlink/../secret/x.png",  # '..' after a symlink is taken from the link's target
+        f"{root}/sub/../../secret/missing.png",  # refused whether or not the file exists
+    ):
+        with pytest.raises(ImageInputError, match="outside the directories this server may read"):
+            resolver.resolve(value)
+    assert resolver.resolve(str(inside / "ok.png")).image.size == (16, 16)
+    assert resolver.resolve(f"{root}/sub/../cat.png").image.size == (16, 16)
+
+
+def test_a_sibling_directory_sharing_the_roots_prefix_is_outside(
+    resolver: ImageResolver, root: Path, tmp_path: Path
+) -> None:
+    for sibling in (tmp_path / "root-evil", tmp_path / "rootx"):
+        sibling.mkdir()
+        photo("coffee", 16).save(sibling / "x.png")
+        with pytest.raises(ImageInputError, match="outside the directories"):
+            resolver.resolve(str(sibling / "x.png"))
+
+
+def test_encoded_traversal_uris_home_and_backslashes_are_not_interpreted(
+    resolver: ImageResolver, root: Path
+) -> None:
+    cases = {
+        f"{root}/%2e%2e/%2e%2e/etc/passwd": "no such file",
+        f"{root}/%2E%2E%2Fetc%2Fpasswd": "no such file",
+        f"{root}/..%2f..%2fetc/passwd": "no such file",
+        f"file://{root}/cat.png": "file:// URLs are not read",
+        "FILE:///etc/passwd": "URLs are not read",
+        "~/cat.png": "'~' is not expanded",
+        "~root/.ssh/id_rsa": "'~' is not expanded",
+        f"{root}\\..\\..\\etc\\passwd": "backslash",
+        "C:\\Windows\\win.ini": "backslash",
+        f"{root}/" + "a" * 300 + ".png": "longer than 255 bytes",
+        "/" + "a/" * 2100: "too long for a path",
+        f"{root}/cat.png\x00.jpg": "NUL",
+        "\\\\server\\share\\x.png": "backslash",
+    }
+    for value, message in cases.items():
+        with pytest.raises(ImageInputError, match=message):
+            resolver.resolve(value)
+
+
+def test_special_files_under_the_root_are_refused_without_blocking(
+    resolver: ImageResolver, root: Path
+) -> None:
+    os.mkfifo(root / "pipe.png")  # opening a FIFO for reading would wait for a writer forever
+    with pytest.raises(ImageInputError, match="not a regular file"):
+        resolver.resolve(str(root / "pipe.png"))
+    with pytest.raises(ImageInputError, match="not a regular file"):
+        resolver.resolve(str(root))
+
+
+def test_a_file_with_an_image_extension_but_other_content_is_refused(
+    resolver: ImageResolver, root: Path
+) -> None:
+    (root / "fake.png").write_bytes(b"8BPS\x00\x01" + b"\x00" * 100)  # a PSD header
+    with pytest.raises(ImageInputError, match="not an image in an accepted format"):
+        resolver.resolve(str(root / "fake.png"))
+
+
+def test_image_ids_cannot_traverse_the_store(resolver: ImageResolver) -> None:
+    for value in (
+        "image://../../etc/passwd",
+        "image://0123456789abcdef/../x",
+        "image://%2e%2e/x",
+        "image://~",
+    ):
+        with pytest.raises(NotFound, match="is not an image id"):
+            resolver.resolve(value)

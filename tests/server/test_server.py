@@ -94,7 +94,11 @@ async def test_bad_inputs_are_tool_errors_and_the_next_call_works(client: Client
         ("clip_classify", {"image": "data:image/png;base64,!!!!", "labels": ["a", "b"]}, "not valid base64"),
         ("clip_classify", {"image": "/etc/passwd", "labels": ["a", "b"]}, "outside the directories"),
         ("describe_image", {"image": "image://ffffffffffffffff"}, "no image with id"),
-        ("compare_images", {"image_a": "https://example.com/a.png", "image_b": "x"}, "URLs are not fetched"),
+        (
+            "compare_images",
+            {"image_a": "https://example.com/a.png", "image_b": "x"},
+            "fetching URLs is turned off",
+        ),
         ("generate_image", {"prompt": "x", "model": "nope"}, "no model named 'nope'"),
         ("clip_classify", {"image": str(allowed_root / "missing.png"), "labels": ["a", "b"]}, "no such file"),
     ]

@@ -12,7 +12,13 @@ from PIL import Image
 from multimodal_mcp.backends.base import CancelToken, GenerationRequest, LoadContext, StepCallback
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
-from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.backends.sources import (
+    load_error,
+    pretrained_options,
+    quiet_progress_bars,
+    require_safetensors,
+    resolve_source,
+)
 from multimodal_mcp.config import ModelSpec
 from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 
@@ -253,10 +259,11 @@ class ControlNetWeights:
 
 def _pretrained_kwargs(name: str, spec: ModelSpec, ctx: LoadContext) -> tuple[str, dict[str, Any]]:
     source = resolve_source(spec.source, ctx.tiny_dir)
+    require_safetensors(name, spec, source)
     quiet_progress_bars()
     kwargs: dict[str, Any] = {
         "dtype": pick_dtype(spec.dtype, ctx.device, model=name),
-        "use_safetensors": True,
+        **pretrained_options(spec),
     }
     if spec.variant:
         kwargs["variant"] = spec.variant
@@ -282,7 +289,10 @@ def load_controlnet(name: str, spec: ModelSpec, ctx: LoadContext) -> ControlNetW
     source, kwargs = _pretrained_kwargs(name, spec, ctx)
     try:
         # The checkpoint's config names its class: ControlNetModel (SD, SDXL) or FluxControlNetModel.
-        class_name = diffusers.ControlNetModel.load_config(source).get("_class_name", "ControlNetModel")
+        revision = {"revision": spec.revision} if spec.revision else {}
+        class_name = diffusers.ControlNetModel.load_config(source, **revision).get(
+            "_class_name", "ControlNetModel"
+        )
         model_class = getattr(diffusers, class_name, diffusers.ControlNetModel)
         model = model_class.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -328,10 +338,15 @@ def load_ip_adapter(name: str, spec: ModelSpec, ctx: LoadContext) -> IPAdapterWe
         else:
             from huggingface_hub import hf_hub_download
 
-            weights = Path(hf_hub_download(source, spec.weight_name))
+            weights = Path(hf_hub_download(source, spec.weight_name, revision=spec.revision))
         flat = load_file(str(weights), device=ctx.device)
         encoder = CLIPVisionModelWithProjection.from_pretrained(
-            source, subfolder=spec.image_encoder, dtype=kwargs["dtype"], use_safetensors=True
+            source,
+            subfolder=spec.image_encoder,
+            dtype=kwargs["dtype"],
+            use_safetensors=True,
+            trust_remote_code=spec.trust_remote_code,
+            revision=spec.revision or "main",
         )
     except Exception as exc:
         raise load_error(name, spec, exc) from exc

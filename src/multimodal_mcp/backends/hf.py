@@ -7,7 +7,13 @@ from typing import Any
 
 from multimodal_mcp.backends.base import LoadContext
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
-from multimodal_mcp.backends.sources import load_error, quiet_progress_bars, resolve_source
+from multimodal_mcp.backends.sources import (
+    load_error,
+    pretrained_options,
+    quiet_progress_bars,
+    require_safetensors,
+    resolve_source,
+)
 from multimodal_mcp.config import ModelSpec
 
 
@@ -36,12 +42,16 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
     import transformers
 
     source = resolve_source(spec.source, ctx.tiny_dir)
+    require_safetensors(name, spec, source)
     quiet_progress_bars()
+    options = pretrained_options(spec)
+    remote = {"trust_remote_code": spec.trust_remote_code}
+    revision = {"revision": spec.revision} if spec.revision else {}
     try:
         model = getattr(transformers, auto_class).from_pretrained(
-            source, dtype=pick_dtype(spec.dtype, ctx.device, model=name), use_safetensors=True
+            source, dtype=pick_dtype(spec.dtype, ctx.device, model=name), **{**options, **remote}
         )
-        processor = transformers.AutoProcessor.from_pretrained(source)
+        processor = transformers.AutoProcessor.from_pretrained(source, **revision, **remote)
     except Exception as exc:
         raise load_error(name, spec, exc) from exc
     return model.to(ctx.device).eval(), processor

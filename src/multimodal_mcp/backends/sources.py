@@ -20,6 +20,40 @@ def resolve_source(source: str, tiny_dir: Path) -> str:
     return str(ensure_tiny_models(tiny_dir) / TINY_MODEL_DIRS[key])
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def require_safetensors(name: str, spec: ModelSpec, source: str) -> None:
+    """Refuse a local model directory whose weights are only pickles (loading a pickle runs code).
+
+    Hub ids are covered by ``use_safetensors=True`` in every ``from_pretrained`` call, which fails
+    instead of falling back to ``.bin`` files.
+    """
+    root = Path(source)
+    if not root.is_dir():
+        return
+    files = [p for p in root.rglob("*") if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickles = sorted(str(p.relative_to(root)) for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise BackendError(
+            f"model {name!r}: its directory holds only pickle weights ({', '.join(pickles[:3])}); this "
+            "server loads safetensors only, since loading a pickle can run arbitrary code. Convert the "
+            "weights to .safetensors or choose another model."
+        )
+
+
+def pretrained_options(spec: ModelSpec) -> dict[str, object]:
+    """``from_pretrained`` options every loader passes: the pinned revision and remote-code policy."""
+    options: dict[str, object] = {"use_safetensors": True}
+    if spec.revision:
+        options["revision"] = spec.revision
+    if spec.trust_remote_code:  # config validation requires a pinned commit revision for this
+        options["trust_remote_code"] = True
+    return options
+
+
 def local_path(source: str, tiny_dir: Path) -> str | None:
     """The local directory holding ``source``'s weights, if they are on this machine (no download)."""
     if source.startswith(TINY_SOURCE_PREFIX):

@@ -16,9 +16,12 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from multimodal_mcp.errors import ImageInputError
 
-# Formats whose decoders see heavy use and little CVE churn. Checked by content (Pillow's
-# identification), never by a name or a MIME type the caller claims.
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# Formats whose decoders see heavy use and little CVE churn. Checked by content (the magic bytes,
+# then Pillow's identification limited to these plugins), never by a name or a MIME type the caller
+# claims. GIF is kept because agents meet it on the web; only its first frame is used. Everything
+# else (PSD, TIFF, EPS, PDF, FITS, JPEG 2000, TGA, ICNS, BMP, ...) is refused.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
+_MAGIC = re.compile(rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|GIF8[79]a|RIFF....WEBP", re.S)
 
 _B64_ALPHABET = re.compile(rb"^[A-Za-z0-9+/_-]*={0,2}$")
 _DATA_URI = re.compile(
@@ -76,9 +79,17 @@ def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode untrusted bytes into an RGB or RGBA image (first frame only, EXIF orientation applied).
 
+    The format is checked by its magic bytes and by Pillow limited to :data:`ALLOWED_FORMATS`; the
+    pixel count is checked from the header, before any pixel data is decoded.
+
     Raises:
         ImageInputError: unknown or disallowed format, too many pixels, truncated or corrupt data.
     """
+    if not _has_allowed_magic(data):
+        raise ImageInputError(
+            f"the data is not an image in an accepted format; accepted: {', '.join(ALLOWED_FORMATS)} "
+            "(checked by content, whatever the file name says)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -88,8 +99,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             f"the data is not an image in an accepted format; accepted: {', '.join(ALLOWED_FORMATS)}"
         ) from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageInputError(f"the image has too many pixels; the limit is {max_pixels}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageInputError(
+            f"the image header declares over {Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}. "
+            "Downscale it first."
+        ) from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes is the input's fault
         raise ImageInputError("the image data is corrupt or truncated") from exc
 
     fmt = img.format or "unknown"
@@ -101,14 +115,20 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             "Downscale it first."
         )
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
+        # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
+        img.seek(0)
         img.load()
         image = ImageOps.exif_transpose(img) or img
         image = image.convert("RGBA") if _has_alpha(image) else image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # truncated, lying or malformed data, hostile EXIF
         raise ImageInputError("the image data is corrupt or truncated") from exc
+    finally:
+        img.close()
     return DecodedImage(image=image, source_format=fmt)
+
+
+def _has_allowed_magic(data: bytes) -> bool:
+    return _MAGIC.match(data[:16]) is not None
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -1,16 +1,20 @@
-"""Resolving an image argument (``image://<id>``, a data URI, bare base64, or a file path)."""
+"""Resolving an image argument (``image://<id>``, a data URI, bare base64, a file path, or an http(s)
+URL when the server enables URLs)."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from multimodal_mcp.config import Limits
+from multimodal_mcp.config import Limits, UrlSettings
 from multimodal_mcp.errors import ImageInputError, NotFound
 from multimodal_mcp.imaging.codec import decode_base64_payload, decode_image, looks_like_data_uri
+from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -20,6 +24,8 @@ HOW_TO_PASS = (
     "Pass an image as image://<id> (from an earlier result), a data: URI, bare base64, "
     "or an absolute file path under an allowed directory."
 )
+MAX_PATH_CHARS = 4096
+MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -31,10 +37,19 @@ class ResolvedImage:
 class ImageResolver:
     """Turns untrusted image arguments into stored images. Blocking; run it in a worker thread."""
 
-    def __init__(self, store: ImageStore, allowed_roots: tuple[Path, ...], limits: Limits) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        allowed_roots: tuple[Path, ...],
+        limits: Limits,
+        *,
+        urls: UrlSettings | None = None,
+        fetcher: UrlFetcher | None = None,
+    ) -> None:
         self.store = store
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.limits = limits
+        self.fetcher = fetcher or UrlFetcher(urls or UrlSettings())
 
     def resolve(self, value: str, *, argument: str = "image") -> ResolvedImage:
         """Resolve and store one image argument.
@@ -59,10 +74,14 @@ class ImageResolver:
             return self._from_bytes(
                 decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "data"
             )
+        if is_url(value):
+            if not self.fetcher.settings.enabled:
+                raise ImageInputError(URLS_OFF)
+            return self._from_bytes(self.fetcher.fetch(value), "url")
         if _SCHEME.match(value):
             raise ImageInputError(
-                f"URLs are not fetched by this server ({value.split('://', 1)[0]}://...). "
-                "Download the image yourself and pass it as base64 or a file path."
+                f"{value.split('://', 1)[0][:20]}:// URLs are not read by this server (only http and https, "
+                "and only when enabled). Pass the image as base64, image://<id> or an absolute file path."
             )
         if _looks_like_base64(value):
             return self._from_bytes(
@@ -76,44 +95,73 @@ class ImageResolver:
         return ResolvedImage(record, decoded.image)
 
     def _from_path(self, value: str) -> ResolvedImage:
+        path = self._checked_path(value)
+        shown = value[:200]
+        try:
+            # O_NOFOLLOW: a last component swapped for a symlink after the check is not followed;
+            # O_NONBLOCK: a FIFO swapped in is not waited on (it then fails the regular-file check).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise ImageInputError(f"cannot open {shown!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageInputError(f"{shown!r} is not a regular file")
+            if info.st_size > self.limits.max_input_bytes:
+                raise ImageInputError(
+                    f"the file is {info.st_size} bytes; the limit is {self.limits.max_input_bytes} bytes"
+                )
+            try:
+                raw = file.read(self.limits.max_input_bytes + 1)  # it may have grown since fstat
+            except OSError as exc:
+                raise ImageInputError(f"cannot read {shown!r}: {exc.strerror}") from None
+        if len(raw) > self.limits.max_input_bytes:
+            raise ImageInputError(f"the file is over the limit of {self.limits.max_input_bytes} bytes")
+        return self._from_bytes(raw, "path")
+
+    def _checked_path(self, value: str) -> Path:
+        """The fully resolved path (symlinks and '..' resolved) if it lies under an allowed root."""
+        shown = value[:200]
         if "\x00" in value:
             raise ImageInputError("the file path contains a NUL byte")
-        if len(value) > 4096:
-            raise ImageInputError(f"the value is {len(value)} characters: too long for a path and not base64")
+        if len(value) > MAX_PATH_CHARS:
+            raise ImageInputError(
+                f"the value is {len(value)} characters: too long for a path (limit {MAX_PATH_CHARS}) "
+                "and not base64"
+            )
+        if value.startswith("~"):
+            raise ImageInputError(f"'~' is not expanded; pass the absolute path. {HOW_TO_PASS}")
+        if "\\" in value:
+            raise ImageInputError(
+                f"{shown!r} contains a backslash; pass a POSIX absolute path with '/' separators"
+            )
         path = Path(value)
         if not path.is_absolute():
-            raise ImageInputError(
-                f"{value[:200]!r} is neither an absolute file path nor base64. {HOW_TO_PASS}"
-            )
+            raise ImageInputError(f"{shown!r} is neither an absolute file path nor base64. {HOW_TO_PASS}")
+        if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in path.parts):
+            raise ImageInputError(f"a name in the path is longer than {MAX_NAME_BYTES} bytes")
         if not self.allowed_roots:
             raise ImageInputError(
                 "reading files is disabled on this server (no allowed roots are configured). "
                 "Pass the image as base64 or image://<id> instead."
             )
         try:
-            resolved = path.resolve(strict=True)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ImageInputError(f"no such file: {value[:200]}") from None
+            # Symlinks and '..' resolved first; the root check comes before any existence check, so
+            # errors do not tell whether a file outside the roots exists.
+            resolved = path.resolve(strict=False)
         except (OSError, RuntimeError) as exc:
-            raise ImageInputError(f"cannot resolve the path {value[:200]!r}") from exc
+            raise ImageInputError(f"cannot resolve the path {shown!r}") from exc
         if not any(resolved.is_relative_to(root) for root in self.allowed_roots):
             roots = ", ".join(str(r) for r in self.allowed_roots)
             raise ImageInputError(
-                f"the path {value[:200]!r} is outside the directories this server may read ({roots}). "
+                f"the path {shown!r} is outside the directories this server may read ({roots}). "
                 "Pass the image as base64 instead."
             )
+        if not resolved.exists():
+            raise ImageInputError(f"no such file: {shown}")
         if not resolved.is_file():
-            raise ImageInputError(f"{value[:200]!r} is not a regular file")
-        size = resolved.stat().st_size
-        if size > self.limits.max_input_bytes:
-            raise ImageInputError(
-                f"the file is {size} bytes; the limit is {self.limits.max_input_bytes} bytes"
-            )
-        try:
-            raw = resolved.read_bytes()
-        except OSError as exc:
-            raise ImageInputError(f"cannot read {value[:200]!r}: {exc.strerror}") from exc
-        return self._from_bytes(raw, "path")
+            raise ImageInputError(f"{shown!r} is not a regular file")
+        return resolved
 
 
 def _looks_like_base64(value: str) -> bool:

@@ -402,7 +402,9 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
             cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
         )
     store = ImageStore(config.server.store_dir)
-    resolver = ImageResolver(store, config.server.allowed_roots, config.server.limits)
+    resolver = ImageResolver(
+        store, config.server.allowed_roots, config.server.limits, urls=config.server.urls
+    )
     pool = ModelPool(config, devices)
     jobs = JobManager(
         pool.start_background,

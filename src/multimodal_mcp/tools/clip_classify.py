@@ -33,7 +33,8 @@ class ClipClassifyParams(Params):
             min_length=2,
             max_length=256,
             description=(
-                "Two or more candidate labels, e.g. ['a cat', 'a dog', 'a car']. Scores sum to 1 over them."
+                "Two or more distinct candidate labels, e.g. ['a cat', 'a dog', 'a car'], each at most 200 "
+                "characters; at most the server's max_labels (default 64). Scores sum to 1 over them."
             ),
         ),
     ]
@@ -42,7 +43,8 @@ class ClipClassifyParams(Params):
         str | None,
         Field(
             max_length=200,
-            description="Optional prompt template with one '{}' for the label, e.g. 'a photo of {}'.",
+            description="Optional prompt template with one '{}' for the label, e.g. 'a photo of {}'; at most "
+            "200 characters.",
         ),
     ] = None
 
@@ -92,7 +94,9 @@ async def clip_classify(
         raise InvalidArgument(
             f"template must contain '{{}}' exactly once (where the label goes); got {template!r}"
         )
-    texts = [template.format(label) if template else label for label in params.labels]
+    # replace(), not format(): a template is untrusted text, and format() would evaluate fields
+    # such as '{0.__class__}' in it.
+    texts = [template.replace("{}", label) if template else label for label in params.labels]
     source = await resolve_image(services, params.image, "image")
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before

@@ -36,7 +36,9 @@ ImageArg = Annotated[
     Field(
         description=(
             "The image: 'image://<id>' from an earlier result, a 'data:image/...;base64,...' URI, "
-            "bare base64, or an absolute file path under a directory the server may read."
+            "bare base64, or an absolute file path under a directory the server may read (or an http(s) "
+            "URL where the server enables URLs). PNG, JPEG, WebP or GIF (first frame), at most the "
+            "server's max_input_bytes (default 32 MiB) and max_input_pixels (default 40 Mpx)."
         )
     ),
 ]

@@ -40,6 +40,7 @@ from multimodal_mcp.tools.generate_image import (
     Side,
     Steps,
     _denoise,
+    check_budget,
     generation_request,
     resolve_parameters,
     store_generated,
@@ -358,6 +359,15 @@ async def controlled_generate(
     clock = Clock()
     name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
     specs = params.control_specs()
+    if params.init_image is None and (not specs or (params.width and params.height)):
+        # The output size is known before any input is decoded: check the per-call budget now.
+        check_budget(
+            services.config.server.limits,
+            params.width or spec.defaults.width or 512,
+            params.height or spec.defaults.height or 512,
+            params.steps or spec.defaults.steps or 30,
+            params.num_images,
+        )
     controlnets = [
         find_controlnet(services.config, name, c.type, params.controlnet if params.controls is None else None)
         for c in specs

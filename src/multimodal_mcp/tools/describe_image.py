@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.tools.common import (
     Clock,
     ImageArg,
@@ -32,13 +33,19 @@ class DescribeImageParams(Params):
         Field(
             min_length=1,
             max_length=4000,
-            description="The question or instruction about the image; omit for a general description.",
+            description="The question or instruction about the image, at most 4000 characters (server "
+            "limit max_prompt_chars); omit for a general description.",
         ),
     ] = None
     model: ModelArg = None
     max_tokens: Annotated[
         int | None,
-        Field(ge=1, le=8192, description="Longest answer in tokens; omit for the model's default."),
+        Field(
+            ge=1,
+            le=8192,
+            description="Longest answer in tokens, at most the server's max_tokens (default 1024); omit for "
+            "the model's default.",
+        ),
     ] = None
     ground: Annotated[
         bool,
@@ -89,6 +96,12 @@ async def describe_image(
     check_limit(
         "max_tokens", max_tokens, services.config.server.limits.max_tokens, "ask for a shorter answer"
     )
+    limit = services.config.server.limits.max_prompt_chars
+    if params.prompt is not None and len(params.prompt) > limit:
+        raise InvalidArgument(
+            f"the prompt is {len(params.prompt)} characters; this server's limit is {limit} "
+            "(max_prompt_chars); ask a shorter question"
+        )
     prompt = params.prompt or DEFAULT_PROMPT
     source = await resolve_image(services, params.image, "image")
 

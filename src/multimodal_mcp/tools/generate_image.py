@@ -10,7 +10,7 @@ from pydantic import Field
 
 from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
-from multimodal_mcp.config import ModelSpec
+from multimodal_mcp.config import Limits, ModelSpec
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
@@ -38,10 +38,21 @@ from multimodal_mcp.tools.verification import (
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
 
-Prompt = Annotated[str, Field(min_length=1, max_length=4000, description="What the image should show.")]
+Prompt = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4000,
+        description="What the image should show; at most 4000 characters (server limit max_prompt_chars).",
+    ),
+]
 NegativePrompt = Annotated[
     str | None,
-    Field(max_length=4000, description="What the image should not show (diffusion models only; not Flux)."),
+    Field(
+        max_length=4000,
+        description="What the image should not show (diffusion models only; not Flux); at most 4000 "
+        "characters.",
+    ),
 ]
 Side = Annotated[
     int | None,
@@ -49,16 +60,25 @@ Side = Annotated[
         ge=64,
         le=4096,
         multiple_of=8,
-        description="Pixels; omit for the model's default. Multiple of 8 (16 for Flux).",
+        description="Pixels, 64-4096 and at most the server's max_side (default 2048); a multiple of 8 "
+        "(16 for Flux). Omit for the model's default.",
     ),
 ]
 Steps = Annotated[
-    int | None, Field(ge=1, le=200, description="Denoising steps; omit for the model's default.")
+    int | None,
+    Field(
+        ge=1,
+        le=200,
+        description="Denoising steps, 1-200 and at most the server's max_steps (default 100); omit for the "
+        "model's default.",
+    ),
 ]
 Guidance = Annotated[
     float | None,
     Field(
-        ge=0.0, le=30.0, description="Classifier-free guidance scale; higher follows the prompt more closely."
+        ge=0.0,
+        le=30.0,
+        description="Classifier-free guidance scale, 0-30; higher follows the prompt more closely.",
     ),
 ]
 Scheduler = Annotated[
@@ -78,7 +98,15 @@ Seed = Annotated[
         description="Random seed; omit to draw one. The same seed and arguments repeat the image.",
     ),
 ]
-NumImages = Annotated[int, Field(ge=1, le=16, description="How many images to make (image i uses seed + i).")]
+NumImages = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=16,
+        description="How many images to make, at most the server's max_images (default 4); image i uses "
+        "seed + i.",
+    ),
+]
 
 
 class GenerateImageParams(Params):
@@ -182,17 +210,33 @@ def resolve_parameters(
     check_limit("height", resolved.height, limits.max_side, "ask for a smaller image")
     check_limit("steps", resolved.steps, limits.max_steps, "use fewer steps")
     check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
-    pixels = resolved.width * resolved.height * num_images
+    check_budget(limits, resolved.width, resolved.height, resolved.steps, num_images)
+    for argument, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
+        if len(text) > limits.max_prompt_chars:
+            raise InvalidArgument(
+                f"the {argument} is {len(text)} characters; this server's limit is {limits.max_prompt_chars} "
+                "(max_prompt_chars); shorten it"
+            )
+    return resolved
+
+
+def check_budget(limits: Limits, width: int, height: int, steps: int, num_images: int) -> None:
+    """The per-call budgets: pixels (width*height*num_images) and compute (times steps)."""
+    pixels = width * height * num_images
     if pixels > limits.max_pixels_per_call:
         raise InvalidArgument(
-            f"width*height*num_images = {pixels} pixels exceeds this server's limit of "
-            f"{limits.max_pixels_per_call} per call; make fewer or smaller images"
+            f"width*height*num_images = {width}*{height}*{num_images} = {pixels} pixels exceeds this "
+            f"server's limit of {limits.max_pixels_per_call} per call (max_pixels_per_call); make fewer "
+            "or smaller images"
         )
-    if len(prompt) > limits.max_prompt_chars:
+    work = pixels * steps
+    if work > limits.max_pixel_steps_per_call:
         raise InvalidArgument(
-            f"the prompt is {len(prompt)} characters; the limit is {limits.max_prompt_chars}"
+            f"width*height*steps*num_images = {width}*{height}*{steps}*{num_images} = {work} exceeds this "
+            f"server's compute budget of {limits.max_pixel_steps_per_call} per call "
+            "(max_pixel_steps_per_call); use fewer steps, fewer images or a smaller size, or split the "
+            "work over several calls"
         )
-    return resolved
 
 
 async def store_generated(
@@ -266,6 +310,9 @@ async def generate_image(
     params: GenerateImageParams, services: Services, progress: Progress | None = None
 ) -> GenerateImageResult:
     """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL, Flux).
+
+    Each call has a budget of width*height*num_images pixels and width*height*steps*num_images
+    pixel-steps; an error names the limit when a call goes over it.
 
     Every image is stored and returned with an id: pass 'image://<id>' to clip_classify,
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while

@@ -1,0 +1,175 @@
+"""Every tool argument is bounded in the schema the model reads, and the per-call budgets are
+checked before any model is loaded or any image decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mcp import Client
+
+from multimodal_mcp.config import Limits
+from multimodal_mcp.server.app import build_server, create_services
+from multimodal_mcp.tools.common import Services
+
+from helpers import call_error, call_ok, cpu_only, data_uri, make_config, photo
+
+
+def _unbounded(schema: dict[str, Any], defs: dict[str, Any], where: str) -> list[str]:
+    """Places in a JSON schema where a string, number or list has no upper bound."""
+    if "$ref" in schema:
+        return _unbounded(defs[schema["$ref"].rsplit("/", 1)[1]], defs, where)
+    problems: list[str] = []
+    for key in ("anyOf", "oneOf", "allOf"):
+        for i, option in enumerate(schema.get(key, [])):
+            problems += _unbounded(option, defs, f"{where}|{i}")
+    kind = schema.get("type")
+    if "enum" in schema or "const" in schema or kind in ("null", "boolean"):
+        return problems
+    if kind == "string" and "maxLength" not in schema and "pattern" not in schema:
+        problems.append(f"{where}: string without maxLength")
+    if kind in ("integer", "number"):
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            problems.append(f"{where}: {kind} without maximum")
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            problems.append(f"{where}: {kind} without minimum")
+    if kind == "array":
+        if "maxItems" not in schema:
+            problems.append(f"{where}: array without maxItems")
+        problems += _unbounded(schema.get("items", {}), defs, f"{where}[]")
+    if kind == "object":
+        # The top level is the handler's signature; the params model behind it forbids extra keys.
+        nested = any(mark in where for mark in "|.[")
+        if nested and schema.get("additionalProperties") is not False:
+            problems.append(f"{where}: object accepting unknown keys")
+        for name, sub in schema.get("properties", {}).items():
+            problems += _unbounded(sub, defs, f"{where}.{name}")
+    return problems
+
+
+async def test_every_tool_argument_has_an_upper_bound_in_its_schema(client: Client) -> None:
+    tools = (await client.list_tools()).tools
+    assert len(tools) >= 7
+    problems: list[str] = []
+    for tool in tools:
+        schema = tool.input_schema
+        problems += _unbounded(schema, schema.get("$defs", {}), tool.name)
+        error = await call_error(client, tool.name, {"unexpected_argument": "x" * 100})
+        assert "unexpected_argument" in error
+    assert problems == []
+
+
+async def test_generation_argument_descriptions_state_their_bounds(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    props = tools["generate_image"].input_schema["properties"]
+
+    def description(name: str) -> str:
+        prop = props[name]
+        return str(prop.get("description") or prop["anyOf"][0].get("description", ""))
+
+    assert "4000 characters" in description("prompt")
+    assert "max_side" in description("width") and "64-4096" in description("width")
+    assert "max_steps" in description("steps") and "1-200" in description("steps")
+    assert "max_images" in description("num_images")
+    assert "0-30" in description("guidance_scale")
+    assert "pixel-steps" in (tools["generate_image"].description or "")
+
+
+def _services(tmp_path: Path, tiny_dir: Path, allowed_root: Path, **limits: Any) -> Services:
+    config = make_config(tmp_path, tiny_dir, allowed_root, limits=limits)
+    return create_services(config, devices=cpu_only())
+
+
+async def test_the_pixel_steps_budget_is_checked_before_any_model_loads(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path
+) -> None:
+    services = _services(tmp_path, tiny_dir, allowed_root, max_pixel_steps_per_call=64 * 64 * 2 * 2)
+    async with Client(build_server(services.config, services)) as client:
+        args = {"prompt": "a boat", "width": 64, "height": 64, "steps": 3, "num_images": 2}
+        error = await call_error(client, "generate_image", args)
+        assert "width*height*steps*num_images = 64*64*3*2 = 24576" in error
+        assert "compute budget of 16384" in error and "max_pixel_steps_per_call" in error
+        assert "fewer steps" in error
+        error = await call_error(
+            client, "controlled_generate", {**args, "reference_image": "image://" + "0" * 16}
+        )
+        assert "= 24576" in error  # the budget, not the unknown reference image: checked first
+        assert services.pool.load_counts == {}
+        # Within the budget, the same call runs.
+        await call_ok(client, "generate_image", {**args, "steps": 2})
+
+
+async def test_controlled_generate_checks_the_budget_before_decoding_any_input(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path
+) -> None:
+    services = _services(tmp_path, tiny_dir, allowed_root, max_pixel_steps_per_call=64 * 64 * 4)
+    async with Client(build_server(services.config, services)) as client:
+        error = await call_error(
+            client,
+            "controlled_generate",
+            {"prompt": "x", "control_image": "@@not an image@@", "width": 64, "height": 64, "steps": 8},
+        )
+        assert "max_pixel_steps_per_call" in error and "not an image" not in error
+        # With init_image the size comes from the image, so the budget is checked once it is decoded,
+        # still before any model is loaded.
+        error = await call_error(
+            client,
+            "controlled_generate",
+            {"prompt": "x", "init_image": data_uri(photo("astronaut", 64)), "steps": 8},
+        )
+        assert "64*64*8*1" in error
+        assert services.pool.load_counts == {}
+
+
+async def test_prompt_limits_cover_negative_prompts_and_questions(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path
+) -> None:
+    services = _services(tmp_path, tiny_dir, allowed_root, max_prompt_chars=20)
+    async with Client(build_server(services.config, services)) as client:
+        error = await call_error(client, "generate_image", {"prompt": "a boat", "negative_prompt": "n" * 21})
+        assert "negative_prompt is 21 characters; this server's limit is 20 (max_prompt_chars)" in error
+        error = await call_error(client, "describe_image", {"image": data_uri(photo()), "prompt": "q" * 21})
+        assert "prompt is 21 characters; this server's limit is 20" in error
+        assert services.pool.load_counts == {}
+
+
+async def test_schema_bounds_reject_oversized_arguments_with_the_bound_named(client: Client) -> None:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("generate_image", {"prompt": "p" * 4001}, "4000"),
+        ("generate_image", {"prompt": "p", "steps": 10_000}, "200"),
+        ("generate_image", {"prompt": "p", "num_images": 1000}, "16"),
+        ("generate_image", {"prompt": "p", "width": 100_000}, "4096"),
+        ("generate_image", {"prompt": "p", "guidance_scale": 1e9}, "30"),
+        ("generate_image", {"prompt": "p", "seed": 2**64}, "4294967295"),
+        ("clip_classify", {"image": "image://0", "labels": ["l"] * 300}, "256"),
+        ("clip_classify", {"image": "image://0", "labels": ["a", "b" * 201]}, "200"),
+        ("describe_image", {"image": "image://0", "max_tokens": 10**6}, "8192"),
+        ("get_job", {"job_id": "0" * 16, "wait_seconds": 1e6}, "50"),
+        ("generate_image", {"prompt": "p", "model": "m" * 65}, "64"),
+    ]
+    for tool, args, bound in cases:
+        error = await call_error(client, tool, args)
+        assert bound in error, (tool, args, error)
+
+
+async def test_server_limits_below_the_schema_bounds_name_the_limit(client: Client) -> None:
+    limits = Limits()
+    error = await call_error(client, "generate_image", {"prompt": "p", "steps": limits.max_steps + 1})
+    assert f"steps={limits.max_steps + 1} exceeds this server's limit of {limits.max_steps}" in error
+    error = await call_error(client, "generate_image", {"prompt": "p", "num_images": limits.max_images + 1})
+    assert f"limit of {limits.max_images}" in error
+    labels = [f"label {i}" for i in range(limits.max_labels + 1)]
+    error = await call_error(client, "clip_classify", {"image": data_uri(photo()), "labels": labels})
+    assert (
+        f"number of labels={limits.max_labels + 1} exceeds this server's limit of {limits.max_labels}"
+        in error
+    )
+
+
+async def test_a_clip_template_is_text_not_a_format_string(client: Client) -> None:
+    image = data_uri(photo("chelsea", 32))
+    hostile = "{} {0.__class__.__mro__}"
+    out = await call_ok(
+        client, "clip_classify", {"image": image, "labels": ["a cat", "a dog"], "template": hostile}
+    )
+    assert {score["label"] for score in out["labels"]} == {"a cat", "a dog"}
