@@ -235,7 +235,8 @@ class OAuthVerifier:
         headers = {"Accept": "application/json"}
         if settings.introspection_client_id:
             # RFC 6749 2.3.1: client id and secret form-encoded, then HTTP Basic.
-            pair = f"{quote(settings.introspection_client_id)}:{quote(settings.introspection_client_secret or '')}"
+            secret = settings.introspection_client_secret or ""
+            pair = f"{quote(settings.introspection_client_id)}:{quote(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         client = self._http or httpx2.AsyncClient(timeout=10)
         try:
