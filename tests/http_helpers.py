@@ -33,7 +33,7 @@ async def serving(config: Config, services: Services, *, host: str = "127.0.0.1"
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(30):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
                 await anyio.sleep(0.02)
         try:
             yield f"http://127.0.0.1:{port}/mcp"

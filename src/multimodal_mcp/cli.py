@@ -127,9 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
         or "none",
     )
     app = http_app(build_server(config), config, host=host)
-    uv = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False)
-    )
+    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False))
     anyio.run(uv.serve)
     return 0
 

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
+from http_helpers import http_client, raw_post, serving
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
 
-from helpers import call_error, call_ok, cpu_only, make_config, photo, data_uri, read_png, text_of
-from http_helpers import http_client, raw_post, serving
+from helpers import call_error, call_ok, cpu_only, data_uri, make_config, photo, read_png, text_of
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-fedcba9876543210xyz"
@@ -131,7 +132,7 @@ async def test_request_bodies_over_the_limit_get_413_even_without_a_length_heade
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(big), 8192):
             yield big[start : start + 8192]
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     streamed = await raw_post(url, ALICE, content=chunks())
     assert streamed.status_code == 413
