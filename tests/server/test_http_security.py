@@ -13,12 +13,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from http_helpers import http_client, raw_post, serving
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
 
 from helpers import call_error, call_ok, cpu_only, data_uri, make_config, photo, read_png, text_of
+from http_helpers import http_client, raw_post, serving
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-fedcba9876543210xyz"
