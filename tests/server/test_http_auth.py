@@ -17,7 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 
 from multimodal_mcp import cli
-from multimodal_mcp.config import AuthConfig, ConfigError, HttpSettings, OAuthSettings, StaticToken
+from multimodal_mcp.config import (
+    AuthConfig,
+    ConfigError,
+    HttpSettings,
+    OAuthSettings,
+    StaticToken,
+    load_config,
+)
 from multimodal_mcp.principals import ANONYMOUS, LOCAL
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.server.http import (
@@ -235,3 +242,18 @@ async def test_an_oauth_server_advertises_its_metadata_and_serves_jwt_callers(
         assert (await raw_post(url, sign(rsa_key, aud="https://other.example.com/mcp"))).status_code == 401
         async with http_client(url, sign(rsa_key)) as carol:
             await call_ok(carol, "list_models", {})
+
+
+def test_the_readme_security_examples_are_valid_configuration(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    section = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```toml\n")[1:]]
+    assert len(blocks) == 2
+    config_file = tmp_path / "team.toml"
+    config_file.write_text(blocks[0] + blocks[1])
+    config = load_config(profile="tiny", config_file=config_file, cache_dir=tmp_path, home=tmp_path)
+    auth = config.server.http.auth
+    assert [t.principal for t in auth.tokens] == ["alice", "bob"]
+    assert auth.tokens[0].sha256 == hashlib.sha256(b"example-token-for-alice-0123456789").hexdigest()
+    assert auth.oauth is not None and auth.oauth.expected_audience == "https://mcp.example.com/mcp"
+    assert config.server.http.allowed_hosts == ("mcp.example.com",)
