@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,28 @@ async def test_request_bodies_over_the_limit_get_413_even_without_a_length_heade
     async with http_client(url, ALICE) as alice:  # still serving
         result = await alice.call_tool("list_models", {})
         assert not result.is_error, text_of(result)
+
+
+async def test_no_outgoing_connection_carries_a_clients_token(
+    team: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a call does (models, store, any library), the only socket that ever sends the token
+    is the client's own connection to the server."""
+    url, _ = team
+    server_port = int(url.split(":")[2].split("/")[0])
+    carriers: list[Any] = []
+    for name in ("send", "sendall"):
+        original = getattr(socket.socket, name)
+
+        def spy(self: socket.socket, data: Any, *args: Any, _original: Any = original) -> Any:
+            if ALICE.encode() in bytes(data):
+                carriers.append(self.getpeername())
+            return _original(self, data, *args)
+
+        monkeypatch.setattr(socket.socket, name, spy)
+    async with http_client(url, ALICE) as alice:
+        made = await generate(alice, {"prompt": "spy", "seed": 3})
+        uri = made["images"][0]["uri"]
+        await call_ok(alice, "compare_images", {"image_a": uri, "image_b": uri, "describe": True})
+    assert carriers  # the spy sees the client sending it...
+    assert {peer[1] for peer in carriers} == {server_port}  # ...and nothing else ever does
