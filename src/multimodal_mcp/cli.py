@@ -1,7 +1,8 @@
 """Command line: ``multimodal-mcp serve | models | demo | build-tiny``.
 
 The CLI is the one place that reads the environment (home and cache directories, the optional
-``MULTIMODAL_MCP_CONFIG`` file); everything below it receives one frozen :class:`Config`.
+``MULTIMODAL_MCP_CONFIG`` file, bearer tokens in ``MULTIMODAL_MCP_TOKENS``); everything below it
+receives one frozen :class:`Config`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,26 @@ def _cache_dir() -> Path:
     return Path(user_cache_dir("multimodal-mcp", appauthor=False))
 
 
+TOKENS_ENV = "MULTIMODAL_MCP_TOKENS"
+
+
+def _tokens_from_env() -> dict[str, str]:
+    """``MULTIMODAL_MCP_TOKENS="alice:<token>,bob:<token>"`` -> {principal: token}."""
+    tokens: dict[str, str] = {}
+    for entry in os.environ.get(TOKENS_ENV, "").split(","):
+        if not entry.strip():
+            continue
+        principal, sep, token = entry.strip().partition(":")
+        if not sep or not principal or not token:
+            raise ConfigError(
+                f"{TOKENS_ENV}: each entry must be 'principal:token' (entries are comma-separated)"
+            )
+        if principal in tokens:
+            raise ConfigError(f"{TOKENS_ENV}: principal {principal[:64]!r} appears twice")
+        tokens[principal] = token
+    return tokens
+
+
 def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
     config_file = args.config or (
         Path(os.environ["MULTIMODAL_MCP_CONFIG"]) if os.environ.get("MULTIMODAL_MCP_CONFIG") else None
@@ -53,6 +74,7 @@ def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
         home=home,
         default_allowed_roots=[] if http else [home],
         overrides=overrides,
+        static_tokens=_tokens_from_env() if http else None,
     )
 
 
@@ -80,12 +102,33 @@ def _serve(args: argparse.Namespace) -> int:
     from multimodal_mcp.server.app import build_server
 
     config = _config_from(args, http=args.transport == "http")
-    server = build_server(config)
     if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
-        server.run("streamable-http", host=args.host, port=args.port)
+        build_server(config).run("stdio")
+        return 0
+
+    import anyio
+    import uvicorn
+
+    from multimodal_mcp.server.http import check_binding, http_app
+
+    http = config.server.http
+    host = args.host or http.host
+    port = args.port if args.port is not None else http.port
+    check_binding(host, http.auth, insecure_no_auth=args.insecure_no_auth)
+    auth = http.auth
+    logger.info(
+        "serving MCP over streamable HTTP at http://%s:%d/mcp; auth: %s",
+        host,
+        port,
+        ", ".join(
+            ([f"static tokens for {', '.join(t.principal for t in auth.tokens)}"] if auth.tokens else [])
+            + ([f"OAuth tokens from {auth.oauth.issuer}"] if auth.oauth else [])
+        )
+        or "none",
+    )
+    app = http_app(build_server(config), config, host=host)
+    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False))
+    anyio.run(uv.serve)
     return 0
 
 
@@ -141,8 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the MCP server")
     _add_config_options(serve)
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host", help="HTTP bind address (default: server.http.host, 127.0.0.1: loopback only)"
+    )
+    serve.add_argument("--port", type=int, help="HTTP port (default: server.http.port, 8000)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve HTTP beyond loopback with no authentication (only behind a proxy that authenticates)",
+    )
     serve.set_defaults(func=_serve)
 
     models = sub.add_parser("models", help="list the configured models")

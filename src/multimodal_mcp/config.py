@@ -7,6 +7,7 @@ environment; :func:`load_config` is given every input explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import tomllib
@@ -275,6 +276,116 @@ class VerificationSettings(_Frozen):
     )
 
 
+_PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MIN_TOKEN_CHARS = 16
+
+
+class StaticToken(_Frozen):
+    """A bearer token for one team member. Only its SHA-256 is kept: give ``sha256`` in files you
+    share, or ``token`` (hashed on load, never logged)."""
+
+    principal: str = Field(description="Who the token stands for; owns the images and jobs it makes.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the token.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_plain_token(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "token" in data:
+            data = dict(data)
+            token = data.pop("token")
+            if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS:
+                raise ValueError(f"a token must be a string of at least {MIN_TOKEN_CHARS} characters")
+            if "sha256" in data:
+                raise ValueError("give either 'token' or 'sha256', not both")
+            data["sha256"] = hashlib.sha256(token.encode()).hexdigest()
+        return data
+
+    @field_validator("principal")
+    @classmethod
+    def _principal_name(cls, name: str) -> str:
+        if not _PRINCIPAL_NAME.match(name):
+            raise ValueError(f"principal {name[:80]!r} must be 1-64 letters, digits or '._@-'")
+        return name
+
+
+class OAuthSettings(_Frozen):
+    """OAuth resource-server mode: accept access tokens an authorization server issued for this server.
+
+    Tokens are JWTs checked against ``public_key_file``, ``jwks_file`` or ``jwks_url`` (signature,
+    ``exp``, ``iss``, ``aud``), or opaque tokens checked by RFC 7662 introspection.
+    """
+
+    issuer: str = Field(description="The authorization server (the tokens' 'iss').")
+    resource_url: str = Field(
+        description="This server's public MCP URL, e.g. https://mcp.example.com/mcp (advertised in the "
+        "protected resource metadata, and the default audience)."
+    )
+    audience: str | None = Field(default=None, description="Required 'aud'; default: resource_url.")
+    public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_client_secret: str | None = Field(default=None, repr=False)
+    required_scopes: tuple[str, ...] = ()
+    principal_claim: str = Field(default="sub", description="The claim naming the user.")
+    leeway_seconds: float = Field(default=30, ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OAuthSettings:
+        sources = [self.public_key_file, self.jwks_file, self.jwks_url, self.introspection_url]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "oauth needs exactly one of public_key_file, jwks_file, jwks_url or introspection_url"
+            )
+        for name in ("issuer", "resource_url", "jwks_url", "introspection_url"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith(("https://", "http://")):
+                raise ValueError(f"oauth.{name} must be an http(s) URL")
+        return self
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or self.resource_url
+
+
+class AuthConfig(_Frozen):
+    """Who may call an HTTP server: static team tokens, OAuth access tokens, or both."""
+
+    tokens: tuple[StaticToken, ...] = ()
+    oauth: OAuthSettings | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens) or self.oauth is not None
+
+    @field_validator("tokens")
+    @classmethod
+    def _distinct(cls, tokens: tuple[StaticToken, ...]) -> tuple[StaticToken, ...]:
+        if len({t.sha256 for t in tokens}) != len(tokens):
+            raise ValueError("two static tokens are the same; each team member needs their own")
+        return tokens
+
+
+class HttpSettings(_Frozen):
+    """The streamable HTTP transport: binding, DNS-rebinding protection, body limit and auth."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address; anything but loopback needs auth.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Extra Host header values clients use (e.g. the name behind a reverse proxy).",
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(), description="Extra browser Origins allowed, e.g. 'https://chat.example.com'."
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
+    )
+    auth: AuthConfig = AuthConfig()
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -305,6 +416,12 @@ class ServerSettings(_Frozen):
         """The client's limits as numbers (a preset resolved)."""
         limits = self.client_limits
         return CLIENT_LIMITS[limits] if isinstance(limits, str) else limits
+
+    http: HttpSettings = HttpSettings()
+    store_fsync: bool = Field(
+        default=True,
+        description="fsync each image and its record before reporting it made (survives power loss).",
+    )
 
 
 class Config(_Frozen):
@@ -565,6 +682,7 @@ def load_config(
     home: Path,
     default_allowed_roots: list[Path] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    static_tokens: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the configuration from a profile, an optional TOML file, and explicit overrides.
 
@@ -578,6 +696,8 @@ def load_config(
             (the CLI passes the home directory for stdio and nothing for HTTP); when not empty, the
             store directory is added to them.
         overrides: Keys of the ``[server]`` table set on the command line (e.g. ``store_dir``).
+        static_tokens: More bearer tokens for ``[server.http.auth]``, principal -> token (the CLI
+            reads them from ``MULTIMODAL_MCP_TOKENS``).
 
     Raises:
         ConfigError: with the file and the offending key in the message.
@@ -619,6 +739,15 @@ def load_config(
     roots_chosen = "allowed_roots" in data.get("server", {}) or "allowed_roots" in (overrides or {})
     if default_allowed_roots and not roots_chosen:
         server["allowed_roots"].append(server["store_dir"])  # the defaults cover the store too
+    if static_tokens:
+        http = dict(server.get("http", {}))
+        auth = dict(http.get("auth", {}))
+        auth["tokens"] = [
+            *auth.get("tokens", []),
+            *({"principal": name, "token": token} for name, token in static_tokens.items()),
+        ]
+        http["auth"] = auth
+        server["http"] = http
 
     try:
         return Config.model_validate(
@@ -627,6 +756,7 @@ def load_config(
     except ValidationError as exc:
         where = f"config file {config_file}" if config_file else f"profile {chosen!r}"
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors(include_input=False)
         )
         raise ConfigError(f"invalid configuration ({where}): {problems}") from exc

@@ -3,7 +3,8 @@
 Some clients give up on a tool call after about 60 seconds. Every call runs as a job; when it is not
 done after the configured wait, the call returns a job handle instead, the job keeps running, and
 ``get_job`` / ``cancel_job`` reach it. Finished jobs stay retrievable for a configured time.
-No MCP imports: the server layer adapts progress and results.
+A job belongs to the principal that started it and runs as that principal; to anyone else it does not
+exist. No MCP imports: the server layer adapts progress and results.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from multimodal_mcp.errors import MultimodalError, NotFound
+from multimodal_mcp.principals import acting_as, current_principal
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Job:
     id: str
     tool: str
     started: float
+    owner: str
     status: JobStatus = "running"
     progress: float | None = None
     total: float | None = None
@@ -98,7 +101,7 @@ class JobManager:
     def start(self, tool: str, run: Callable[[Progress], Awaitable[Any]]) -> Job:
         """Start ``run(progress)`` as a job; progress goes to whoever is listening."""
         self._purge()
-        job = Job(id=secrets.token_hex(8), tool=tool, started=self._clock())
+        job = Job(id=secrets.token_hex(8), tool=tool, started=self._clock(), owner=current_principal())
         self._jobs[job.id] = job
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -111,7 +114,7 @@ class JobManager:
 
         async def body() -> None:
             try:
-                with job.scope:
+                with job.scope, acting_as(job.owner):
                     job.result = await run(progress)
                     job.status = "done"
             except Exception as exc:
@@ -129,7 +132,7 @@ class JobManager:
     def get(self, job_id: str) -> Job:
         self._purge()
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or job.owner != current_principal():
             raise NotFound(
                 f"no job {job_id[:40]!r}: it never existed or finished more than {self._ttl:.0f} s ago"
             )

@@ -1,18 +1,26 @@
 """The image store: every image the server reads or makes, by id, surviving restarts.
 
 Layout: ``<root>/<id[:2]>/<id>.png`` (full resolution) and ``<id>.json`` (the metadata record).
-Both are written to a temporary file and renamed into place, PNG first: an id exists exactly when
-its record exists, so a crash never leaves an id that points at nothing.
+Both are written to a temporary file, flushed to disk (``fsync``, unless turned off) and renamed into
+place, PNG first: an id exists exactly when its record exists, so a crash never leaves an id that
+points at nothing. Opening a store removes what a killed server can leave behind: temporary files, a
+PNG whose record was never written, a record whose PNG is gone.
 
 Ids are content addresses: the first 16 hex digits of the SHA-256 of the stored PNG, which embeds
 the generation parameters. Storing the same image with the same metadata twice yields the same id
 and keeps the first record.
+
+Every image has owners: the principals (see :mod:`multimodal_mcp.principals`) that made or sent it.
+The store acts for the current principal: an image it does not own does not exist for it (the same
+``NotFound`` as an unknown id, so nothing reveals that someone else has it). When a second principal
+stores the same bytes, it is added to the owners; the id stays the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -27,6 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from multimodal_mcp.errors import NotFound
 from multimodal_mcp.imaging.codec import encode_png, generation_text_chunks
+from multimodal_mcp.principals import SINGLE_USER, current_principal
+
+logger = logging.getLogger(__name__)
 
 ImageKind = Literal["generated", "input", "control", "diff"]
 ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
@@ -53,6 +64,14 @@ class ImageRecord(BaseModel):
     source: str | None = Field(
         default=None, description="For inputs: how the image arrived (path, data, base64)."
     )
+    owners: list[str] = Field(
+        default_factory=list,
+        description="Principals that may see the image; empty in records written before owners existed.",
+    )
+
+    def visible_to(self, principal: str) -> bool:
+        # Records without owners predate them: they belong to the machine's single user.
+        return principal in self.owners if self.owners else principal in SINGLE_USER
 
     @property
     def uri(self) -> str:
@@ -68,14 +87,18 @@ def validate_id(image_id: str) -> str:
 class ImageStore:
     """A directory of PNGs and JSON records. Methods are blocking; call them from worker threads."""
 
-    def __init__(self, root: Path, *, recent: int = 16) -> None:
+    def __init__(self, root: Path, *, recent: int = 16, fsync: bool = True) -> None:
         self.root = root
+        self.fsync = fsync
         root.mkdir(parents=True, exist_ok=True)
+        self.recover()
         # Images just written or read are kept decoded: a result's previews and the next tool in a
         # chain (classify, compare) read them right away.
         self._recent: OrderedDict[str, Image.Image] = OrderedDict()
         self._recent_size = recent
         self._lock = threading.Lock()
+        # Writes of one id (a new image, or an owner added to it) must not interleave.
+        self._write_lock = threading.Lock()
 
     def _remember(self, image_id: str, image: Image.Image) -> None:
         with self._lock:
@@ -89,7 +112,40 @@ class ImageStore:
         return folder / f"{image_id}.png", folder / f"{image_id}.json"
 
     def exists(self, image_id: str) -> bool:
-        return ID_PATTERN.match(image_id) is not None and self._paths(image_id)[1].is_file()
+        """Whether the current principal can see ``image_id``."""
+        if ID_PATTERN.match(image_id) is None:
+            return False
+        try:
+            self.record(image_id)
+        except NotFound:
+            return False
+        return True
+
+    def recover(self) -> dict[str, int]:
+        """Remove what an interrupted write leaves behind; returns how many of each were removed.
+
+        Temporary files, PNGs without a record (killed between the two renames) and records whose
+        PNG is missing (deleted by hand, or a disk that lost the unsynced PNG) are removed.
+        """
+        removed = {"temporary": 0, "png_without_record": 0, "record_without_png": 0}
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for path in folder.iterdir():
+                name = path.name
+                if name.startswith(".") and name.endswith(".tmp"):
+                    kind = "temporary"
+                elif name.endswith(".png") and not path.with_suffix(".json").exists():
+                    kind = "png_without_record"
+                elif name.endswith(".json") and not path.with_suffix(".png").exists():
+                    kind = "record_without_png"
+                else:
+                    continue
+                path.unlink(missing_ok=True)
+                removed[kind] += 1
+        if any(removed.values()):
+            logger.warning("image store %s: removed leftovers of interrupted writes: %s", self.root, removed)
+        return removed
 
     def put(
         self,
@@ -117,22 +173,34 @@ class ImageStore:
         png = encode_png(image, text)
         digest = hashlib.sha256(png).hexdigest()
         image_id = digest[:16]
-        if self.exists(image_id):
-            return self.record(image_id)
-        record = ImageRecord(
-            id=image_id,
-            kind=kind,
-            width=image.width,
-            height=image.height,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            sha256=digest,
-            source=source,
-            **meta,
-        )
-        png_path, json_path = self._paths(record.id)
+        principal = current_principal()
+        png_path, json_path = self._paths(image_id)
         png_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(png_path, png)
-        _atomic_write(json_path, record.model_dump_json(indent=1).encode())
+        with self._write_lock:
+            try:
+                existing = self._read_record(image_id)
+            except NotFound:
+                existing = None  # an unreadable record is replaced below
+            if existing is not None and png_path.is_file():
+                if not existing.visible_to(principal):
+                    # The same bytes from another principal: share the file, not the knowledge.
+                    owners = existing.owners or sorted(SINGLE_USER)
+                    existing = existing.model_copy(update={"owners": [*owners, principal]})
+                    _atomic_write(json_path, existing.model_dump_json(indent=1).encode(), fsync=self.fsync)
+                return existing
+            record = ImageRecord(
+                id=image_id,
+                kind=kind,
+                width=image.width,
+                height=image.height,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                sha256=digest,
+                source=source,
+                owners=[principal],
+                **meta,
+            )
+            _atomic_write(png_path, png, fsync=self.fsync)
+            _atomic_write(json_path, record.model_dump_json(indent=1).encode(), fsync=self.fsync)
         self._remember(record.id, image.copy())
         return record
 
@@ -140,17 +208,22 @@ class ImageStore:
         """Store an image a client sent; the same pixels sent twice get the same id."""
         return self.put(image, kind="input", source=source)
 
-    def record(self, image_id: str) -> ImageRecord:
-        validate_id(image_id)
+    def _read_record(self, image_id: str) -> ImageRecord | None:
         json_path = self._paths(image_id)[1]
         try:
             return ImageRecord.model_validate_json(json_path.read_bytes())
         except FileNotFoundError:
-            raise NotFound(
-                f"no image with id {image_id}; ids come from earlier tool results (image://<id>)"
-            ) from None
+            return None
         except (ValidationError, OSError) as exc:
             raise NotFound(f"the record of image {image_id} is unreadable") from exc
+
+    def record(self, image_id: str) -> ImageRecord:
+        """The record of an image the current principal can see."""
+        validate_id(image_id)
+        record = self._read_record(image_id)
+        if record is None or not record.visible_to(current_principal()):
+            raise NotFound(f"no image with id {image_id}; ids come from earlier tool results (image://<id>)")
+        return record
 
     def png_path(self, image_id: str) -> Path:
         """The absolute path of a stored image's PNG (for clients sharing the server's disk)."""
@@ -159,7 +232,10 @@ class ImageStore:
 
     def read_png(self, image_id: str) -> bytes:
         self.record(image_id)
-        return self._paths(image_id)[0].read_bytes()
+        try:
+            return self._paths(image_id)[0].read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"the PNG of image {image_id} is missing from the store") from None
 
     def open(self, image_id: str) -> Image.Image:
         """The decoded image (a copy: callers may modify it)."""
@@ -174,14 +250,28 @@ class ImageStore:
         return image
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         # The rename is atomic: a killed server never leaves a half-written file under the real
-        # name. (No fsync: surviving a power cut is not worth its cost on every image.)
+        # name. With fsync, the data is on disk before the name points at it, and the directory
+        # entry is on disk before the image is reported as made (surviving a power cut too).
         os.replace(tmp, path)
+        if fsync:
+            _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -31,6 +31,7 @@ from multimodal_mcp.imaging.store import URI_SCHEME, ImageStore, validate_id
 from multimodal_mcp.jobs import JobManager, JobPending, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
+from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.delivery import (
     CHARS_PER_TOKEN,
     ENVELOPE_BYTES,
@@ -38,6 +39,7 @@ from multimodal_mcp.server.delivery import (
     image_tokens,
     text_tokens,
 )
+from multimodal_mcp.server.http import auth_for, principal_of_request
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, in_thread
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
@@ -95,15 +97,34 @@ def _friendly_validation(tool: str, exc: ValidationError) -> str:
     )
 
 
+def _principal(context: Any) -> str:
+    if context is None:
+        return LOCAL
+    try:
+        request = context.request_context.request
+    except ValueError:  # no request context: an in-process call
+        return LOCAL
+    return principal_of_request(request)
+
+
 class MultimodalServer(MCPServer[Services]):
     """MCPServer that refuses unknown arguments and whose argument errors read as sentences,
-    without echoing the caller's data."""
+    without echoing the caller's data. Each call and resource read runs as its caller's principal,
+    which owns what the call makes (see ``multimodal_mcp.principals``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tool_parameters: dict[str, frozenset[str]] = {}
 
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        with acting_as(_principal(context)):
+            return await super().read_resource(uri, context)
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        with acting_as(_principal(context)):
+            return await self._call_tool(name, arguments, context)
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self.tool_parameters.get(name)
         unknown = sorted(set(arguments) - known) if known is not None else []
         if unknown:
@@ -401,7 +422,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
             gpu_headroom_bytes=int(pool_settings.gpu_headroom_gib * GiB),
             cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
         )
-    store = ImageStore(config.server.store_dir)
+    store = ImageStore(config.server.store_dir, fsync=config.server.store_fsync)
     resolver = ImageResolver(
         store, config.server.allowed_roots, config.server.limits, urls=config.server.urls
     )
@@ -438,12 +459,15 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             finally:
                 running.remove(created)
 
+    auth, token_verifier = auth_for(config)  # used by the HTTP transport only
     server = MultimodalServer(
         name="multimodal-mcp",
         title="multimodal-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
+        auth=auth,
+        token_verifier=token_verifier,
     )
 
     def services_of(ctx: Context) -> Services:
