@@ -30,6 +30,7 @@ from multimodal_mcp.tools.common import (
     resolve_image,
 )
 from multimodal_mcp.tools.generate_image import (
+    EnhancePrompt,
     GenerateImageResult,
     Guidance,
     NegativePrompt,
@@ -40,6 +41,7 @@ from multimodal_mcp.tools.generate_image import (
     Side,
     Steps,
     _denoise,
+    confirm_and_rewrite,
     generation_request,
     resolve_parameters,
     store_generated,
@@ -115,6 +117,7 @@ class ControlledGenerateParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    enhance_prompt: EnhancePrompt = False
     init_image: Annotated[
         OptionalImage,
         Field(
@@ -347,7 +350,8 @@ async def controlled_generate(
     - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it).
     - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
       mask comes back exactly as it was.
-    ControlNet combines with either. Everything else works as in generate_image.
+    ControlNet combines with either. Everything else works as in generate_image (enhance_prompt
+    included).
     """
     # 1. Check inputs and pick the models
     clock = Clock()
@@ -399,6 +403,15 @@ async def controlled_generate(
     )
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
+    parameters, rewrite = await confirm_and_rewrite(
+        services,
+        clock,
+        model=name,
+        spec=spec,
+        parameters=parameters,
+        enhance_prompt=params.enhance_prompt,
+        progress=progress,
+    )
 
     # 2. Make and store the control maps (canny computed; other types used as given)
     def prepare() -> list[_PreparedControl]:
@@ -493,6 +506,8 @@ async def controlled_generate(
         extra["strength"] = params.strength
     if reference is not None:
         extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
+    if rewrite is not None:
+        extra |= rewrite.stored()
     refs = await store_generated(
         services,
         images,
@@ -509,6 +524,7 @@ async def controlled_generate(
         model=name,
         parameters=parameters,
         timings=clock.timings(),
+        prompt_rewrite=rewrite,
         mode=mode,
         controls=used,
         control_image=first.control_image if first else None,

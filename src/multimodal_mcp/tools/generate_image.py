@@ -22,11 +22,13 @@ from multimodal_mcp.tools.common import (
     Result,
     Services,
     Timings,
+    approve_spending,
     check_limit,
     draw_seed,
     in_thread,
     pick_model,
 )
+from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
 
@@ -71,6 +73,16 @@ Seed = Annotated[
     ),
 ]
 NumImages = Annotated[int, Field(ge=1, le=16, description="How many images to make (image i uses seed + i).")]
+EnhancePrompt = Annotated[
+    bool,
+    Field(
+        description=(
+            "First rewrite the prompt into a detailed one (subject, style, lighting, composition) with the "
+            "server's text model, then generate from that; the rewritten prompt is returned and stored. "
+            "For terse prompts."
+        )
+    ),
+]
 
 
 class GenerateImageParams(Params):
@@ -84,6 +96,7 @@ class GenerateImageParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    enhance_prompt: EnhancePrompt = False
 
 
 class GeneratedImage(ImageRef):
@@ -112,6 +125,10 @@ class GenerateImageResult(Result):
     model: str
     parameters: GenerationParameters
     timings: Timings
+    prompt_rewrite: PromptRewrite | None = Field(
+        default=None,
+        description="With enhance_prompt: the original prompt and the rewritten one the images came from.",
+    )
 
     def summary(self) -> str:
         p = self.parameters
@@ -122,7 +139,8 @@ class GenerateImageResult(Result):
             f"(seed {self.seed}, {p.width}x{p.height}, "
             f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
             f"in {self.timings.total_seconds:.1f} s: "
-            f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
+            f"{uris}.{self.prompt_rewrite.summary() if self.prompt_rewrite else ''} "
+            f"Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
 
@@ -209,6 +227,36 @@ async def store_generated(
     ]
 
 
+def images_purchase(parameters: GenerationParameters) -> str:
+    """What a generation buys from a paid model, as the user is asked about it."""
+    n = parameters.num_images
+    return f"{n} image{'s' if n != 1 else ''} of {parameters.width}x{parameters.height}"
+
+
+async def confirm_and_rewrite(
+    services: Services,
+    clock: Clock,
+    *,
+    model: str,
+    spec: ModelSpec,
+    parameters: GenerationParameters,
+    enhance_prompt: bool,
+    progress: Progress | None,
+) -> tuple[GenerationParameters, PromptRewrite | None]:
+    """Confirm the paid models a generation uses (before any work), then rewrite the prompt if asked.
+
+    Returns the parameters to generate with (the rewritten prompt in place of the original).
+    """
+    rewriter = pick_rewriter(services.config) if enhance_prompt else None
+    await approve_spending(services, model, spec, images_purchase(parameters))
+    if rewriter is None:
+        return parameters, None
+    text_model, text_spec = rewriter
+    await approve_spending(services, text_model, text_spec, rewrite_purchase(services.config, text_spec))
+    rewrite = await rewrite_prompt(services, clock, text_model, text_spec, parameters.prompt, progress)
+    return parameters.model_copy(update={"prompt": rewrite.prompt}), rewrite
+
+
 def generation_request(
     parameters: GenerationParameters, seeds: list[int], controls: tuple[ControlInput, ...] = ()
 ) -> GenerationRequest:
@@ -241,6 +289,9 @@ async def generate_image(
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while
     keeping the composition. Omitted arguments use the model's configured defaults
     (see list_models). Flux models take no negative prompt and use guidance 0.
+    enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
+    style, lighting, composition); the result returns both prompts, and the images are stored with
+    both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.
     """
     # 1. Check inputs
     clock = Clock()
@@ -261,18 +312,40 @@ async def generate_image(
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
+    # 2. Confirm paid models with the user before any work; rewrite the prompt if asked
+    parameters, rewrite = await confirm_and_rewrite(
+        services,
+        clock,
+        model=name,
+        spec=spec,
+        parameters=parameters,
+        enhance_prompt=params.enhance_prompt,
+        progress=progress,
+    )
     request = generation_request(parameters, seeds)
 
-    # 2. Get the model, check what only the model knows (size multiples, sampler family)
+    # 3. Get the model, check what only the model knows (size multiples, sampler family)
     async with clock.use(services, name) as model:
         model.check(request)
 
-        # 3. Denoise on the model's device lane (queued in order, cancellable between steps)
+        # 4. Denoise on the model's device lane (queued in order, cancellable between steps)
         async with clock.infer():
             images = await services.pool.run(model, _denoise(request), progress=progress)
 
-    # 4. Store and describe
-    refs = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)
+    # 5. Store and describe
+    refs = await store_generated(
+        services,
+        images,
+        seeds=seeds,
+        model=name,
+        parameters=parameters,
+        extra_parameters=rewrite.stored() if rewrite else None,
+    )
     return GenerateImageResult(
-        images=refs, seed=seed, model=name, parameters=parameters, timings=clock.timings()
+        images=refs,
+        seed=seed,
+        model=name,
+        parameters=parameters,
+        timings=clock.timings(),
+        prompt_rewrite=rewrite,
     )
