@@ -42,7 +42,7 @@ from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
         ("..., !", ""),
     ],
 )
-def test_the_rewrite_is_cleaned_of_chat_artefacts_preambles_and_commentary(answer: str, expected: str) -> None:
+def test_the_rewrite_is_cleaned_of_chat_artefacts_and_commentary(answer: str, expected: str) -> None:
     assert sanitize_rewrite(answer, 4000) == expected
 
 
