@@ -83,7 +83,7 @@ def test_prompt_rewriting_has_a_text_model_in_both_profiles(tmp_path: Path) -> N
     assert (rewriter.task, rewriter.source) == ("text", "Qwen/Qwen2.5-1.5B-Instruct")
     tiny = _load(tmp_path, profile="tiny")
     assert tiny.models[tiny.defaults["prompt_rewrite"]].source == "tiny:text"
-    with pytest.raises(ConfigError, match="defaults.prompt_rewrite names 'tiny-clip', whose task is 'clip'"):
+    with pytest.raises(ConfigError, match=r"prompt_rewrite names 'tiny-clip', whose task is 'clip'"):
         _load(tmp_path, "profile = 'tiny'\n[defaults]\nprompt_rewrite = 'tiny-clip'")
 
 
@@ -115,5 +115,5 @@ paid = true
     assert paid["hosted"] and paid["metered-local"]
     assert not paid["free-hosted"] and not paid["tiny-sd15"] and not paid["tiny-text"]
     assert config.server.spending.default_without_elicitation == "deny"
-    with pytest.raises(ConfigError, match="server.spending.confirm"):
+    with pytest.raises(ConfigError, match=r"server\.spending\.confirm"):
         _load(tmp_path, "profile = 'tiny'\n[server.spending]\nconfirm = 'maybe'")
