@@ -123,9 +123,9 @@ async def complete(
 ) -> tuple[str, int]:
     """One chat completion from text model ``name``: (text, tokens generated).
 
-    The one place a text model is called. Local models run on their device lane in the pool;
-    hosted chat models (``spec.backend`` in ``HOSTED_BACKENDS``) offer the same ``complete`` as a
-    coroutine and are routed here.
+    The one place a text model is called. Local models (``complete`` is blocking) run on their
+    device lane in the pool. Hosted chat models (``spec.backend`` in ``HOSTED_BACKENDS``) offer the
+    same method as a coroutine, ``await model.complete(system, prompt, max_tokens)``: route them here.
     """
     async with clock.use(services, name) as model, clock.infer():
         text, tokens = await services.pool.run(
