@@ -99,3 +99,45 @@ def test_url_fetching_is_off_by_default_and_configured_under_server_urls(tmp_pat
         _load(tmp_path, '[server.urls]\nallow_networks = ["10.0.0.0/33"]')
     with pytest.raises(ConfigError, match=r"server\.urls\.max_redirects"):
         _load(tmp_path, "[server.urls]\nmax_redirects = 50")
+
+
+def test_prompt_rewriting_has_a_text_model_in_both_profiles(tmp_path: Path) -> None:
+    default = _load(tmp_path)
+    rewriter = default.models[default.defaults["prompt_rewrite"]]
+    assert (rewriter.task, rewriter.source) == ("text", "Qwen/Qwen2.5-1.5B-Instruct")
+    tiny = _load(tmp_path, profile="tiny")
+    assert tiny.models[tiny.defaults["prompt_rewrite"]].source == "tiny:text"
+    with pytest.raises(ConfigError, match=r"prompt_rewrite names 'tiny-clip', whose task is 'clip'"):
+        _load(tmp_path, "profile = 'tiny'\n[defaults]\nprompt_rewrite = 'tiny-clip'")
+
+
+def test_hosted_models_are_paid_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        """
+profile = "tiny"
+[server.spending]
+confirm = "ask"
+default_without_elicitation = "deny"
+[models.hosted]
+task = "text"
+backend = "openai"
+source = "gpt-4o-mini"
+[models.free-hosted]
+task = "text"
+backend = "gemini"
+source = "gemini-2.5-flash"
+paid = false
+[models.metered-local]
+task = "text_to_image"
+backend = "diffusers"
+source = "/models/x"
+paid = true
+""",
+    )
+    paid = {name: spec.is_paid for name, spec in config.models.items()}
+    assert paid["hosted"] and paid["metered-local"]
+    assert not paid["free-hosted"] and not paid["tiny-sd15"] and not paid["tiny-text"]
+    assert config.server.spending.default_without_elicitation == "deny"
+    with pytest.raises(ConfigError, match=r"server\.spending\.confirm"):
+        _load(tmp_path, "profile = 'tiny'\n[server.spending]\nconfirm = 'maybe'")

@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm"]
-Backend = Literal["diffusers", "transformers"]
+Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text"]
+Backend = Literal["diffusers", "transformers", "openai", "gemini"]
+HOSTED_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
+"""Backends that call a metered API: their models are paid unless their spec says ``paid = false``."""
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
@@ -29,14 +31,16 @@ when it fits the client's limits, else a preview), ``none`` (text and links only
 plus the stored PNG's local absolute path)."""
 ClientLimitsPreset = Literal["claude-desktop", "claude-code", "generic"]
 
-DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm"]
+DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm", "prompt_rewrite"]
 """Keys of ``[defaults]``: the model a tool uses when its ``model`` argument is omitted.
-``controlled`` names the *base* text-to-image model for ``controlled_generate``."""
+``controlled`` names the *base* text-to-image model for ``controlled_generate``; ``prompt_rewrite``
+the text model that ``enhance_prompt=True`` rewrites prompts with."""
 _DEFAULT_TASK: dict[str, Task] = {
     "text_to_image": "text_to_image",
     "controlled": "text_to_image",
     "clip": "clip",
     "vlm": "vlm",
+    "prompt_rewrite": "text",
 }
 TINY_SOURCE_PREFIX = "tiny:"
 
@@ -99,6 +103,12 @@ class ModelSpec(_Frozen):
         description="Run Python code shipped with the checkpoint. Only with a pinned 40-hex commit revision.",
     )
 
+    paid: bool | None = Field(
+        default=None,
+        description="Whether a call costs money (see server.spending); default: true for hosted backends "
+        "(openai, gemini), false otherwise.",
+    )
+
     @model_validator(mode="after")
     def _remote_code_needs_a_pinned_revision(self) -> ModelSpec:
         if self.trust_remote_code and not (self.revision and _COMMIT.fullmatch(self.revision)):
@@ -107,6 +117,10 @@ class ModelSpec(_Frozen):
                 "full 40-hex commit hash (a branch or tag can change under you)"
             )
         return self
+
+    @property
+    def is_paid(self) -> bool:
+        return self.paid if self.paid is not None else self.backend in HOSTED_BACKENDS
 
     @model_validator(mode="after")
     def _controlnet_fields(self) -> ModelSpec:
@@ -386,6 +400,21 @@ class HttpSettings(_Frozen):
     auth: AuthConfig = AuthConfig()
 
 
+class SpendingSettings(_Frozen):
+    """Whether calls to paid models (``ModelSpec.is_paid``) need the user's confirmation."""
+
+    confirm: Literal["ask", "allow", "deny"] = Field(
+        default="ask",
+        description="ask: confirm each paid call with the user through MCP elicitation where the client "
+        "supports it; allow: never ask; deny: refuse every paid call.",
+    )
+    default_without_elicitation: Literal["allow", "deny"] = Field(
+        default="allow",
+        description="With confirm = 'ask': what happens when the client cannot ask its user "
+        "(no elicitation support).",
+    )
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -422,6 +451,7 @@ class ServerSettings(_Frozen):
         default=True,
         description="fsync each image and its record before reporting it made (survives power loss).",
     )
+    spending: SpendingSettings = SpendingSettings()
 
 
 class Config(_Frozen):
@@ -567,12 +597,21 @@ _DEFAULT_MODELS: dict[str, dict[str, Any]] = {
         "description": "LLaVA 1.6 (Mistral 7B): describes images and answers questions about them.",
         "defaults": {"max_tokens": 256},
     },
+    "qwen2.5-1.5b-instruct": {
+        "task": "text",
+        "backend": "transformers",
+        "source": "Qwen/Qwen2.5-1.5B-Instruct",
+        "dtype": "bfloat16",
+        "description": "Qwen2.5 1.5B Instruct: a small chat model that rewrites prompts (enhance_prompt).",
+        "defaults": {"max_tokens": 160},
+    },
 }
 _DEFAULT_TASKS: dict[str, str] = {
     "text_to_image": "sdxl",
     "controlled": "sd15",
     "clip": "clip-vit-l-14",
     "vlm": "llava-1.6-mistral-7b",
+    "prompt_rewrite": "qwen2.5-1.5b-instruct",
 }
 
 _TINY_NOTE = "Tiny random-weight model built offline; its output is noise, for tests and demos only."
@@ -653,12 +692,20 @@ _TINY_MODELS: dict[str, dict[str, Any]] = {
         "description": f"LLaVA architecture (CLIP vision tower, Llama text model). {_TINY_NOTE}",
         "defaults": {"max_tokens": 16},
     },
+    "tiny-text": {
+        "task": "text",
+        "backend": "transformers",
+        "source": "tiny:text",
+        "description": f"Llama architecture chat model (rewrites prompts into word salad). {_TINY_NOTE}",
+        "defaults": {"max_tokens": 24},
+    },
 }
 _TINY_TASKS: dict[str, str] = {
     "text_to_image": "tiny-sd15",
     "controlled": "tiny-sd15",
     "clip": "tiny-clip",
     "vlm": "tiny-vlm",
+    "prompt_rewrite": "tiny-text",
 }
 
 PROFILES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, str]]] = {

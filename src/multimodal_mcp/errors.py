@@ -37,3 +37,12 @@ class Busy(MultimodalError):
 
 class BackendError(MultimodalError):
     """A model failed to load or run in a way the caller can act on (message is curated)."""
+
+
+class SpendingRefused(MultimodalError):
+    """A paid call was declined or cancelled by the user, or refused by the configuration."""
+
+
+class ConfirmationPending(MultimodalError):
+    """The call stopped to ask the user for a confirmation; the MCP layer sends the question and the
+    client retries the call with the answer. Never shown to the caller."""

@@ -248,7 +248,9 @@ def test_the_readme_security_examples_are_valid_configuration(tmp_path: Path) ->
     readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     section = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```toml\n")[1:]]
-    blocks = [b for b in blocks if "[server.http" in b]  # the team examples (other subsections have their own)
+    blocks = [
+        b for b in blocks if "[server.http" in b
+    ]  # the team examples (other subsections have their own)
     assert len(blocks) == 2
     config_file = tmp_path / "team.toml"
     config_file.write_text(blocks[0] + blocks[1])

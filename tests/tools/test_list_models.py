@@ -20,7 +20,10 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-ip-adapter",
         "tiny-clip",
         "tiny-vlm",
+        "tiny-text",
     }
+    assert models["tiny-text"]["default_for"] == ["prompt_rewrite"] and models["tiny-text"]["task"] == "text"
+    assert not any(m["paid"] for m in models.values())
     assert models["tiny-sd15"]["default_for"] == ["text_to_image", "controlled"]
     assert models["tiny-flux"]["schedulers"][0] == "flow_euler"
     assert models["tiny-controlnet-canny"]["base_models"] == ["tiny-sd15"]

@@ -38,3 +38,4 @@ register_loader("diffusers", "controlnet", "multimodal_mcp.backends.diffusion:lo
 register_loader("diffusers", "ip_adapter", "multimodal_mcp.backends.diffusion:load_ip_adapter")
 register_loader("transformers", "clip", "multimodal_mcp.backends.clip:load_clip")
 register_loader("transformers", "vlm", "multimodal_mcp.backends.vlm:load_vlm")
+register_loader("transformers", "text", "multimodal_mcp.backends.text:load_text")

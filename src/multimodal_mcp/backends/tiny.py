@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "4"
+TINY_BUILD_VERSION: str = "5"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -40,6 +40,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "ip-adapter-sd15": "ip-adapter-sd15",
     "clip": "clip",
     "vlm": "vlm",
+    "text": "text",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -81,6 +82,14 @@ _VLM_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- endif -%}"
     "{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+# A plain-text chat template in the same role-prefixed style (system, user, assistant turns).
+_TEXT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- message['role'] | upper ~ ': ' ~ message['content'] ~ '\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
@@ -637,6 +646,40 @@ def _build_vlm(target: Path) -> None:
     processor.save_pretrained(target)
 
 
+def _build_text(target: Path) -> None:
+    """A Llama-architecture chat model for prompt rewriting: a causal LM and a tokenizer with a chat
+    template, as a real instruct checkpoint ships them."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _make_llama_tokenizer()
+    tokenizer.chat_template = _TEXT_CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        # Ten times the usual init scale: with the default the tiny model gives one answer whatever it
+        # is asked; with this, different prompts get different (nonsense) rewrites.
+        initializer_range=0.2,
+    )
+    _seed(7001)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd15": _build_sd15,
     "sdxl": _build_sdxl,
@@ -647,6 +690,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "ip-adapter-sd15": _build_ip_adapter_sd15,
     "clip": _build_clip,
     "vlm": _build_vlm,
+    "text": _build_text,
 }
 
 

@@ -7,6 +7,8 @@ derived from the same pydantic fields the implementation validates against: one 
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import inspect
 import io
 import json
@@ -16,15 +18,28 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
 import anyio
+from mcp.server.elicitation import AcceptedElicitation, render_elicitation_schema
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    CallToolResult,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
+    ImageContent,
+    InputRequiredResult,
+    ResourceLink,
+    TextContent,
+    ToolAnnotations,
+)
+from mcp_types.version import is_version_at_least
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp import __version__
 from multimodal_mcp.config import Config, Delivery
-from multimodal_mcp.errors import NotFound
+from multimodal_mcp.errors import ConfirmationPending, NotFound, SpendingRefused
 from multimodal_mcp.imaging.codec import encode_preview
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageStore, validate_id
@@ -41,7 +56,16 @@ from multimodal_mcp.server.delivery import (
 )
 from multimodal_mcp.server.http import auth_for, principal_of_request
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
-from multimodal_mcp.tools.common import Params, Progress, Result, Services, in_thread
+from multimodal_mcp.tools.common import (
+    Params,
+    Progress,
+    Result,
+    Services,
+    SpendingDecision,
+    SpendingRequest,
+    in_thread,
+    spending_approver,
+)
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
 from multimodal_mcp.tools.controlled_generate import ControlledGenerateParams, controlled_generate
 from multimodal_mcp.tools.describe_image import DescribeImageParams, describe_image
@@ -60,7 +84,8 @@ list_models shows the models and their defaults. Full-resolution images are reso
 image://<id>; results show small previews (delivery='none' for text only, 'full' for the full image,
 'path' for its local file path). verify=True on generate_image scores the result against the prompt.
 A call that runs long returns a job id instead of its result: call get_job(job_id, wait_seconds)
-until it is done."""
+until it is done. Models marked paid in list_models cost money per call; the server may ask
+the user to confirm, and a declined call returns an error: do not retry it unasked."""
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
 
@@ -151,6 +176,125 @@ class RenderOptions(Params):
     """Arguments the server layer handles itself, for tools whose results show images."""
 
     delivery: Annotated[Delivery | None, Field(description=DELIVERY_HELP)] = None
+
+
+class SpendingConsent(BaseModel):
+    """The form a user answers to confirm a paid call."""
+
+    approve: bool = Field(default=True, title="Allow this paid call")
+
+
+_INPUT_REQUIRED_VERSION = "2026-07-28"
+"""From this protocol revision on, a tool call asks its client through an InputRequiredResult round
+(the client answers and calls again) instead of a server-to-client request in the middle of the call."""
+
+
+class SpendingApprover:
+    """Asks the client's user to confirm the paid calls of one tool call, over MCP elicitation.
+
+    Protocol revisions before 2026-07-28 get an ``elicitation/create`` request while the call waits.
+    Later ones cannot be asked mid-call: the question goes back as an ``InputRequiredResult`` (the
+    tool stops with :class:`ConfirmationPending` before doing any work), and the client calls again
+    with the answer, which the tool's next run finds here. Answers of earlier rounds ride
+    ``request_state``; each answer is keyed by a digest of the question it answers, so it counts only
+    for that exact question. A client that declared no elicitation support is never asked.
+    """
+
+    def __init__(self, ctx: Context, tool: str) -> None:
+        self.ctx = ctx
+        self.tool = tool
+        version = ctx.protocol_version
+        self.rounds = version is not None and is_version_at_least(version, _INPUT_REQUIRED_VERSION)
+        self.decided: dict[str, SpendingDecision] = self._decode(ctx.request_state) if self.rounds else {}
+        self.pending: dict[str, ElicitRequest] = {}
+        self.asking = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+        self.closed = False  # the call has returned (a job handle): nobody waits for an answer
+
+    def _can_ask(self) -> bool:
+        capabilities = self.ctx.client_capabilities
+        elicitation = capabilities.elicitation if capabilities is not None else None
+        if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+            return False  # no elicitation, or URL mode only
+        return self.rounds or self.ctx.session.can_send_request
+
+    def message(self, request: SpendingRequest) -> str:
+        return (
+            f"{self.tool} wants to make a paid call to {request.model} ({request.backend}): {request.what}. "
+            "Allow it?"
+        )
+
+    async def __call__(self, request: SpendingRequest) -> SpendingDecision | None:
+        if not self._can_ask():
+            return None
+        if self.closed:
+            raise SpendingRefused(
+                f"{self.tool} reached the paid call to {request.model} only after it had returned a job "
+                "handle, too late to ask the user; nothing was spent. Call it again."
+            )
+        message = self.message(request)
+        key = "spend-" + hashlib.sha256(message.encode()).hexdigest()[:16]
+        if not self.rounds:
+            return await self._ask_now(message)
+        if key in self.decided:
+            return self.decided[key]
+        answer = (self.ctx.input_responses or {}).get(key)
+        if isinstance(answer, ElicitResult):
+            self.decided[key] = _decision(answer.action, answer.content)
+            return self.decided[key]
+        self.pending[key] = ElicitRequest(
+            params=ElicitRequestFormParams(
+                message=message, requested_schema=render_elicitation_schema(SpendingConsent)
+            )
+        )
+        raise ConfirmationPending(f"waiting for the user to confirm the paid call to {request.model}")
+
+    async def _ask_now(self, message: str) -> SpendingDecision:
+        self.asking += 1
+        self.idle = anyio.Event()
+        try:
+            result = await self.ctx.elicit(message, SpendingConsent)
+        except (ValueError, MCPError) as exc:  # a malformed answer, or the client failed to ask
+            logger.info("%s: the spending confirmation failed (%s); treating it as cancelled", self.tool, exc)
+            return "cancel"
+        finally:
+            self.asking -= 1
+            if not self.asking:
+                self.idle.set()
+        if isinstance(result, AcceptedElicitation):
+            return _decision("accept", result.data.model_dump())
+        return result.action
+
+    def input_required(self) -> InputRequiredResult | None:
+        """The questions to send back, when the tool stopped to ask."""
+        if not self.pending:
+            return None
+        state = base64.urlsafe_b64encode(json.dumps(self.decided).encode()).decode()
+        return InputRequiredResult(input_requests=dict(self.pending), request_state=state)
+
+    @staticmethod
+    def _decode(state: str | None) -> dict[str, SpendingDecision]:
+        if not state:
+            return {}
+        try:
+            data = json.loads(base64.urlsafe_b64decode(state.encode()))
+        except (ValueError, binascii.Error):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            k: v
+            for k, v in data.items()
+            if isinstance(k, str) and k.startswith("spend-") and v in ("accept", "decline", "cancel")
+        }
+
+
+def _decision(action: str, content: dict[str, Any] | None) -> SpendingDecision:
+    """Accepting the form with approve = false is a decline."""
+    if action == "accept":
+        return "accept" if (content or {}).get("approve", True) is True else "decline"
+    return "decline" if action == "decline" else "cancel"
 
 
 class Renderer:
@@ -334,7 +478,7 @@ def _register(
     name = implementation.__name__
     options = RenderOptions if _shows_images(name, result_model) else None
 
-    async def handler(ctx: Context, **arguments: Any) -> CallToolResult:
+    async def handler(ctx: Context, **arguments: Any) -> CallToolResult | InputRequiredResult:
         try:
             rendering = RenderOptions.model_validate(
                 {key: arguments.pop(key) for key in RenderOptions.model_fields if key in arguments}
@@ -347,21 +491,39 @@ def _register(
             await ctx.report_progress(done, total, message)
 
         services = services_of(ctx)
+        approver = SpendingApprover(ctx, name)
         if not as_job:
             try:
-                result = await implementation(params, services, progress)
+                with spending_approver(approver):
+                    result = await implementation(params, services, progress)
+            except ConfirmationPending:
+                return approver.input_required() or _never_asked(name)
             except Exception as exc:
                 raise ToolError(describe_failure(name, exc)) from exc
             return await Renderer(config, services.store).render(result, rendering.delivery)
 
+        async def run(job_progress: Progress) -> Result:
+            with spending_approver(approver):
+                return await implementation(params, services, job_progress)
+
         # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.
+        # Paid models are confirmed before any work; the wait starts over once the user has answered.
         jobs = services.jobs
-        job = jobs.start(name, lambda job_progress: implementation(params, services, job_progress))
+        wait = config.server.pool.job_wait_seconds
+        job = jobs.start(name, run)
         try:
-            finished = await jobs.wait(job, config.server.pool.job_wait_seconds, progress)
+            finished = await jobs.wait(job, wait, progress)
+            while not finished and approver.asking:
+                await approver.idle.wait()
+                finished = await jobs.wait(job, wait, progress)
         except anyio.get_cancelled_exc_class():
             jobs.cancel(job)  # the client cancelled the call: stop the work too
             raise
+        finally:
+            approver.closed = True
+        question = approver.input_required()
+        if question is not None:
+            return question  # the job stopped before any work to ask; the client calls again
         info = job.info(jobs.now())
         if not finished:
             pending = JobPending(job=info)
@@ -407,6 +569,10 @@ def _register(
             open_world_hint=False,
         ),
     )
+
+
+def _never_asked(tool: str) -> CallToolResult:
+    raise ToolError(f"{tool} stopped for a confirmation that was never asked; call it again")
 
 
 def create_services(config: Config, devices: list[Device] | None = None) -> Services:

@@ -6,24 +6,27 @@ of MCP: the server layer derives the MCP schema from the params models and rende
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
-from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
+from multimodal_mcp.errors import InvalidArgument, SpendingRefused, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord, ImageStore
 from multimodal_mcp.jobs import JobManager
 from multimodal_mcp.pool import ModelPool
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 """Reports progress to the caller: (progress, total, message)."""
@@ -168,3 +171,74 @@ def draw_seed() -> int:
 def check_limit(name: str, value: int, limit: int, hint: str) -> None:
     if value > limit:
         raise InvalidArgument(f"{name}={value} exceeds this server's limit of {limit}; {hint}")
+
+
+# --- spending confirmation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpendingRequest:
+    """One paid call a tool is about to make, as the user is asked about it."""
+
+    model: str
+    backend: str
+    what: str  # what will be bought, e.g. "2 images of 1024x1024" or "one chat completion"
+
+
+SpendingDecision = Literal["accept", "decline", "cancel"]
+SpendingApprover = Callable[[SpendingRequest], Awaitable[SpendingDecision | None]]
+"""Asks the user about a paid call. Returns None when the user cannot be asked (the client has no
+elicitation support). Provided by the MCP layer for the duration of a tool call."""
+
+_approver: ContextVar[SpendingApprover | None] = ContextVar("spending_approver", default=None)
+
+
+@contextmanager
+def spending_approver(approver: SpendingApprover | None) -> Iterator[None]:
+    """Make ``approver`` the one :func:`approve_spending` asks, for the code run inside the block."""
+    token = _approver.set(approver)
+    try:
+        yield
+    finally:
+        _approver.reset(token)
+
+
+async def approve_spending(services: Services, model: str, spec: ModelSpec, what: str) -> None:
+    """Check that a call to ``model`` may spend money, before any work is done. Free models pass.
+
+    Follows ``server.spending``: ``allow`` passes, ``deny`` refuses; ``ask`` asks the user through
+    the approver the MCP layer provides, or, when nobody can be asked, applies
+    ``default_without_elicitation``.
+
+    Raises:
+        SpendingRefused: declined, cancelled, or refused by the configuration; nothing was spent.
+    """
+    if not spec.is_paid:
+        return
+    policy = services.config.server.spending
+    if policy.confirm == "allow":
+        logger.info("paid call to %s allowed by server.spending.confirm = 'allow': %s", model, what)
+        return
+    if policy.confirm == "deny":
+        raise SpendingRefused(
+            f"{model!r} is a paid model and this server refuses paid calls (server.spending.confirm = "
+            "'deny'); nothing was spent. Use a local model instead (list_models)."
+        )
+    approver = _approver.get()
+    decision = await approver(SpendingRequest(model, spec.backend, what)) if approver else None
+    if decision is None:
+        if policy.default_without_elicitation == "allow":
+            logger.info("paid call to %s allowed without asking (client cannot confirm): %s", model, what)
+            return
+        raise SpendingRefused(
+            f"{model!r} is a paid model; this server confirms paid calls with the user, but this client "
+            "cannot ask (no MCP elicitation support) and server.spending.default_without_elicitation = "
+            "'deny'; nothing was spent. Use a local model instead (list_models)."
+        )
+    if decision != "accept":
+        verb = "declined" if decision == "decline" else "cancelled"
+        raise SpendingRefused(
+            f"the user {verb} the paid call to {model} ({what}); nothing was spent. Do not retry it "
+            "unasked: use a local model (list_models) or ask the user first."
+        )
+    logger.info("paid call to %s confirmed by the user: %s", model, what)

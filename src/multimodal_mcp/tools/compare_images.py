@@ -18,6 +18,7 @@ from multimodal_mcp.tools.common import (
     Result,
     Services,
     Timings,
+    approve_spending,
     in_thread,
     pick_model,
     resolve_image,
@@ -110,10 +111,15 @@ async def compare_images(
     """
     # 1. Check inputs
     clock = Clock()
-    clip_name, _ = pick_model(services.config, params.clip_model, "clip", "clip")
-    vlm_name = pick_model(services.config, params.model, "vlm", "vlm")[0] if params.describe else None
+    clip_name, clip_spec = pick_model(services.config, params.clip_model, "clip", "clip")
+    vlm = pick_model(services.config, params.model, "vlm", "vlm") if params.describe else None
+    vlm_name = vlm[0] if vlm else None
     a = await resolve_image(services, params.image_a, "image_a")
     b = await resolve_image(services, params.image_b, "image_b")
+    await approve_spending(services, clip_name, clip_spec, "image embeddings of 2 images")
+    if vlm is not None:
+        max_tokens = vlm[1].defaults.max_tokens or 256
+        await approve_spending(services, *vlm, f"one answer comparing two images (up to {max_tokens} tokens)")
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:

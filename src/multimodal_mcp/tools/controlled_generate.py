@@ -30,6 +30,7 @@ from multimodal_mcp.tools.common import (
     resolve_image,
 )
 from multimodal_mcp.tools.generate_image import (
+    EnhancePrompt,
     GenerateImageResult,
     Guidance,
     NegativePrompt,
@@ -41,6 +42,7 @@ from multimodal_mcp.tools.generate_image import (
     Steps,
     _denoise,
     check_budget,
+    confirm_and_rewrite,
     generation_request,
     resolve_parameters,
     store_generated,
@@ -118,6 +120,7 @@ class ControlledGenerateParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    enhance_prompt: EnhancePrompt = False
     init_image: Annotated[
         OptionalImage,
         Field(
@@ -352,8 +355,8 @@ async def controlled_generate(
     - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it).
     - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
       mask comes back exactly as it was.
-    ControlNet combines with either. Everything else works as in generate_image, verify and
-    verify_labels included.
+    ControlNet combines with either. Everything else works as in generate_image: verify,
+    verify_labels and enhance_prompt included.
     """
     # 1. Check inputs and pick the models
     clock = Clock()
@@ -415,6 +418,15 @@ async def controlled_generate(
     check_labels(services, params.verify_labels)
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
+    parameters, rewrite = await confirm_and_rewrite(
+        services,
+        clock,
+        model=name,
+        spec=spec,
+        parameters=parameters,
+        enhance_prompt=params.enhance_prompt,
+        progress=progress,
+    )
 
     # 2. Make and store the control maps (canny computed; other types used as given)
     def prepare() -> list[_PreparedControl]:
@@ -476,7 +488,8 @@ async def controlled_generate(
     checks = None
     if params.verify or params.verify_labels:
         async with clock.infer():
-            checks = await verify_images(services, images, parameters.prompt, params.verify_labels)
+            asked = rewrite.original if rewrite else parameters.prompt  # what the caller asked for
+            checks = await verify_images(services, images, asked, params.verify_labels)
 
     # 7. Store with the ids of every input
     mode = "+".join(
@@ -515,6 +528,8 @@ async def controlled_generate(
         extra["strength"] = params.strength
     if reference is not None:
         extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
+    if rewrite is not None:
+        extra |= rewrite.stored()
     refs = await store_generated(
         services,
         images,
@@ -532,6 +547,7 @@ async def controlled_generate(
         model=name,
         parameters=parameters,
         timings=clock.timings(),
+        prompt_rewrite=rewrite,
         mode=mode,
         controls=used,
         control_image=first.control_image if first else None,

@@ -17,6 +17,7 @@ from multimodal_mcp.tools.common import (
     Result,
     Services,
     Timings,
+    approve_spending,
     check_limit,
     pick_model,
     resolve_image,
@@ -104,6 +105,7 @@ async def describe_image(
         )
     prompt = params.prompt or DEFAULT_PROMPT
     source = await resolve_image(services, params.image, "image")
+    await approve_spending(services, name, spec, f"one answer about an image (up to {max_tokens} tokens)")
 
     # 2. Generate
     image = source.image.convert("RGB")

@@ -22,11 +22,13 @@ from multimodal_mcp.tools.common import (
     Result,
     Services,
     Timings,
+    approve_spending,
     check_limit,
     draw_seed,
     in_thread,
     pick_model,
 )
+from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import (
     ImageVerification,
     Verify,
@@ -107,6 +109,16 @@ NumImages = Annotated[
         "seed + i.",
     ),
 ]
+EnhancePrompt = Annotated[
+    bool,
+    Field(
+        description=(
+            "First rewrite the prompt into a detailed one (subject, style, lighting, composition) with the "
+            "server's text model, then generate from that; the rewritten prompt is returned and stored. "
+            "For terse prompts."
+        )
+    ),
+]
 
 
 class GenerateImageParams(Params):
@@ -122,6 +134,7 @@ class GenerateImageParams(Params):
     num_images: NumImages = 1
     verify: Verify = False
     verify_labels: VerifyLabels = None
+    enhance_prompt: EnhancePrompt = False
 
 
 class GeneratedImage(ImageRef):
@@ -153,6 +166,10 @@ class GenerateImageResult(Result):
     verification: list[ImageVerification] | None = Field(
         default=None, description="With verify=True: one check per image, in the order of images."
     )
+    prompt_rewrite: PromptRewrite | None = Field(
+        default=None,
+        description="With enhance_prompt: the original prompt and the rewritten one the images came from.",
+    )
 
     def summary(self) -> str:
         return self._generation_text() + self._verification_text()
@@ -166,7 +183,8 @@ class GenerateImageResult(Result):
             f"(seed {self.seed}, {p.width}x{p.height}, "
             f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
             f"in {self.timings.total_seconds:.1f} s: "
-            f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
+            f"{uris}.{self.prompt_rewrite.summary() if self.prompt_rewrite else ''} "
+            f"Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
 
@@ -283,6 +301,36 @@ async def store_generated(
     ]
 
 
+def images_purchase(parameters: GenerationParameters) -> str:
+    """What a generation buys from a paid model, as the user is asked about it."""
+    n = parameters.num_images
+    return f"{n} image{'s' if n != 1 else ''} of {parameters.width}x{parameters.height}"
+
+
+async def confirm_and_rewrite(
+    services: Services,
+    clock: Clock,
+    *,
+    model: str,
+    spec: ModelSpec,
+    parameters: GenerationParameters,
+    enhance_prompt: bool,
+    progress: Progress | None,
+) -> tuple[GenerationParameters, PromptRewrite | None]:
+    """Confirm the paid models a generation uses (before any work), then rewrite the prompt if asked.
+
+    Returns the parameters to generate with (the rewritten prompt in place of the original).
+    """
+    rewriter = pick_rewriter(services.config) if enhance_prompt else None
+    await approve_spending(services, model, spec, images_purchase(parameters))
+    if rewriter is None:
+        return parameters, None
+    text_model, text_spec = rewriter
+    await approve_spending(services, text_model, text_spec, rewrite_purchase(services.config, text_spec))
+    rewrite = await rewrite_prompt(services, clock, text_model, text_spec, parameters.prompt, progress)
+    return parameters.model_copy(update={"prompt": rewrite.prompt}), rewrite
+
+
 def generation_request(
     parameters: GenerationParameters, seeds: list[int], controls: tuple[ControlInput, ...] = ()
 ) -> GenerationRequest:
@@ -320,6 +368,9 @@ async def generate_image(
     (see list_models). Flux models take no negative prompt and use guidance 0.
     verify=True scores each image against the prompt with CLIP (and checks verify_labels, the things
     it must show); the result says which passed and what is missing, so you can revise the prompt.
+    enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
+    style, lighting, composition); the result returns both prompts, and the images are stored with
+    both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.
     """
     # 1. Check inputs
     clock = Clock()
@@ -341,13 +392,23 @@ async def generate_image(
     seed = params.seed if params.seed is not None else draw_seed()
     seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
 
+    # 2. Confirm paid models with the user before any work; rewrite the prompt if asked
+    parameters, rewrite = await confirm_and_rewrite(
+        services,
+        clock,
+        model=name,
+        spec=spec,
+        parameters=parameters,
+        enhance_prompt=params.enhance_prompt,
+        progress=progress,
+    )
     request = generation_request(parameters, seeds)
 
-    # 2. Get the model, check what only the model knows (size multiples, sampler family)
+    # 3. Get the model, check what only the model knows (size multiples, sampler family)
     async with clock.use(services, name) as model:
         model.check(request)
 
-        # 3. Denoise on the model's device lane (queued in order, cancellable between steps)
+        # 4. Denoise on the model's device lane (queued in order, cancellable between steps)
         async with clock.infer():
             images = await services.pool.run(model, _denoise(request), progress=progress)
 
@@ -355,11 +416,19 @@ async def generate_image(
     checks = None
     if params.verify or params.verify_labels:
         async with clock.infer():
-            checks = await verify_images(services, images, parameters.prompt, params.verify_labels)
+            # Scored against what the caller asked for, not the rewrite that elaborates on it.
+            asked = rewrite.original if rewrite else parameters.prompt
+            checks = await verify_images(services, images, asked, params.verify_labels)
 
     # 5. Store and describe
     refs = await store_generated(
-        services, images, seeds=seeds, model=name, parameters=parameters, verification=checks
+        services,
+        images,
+        seeds=seeds,
+        model=name,
+        parameters=parameters,
+        verification=checks,
+        extra_parameters=rewrite.stored() if rewrite else None,
     )
     return GenerateImageResult(
         images=refs,
@@ -368,6 +437,7 @@ async def generate_image(
         parameters=parameters,
         timings=clock.timings(),
         verification=with_ids(checks, refs),
+        prompt_rewrite=rewrite,
     )
 
 

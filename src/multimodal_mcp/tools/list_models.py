@@ -15,8 +15,9 @@ class ListModelsParams(Params):
 
 class ModelInfo(BaseModel):
     name: str
-    task: str = Field(description="text_to_image, controlnet, clip or vlm.")
+    task: str = Field(description="text_to_image, controlnet, ip_adapter, clip, vlm or text.")
     backend: str
+    paid: bool = Field(description="Calls cost money; the server may ask the user to confirm each one.")
     source: str
     description: str
     default_for: list[str] = Field(description="Tools' model choices this model is the default for.")
@@ -48,7 +49,8 @@ class ListModelsResult(Result):
         for m in self.models:
             default = f" (default for {', '.join(m.default_for)})" if m.default_for else ""
             state = f"on {m.location}" if m.loaded else "not loaded"
-            lines.append(f"- {m.name}: {m.task}, {m.source}, {state}{default}")
+            paid = ", paid" if m.paid else ""
+            lines.append(f"- {m.name}: {m.task}, {m.source}{paid}, {state}{default}")
         return "\n".join(lines)
 
 
@@ -73,6 +75,7 @@ async def list_models(
                 name=name,
                 task=spec.task,
                 backend=spec.backend,
+                paid=spec.is_paid,
                 source=spec.source,
                 description=spec.description,
                 default_for=[key for key, value in config.defaults.items() if value == name],
