@@ -37,3 +37,8 @@ class Busy(MultimodalError):
 
 class BackendError(MultimodalError):
     """A model failed to load or run in a way the caller can act on (message is curated)."""
+
+
+class ProviderError(BackendError):
+    """A hosted provider (OpenAI, Gemini) refused, failed or answered something unreadable; the message
+    says which, in the provider's own words where they are safe to pass on."""

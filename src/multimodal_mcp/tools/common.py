@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from multimodal_mcp.backends.hosted import Detail, HostedClients
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
@@ -37,6 +38,16 @@ ImageArg = Annotated[
         description=(
             "The image: 'image://<id>' from an earlier result, a 'data:image/...;base64,...' URI, "
             "bare base64, or an absolute file path under a directory the server may read."
+        )
+    ),
+]
+DetailArg = Annotated[
+    Detail | None,
+    Field(
+        description=(
+            "Hosted models only (OpenAI, Gemini): how closely the model looks at the images. 'low' is "
+            "cheaper and faster, 'high' reads fine print, 'auto' lets the provider choose. Local models "
+            "refuse it."
         )
     ),
 ]
@@ -93,6 +104,8 @@ class Services:
     resolver: ImageResolver
     pool: ModelPool
     jobs: JobManager
+    hosted: HostedClients
+    """API clients for hosted models (OpenAI, Gemini): created on first use, closed at shutdown."""
 
 
 def pick_model(
@@ -157,6 +170,18 @@ class Clock:
 
 def draw_seed() -> int:
     return secrets.randbelow(2**32)
+
+
+def refuse_hosted_only(name: str, spec: ModelSpec, **arguments: object) -> None:
+    """Hosted-only arguments given for a local model are an error, never silently ignored."""
+    if spec.hosted:
+        return
+    given = [key for key, value in arguments.items() if value is not None]
+    if given:
+        raise InvalidArgument(
+            f"{', '.join(given)} applies to hosted models (OpenAI, Gemini) only; {name!r} is a local "
+            f"model: omit {', '.join(given)}, or pass a hosted model (list_models)"
+        )
 
 
 def check_limit(name: str, value: int, limit: int, hint: str) -> None:

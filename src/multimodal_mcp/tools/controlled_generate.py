@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.backends.base import ControlInput, ReferenceInput
-from multimodal_mcp.config import Config
+from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
 from multimodal_mcp.imaging.inputs import ResolvedImage
@@ -41,8 +41,10 @@ from multimodal_mcp.tools.generate_image import (
     Steps,
     _denoise,
     generation_request,
+    refuse_local_only,
     resolve_parameters,
     store_generated,
+    store_hosted,
 )
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
@@ -348,10 +350,15 @@ async def controlled_generate(
     - Inpainting: init_image plus mask_image (white = repaint, same size); everything outside the
       mask comes back exactly as it was.
     ControlNet combines with either. Everything else works as in generate_image.
+    - Hosted model='gpt-image-1': init_image, mask_image and reference_image go to OpenAI's image
+      edits (the provider picks the output size unless width/height name one of its sizes, and
+      repaints as it sees fit: pixels outside the mask are not guaranteed); no ControlNet.
     """
     # 1. Check inputs and pick the models
-    clock = Clock()
     name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
+    if spec.hosted:
+        return await _controlled_hosted(params, services, name, spec)
+    clock = Clock()
     specs = params.control_specs()
     controlnets = [
         find_controlnet(services.config, name, c.type, params.controlnet if params.controls is None else None)
@@ -522,4 +529,98 @@ async def controlled_generate(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=params.reference_scale if reference else None,
         ip_adapter=ip_adapter,
+    )
+
+
+_LOCAL_ONLY = (
+    "control_type",
+    "low_threshold",
+    "high_threshold",
+    "conditioning_scale",
+    "control_start",
+    "control_end",
+    "strength",
+    "reference_scale",
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+)
+HOSTED_SUPPORTS = (
+    "prompt, init_image (edit), mask_image (inpainting), reference_image, width/height, num_images"
+)
+
+
+async def _controlled_hosted(
+    params: ControlledGenerateParams, services: Services, name: str, spec: ModelSpec
+) -> ControlledGenerateResult:
+    """Edits on a hosted image model (OpenAI GPT Image): init_image, mask_image, reference_image."""
+    clock = Clock()
+    if params.control_image is not None or params.controls is not None or params.controlnet is not None:
+        raise UnsupportedOperation(
+            f"ControlNet controls (control_image, controls, controlnet) need a local model; hosted model "
+            f"{name!r} supports {HOSTED_SUPPORTS}. Pass a local model (list_models) for ControlNet."
+        )
+    refuse_local_only(
+        name,
+        spec,
+        HOSTED_SUPPORTS,
+        **{key: getattr(params, key) for key in _LOCAL_ONLY if key in params.model_fields_set},
+    )
+    model = services.hosted.image_model(name, spec)
+    if not hasattr(model, "edit"):
+        raise UnsupportedOperation(
+            f"hosted model {name!r} cannot edit pictures or take reference images; use gpt-image-1, or a "
+            "local model (list_models)"
+        )
+    init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
+    mask_source = (
+        await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
+    )
+    mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
+    reference = (
+        await resolve_image(services, params.reference_image, "reference_image")
+        if params.reference_image
+        else None
+    )
+    pictures = [r.image.convert("RGB") for r in (init, reference) if r is not None]
+    async with clock.infer():
+        result = await model.edit(
+            params.prompt, pictures, mask=mask, n=params.num_images, width=params.width, height=params.height
+        )
+    mode = "+".join(
+        [*(["inpaint" if mask else "img2img"] if init else []), *(["reference"] if reference else [])]
+    )
+    parents = [r.record.id for r in (init, mask_source, reference) if r is not None]
+    refs, parameters = await store_hosted(
+        services,
+        result,
+        model=name,
+        spec=spec,
+        prompt=params.prompt,
+        quality=None,
+        parents=parents,
+        extra_parameters={"mode": mode},
+    )
+    return ControlledGenerateResult(
+        images=refs,
+        seed=None,
+        model=name,
+        parameters=parameters,
+        usage=result.usage,
+        timings=clock.timings(),
+        mode=mode,
+        controls=[],
+        control_image=None,
+        input_image=None,
+        control_type=None,
+        controlnet=None,
+        conditioning_scale=None,
+        init_image=ImageRef.of(init.record) if init else None,
+        mask_image=ImageRef.of(mask_source.record) if mask_source else None,
+        strength=None,
+        reference_image=ImageRef.of(reference.record) if reference else None,
+        reference_scale=None,
+        ip_adapter=None,
     )

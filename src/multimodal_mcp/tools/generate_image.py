@@ -1,4 +1,4 @@
-"""generate_image: text to image with a local diffusion or flow-matching model."""
+"""generate_image: text to image with a local diffusion or flow-matching model, or a hosted one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from PIL import Image
 from pydantic import Field
 
 from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
+from multimodal_mcp.backends.hosted import HostedImages, Usage
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import ModelSpec
-from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -26,6 +27,7 @@ from multimodal_mcp.tools.common import (
     draw_seed,
     in_thread,
     pick_model,
+    refuse_hosted_only,
 )
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
@@ -71,6 +73,15 @@ Seed = Annotated[
     ),
 ]
 NumImages = Annotated[int, Field(ge=1, le=16, description="How many images to make (image i uses seed + i).")]
+Quality = Annotated[
+    Literal["auto", "low", "medium", "high", "standard", "hd"] | None,
+    Field(
+        description=(
+            "Hosted OpenAI image models only: auto, low, medium or high for GPT Image; standard or hd for "
+            "DALL-E 3. Local models refuse it (use steps)."
+        )
+    ),
+]
 
 
 class GenerateImageParams(Params):
@@ -84,14 +95,19 @@ class GenerateImageParams(Params):
     scheduler: Scheduler = None
     seed: Seed = None
     num_images: NumImages = 1
+    quality: Quality = None
 
 
 class GeneratedImage(ImageRef):
-    seed: int = Field(
+    seed: int | None = Field(
         description=(
             "This image's own seed: generate_image with it and num_images=1 gives the same image again "
-            "(up to rounding in the last bit of a few pixels, since batches are computed together)."
+            "(up to rounding in the last bit of a few pixels, since batches are computed together). "
+            "Null for hosted models, which take no seed."
         )
+    )
+    revised_prompt: str | None = Field(
+        default=None, description="DALL-E 3: the prompt as the provider rewrote it before generating."
     )
 
 
@@ -100,31 +116,42 @@ class GenerationParameters(Params):
     negative_prompt: str | None
     width: int
     height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
+    steps: int | None = Field(description="Null for hosted models.")
+    guidance_scale: float | None = Field(description="Null for hosted models.")
+    scheduler: str | None = Field(description="Null for hosted models.")
     num_images: int
+    quality: str | None = Field(default=None, description="Hosted OpenAI models: the quality sent.")
 
 
 class GenerateImageResult(Result):
     images: list[GeneratedImage]
-    seed: int = Field(description="The base seed (image i used seed + i).")
+    seed: int | None = Field(description="The base seed (image i used seed + i); null for hosted models.")
     model: str
     parameters: GenerationParameters
+    usage: Usage | None = Field(default=None, description="Hosted models: tokens and images the call used.")
     timings: Timings
 
     def summary(self) -> str:
         p = self.parameters
         uris = ", ".join(img.uri for img in self.images)
         first = self.images[0].uri
-        return (
-            f"Generated {len(self.images)} image(s) with {self.model} "
-            f"(seed {self.seed}, {p.width}x{p.height}, "
-            f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
+        if self.seed is None:
+            how = f"{p.width}x{p.height}" + (f", quality {p.quality}" if p.quality else "")
+        else:
+            how = (
+                f"seed {self.seed}, {p.width}x{p.height}, "
+                f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}"
+            )
+        text = (
+            f"Generated {len(self.images)} image(s) with {self.model} ({how}) "
             f"in {self.timings.total_seconds:.1f} s: "
             f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
+        for img in self.images:
+            if img.revised_prompt:
+                text += f"\nThe provider rewrote the prompt for {img.uri} as: {img.revised_prompt}"
+        return text
 
     def preview_ids(self) -> list[str]:
         return [img.id for img in self.images]
@@ -147,19 +174,20 @@ def resolve_parameters(
     """Fill ``None`` from the model's defaults and check the server's limits."""
     limits = services.config.server.limits
     d = spec.defaults
+    steps = steps or d.steps or 30
     resolved = GenerationParameters(
         prompt=prompt,
         negative_prompt=negative_prompt or None,
         width=width or d.width or 512,
         height=height or d.height or 512,
-        steps=steps or d.steps or 30,
+        steps=steps,
         guidance_scale=guidance_scale if guidance_scale is not None else (d.guidance_scale or 0.0),
         scheduler=scheduler or d.scheduler or default_scheduler,
         num_images=num_images,
     )
     check_limit("width", resolved.width, limits.max_side, "ask for a smaller image")
     check_limit("height", resolved.height, limits.max_side, "ask for a smaller image")
-    check_limit("steps", resolved.steps, limits.max_steps, "use fewer steps")
+    check_limit("steps", steps, limits.max_steps, "use fewer steps")
     check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
     pixels = resolved.width * resolved.height * num_images
     if pixels > limits.max_pixels_per_call:
@@ -178,7 +206,7 @@ async def store_generated(
     services: Services,
     images: list[Image.Image],
     *,
-    seeds: list[int],
+    seeds: list[int] | list[None],
     model: str,
     parameters: GenerationParameters,
     parents: list[str] | None = None,
@@ -209,9 +237,102 @@ async def store_generated(
     ]
 
 
+def refuse_local_only(name: str, spec: ModelSpec, supported: str, **arguments: object) -> None:
+    """Local-only arguments given for a hosted model are an error naming what it supports."""
+    given = [key for key, value in arguments.items() if value is not None]
+    if given:
+        raise UnsupportedOperation(
+            f"{', '.join(given)}: not supported by hosted model {name!r} ({spec.backend}); it takes "
+            f"{supported}. Omit them, or pass a local model (list_models)"
+        )
+
+
+async def store_hosted(
+    services: Services,
+    result: HostedImages,
+    *,
+    model: str,
+    spec: ModelSpec,
+    prompt: str,
+    quality: str | None,
+    parents: list[str] | None = None,
+    extra_parameters: dict[str, object] | None = None,
+) -> tuple[list[GeneratedImage], GenerationParameters]:
+    """Store a hosted call's images like local ones, with what was sent embedded in each PNG."""
+    first = result.images[0]
+    parameters = GenerationParameters(
+        prompt=prompt,
+        negative_prompt=None,
+        width=first.width,
+        height=first.height,
+        steps=None,
+        guidance_scale=None,
+        scheduler=None,
+        num_images=len(result.images),
+        quality=quality,
+    )
+    revised = result.revised_prompts or [None] * len(result.images)
+    refs = []
+    for image, rewritten in zip(result.images, revised, strict=True):
+        extra = {"backend": spec.backend, "source": spec.source, **result.sent, **(extra_parameters or {})}
+        if rewritten:
+            extra["revised_prompt"] = rewritten
+        one = parameters.model_copy(update={"width": image.width, "height": image.height})
+        (ref,) = await store_generated(
+            services,
+            [image],
+            seeds=[None],
+            model=model,
+            parameters=one,
+            parents=parents,
+            extra_parameters=extra,
+        )
+        refs.append(ref.model_copy(update={"revised_prompt": rewritten}))
+    return refs, parameters
+
+
+async def _generate_hosted(
+    params: GenerateImageParams, services: Services, name: str, spec: ModelSpec
+) -> GenerateImageResult:
+    clock = Clock()
+    refuse_local_only(
+        name,
+        spec,
+        "prompt, width/height (its sizes), num_images and quality",
+        negative_prompt=params.negative_prompt,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        scheduler=params.scheduler,
+        seed=params.seed,
+    )
+    limits = services.config.server.limits
+    check_limit("num_images", params.num_images, limits.max_images, "make fewer images per call")
+    if len(params.prompt) > limits.max_prompt_chars:
+        raise InvalidArgument(
+            f"the prompt is {len(params.prompt)} characters; the limit is {limits.max_prompt_chars}"
+        )
+    model = services.hosted.image_model(name, spec)
+    async with clock.infer():
+        result = await model.generate(
+            params.prompt,
+            width=params.width,
+            height=params.height,
+            quality=params.quality,
+            n=params.num_images,
+        )
+    refs, parameters = await store_hosted(
+        services, result, model=name, spec=spec, prompt=params.prompt, quality=result.sent.get("quality")
+    )
+    return GenerateImageResult(
+        images=refs, seed=None, model=name, parameters=parameters, usage=result.usage, timings=clock.timings()
+    )
+
+
 def generation_request(
     parameters: GenerationParameters, seeds: list[int], controls: tuple[ControlInput, ...] = ()
 ) -> GenerationRequest:
+    # Local parameters always have these (only hosted models leave them null).
+    assert parameters.steps is not None and parameters.guidance_scale is not None and parameters.scheduler
     return GenerationRequest(
         prompt=parameters.prompt,
         negative_prompt=parameters.negative_prompt,
@@ -235,16 +356,23 @@ def _denoise(request: GenerationRequest) -> Callable[[Any, StepCallback, CancelT
 async def generate_image(
     params: GenerateImageParams, services: Services, progress: Progress | None = None
 ) -> GenerateImageResult:
-    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL, Flux).
+    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL,
+    Flux) or a hosted one (gpt-image-1, dall-e-3, gemini-2.5-flash-image; see list_models).
 
     Every image is stored and returned with an id: pass 'image://<id>' to clip_classify,
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while
     keeping the composition. Omitted arguments use the model's configured defaults
-    (see list_models). Flux models take no negative prompt and use guidance 0.
+    (see list_models). Flux models take no negative prompt and use guidance 0. Hosted models
+    take prompt, width/height from their own sizes (gpt-image-1: 1024x1024, 1536x1024,
+    1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call), num_images and
+    quality, but no seed, steps, guidance or scheduler.
     """
     # 1. Check inputs
-    clock = Clock()
     name, spec = pick_model(services.config, params.model, "text_to_image", "text_to_image")
+    if spec.hosted:
+        return await _generate_hosted(params, services, name, spec)
+    refuse_hosted_only(name, spec, quality=params.quality)
+    clock = Clock()
     parameters = resolve_parameters(
         spec=spec,
         prompt=params.prompt,
