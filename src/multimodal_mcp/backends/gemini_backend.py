@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import httpx2
 from google import genai
 from google.genai import errors, types
 from PIL import Image
@@ -34,6 +33,11 @@ from multimodal_mcp.backends.hosted import (
 from multimodal_mcp.config import HostedSettings, ModelSpec
 from multimodal_mcp.errors import Busy, InvalidArgument, ProviderError
 from multimodal_mcp.imaging.codec import decode_image
+
+try:  # the HTTP library google-genai runs on: httpx2 in newer releases, httpx before
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
 
 T = TypeVar("T")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -126,7 +130,7 @@ class _Calls:
                         await anyio.sleep(_retry_delay(exc, attempt))
                         continue
                     raise self._api_error(exc) from None
-                except httpx2.TimeoutException:
+                except _http.TimeoutException:
                     if not last:
                         continue
                     raise ProviderError(
@@ -134,7 +138,7 @@ class _Calls:
                         f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
                         "or raise hosted.gemini.timeout_seconds"
                     ) from None
-                except httpx2.TransportError:
+                except _http.TransportError:
                     if not last:
                         await anyio.sleep(min(0.5 * 2**attempt, 8.0))
                         continue

@@ -168,7 +168,7 @@ class _Calls:
                     f"(tried {self.settings.max_retries + 1} time(s)); check the network or "
                     "hosted.openai.base_url"
                 ) from None
-            except openai.APIResponseValidationError:
+            except (openai.APIResponseValidationError, ValueError):  # ValueError: a body that is not JSON
                 raise self.malformed("a response that does not match the API's format") from None
 
     def _status_error(self, exc: openai.APIStatusError) -> Exception:

@@ -566,7 +566,12 @@ async def _controlled_hosted(
         name,
         spec,
         HOSTED_SUPPORTS,
-        **{key: getattr(params, key) for key in _LOCAL_ONLY if key in params.model_fields_set},
+        # (the MCP layer passes every argument, defaults included: a default value is "not given")
+        **{
+            key: getattr(params, key)
+            for key in _LOCAL_ONLY
+            if getattr(params, key) != ControlledGenerateParams.model_fields[key].default
+        },
     )
     model = services.hosted.image_model(name, spec)
     if not hasattr(model, "edit"):
