@@ -6,6 +6,7 @@ import base64
 import io
 
 import anyio
+import anyio.to_thread
 import pytest
 from mcp import Client
 from PIL import Image
@@ -371,9 +372,7 @@ async def test_a_slow_hosted_call_does_not_hold_up_local_models(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(slow_hosted)
-        with anyio.fail_after(10):
-            while not openai_fake.arrived.is_set():
-                await anyio.sleep(0.01)
+        assert await anyio.to_thread.run_sync(openai_fake.arrived.wait, 10)  # the request is at the fake
         local = await call_ok(
             hosted_client, "describe_image", {"image": data_uri(photo("coffee", 32)), "max_tokens": 2}
         )
