@@ -304,9 +304,12 @@ class ImageModel(_Calls):
         async def one(i: int) -> None:
             results[i] = await self._one(prompt, config)
 
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(one, i)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+        except BaseExceptionGroup as group:  # the first failure cancels the others; report it alone
+            raise group.exceptions[0] from None
         done = [r for r in results if r is not None]
         usage = Usage(
             prompt_tokens=_sum(u.prompt_tokens for _, u in done),
