@@ -53,7 +53,8 @@ async def test_gpt_image_1_is_sent_the_size_quality_and_count_and_its_images_are
     }
     assert [(img["width"], img["height"], img["seed"]) for img in out["images"]] == [(1536, 1024, None)] * 2
     assert out["seed"] is None and out["model"] == "gpt-image-1"
-    assert out["parameters"]["quality"] == "high" and out["parameters"]["steps"] is None
+    assert out["provider_parameters"] == {"size": "1536x1024", "quality": "high", "n": 2}
+    assert out["parameters"]["steps"] is None
     assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 8320, "images": 2}
     png = await read_png(hosted_client, out["images"][0]["uri"])
     assert open_png(png).size == (1536, 1024)

@@ -604,7 +604,6 @@ async def _controlled_hosted(
         model=name,
         spec=spec,
         prompt=params.prompt,
-        quality=None,
         parents=parents,
         extra_parameters={"mode": mode},
     )
@@ -614,6 +613,7 @@ async def _controlled_hosted(
         model=name,
         parameters=parameters,
         usage=result.usage,
+        provider_parameters=result.sent,
         timings=clock.timings(),
         mode=mode,
         controls=[],

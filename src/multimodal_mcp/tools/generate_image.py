@@ -120,7 +120,6 @@ class GenerationParameters(Params):
     guidance_scale: float | None = Field(description="Null for hosted models.")
     scheduler: str | None = Field(description="Null for hosted models.")
     num_images: int
-    quality: str | None = Field(default=None, description="Hosted OpenAI models: the quality sent.")
 
 
 class GenerateImageResult(Result):
@@ -129,6 +128,9 @@ class GenerateImageResult(Result):
     model: str
     parameters: GenerationParameters
     usage: Usage | None = Field(default=None, description="Hosted models: tokens and images the call used.")
+    provider_parameters: dict[str, Any] | None = Field(
+        default=None, description="Hosted models: what was sent to the provider (size, quality, n, ...)."
+    )
     timings: Timings
 
     def summary(self) -> str:
@@ -136,7 +138,8 @@ class GenerateImageResult(Result):
         uris = ", ".join(img.uri for img in self.images)
         first = self.images[0].uri
         if self.seed is None:
-            how = f"{p.width}x{p.height}" + (f", quality {p.quality}" if p.quality else "")
+            sent = self.provider_parameters or {}
+            how = f"{p.width}x{p.height}" + (f", quality {sent['quality']}" if sent.get("quality") else "")
         else:
             how = (
                 f"seed {self.seed}, {p.width}x{p.height}, "
@@ -254,7 +257,6 @@ async def store_hosted(
     model: str,
     spec: ModelSpec,
     prompt: str,
-    quality: str | None,
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
 ) -> tuple[list[GeneratedImage], GenerationParameters]:
@@ -269,7 +271,6 @@ async def store_hosted(
         guidance_scale=None,
         scheduler=None,
         num_images=len(result.images),
-        quality=quality,
     )
     revised = result.revised_prompts or [None] * len(result.images)
     refs = []
@@ -320,11 +321,15 @@ async def _generate_hosted(
             quality=params.quality,
             n=params.num_images,
         )
-    refs, parameters = await store_hosted(
-        services, result, model=name, spec=spec, prompt=params.prompt, quality=result.sent.get("quality")
-    )
+    refs, parameters = await store_hosted(services, result, model=name, spec=spec, prompt=params.prompt)
     return GenerateImageResult(
-        images=refs, seed=None, model=name, parameters=parameters, usage=result.usage, timings=clock.timings()
+        images=refs,
+        seed=None,
+        model=name,
+        parameters=parameters,
+        usage=result.usage,
+        provider_parameters=result.sent,
+        timings=clock.timings(),
     )
 
 
