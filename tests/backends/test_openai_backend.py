@@ -381,3 +381,43 @@ async def test_a_slow_hosted_call_does_not_hold_up_local_models(
         assert "result" not in hosted  # the hosted call is still waiting for the provider
         openai_fake.release.set()
     assert not hosted["result"].is_error  # type: ignore[attr-defined]
+
+
+async def test_requests_beyond_the_concurrency_limit_wait_and_clients_close_at_shutdown(
+    tmp_path,
+    tiny_dir,
+    allowed_root,
+    openai_fake: OpenAIFake,
+    gemini_fake,  # type: ignore[no-untyped-def]
+) -> None:
+    from multimodal_mcp.server.app import build_server, create_services
+
+    from fake_providers import hosted_config
+    from helpers import cpu_only
+
+    config = hosted_config(
+        tmp_path,
+        tiny_dir,
+        allowed_root,
+        openai_url=f"{openai_fake.url}/v1",
+        gemini_url=f"{gemini_fake.url}/",
+        openai={"max_concurrency": 1},
+    )
+    services = create_services(config, devices=cpu_only())
+    image = data_uri(photo("coffee", 32))
+    openai_fake.queue(Scripted(delay=60))  # the first request is held until released
+    results = []
+
+    async def describe() -> None:
+        results.append(await call_ok(client, "describe_image", {"image": image, "model": "gpt-4o"}))
+
+    async with Client(build_server(config, services)) as client, anyio.create_task_group() as tg:
+        tg.start_soon(describe)
+        tg.start_soon(describe)
+        assert await anyio.to_thread.run_sync(openai_fake.arrived.wait, 10)
+        await anyio.sleep(0.3)  # time in which a second request could have been sent (it must not be)
+        assert len(openai_fake.requests) == 1
+        openai_fake.release.set()
+    assert len(results) == 2 and len(openai_fake.requests) == 2
+    sdk_client = services.hosted._clients.get("openai")
+    assert sdk_client is None  # closed and dropped when the server stopped

@@ -369,8 +369,9 @@ async def generate_image(
     keeping the composition. Omitted arguments use the model's configured defaults
     (see list_models). Flux models take no negative prompt and use guidance 0. Hosted models
     take prompt, width/height from their own sizes (gpt-image-1: 1024x1024, 1536x1024,
-    1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call), num_images and
-    quality, but no seed, steps, guidance or scheduler.
+    1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call;
+    gemini-2.5-flash-image: 1024x1024, 1344x768, 768x1344 and other aspect ratios), num_images
+    and quality (OpenAI), but no seed, steps, guidance or scheduler.
     """
     # 1. Check inputs
     name, spec = pick_model(services.config, params.model, "text_to_image", "text_to_image")
