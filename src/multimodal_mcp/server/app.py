@@ -287,6 +287,8 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             config.server.store_dir,
             ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in created.pool.devices),
         )
+        for reason in config.profile_reasons:
+            logger.info("profile %s: %s", config.profile, reason)
         async with created.pool.running():
             running.append(created)
             try:
