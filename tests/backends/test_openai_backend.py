@@ -421,3 +421,17 @@ async def test_requests_beyond_the_concurrency_limit_wait_and_clients_close_at_s
     assert len(results) == 2 and len(openai_fake.requests) == 2
     sdk_client = services.hosted._clients.get("openai")
     assert sdk_client is None  # closed and dropped when the server stopped
+
+
+def test_a_missing_sdk_names_the_extra_to_install(
+    hosted_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from multimodal_mcp.errors import BackendError
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if the package were not installed
+    with pytest.raises(
+        BackendError, match=r"need the 'openai' package: pip install 'multimodal-mcp\[openai\]'"
+    ):
+        hosted_services.hosted.chat_model("gpt-4o", hosted_services.config.models["gpt-4o"])
