@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import MultimodalServer, build_server, create_services
 from multimodal_mcp.tools.common import Services
 
+from fake_providers import GeminiFake, OpenAIFake, hosted_config
 from helpers import cpu_only, make_config
 
 # Tests assert behaviour, not speed: one intra-op thread keeps torch from thrashing when the two
@@ -65,3 +66,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if inspect.iscoroutinefunction(getattr(item, "function", None)):
             item.add_marker(pytest.mark.anyio)
+
+
+# --- hosted providers on loopback (tests/fake_providers.py) ---------------------------------------
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[OpenAIFake]:
+    fake = OpenAIFake()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def gemini_fake() -> Iterator[GeminiFake]:
+    fake = GeminiFake()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def hosted_services(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path, openai_fake: OpenAIFake, gemini_fake: GeminiFake
+) -> Services:
+    config = hosted_config(
+        tmp_path, tiny_dir, allowed_root, openai_url=f"{openai_fake.url}/v1", gemini_url=f"{gemini_fake.url}/"
+    )
+    return create_services(config, devices=cpu_only())
+
+
+@pytest.fixture
+async def hosted_client(hosted_services: Services) -> AsyncIterator[Client]:
+    async with Client(build_server(hosted_services.config, hosted_services)) as c:
+        yield c

@@ -67,3 +67,23 @@ def test_the_demo_runs_the_whole_chain_over_stdio_and_writes_a_report(tmp_path: 
         assert f"prompt {step['parameters']['prompt']} seed {step['seed']}" in text
     assert "clip_classify" in text and "SSIM" in text and "difference heat map" in text
     assert result.stdout.strip().endswith("report.html")
+
+
+def test_models_shows_what_the_auto_profile_picked_and_why(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-secret")
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setattr("multimodal_mcp.cli._cuda_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "--profile", "auto"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "profile: auto" in out
+    assert "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models" in out
+    assert (
+        "hosted openai: key from OPENAI_API_KEY" in out
+        and "hosted gemini: no key (set GEMINI_API_KEY)" in out
+    )
+    assert "sk-cli-secret" not in out

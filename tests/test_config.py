@@ -141,3 +141,100 @@ paid = true
     assert config.server.spending.default_without_elicitation == "deny"
     with pytest.raises(ConfigError, match=r"server\.spending\.confirm"):
         _load(tmp_path, "profile = 'tiny'\n[server.spending]\nconfirm = 'maybe'")
+
+
+def test_hosted_keys_come_from_the_given_environment_and_never_show(tmp_path: Path) -> None:
+    config = _load(tmp_path, environ={"OPENAI_API_KEY": "sk-live-secret", "GOOGLE_API_KEY": "g-secret"})
+    openai, gemini = config.hosted.openai, config.hosted.gemini
+    assert openai.api_key is not None and openai.api_key.get_secret_value() == "sk-live-secret"
+    assert (openai.key_from, gemini.key_from) == ("OPENAI_API_KEY", "GOOGLE_API_KEY")  # the fallback
+    for shown in (repr(config), str(config), config.model_dump_json(), str(config.model_dump())):
+        assert "sk-live-secret" not in shown and "g-secret" not in shown
+    assert config.models["gpt-image-1"].hosted and config.models["gemini-2.5-flash"].task == "vlm"
+    assert not config.models["sdxl"].hosted
+    unset = _load(tmp_path)
+    assert unset.hosted.openai.api_key is None and unset.hosted.openai.key_from is None
+
+
+def test_hosted_settings_come_from_the_file(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        """
+[hosted.openai]
+api_key = "sk-from-file"
+base_url = "http://127.0.0.1:9/v1"
+timeout_seconds = 5
+max_retries = 0
+max_concurrency = 2
+[hosted.gemini]
+api_key_env = "MY_GEMINI"
+""",
+        environ={"OPENAI_API_KEY": "sk-env", "MY_GEMINI": "gm", "GEMINI_API_KEY": "other"},
+    )
+    openai = config.hosted.openai
+    assert openai.key_from == "config file" and openai.api_key.get_secret_value() == "sk-from-file"  # type: ignore[union-attr]
+    assert (openai.base_url, openai.timeout_seconds, openai.max_retries, openai.max_concurrency) == (
+        "http://127.0.0.1:9/v1",
+        5,
+        0,
+        2,
+    )
+    assert config.hosted.gemini.key_from == "MY_GEMINI"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[hosted.anthropic]\nbase_url = 'x'", "unknown [hosted] tables ['anthropic']"),
+        ("[hosted.openai]\nkey_from = 'x'", "hosted.openai.key_from is set by the server"),
+        ("[hosted.openai]\ntimeout_seconds = 0", "hosted.openai.timeout_seconds"),
+        ("[models.x]\ntask='clip'\nbackend='openai'\nsource='s'", "a openai model's task must be one of"),
+    ],
+)
+def test_invalid_hosted_configuration_is_reported(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text, environ={"OPENAI_API_KEY": "sk-never-echoed"})
+    assert message in str(info.value) and "sk-never-echoed" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "environ", "image_model", "vlm", "reason"),
+    [
+        (
+            True,
+            {"OPENAI_API_KEY": "k"},
+            "sdxl",
+            "llava-1.6-mistral-7b",
+            "CUDA GPU found -> local 'default' models",
+        ),
+        (
+            False,
+            {"OPENAI_API_KEY": "k"},
+            "gpt-image-1",
+            "gpt-4o",
+            "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models (gpt-image-1, gpt-4o) for "
+            "generate_image, describe_image",
+        ),
+        (
+            False,
+            {"GEMINI_API_KEY": "k"},
+            "gemini-2.5-flash-image",
+            "gemini-2.5-flash",
+            "GEMINI_API_KEY set -> hosted Gemini models",
+        ),
+        (
+            False,
+            {},
+            "tiny-sd15",
+            "tiny-vlm",
+            "no OPENAI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY set -> 'tiny'",
+        ),
+    ],
+)
+def test_the_auto_profile_picks_local_hosted_or_tiny_and_says_why(
+    tmp_path: Path, gpu: bool, environ: dict[str, str], image_model: str, vlm: str, reason: str
+) -> None:
+    config = _load(tmp_path, profile="auto", environ=environ, gpu_probe=lambda: gpu)
+    assert config.profile == "auto"
+    assert (config.defaults["text_to_image"], config.defaults["vlm"]) == (image_model, vlm)
+    assert any(reason in line for line in config.profile_reasons), config.profile_reasons

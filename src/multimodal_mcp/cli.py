@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal_mcp import __version__
-from multimodal_mcp.config import PROFILES, Config, ConfigError, load_config
+from multimodal_mcp.config import HOSTED_BACKENDS, PROFILE_CHOICES, Config, ConfigError, load_config
 
 logger = logging.getLogger("multimodal_mcp")
 
@@ -27,7 +27,7 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "diffusers", "transformers"):
+    for noisy in ("httpx", "httpx2", "openai", "google_genai", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -57,6 +57,16 @@ def _tokens_from_env() -> dict[str, str]:
     return tokens
 
 
+def _cuda_available() -> bool:
+    """For the 'auto' profile: is there a CUDA GPU? (Imports torch, so only asked when needed.)"""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
 def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
     config_file = args.config or (
         Path(os.environ["MULTIMODAL_MCP_CONFIG"]) if os.environ.get("MULTIMODAL_MCP_CONFIG") else None
@@ -75,6 +85,8 @@ def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
         default_allowed_roots=[] if http else [home],
         overrides=overrides,
         static_tokens=_tokens_from_env() if http else None,
+        environ=os.environ,
+        gpu_probe=_cuda_available,
     )
 
 
@@ -84,9 +96,10 @@ def _add_config_options(parser: argparse.ArgumentParser, *, default_profile: str
     )
     parser.add_argument(
         "--profile",
-        choices=sorted(PROFILES),
+        choices=sorted(PROFILE_CHOICES),
         default=default_profile,
-        help="built-in model profile: 'default' (real checkpoints) or 'tiny' (offline test models)",
+        help="built-in model profile: 'default' (real checkpoints and hosted models), 'tiny' (offline "
+        "test models) or 'auto' (local on a CUDA GPU, else hosted where API keys are set, else tiny)",
     )
     parser.add_argument("--store-dir", type=Path, help="where images are stored (overrides the config)")
     parser.add_argument(
@@ -138,6 +151,14 @@ def _models(args: argparse.Namespace) -> int:
     for key, name in config.defaults.items():
         defaults.setdefault(name, []).append(key)
     print(f"profile: {config.profile}")
+    for reason in config.profile_reasons:
+        print(f"  {reason}")
+    for backend in sorted(HOSTED_BACKENDS):
+        settings = config.hosted.for_backend(backend)
+        status = (
+            f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"
+        )
+        print(f"hosted {backend}: {status}, {settings.base_url}")
     print(f"{'name':<24} {'task':<14} {'backend':<13} {'default for':<26} source")
     for name, spec in config.models.items():
         print(

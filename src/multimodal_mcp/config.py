@@ -11,20 +11,31 @@ import hashlib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text"]
 Backend = Literal["diffusers", "transformers", "openai", "gemini"]
 HOSTED_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
-"""Backends that call a metered API: their models are paid unless their spec says ``paid = false``."""
+"""Backends whose models run on a provider's servers (an API key, no local weights, no device lane);
+their models are paid unless their spec says ``paid = false``."""
+HOSTED_TASKS = frozenset({"text_to_image", "vlm", "text"})
+"""Tasks a hosted model may have."""
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
-ProfileName = Literal["default", "tiny"]
+ProfileName = Literal["default", "tiny", "auto"]
 Delivery = Literal["preview", "full", "none", "path"]
 """How results carry images: ``preview`` (small inline image + resource link), ``full`` (the PNG inline
 when it fits the client's limits, else a preview), ``none`` (text and links only), ``path`` (a preview
@@ -138,7 +149,16 @@ class ModelSpec(_Frozen):
             raise ValueError("'control_type' applies to controlnet models only")
         if self.task not in ("controlnet", "ip_adapter") and self.base_models:
             raise ValueError("'base_models' applies to controlnet and ip_adapter models only")
+        if self.backend in HOSTED_BACKENDS and self.task not in HOSTED_TASKS:
+            raise ValueError(
+                f"a {self.backend} model's task must be one of {sorted(HOSTED_TASKS)}, not {self.task!r}"
+            )
         return self
+
+    @property
+    def hosted(self) -> bool:
+        """True for models run by a provider's API (no local weights, no device lane)."""
+        return self.backend in HOSTED_BACKENDS
 
 
 class Limits(_Frozen):
@@ -454,6 +474,52 @@ class ServerSettings(_Frozen):
     spending: SpendingSettings = SpendingSettings()
 
 
+class HostedSettings(_Frozen):
+    """One hosted provider: where its API key comes from, where requests go, and how they are retried.
+
+    The key itself is resolved once by :func:`load_config` (from ``api_key`` in the file or the
+    environment mapping it is given) and kept in a ``SecretStr``: never logged, stored or returned.
+    """
+
+    api_key_env: str = Field(description="The environment variable holding the API key.")
+    api_key_env_fallbacks: tuple[str, ...] = Field(
+        default=(), description="Further variables tried in order when api_key_env is unset."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The key itself (discouraged in a file: prefer the environment variable).",
+    )
+    key_from: str | None = Field(
+        default=None,
+        description="Where the key came from (a variable name or 'config file'); set by load_config.",
+    )
+    base_url: str = Field(description="The API's base URL (a proxy or compatible server may go here).")
+    timeout_seconds: float = Field(default=120, gt=0, le=3600, description="Per request, per attempt.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on rate limits (429), 5xx and connection errors."
+    )
+    max_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Requests to this provider in flight at once."
+    )
+
+
+class HostedConfig(_Frozen):
+    """``[hosted.openai]`` and ``[hosted.gemini]``."""
+
+    openai: HostedSettings = HostedSettings(
+        api_key_env="OPENAI_API_KEY", base_url="https://api.openai.com/v1"
+    )
+    gemini: HostedSettings = HostedSettings(
+        api_key_env="GEMINI_API_KEY",
+        api_key_env_fallbacks=("GOOGLE_API_KEY",),
+        base_url="https://generativelanguage.googleapis.com/",
+    )
+
+    def for_backend(self, backend: str) -> HostedSettings:
+        settings: HostedSettings = getattr(self, backend)
+        return settings
+
+
 class Config(_Frozen):
     """The whole configuration."""
 
@@ -461,6 +527,10 @@ class Config(_Frozen):
     server: ServerSettings
     models: dict[str, ModelSpec]
     defaults: dict[DefaultFor, str]
+    hosted: HostedConfig = HostedConfig()
+    profile_reasons: tuple[str, ...] = Field(
+        default=(), description="Why the 'auto' profile picked what it did (empty for other profiles)."
+    )
 
     @field_validator("models")
     @classmethod
@@ -486,6 +556,8 @@ class Config(_Frozen):
         for name in self.server.pool.preload:
             if name not in self.models:
                 raise ValueError(f"server.pool.preload names {name!r}, which is not a configured model")
+            if self.models[name].hosted:
+                raise ValueError(f"server.pool.preload names {name!r}, a hosted model: nothing to load")
         for name, spec in self.models.items():
             for base in spec.base_models:
                 if base not in self.models or self.models[base].task != "text_to_image":
@@ -708,10 +780,146 @@ _TINY_TASKS: dict[str, str] = {
     "prompt_rewrite": "tiny-text",
 }
 
+
+def hosted_models() -> dict[str, dict[str, Any]]:
+    """The hosted models every profile but ``tiny`` offers (they need an API key at call time)."""
+    return {
+        "gpt-image-1": {
+            "task": "text_to_image",
+            "backend": "openai",
+            "source": "gpt-image-1",
+            "description": "GPT Image 1 (OpenAI, hosted): text to image; edits with reference images, masks.",
+            "defaults": {"width": 1024, "height": 1024},
+        },
+        "dall-e-3": {
+            "task": "text_to_image",
+            "backend": "openai",
+            "source": "dall-e-3",
+            "description": "DALL-E 3 (OpenAI, hosted): text to image, one per call; rewrites the prompt.",
+            "defaults": {"width": 1024, "height": 1024},
+        },
+        "gpt-4o": {
+            "task": "vlm",
+            "backend": "openai",
+            "source": "gpt-4o",
+            "description": "GPT-4o (OpenAI, hosted): describes and compares images; JSON answers.",
+            "defaults": {"max_tokens": 512},
+        },
+        "gemini-2.5-flash": {
+            "task": "vlm",
+            "backend": "gemini",
+            "source": "gemini-2.5-flash",
+            "description": "Google Gemini 2.5 Flash (hosted): describes and compares several images at once.",
+            "defaults": {"max_tokens": 512},
+        },
+        "gpt-4o-mini": {
+            "task": "text",
+            "backend": "openai",
+            "source": "gpt-4o-mini",
+            "description": "GPT-4o mini (OpenAI, hosted): text only; rewrites prompts (enhance_prompt).",
+            "defaults": {"max_tokens": 200},
+        },
+        "gemini-2.5-flash-lite": {
+            "task": "text",
+            "backend": "gemini",
+            "source": "gemini-2.5-flash-lite",
+            "description": "Gemini 2.5 Flash-Lite (hosted): text only; rewrites prompts (enhance_prompt).",
+            "defaults": {"max_tokens": 200},
+        },
+        "gemini-2.5-flash-image": {
+            "task": "text_to_image",
+            "backend": "gemini",
+            "source": "gemini-2.5-flash-image",
+            "description": "Google Gemini 2.5 Flash Image (hosted): text to image.",
+            "defaults": {"width": 1024, "height": 1024},
+        },
+    }
+
+
 PROFILES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, str]]] = {
-    "default": (_DEFAULT_MODELS, _DEFAULT_TASKS),
+    "default": ({**_DEFAULT_MODELS, **hosted_models()}, _DEFAULT_TASKS),
     "tiny": (_TINY_MODELS, _TINY_TASKS),
 }
+PROFILE_CHOICES = ("auto", *PROFILES)
+"""What ``--profile`` accepts: the built-in profiles and ``auto``, which picks between them."""
+
+
+def _auto_profile(
+    hosted: HostedConfig, has_gpu: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], tuple[str, ...]]:
+    """The ``auto`` profile: local models on a GPU, hosted ones where keys are set, else ``tiny``."""
+    openai_key = hosted.openai.key_from
+    gemini_key = hosted.gemini.key_from
+    keys = [k for k in (openai_key, gemini_key) if k]
+    if has_gpu:
+        reasons = ["CUDA GPU found -> local 'default' models for every tool"]
+        if keys:
+            reasons.append(f"{', '.join(keys)} set -> hosted models also available by name (model=...)")
+        return {**_DEFAULT_MODELS, **hosted_models()}, dict(_DEFAULT_TASKS), tuple(reasons)
+    models = {**_TINY_MODELS, **hosted_models()}
+    tasks = dict(_TINY_TASKS)
+    if not keys:
+        reason = (
+            "no CUDA GPU found; no OPENAI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY set -> "
+            "'tiny' models (random weights: noise images, for trying things out)"
+        )
+        return _TINY_MODELS, tasks, (reason,)
+    image_model, vlm_model = (
+        ("gpt-image-1", "gpt-4o") if openai_key else ("gemini-2.5-flash-image", "gemini-2.5-flash")
+    )
+    if openai_key and gemini_key:
+        chose = f"{openai_key} and {gemini_key} set -> hosted OpenAI models (gpt-image-1, gpt-4o)"
+    elif openai_key:
+        chose = f"{openai_key} set -> hosted OpenAI models (gpt-image-1, gpt-4o)"
+    else:
+        chose = f"{gemini_key} set -> hosted Gemini models (gemini-2.5-flash-image, gemini-2.5-flash)"
+    tasks["text_to_image"] = image_model
+    tasks["vlm"] = vlm_model
+    tasks["prompt_rewrite"] = "gpt-4o-mini" if openai_key else "gemini-2.5-flash-lite"
+    reasons = [
+        f"no CUDA GPU found; {chose} for generate_image, describe_image and compare_images(describe=True); "
+        f"{tasks['prompt_rewrite']} rewrites prompts (enhance_prompt)",
+        "controlled_generate and clip_classify have no hosted default -> 'tiny' models (random weights); "
+        "pass model='gpt-image-1' to controlled_generate for reference images and masks",
+    ]
+    if openai_key and gemini_key:
+        reasons.append("Gemini models are available by name (model='gemini-2.5-flash', ...)")
+    return models, tasks, tuple(reasons)
+
+
+def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: str) -> HostedConfig:
+    """Read ``[hosted.*]`` and look each provider's key up in ``environ`` (unless the file sets one)."""
+    unknown = set(data) - {"openai", "gemini"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown [hosted] tables {sorted(unknown)}; expected openai, gemini")
+    base = HostedConfig()
+    resolved: dict[str, HostedSettings] = {}
+    for backend in ("openai", "gemini"):
+        table = dict(data.get(backend, {}))
+        if "key_from" in table:
+            raise ConfigError(f"{where}: hosted.{backend}.key_from is set by the server, not the file")
+        try:
+            settings = HostedSettings.model_validate(
+                {**base.for_backend(backend).model_dump(exclude={"api_key", "key_from"}), **table}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                for err in exc.errors(include_input=False)
+            )
+            raise ConfigError(f"invalid configuration ({where}): {problems}") from None
+        if settings.api_key is not None and settings.api_key.get_secret_value():
+            settings = settings.model_copy(update={"key_from": "config file"})
+        else:
+            for variable in (settings.api_key_env, *settings.api_key_env_fallbacks):
+                value = environ.get(variable, "").strip()
+                if value:
+                    settings = settings.model_copy(update={"api_key": SecretStr(value), "key_from": variable})
+                    break
+            else:
+                settings = settings.model_copy(update={"api_key": None, "key_from": None})
+        resolved[backend] = settings
+    return HostedConfig(**resolved)
 
 
 def _expand(path: str | Path, home: Path) -> Path:
@@ -730,13 +938,17 @@ def load_config(
     default_allowed_roots: list[Path] | None = None,
     overrides: Mapping[str, Any] | None = None,
     static_tokens: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    gpu_probe: Callable[[], bool] | None = None,
 ) -> Config:
     """Build the configuration from a profile, an optional TOML file, and explicit overrides.
 
     Args:
-        profile: ``default`` or ``tiny``. Overrides the file's ``profile`` key. Defaults to ``default``.
-        config_file: A TOML file with optional ``profile``, ``[server]``, ``[defaults]`` and
-            ``[models.<name>]`` tables. Models it names are added to (or replace) the profile's.
+        profile: ``default``, ``tiny`` or ``auto`` (local models on a GPU, else hosted ones where keys
+            are set, else ``tiny``). Overrides the file's ``profile`` key. Defaults to ``default``.
+        config_file: A TOML file with optional ``profile``, ``[server]``, ``[defaults]``,
+            ``[hosted.openai]``/``[hosted.gemini]`` and ``[models.<name>]`` tables. Models it names
+            are added to (or replace) the profile's.
         cache_dir: The per-user cache directory; the store and tiny models live below it by default.
         home: The user's home directory (``~`` in paths expands to it).
         default_allowed_roots: Directories clients may read when the file sets no ``allowed_roots``
@@ -745,6 +957,10 @@ def load_config(
         overrides: Keys of the ``[server]`` table set on the command line (e.g. ``store_dir``).
         static_tokens: More bearer tokens for ``[server.http.auth]``, principal -> token (the CLI
             reads them from ``MULTIMODAL_MCP_TOKENS``).
+        environ: Where hosted providers' API keys are looked up (the CLI passes ``os.environ``;
+            nothing else reads it). Keys end up in ``SecretStr`` fields only.
+        gpu_probe: Says whether a CUDA GPU is present; called for the ``auto`` profile only (which
+            uses local models if so). Without it, ``auto`` assumes no GPU.
 
     Raises:
         ConfigError: with the file and the offending key in the message.
@@ -757,17 +973,23 @@ def load_config(
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"profile", "server", "defaults", "models"}
+        unknown = set(data) - {"profile", "server", "defaults", "models", "hosted"}
         if unknown:
             raise ConfigError(
                 f"config file {config_file}: unknown top-level keys {sorted(unknown)}; "
-                "expected profile, server, defaults, models"
+                "expected profile, server, defaults, models, hosted"
             )
 
     chosen = profile or data.get("profile") or "default"
-    if chosen not in PROFILES:
-        raise ConfigError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
-    base_models, base_tasks = PROFILES[chosen]
+    if chosen not in PROFILE_CHOICES:
+        raise ConfigError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILE_CHOICES)}")
+    where = f"config file {config_file}" if config_file else f"profile {chosen!r}"
+    hosted = _resolve_hosted(data.get("hosted", {}), environ or {}, where)
+    reasons: tuple[str, ...] = ()
+    if chosen == "auto":
+        base_models, base_tasks, reasons = _auto_profile(hosted, gpu_probe() if gpu_probe else False)
+    else:
+        base_models, base_tasks = PROFILES[chosen]
 
     models: dict[str, Any] = {name: dict(spec) for name, spec in base_models.items()}
     models.update(data.get("models", {}))
@@ -798,10 +1020,16 @@ def load_config(
 
     try:
         return Config.model_validate(
-            {"profile": chosen, "server": server, "models": models, "defaults": tasks}
+            {
+                "profile": chosen,
+                "server": server,
+                "models": models,
+                "defaults": tasks,
+                "hosted": hosted,
+                "profile_reasons": reasons,
+            }
         )
     except ValidationError as exc:
-        where = f"config file {config_file}" if config_file else f"profile {chosen!r}"
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
             for err in exc.errors(include_input=False)

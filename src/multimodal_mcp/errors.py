@@ -46,3 +46,8 @@ class SpendingRefused(MultimodalError):
 class ConfirmationPending(MultimodalError):
     """The call stopped to ask the user for a confirmation; the MCP layer sends the question and the
     client retries the call with the answer. Never shown to the caller."""
+
+
+class ProviderError(BackendError):
+    """A hosted provider (OpenAI, Gemini) refused, failed or answered something unreadable; the message
+    says which, in the provider's own words where they are safe to pass on."""

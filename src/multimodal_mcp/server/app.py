@@ -38,6 +38,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp import __version__
+from multimodal_mcp.backends.hosted import HostedClients
 from multimodal_mcp.config import Config, Delivery
 from multimodal_mcp.errors import ConfirmationPending, NotFound, SpendingRefused
 from multimodal_mcp.imaging.codec import encode_preview
@@ -76,7 +77,7 @@ from multimodal_mcp.tools.list_models import ListModelsParams, list_models
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-Tools to make and read images on local models. Every image you make or pass in gets an id; pass
+Tools to make and read images on local (or hosted) models. Every image you make or pass in gets an id; pass
 'image://<id>' as any image argument to chain tools: generate_image -> clip_classify or
 describe_image to check the result -> adjust the prompt (keep the seed to keep the composition) ->
 generate again -> compare_images. controlled_generate keeps the structure of a reference image.
@@ -598,7 +599,14 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         ttl_seconds=config.server.pool.job_ttl_seconds,
         describe_failure=describe_failure,
     )
-    return Services(config=config, store=store, resolver=resolver, pool=pool, jobs=jobs)
+    return Services(
+        config=config,
+        store=store,
+        resolver=resolver,
+        pool=pool,
+        jobs=jobs,
+        hosted=HostedClients(config.hosted),
+    )
 
 
 def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
@@ -618,12 +626,16 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             config.server.store_dir,
             ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in created.pool.devices),
         )
+        for reason in config.profile_reasons:
+            logger.info("profile %s: %s", config.profile, reason)
         async with created.pool.running():
             running.append(created)
             try:
                 yield created
             finally:
                 running.remove(created)
+                with anyio.CancelScope(shield=True):
+                    await created.hosted.aclose()
 
     auth, token_verifier = auth_for(config)  # used by the HTTP transport only
     server = MultimodalServer(

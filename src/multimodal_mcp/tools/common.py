@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from multimodal_mcp.backends.hosted import Detail, HostedClients
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import InvalidArgument, SpendingRefused, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
@@ -42,6 +43,16 @@ ImageArg = Annotated[
             "bare base64, or an absolute file path under a directory the server may read (or an http(s) "
             "URL where the server enables URLs). PNG, JPEG, WebP or GIF (first frame), at most the "
             "server's max_input_bytes (default 32 MiB) and max_input_pixels (default 40 Mpx)."
+        )
+    ),
+]
+DetailArg = Annotated[
+    Detail | None,
+    Field(
+        description=(
+            "Hosted models only (OpenAI, Gemini): how closely the model looks at the images. 'low' is "
+            "cheaper and faster, 'high' reads fine print, 'auto' lets the provider choose. Local models "
+            "refuse it."
         )
     ),
 ]
@@ -102,6 +113,8 @@ class Services:
     resolver: ImageResolver
     pool: ModelPool
     jobs: JobManager
+    hosted: HostedClients
+    """API clients for hosted models (OpenAI, Gemini): created on first use, closed at shutdown."""
 
 
 def pick_model(
@@ -166,6 +179,18 @@ class Clock:
 
 def draw_seed() -> int:
     return secrets.randbelow(2**32)
+
+
+def refuse_hosted_only(name: str, spec: ModelSpec, **arguments: object) -> None:
+    """Hosted-only arguments given for a local model are an error, never silently ignored."""
+    if spec.hosted:
+        return
+    given = [key for key, value in arguments.items() if value is not None]
+    if given:
+        raise InvalidArgument(
+            f"{', '.join(given)} applies to hosted models (OpenAI, Gemini) only; {name!r} is a local "
+            f"model: omit {', '.join(given)}, or pass a hosted model (list_models)"
+        )
 
 
 def check_limit(name: str, value: int, limit: int, hint: str) -> None:

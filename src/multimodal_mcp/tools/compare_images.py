@@ -7,9 +7,12 @@ from typing import Annotated
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from multimodal_mcp.backends.hosted import Usage
+from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.imaging.analysis import Comparison, align_sizes, compare
 from multimodal_mcp.tools.common import (
     Clock,
+    DetailArg,
     ImageArg,
     ImageRef,
     ModelArg,
@@ -21,12 +24,16 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     in_thread,
     pick_model,
+    refuse_hosted_only,
     resolve_image,
 )
 
 NARRATIVE_PROMPT = (
     "The left half of this picture is the first image and the right half is the second. "
     "Compare them and describe what changed."
+)
+HOSTED_NARRATIVE_PROMPT = (
+    "Compare these two images and describe what changed from the first image to the second."
 )
 
 
@@ -37,6 +44,7 @@ class CompareImagesParams(Params):
         bool, Field(description="Also ask a vision-language model to describe what changed (slower).")
     ] = False
     model: ModelArg = None
+    detail: DetailArg = None
     clip_model: Annotated[
         str | None, Field(max_length=64, description="CLIP model for clip_similarity; omit for the default.")
     ] = None
@@ -72,6 +80,9 @@ class CompareImagesResult(Result):
     image_b: ImageRef
     clip_model: str
     model: str | None = Field(description="The vision-language model that wrote the narrative.")
+    usage: Usage | None = Field(
+        default=None, description="Hosted narrative models: tokens the narrative used."
+    )
     timings: Timings
 
     def summary(self) -> str:
@@ -107,19 +118,28 @@ async def compare_images(
 
     Use it to check an edit (before/after), to see whether a regenerated image kept the
     composition, or to pick the closest of two candidates. Images of different sizes are compared
-    after resizing image_b to image_a's size.
+    after resizing image_b to image_a's size. The narrative model may be local (it sees both
+    images side by side) or hosted (gpt-4o, gemini-2.5-flash: both images in one request; detail
+    applies to these only).
     """
     # 1. Check inputs
     clock = Clock()
     clip_name, clip_spec = pick_model(services.config, params.clip_model, "clip", "clip")
-    vlm = pick_model(services.config, params.model, "vlm", "vlm") if params.describe else None
-    vlm_name = vlm[0] if vlm else None
+    vlm_name, vlm_spec = (
+        pick_model(services.config, params.model, "vlm", "vlm") if params.describe else (None, None)
+    )
+    if params.detail is not None and vlm_name is None:
+        raise InvalidArgument("detail applies to the narrative: pass describe=True with it, or omit detail")
+    if vlm_name is not None and vlm_spec is not None:
+        refuse_hosted_only(vlm_name, vlm_spec, detail=params.detail)
     a = await resolve_image(services, params.image_a, "image_a")
     b = await resolve_image(services, params.image_b, "image_b")
     await approve_spending(services, clip_name, clip_spec, "image embeddings of 2 images")
-    if vlm is not None:
-        max_tokens = vlm[1].defaults.max_tokens or 256
-        await approve_spending(services, *vlm, f"one answer comparing two images (up to {max_tokens} tokens)")
+    if vlm_name is not None and vlm_spec is not None:
+        max_tokens = vlm_spec.defaults.max_tokens or 256
+        await approve_spending(
+            services, vlm_name, vlm_spec, f"one answer comparing two images (up to {max_tokens} tokens)"
+        )
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:
@@ -141,15 +161,29 @@ async def compare_images(
         emb_a, emb_b = await services.pool.clip(clip_name).embed_many([rgb_a, rgb_b])
     clip_similarity = float(emb_a @ emb_b)
 
-    # 4. Narrative
-    narrative = None
-    if vlm_name is not None:
-        pair = side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)
-        max_tokens = services.config.models[vlm_name].defaults.max_tokens or 256
-        async with clock.use(services, vlm_name) as vlm, clock.infer():
-            narrative, _ = await services.pool.run(
-                vlm, lambda m, _step, _cancel: m.answer(pair, NARRATIVE_PROMPT, max_tokens), progress=progress
-            )
+    # 4. Narrative: hosted models get both images in one request, local ones a side-by-side picture
+    narrative, usage = None, None
+    if vlm_name is not None and vlm_spec is not None:
+        max_tokens = vlm_spec.defaults.max_tokens or 256
+        if vlm_spec.hosted:
+            chat = services.hosted.chat_model(vlm_name, vlm_spec)
+            async with clock.infer():
+                answer = await chat.answer(
+                    [rgb_a, rgb_b],
+                    HOSTED_NARRATIVE_PROMPT,
+                    max_tokens=max_tokens,
+                    detail=params.detail,
+                    schema=None,
+                )
+            narrative, usage = answer.text, answer.usage
+        else:
+            pair = side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)
+            async with clock.use(services, vlm_name) as vlm, clock.infer():
+                narrative, _ = await services.pool.run(
+                    vlm,
+                    lambda m, _step, _cancel: m.answer(pair, NARRATIVE_PROMPT, max_tokens),
+                    progress=progress,
+                )
 
     return CompareImagesResult(
         ssim=round(comparison.ssim, 6),
@@ -166,5 +200,6 @@ async def compare_images(
         image_b=ImageRef.of(b.record),
         clip_model=clip_name,
         model=vlm_name,
+        usage=usage,
         timings=clock.timings(),
     )

@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.backends.base import ControlInput, ReferenceInput
-from multimodal_mcp.config import Config
+from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
 from multimodal_mcp.imaging.inputs import ResolvedImage
@@ -24,6 +24,7 @@ from multimodal_mcp.tools.common import (
     Params,
     Progress,
     Services,
+    approve_spending,
     draw_seed,
     in_thread,
     pick_model,
@@ -44,10 +45,13 @@ from multimodal_mcp.tools.generate_image import (
     check_budget,
     confirm_and_rewrite,
     generation_request,
+    refuse_local_only,
     resolve_parameters,
     store_generated,
+    store_hosted,
     with_ids,
 )
+from multimodal_mcp.tools.prompting import pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import Verify, VerifyLabels, check_labels, verify_images
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
@@ -357,10 +361,15 @@ async def controlled_generate(
       mask comes back exactly as it was.
     ControlNet combines with either. Everything else works as in generate_image: verify,
     verify_labels and enhance_prompt included.
+    - Hosted model='gpt-image-1': init_image, mask_image and reference_image go to OpenAI's image
+      edits (the provider picks the output size unless width/height name one of its sizes, and
+      repaints as it sees fit: pixels outside the mask are not guaranteed); no ControlNet.
     """
     # 1. Check inputs and pick the models
-    clock = Clock()
     name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
+    if spec.hosted:
+        return await _controlled_hosted(params, services, name, spec, progress)
+    clock = Clock()
     specs = params.control_specs()
     if params.init_image is None and (not specs or (params.width and params.height)):
         # The output size is known before any input is decoded: check the per-call budget now.
@@ -562,4 +571,126 @@ async def controlled_generate(
         reference_scale=params.reference_scale if reference else None,
         ip_adapter=ip_adapter,
         verification=with_ids(checks, refs),
+    )
+
+
+_LOCAL_ONLY = (
+    "control_type",
+    "low_threshold",
+    "high_threshold",
+    "conditioning_scale",
+    "control_start",
+    "control_end",
+    "strength",
+    "reference_scale",
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+)
+HOSTED_SUPPORTS = (
+    "prompt, init_image (edit), mask_image (inpainting), reference_image, width/height, num_images"
+)
+
+
+async def _controlled_hosted(
+    params: ControlledGenerateParams,
+    services: Services,
+    name: str,
+    spec: ModelSpec,
+    progress: Progress | None,
+) -> ControlledGenerateResult:
+    """Edits on a hosted image model (OpenAI GPT Image): init_image, mask_image, reference_image."""
+    clock = Clock()
+    if params.control_image is not None or params.controls is not None or params.controlnet is not None:
+        raise UnsupportedOperation(
+            f"ControlNet controls (control_image, controls, controlnet) need a local model; hosted model "
+            f"{name!r} supports {HOSTED_SUPPORTS}. Pass a local model (list_models) for ControlNet."
+        )
+    refuse_local_only(
+        name,
+        spec,
+        HOSTED_SUPPORTS,
+        # (the MCP layer passes every argument, defaults included: a default value is "not given")
+        **{
+            key: getattr(params, key)
+            for key in _LOCAL_ONLY
+            if getattr(params, key) != ControlledGenerateParams.model_fields[key].default
+        },
+    )
+    model = services.hosted.image_model(name, spec)
+    if not hasattr(model, "edit"):
+        raise UnsupportedOperation(
+            f"hosted model {name!r} cannot edit pictures or take reference images; use gpt-image-1, or a "
+            "local model (list_models)"
+        )
+    init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
+    mask_source = (
+        await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
+    )
+    mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
+    reference = (
+        await resolve_image(services, params.reference_image, "reference_image")
+        if params.reference_image
+        else None
+    )
+    pictures = [r.image.convert("RGB") for r in (init, reference) if r is not None]
+    check_labels(services, params.verify_labels)
+    rewriter = pick_rewriter(services.config) if params.enhance_prompt else None
+
+    # Confirm the paid calls with the user before any work; rewrite the prompt if asked
+    n = params.num_images
+    await approve_spending(services, name, spec, f"{n} edited image{'s' if n != 1 else ''}")
+    prompt, rewrite = params.prompt, None
+    if rewriter is not None:
+        text_model, text_spec = rewriter
+        await approve_spending(services, text_model, text_spec, rewrite_purchase(services.config, text_spec))
+        rewrite = await rewrite_prompt(services, clock, text_model, text_spec, params.prompt, progress)
+        prompt = rewrite.prompt
+    async with clock.infer():
+        result = await model.edit(
+            prompt, pictures, mask=mask, n=params.num_images, width=params.width, height=params.height
+        )
+    checks = None
+    if params.verify or params.verify_labels:
+        async with clock.infer():
+            checks = await verify_images(services, result.images, params.prompt, params.verify_labels)
+    mode = "+".join(
+        [*(["inpaint" if mask else "img2img"] if init else []), *(["reference"] if reference else [])]
+    )
+    parents = [r.record.id for r in (init, mask_source, reference) if r is not None]
+    refs, parameters = await store_hosted(
+        services,
+        result,
+        model=name,
+        spec=spec,
+        prompt=prompt,
+        parents=parents,
+        extra_parameters={"mode": mode, **(rewrite.stored() if rewrite else {})},
+        verification=checks,
+    )
+    return ControlledGenerateResult(
+        images=refs,
+        seed=None,
+        model=name,
+        parameters=parameters,
+        usage=result.usage,
+        provider_parameters=result.sent,
+        timings=clock.timings(),
+        mode=mode,
+        controls=[],
+        control_image=None,
+        input_image=None,
+        control_type=None,
+        controlnet=None,
+        conditioning_scale=None,
+        init_image=ImageRef.of(init.record) if init else None,
+        mask_image=ImageRef.of(mask_source.record) if mask_source else None,
+        strength=None,
+        reference_image=ImageRef.of(reference.record) if reference else None,
+        reference_scale=None,
+        ip_adapter=None,
+        verification=with_ids(checks, refs),
+        prompt_rewrite=rewrite,
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
+from multimodal_mcp.backends.hosted import Usage
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.tools.common import (
     Clock,
+    DetailArg,
     ImageArg,
     ImageRef,
     ModelArg,
@@ -20,8 +22,10 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     check_limit,
     pick_model,
+    refuse_hosted_only,
     resolve_image,
 )
+from multimodal_mcp.tools.json_answer import check_schema, json_prompt, parse_answer
 from multimodal_mcp.tools.verification import Grounding, ground_description, grounding_summary
 
 DEFAULT_PROMPT = "Describe this image in detail."
@@ -57,6 +61,20 @@ class DescribeImageParams(Params):
             )
         ),
     ] = False
+    detail: DetailArg = None
+    response_schema: Annotated[
+        dict[str, Any] | None,
+        Field(
+            max_length=64,
+            description=(
+                "A JSON Schema (2020-12) the answer must match, e.g. {'type': 'object', 'properties': "
+                "{'total': {'type': 'number'}, 'date': {'type': 'string'}}, 'required': ['total', 'date']}. "
+                "The validated value comes back as 'data'. Hosted models use their structured output; "
+                "local models are prompted for JSON and checked. Local '#/...' references only; at most "
+                "16,000 characters as JSON and 12 levels deep."
+            ),
+        ),
+    ] = None
 
 
 class DescribeImageResult(Result):
@@ -65,6 +83,10 @@ class DescribeImageResult(Result):
     prompt: str
     image: ImageRef
     tokens: int = Field(description="Tokens generated.")
+    data: Any = Field(
+        default=None, description="With response_schema: the answer as JSON, validated against the schema."
+    )
+    usage: Usage | None = Field(default=None, description="Hosted models: tokens and images the call used.")
     timings: Timings
     grounding: Grounding | None = Field(
         default=None, description="With ground=True: the answer's noun phrases scored against the image."
@@ -87,12 +109,16 @@ async def describe_image(
     """Ask a vision-language model about an image: describe it, read text, answer a question.
 
     Pass prompt for a specific question (e.g. 'Extract the total amount and date from this
-    receipt.'). Answers can contain hallucinated details; check important ones with clip_classify,
-    or pass ground=True to have the things the answer names scored against the image with CLIP.
+    receipt.') and response_schema to get the answer as validated JSON in 'data'. model may name
+    a local VLM or a hosted one (gpt-4o, gemini-2.5-flash; see list_models); detail (low, high,
+    auto) applies to hosted models only. Answers can contain hallucinated details; check
+    important ones with clip_classify, or pass ground=True to have the things the answer names
+    scored against the image with CLIP.
     """
     # 1. Check inputs
     clock = Clock()
     name, spec = pick_model(services.config, params.model, "vlm", "vlm")
+    refuse_hosted_only(name, spec, detail=params.detail)
     max_tokens = params.max_tokens or spec.defaults.max_tokens or 256
     check_limit(
         "max_tokens", max_tokens, services.config.server.limits.max_tokens, "ask for a shorter answer"
@@ -104,17 +130,31 @@ async def describe_image(
             "(max_prompt_chars); ask a shorter question"
         )
     prompt = params.prompt or DEFAULT_PROMPT
+    validator = check_schema(params.response_schema) if params.response_schema is not None else None
     source = await resolve_image(services, params.image, "image")
+    image = source.image.convert("RGB")
     await approve_spending(services, name, spec, f"one answer about an image (up to {max_tokens} tokens)")
 
-    # 2. Generate
-    image = source.image.convert("RGB")
-    async with clock.use(services, name) as model, clock.infer():
-        text, tokens = await services.pool.run(
-            model, lambda m, _step, _cancel: m.answer(image, prompt, max_tokens), progress=progress
-        )
+    # 2. Generate: hosted models over their API (no device lane), local ones on the pool
+    usage = None
+    if spec.hosted:
+        chat = services.hosted.chat_model(name, spec)
+        async with clock.infer():
+            answer = await chat.answer(
+                [image], prompt, max_tokens=max_tokens, detail=params.detail, schema=params.response_schema
+            )
+        text, tokens, usage = answer.text, answer.usage.completion_tokens or 0, answer.usage
+    else:
+        asked = json_prompt(prompt, params.response_schema) if params.response_schema is not None else prompt
+        async with clock.use(services, name) as model, clock.infer():
+            text, tokens = await services.pool.run(
+                model, lambda m, _step, _cancel: m.answer(image, asked, max_tokens), progress=progress
+            )
 
-    # 3. Ground: score the things the answer names against the image
+    # 3. Structured answers are checked against the schema, whoever wrote them
+    data = parse_answer(text, validator, name) if validator is not None else None
+
+    # 4. Ground: score the things the answer names against the image
     grounding = None
     if params.ground:
         async with clock.infer():
@@ -125,6 +165,8 @@ async def describe_image(
         prompt=prompt,
         image=ImageRef.of(source.record),
         tokens=tokens,
+        data=data,
+        usage=usage,
         timings=clock.timings(),
         grounding=grounding,
     )

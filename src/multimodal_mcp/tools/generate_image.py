@@ -1,4 +1,4 @@
-"""generate_image: text to image with a local diffusion or flow-matching model."""
+"""generate_image: text to image with a local diffusion or flow-matching model, or a hosted one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from PIL import Image
 from pydantic import Field
 
 from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
+from multimodal_mcp.backends.hosted import HostedImages, Usage
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import Limits, ModelSpec
-from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -27,6 +28,7 @@ from multimodal_mcp.tools.common import (
     draw_seed,
     in_thread,
     pick_model,
+    refuse_hosted_only,
 )
 from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import (
@@ -119,6 +121,15 @@ EnhancePrompt = Annotated[
         )
     ),
 ]
+Quality = Annotated[
+    Literal["auto", "low", "medium", "high", "standard", "hd"] | None,
+    Field(
+        description=(
+            "Hosted OpenAI image models only: auto, low, medium or high for GPT Image; standard or hd for "
+            "DALL-E 3. Local models refuse it (use steps)."
+        )
+    ),
+]
 
 
 class GenerateImageParams(Params):
@@ -135,14 +146,19 @@ class GenerateImageParams(Params):
     verify: Verify = False
     verify_labels: VerifyLabels = None
     enhance_prompt: EnhancePrompt = False
+    quality: Quality = None
 
 
 class GeneratedImage(ImageRef):
-    seed: int = Field(
+    seed: int | None = Field(
         description=(
             "This image's own seed: generate_image with it and num_images=1 gives the same image again "
-            "(up to rounding in the last bit of a few pixels, since batches are computed together)."
+            "(up to rounding in the last bit of a few pixels, since batches are computed together). "
+            "Null for hosted models, which take no seed."
         )
+    )
+    revised_prompt: str | None = Field(
+        default=None, description="DALL-E 3: the prompt as the provider rewrote it before generating."
     )
 
 
@@ -151,17 +167,21 @@ class GenerationParameters(Params):
     negative_prompt: str | None
     width: int
     height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
+    steps: int | None = Field(description="Null for hosted models.")
+    guidance_scale: float | None = Field(description="Null for hosted models.")
+    scheduler: str | None = Field(description="Null for hosted models.")
     num_images: int
 
 
 class GenerateImageResult(Result):
     images: list[GeneratedImage]
-    seed: int = Field(description="The base seed (image i used seed + i).")
+    seed: int | None = Field(description="The base seed (image i used seed + i); null for hosted models.")
     model: str
     parameters: GenerationParameters
+    usage: Usage | None = Field(default=None, description="Hosted models: tokens and images the call used.")
+    provider_parameters: dict[str, Any] | None = Field(
+        default=None, description="Hosted models: what was sent to the provider (size, quality, n, ...)."
+    )
     timings: Timings
     verification: list[ImageVerification] | None = Field(
         default=None, description="With verify=True: one check per image, in the order of images."
@@ -178,15 +198,25 @@ class GenerateImageResult(Result):
         p = self.parameters
         uris = ", ".join(img.uri for img in self.images)
         first = self.images[0].uri
-        return (
-            f"Generated {len(self.images)} image(s) with {self.model} "
-            f"(seed {self.seed}, {p.width}x{p.height}, "
-            f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
+        if self.seed is None:
+            sent = self.provider_parameters or {}
+            how = f"{p.width}x{p.height}" + (f", quality {sent['quality']}" if sent.get("quality") else "")
+        else:
+            how = (
+                f"seed {self.seed}, {p.width}x{p.height}, "
+                f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}"
+            )
+        text = (
+            f"Generated {len(self.images)} image(s) with {self.model} ({how}) "
             f"in {self.timings.total_seconds:.1f} s: "
             f"{uris}.{self.prompt_rewrite.summary() if self.prompt_rewrite else ''} "
             f"Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
+        for img in self.images:
+            if img.revised_prompt:
+                text += f"\nThe provider rewrote the prompt for {img.uri} as: {img.revised_prompt}"
+        return text
 
     def _verification_text(self) -> str:
         if self.verification is None:
@@ -214,21 +244,22 @@ def resolve_parameters(
     """Fill ``None`` from the model's defaults and check the server's limits."""
     limits = services.config.server.limits
     d = spec.defaults
+    steps = steps or d.steps or 30
     resolved = GenerationParameters(
         prompt=prompt,
         negative_prompt=negative_prompt or None,
         width=width or d.width or 512,
         height=height or d.height or 512,
-        steps=steps or d.steps or 30,
+        steps=steps,
         guidance_scale=guidance_scale if guidance_scale is not None else (d.guidance_scale or 0.0),
         scheduler=scheduler or d.scheduler or default_scheduler,
         num_images=num_images,
     )
     check_limit("width", resolved.width, limits.max_side, "ask for a smaller image")
     check_limit("height", resolved.height, limits.max_side, "ask for a smaller image")
-    check_limit("steps", resolved.steps, limits.max_steps, "use fewer steps")
+    check_limit("steps", steps, limits.max_steps, "use fewer steps")
     check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
-    check_budget(limits, resolved.width, resolved.height, resolved.steps, num_images)
+    check_budget(limits, resolved.width, resolved.height, steps, num_images)
     for argument, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
         if len(text) > limits.max_prompt_chars:
             raise InvalidArgument(
@@ -261,7 +292,7 @@ async def store_generated(
     services: Services,
     images: list[Image.Image],
     *,
-    seeds: list[int],
+    seeds: list[int] | list[None],
     model: str,
     parameters: GenerationParameters,
     parents: list[str] | None = None,
@@ -331,9 +362,139 @@ async def confirm_and_rewrite(
     return parameters.model_copy(update={"prompt": rewrite.prompt}), rewrite
 
 
+def refuse_local_only(name: str, spec: ModelSpec, supported: str, **arguments: object) -> None:
+    """Local-only arguments given for a hosted model are an error naming what it supports."""
+    given = [key for key, value in arguments.items() if value is not None]
+    if given:
+        raise UnsupportedOperation(
+            f"{', '.join(given)}: not supported by hosted model {name!r} ({spec.backend}); it takes "
+            f"{supported}. Omit them, or pass a local model (list_models)"
+        )
+
+
+async def store_hosted(
+    services: Services,
+    result: HostedImages,
+    *,
+    model: str,
+    spec: ModelSpec,
+    prompt: str,
+    parents: list[str] | None = None,
+    extra_parameters: dict[str, object] | None = None,
+    verification: list[ImageVerification] | None = None,
+) -> tuple[list[GeneratedImage], GenerationParameters]:
+    """Store a hosted call's images like local ones, with what was sent embedded in each PNG."""
+    first = result.images[0]
+    parameters = GenerationParameters(
+        prompt=prompt,
+        negative_prompt=None,
+        width=first.width,
+        height=first.height,
+        steps=None,
+        guidance_scale=None,
+        scheduler=None,
+        num_images=len(result.images),
+    )
+    revised = result.revised_prompts or [None] * len(result.images)
+    checks: list[ImageVerification | None] = list(verification) if verification else [None] * len(revised)
+    refs = []
+    for image, rewritten, check in zip(result.images, revised, checks, strict=True):
+        extra = {"backend": spec.backend, "source": spec.source, **result.sent, **(extra_parameters or {})}
+        if rewritten:
+            extra["revised_prompt"] = rewritten
+        one = parameters.model_copy(update={"width": image.width, "height": image.height})
+        (ref,) = await store_generated(
+            services,
+            [image],
+            seeds=[None],
+            model=model,
+            parameters=one,
+            parents=parents,
+            extra_parameters=extra,
+            verification=[check] if check is not None else None,
+        )
+        refs.append(ref.model_copy(update={"revised_prompt": rewritten}))
+    return refs, parameters
+
+
+async def _generate_hosted(
+    params: GenerateImageParams, services: Services, name: str, spec: ModelSpec, progress: Progress | None
+) -> GenerateImageResult:
+    # 1. Check inputs
+    clock = Clock()
+    refuse_local_only(
+        name,
+        spec,
+        "prompt, width/height (its sizes), num_images and quality",
+        negative_prompt=params.negative_prompt,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        scheduler=params.scheduler,
+        seed=params.seed,
+    )
+    limits = services.config.server.limits
+    check_limit("num_images", params.num_images, limits.max_images, "make fewer images per call")
+    if len(params.prompt) > limits.max_prompt_chars:
+        raise InvalidArgument(
+            f"the prompt is {len(params.prompt)} characters; this server's limit is "
+            f"{limits.max_prompt_chars} (max_prompt_chars); shorten it"
+        )
+    check_labels(services, params.verify_labels)
+    rewriter = pick_rewriter(services.config) if params.enhance_prompt else None
+
+    # 2. Confirm the paid calls with the user before any work; rewrite the prompt if asked
+    n = params.num_images
+    width = params.width or spec.defaults.width or 1024
+    height = params.height or spec.defaults.height or 1024
+    await approve_spending(services, name, spec, f"{n} image{'s' if n != 1 else ''} of {width}x{height}")
+    prompt, rewrite = params.prompt, None
+    if rewriter is not None:
+        text_model, text_spec = rewriter
+        await approve_spending(services, text_model, text_spec, rewrite_purchase(services.config, text_spec))
+        rewrite = await rewrite_prompt(services, clock, text_model, text_spec, params.prompt, progress)
+        prompt = rewrite.prompt
+
+    # 3. Generate on the provider (no device lane)
+    model = services.hosted.image_model(name, spec)
+    async with clock.infer():
+        result = await model.generate(
+            prompt, width=params.width, height=params.height, quality=params.quality, n=params.num_images
+        )
+
+    # 4. Verify with the local CLIP model, against what the caller asked for
+    checks = None
+    if params.verify or params.verify_labels:
+        async with clock.infer():
+            checks = await verify_images(services, result.images, params.prompt, params.verify_labels)
+
+    # 5. Store and describe
+    refs, parameters = await store_hosted(
+        services,
+        result,
+        model=name,
+        spec=spec,
+        prompt=prompt,
+        extra_parameters=rewrite.stored() if rewrite else None,
+        verification=checks,
+    )
+    return GenerateImageResult(
+        images=refs,
+        seed=None,
+        model=name,
+        parameters=parameters,
+        usage=result.usage,
+        provider_parameters=result.sent,
+        timings=clock.timings(),
+        verification=with_ids(checks, refs),
+        prompt_rewrite=rewrite,
+    )
+
+
 def generation_request(
     parameters: GenerationParameters, seeds: list[int], controls: tuple[ControlInput, ...] = ()
 ) -> GenerationRequest:
+    # Local parameters always have these (only hosted models leave them null).
+    assert parameters.steps is not None and parameters.guidance_scale is not None and parameters.scheduler
     return GenerationRequest(
         prompt=parameters.prompt,
         negative_prompt=parameters.negative_prompt,
@@ -357,7 +518,8 @@ def _denoise(request: GenerationRequest) -> Callable[[Any, StepCallback, CancelT
 async def generate_image(
     params: GenerateImageParams, services: Services, progress: Progress | None = None
 ) -> GenerateImageResult:
-    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL, Flux).
+    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL,
+    Flux) or a hosted one (gpt-image-1, dall-e-3, gemini-2.5-flash-image; see list_models).
 
     Each call has a budget of width*height*num_images pixels and width*height*steps*num_images
     pixel-steps; an error names the limit when a call goes over it.
@@ -371,10 +533,17 @@ async def generate_image(
     enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
     style, lighting, composition); the result returns both prompts, and the images are stored with
     both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.
+    Hosted models take prompt, width/height from their own sizes (gpt-image-1: 1024x1024,
+    1536x1024, 1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call;
+    gemini-2.5-flash-image: 1024x1024, 1344x768, 768x1344 and other aspect ratios), num_images
+    and quality (OpenAI), but no seed, steps, guidance or scheduler.
     """
     # 1. Check inputs
-    clock = Clock()
     name, spec = pick_model(services.config, params.model, "text_to_image", "text_to_image")
+    if spec.hosted:
+        return await _generate_hosted(params, services, name, spec, progress)
+    refuse_hosted_only(name, spec, quality=params.quality)
+    clock = Clock()
     parameters = resolve_parameters(
         spec=spec,
         prompt=params.prompt,

@@ -36,6 +36,14 @@ class ModelInfo(BaseModel):
     schedulers: list[str] | None = Field(description="Samplers this model accepts (text_to_image models).")
     control_type: str | None = None
     base_models: list[str] | None = None
+    hosted: bool = Field(default=False, description="Runs on a provider's API (openai, gemini), not locally.")
+    api_key_set: bool | None = Field(
+        default=None,
+        description="Hosted models: whether the provider's API key is configured (never the key).",
+    )
+    api_key_env: str | None = Field(
+        default=None, description="Hosted models: the environment variable the key is read from."
+    )
 
 
 class ListModelsResult(Result):
@@ -43,12 +51,20 @@ class ListModelsResult(Result):
     device: str = Field(description="The preferred device (first GPU, else cpu).")
     devices: list[str] = Field(description="Every device models may use, GPUs first.")
     profile: str
+    profile_reasons: list[str] = Field(
+        default_factory=list, description="Profile 'auto': why it picked these models."
+    )
 
     def summary(self) -> str:
         lines = [f"Profile {self.profile}; devices: {', '.join(self.devices)}."]
+        lines += [f"  ({reason})" for reason in self.profile_reasons]
         for m in self.models:
             default = f" (default for {', '.join(m.default_for)})" if m.default_for else ""
-            state = f"on {m.location}" if m.loaded else "not loaded"
+            if m.hosted:
+                key = "key set" if m.api_key_set else f"no key: set {m.api_key_env}"
+                state = f"hosted ({m.backend}, {key})"
+            else:
+                state = f"on {m.location}" if m.loaded else "not loaded"
             paid = ", paid" if m.paid else ""
             lines.append(f"- {m.name}: {m.task}, {m.source}{paid}, {state}{default}")
         return "\n".join(lines)
@@ -58,7 +74,7 @@ async def list_models(
     params: ListModelsParams, services: Services, progress: Progress | None = None
 ) -> ListModelsResult:
     """List the configured models: task, source, defaults, and where each is loaded (device, size,
-    queue).
+    queue); for hosted models (OpenAI, Gemini), whether the provider's API key is set.
 
     Pass a name from here as the model argument of another tool to use a model other than the
     default.
@@ -94,9 +110,19 @@ async def list_models(
                 base_models=list(spec.base_models) or None,
             )
         )
+        if spec.hosted:
+            settings = config.hosted.for_backend(spec.backend)
+            models[-1] = models[-1].model_copy(
+                update={
+                    "hosted": True,
+                    "api_key_set": settings.key_from is not None,
+                    "api_key_env": settings.api_key_env,
+                }
+            )
     return ListModelsResult(
         models=models,
         device=services.pool.device,
         devices=[d.name for d in services.pool.devices],
         profile=config.profile,
+        profile_reasons=list(config.profile_reasons),
     )

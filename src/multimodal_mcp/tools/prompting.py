@@ -124,9 +124,14 @@ async def complete(
     """One chat completion from text model ``name``: (text, tokens generated).
 
     The one place a text model is called. Local models (``complete`` is blocking) run on their
-    device lane in the pool. Hosted chat models (``spec.backend`` in ``HOSTED_BACKENDS``) offer the
-    same method as a coroutine, ``await model.complete(system, prompt, max_tokens)``: route them here.
+    device lane in the pool; hosted chat models (OpenAI, Gemini) are awaited over their API and take
+    no device lane.
     """
+    if spec.hosted:
+        chat = services.hosted.chat_model(name, spec)
+        async with clock.infer():
+            text, tokens = await chat.complete(system, prompt, max_tokens)
+        return str(text), int(tokens)
     async with clock.use(services, name) as model, clock.infer():
         text, tokens = await services.pool.run(
             model, lambda m, _step, _cancel: m.complete(system, prompt, max_tokens), progress=progress

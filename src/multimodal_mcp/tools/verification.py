@@ -23,6 +23,7 @@ do not prove.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated
 
 from PIL import Image
@@ -175,7 +176,7 @@ async def ground_description(services: Services, image: Image.Image, text: str) 
     )
 
 
-def verification_summary(checks: list[ImageVerification], seeds: list[int] | None = None) -> str:
+def verification_summary(checks: list[ImageVerification], seeds: Sequence[int | None] | None = None) -> str:
     """Sentences for the result text: each image's score and failed checks, and how to revise."""
     if not checks:
         return ""
@@ -194,14 +195,14 @@ def verification_summary(checks: list[ImageVerification], seeds: list[int] | Non
             line += f"; labels {labels}"
         if check.missing_labels:
             line += f"; missing: {', '.join(repr(label) for label in check.missing_labels)}"
-        if seeds is not None and i < len(seeds):
+        if seeds is not None and i < len(seeds) and seeds[i] is not None:
             line += f" (seed {seeds[i]})"
         lines.append(line)
     if not all(check.passed for check in checks):
         lines.append(
             "To improve: name the missing things early in the prompt and more concretely, raise "
             "guidance_scale, or try another seed; the same seed with a revised prompt keeps the "
-            "composition."
+            "composition (local models; hosted ones take no seed)."
         )
     return "\n".join(lines)
 

@@ -1,0 +1,340 @@
+"""Gemini models through ``google-genai``'s async client (``pip install multimodal-mcp[gemini]``).
+
+``google-genai`` is Google's maintained SDK; the older ``google-generativeai`` is deprecated and
+not used. Vision chat takes several images in one request (compare_images sends both), answers
+in JSON against a schema on request, and the image model generates through ``generate_content``
+with an image response modality. The SDK's own retries are off: this module retries 429/5xx,
+timeouts and connection errors itself so that it can honour ``Retry-After`` (or the API's
+``RetryInfo`` delay).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from google import genai
+from google.genai import errors, types
+from PIL import Image
+
+from multimodal_mcp.backends.hosted import (
+    Detail,
+    HostedAnswer,
+    HostedClients,
+    HostedImages,
+    Usage,
+    clean_message,
+    png_bytes,
+)
+from multimodal_mcp.config import HostedSettings, ModelSpec
+from multimodal_mcp.errors import Busy, InvalidArgument, ProviderError
+from multimodal_mcp.imaging.codec import decode_image
+
+try:  # the HTTP library google-genai runs on: httpx2 in newer releases, httpx before
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
+
+T = TypeVar("T")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_DELAY = 60.0
+MAX_OUTPUT_PIXELS = 4096 * 4096
+REFUSALS = frozenset(
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_PROHIBITED_CONTENT",
+    }
+)
+MEDIA_RESOLUTION = {"low": "MEDIA_RESOLUTION_LOW", "high": "MEDIA_RESOLUTION_HIGH"}
+
+# Gemini 2.5 Flash Image's output sizes per aspect ratio.
+IMAGE_SIZES: dict[tuple[int, int], str] = {
+    (1024, 1024): "1:1",
+    (832, 1248): "2:3",
+    (1248, 832): "3:2",
+    (864, 1184): "3:4",
+    (1184, 864): "4:3",
+    (896, 1152): "4:5",
+    (1152, 896): "5:4",
+    (768, 1344): "9:16",
+    (1344, 768): "16:9",
+    (1536, 672): "21:9",
+}
+
+
+def make_client(settings: HostedSettings) -> Any:
+    assert settings.api_key is not None
+    client = genai.Client(
+        api_key=settings.api_key.get_secret_value(),
+        vertexai=False,
+        http_options=types.HttpOptions(
+            base_url=settings.base_url,
+            timeout=math.ceil(settings.timeout_seconds * 1000),
+            retry_options=types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
+        ),
+    )
+    return client.aio
+
+
+async def close_client(client: Any) -> None:
+    await client.aclose()
+
+
+def _retry_delay(exc: errors.APIError, attempt: int) -> float:
+    """Retry-After (seconds), else the API's RetryInfo delay ('20s'), else exponential backoff."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    if value:
+        try:
+            return min(max(float(value), 0.0), MAX_RETRY_DELAY)
+        except ValueError:
+            pass
+    details = exc.details if isinstance(exc.details, dict) else {}
+    error = details.get("error", details) if isinstance(details.get("error", details), dict) else {}
+    for item in error.get("details") or []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            match = re.fullmatch(r"\s*([0-9.]+)s\s*", str(item.get("retryDelay", "")))
+            if match:
+                return min(float(match.group(1)), MAX_RETRY_DELAY)
+    return float(min(0.5 * 2**attempt, 8.0))
+
+
+class _Calls:
+    def __init__(self, clients: HostedClients, client: Any, name: str, spec: ModelSpec) -> None:
+        self.clients = clients
+        self.client = client
+        self.name = name
+        self.spec = spec
+        self.settings = clients.settings.gemini
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        attempts = self.settings.max_retries + 1
+        async with self.clients.limit("gemini"):
+            for attempt in range(attempts):
+                last = attempt == attempts - 1
+                self.clients.requests["gemini"] += 1
+                try:
+                    return await request()
+                except errors.APIError as exc:
+                    if exc.code in RETRY_STATUS and not last:
+                        await anyio.sleep(_retry_delay(exc, attempt))
+                        continue
+                    raise self._api_error(exc) from None
+                except _http.TimeoutException:
+                    if not last:
+                        continue
+                    raise ProviderError(
+                        f"Gemini did not answer model {self.name!r} within "
+                        f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
+                        "or raise hosted.gemini.timeout_seconds"
+                    ) from None
+                except _http.TransportError:
+                    if not last:
+                        await anyio.sleep(min(0.5 * 2**attempt, 8.0))
+                        continue
+                    raise ProviderError(
+                        f"could not reach Gemini at {self.settings.base_url} for model {self.name!r} "
+                        f"(tried {attempts} time(s)); check the network or hosted.gemini.base_url"
+                    ) from None
+                except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
+                    raise self.malformed("a response that does not match the API's format") from None
+        raise AssertionError("unreachable")
+
+    def _api_error(self, exc: errors.APIError) -> Exception:
+        message = clean_message(exc.message or exc.status or "", self.settings)
+        if exc.code in (401, 403) or (exc.code == 400 and "api key" in message.lower()):
+            return ProviderError(
+                f"Gemini rejected the API key or refused access (HTTP {exc.code}) for model {self.name!r}; "
+                f"check {self.settings.key_from or self.settings.api_key_env} and the project's access"
+            )
+        if exc.code == 429:
+            return Busy(
+                f"Gemini is rate-limiting model {self.name!r} (HTTP 429 after {self.settings.max_retries} "
+                f"retries): {message}. Try again in a minute."
+            )
+        if exc.code >= 500:
+            return ProviderError(
+                f"Gemini failed (HTTP {exc.code}) for model {self.name!r} after {self.settings.max_retries} "
+                f"retries: {message}. Try again later."
+            )
+        return ProviderError(f"Gemini rejected the request (HTTP {exc.code}): {message}")
+
+    def malformed(self, what: str) -> ProviderError:
+        return ProviderError(
+            f"Gemini sent {what} for model {self.name!r}; try again, or check hosted.gemini.base_url"
+        )
+
+    def check_refusal(self, response: Any) -> None:
+        """Raise the provider's refusal, in its words, if the prompt or the answer was blocked."""
+        feedback = getattr(response, "prompt_feedback", None)
+        reason = getattr(feedback, "block_reason", None)
+        if reason:
+            said = clean_message(getattr(feedback, "block_reason_message", None) or "", self.settings)
+            raise ProviderError(
+                f"Gemini refused the request: the prompt was blocked ({_name(reason)})"
+                + (f": {said}" if said else "")
+            )
+        candidates = getattr(response, "candidates", None) or []
+        if not candidates:
+            raise self.malformed("a response without candidates")
+        finish = _name(getattr(candidates[0], "finish_reason", None))
+        if finish in REFUSALS:
+            said = clean_message(getattr(candidates[0], "finish_message", None) or "", self.settings)
+            raise ProviderError(
+                f"Gemini refused the request: the answer was stopped ({finish})"
+                + (f": {said}" if said else "")
+            )
+
+    def usage(self, response: Any, images: int) -> Usage:
+        meta = getattr(response, "usage_metadata", None)
+        return Usage(
+            prompt_tokens=getattr(meta, "prompt_token_count", None),
+            completion_tokens=getattr(meta, "candidates_token_count", None),
+            images=images,
+        )
+
+    def parts(self, response: Any) -> list[Any]:
+        content = getattr(response.candidates[0], "content", None)
+        return list(getattr(content, "parts", None) or [])
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def _image_part(image: Image.Image) -> types.Part:
+    return types.Part.from_bytes(data=png_bytes(image.convert("RGB")), mime_type="image/png")
+
+
+class ChatModel(_Calls):
+    """Gemini answering about one or several images (all in one request)."""
+
+    async def _generate(self, contents: list[Any], config: types.GenerateContentConfig) -> HostedAnswer:
+        response = await self.call(
+            lambda: self.client.models.generate_content(
+                model=self.spec.source, contents=contents, config=config
+            )
+        )
+        self.check_refusal(response)
+        text = "".join(
+            p.text
+            for p in self.parts(response)
+            if isinstance(getattr(p, "text", None), str) and not p.thought
+        )
+        if not text:
+            raise self.malformed("a response without text")
+        return HostedAnswer(text.strip(), self.usage(response, 0))
+
+    async def answer(
+        self,
+        images: list[Image.Image],
+        prompt: str,
+        *,
+        max_tokens: int,
+        detail: Detail | None,
+        schema: dict[str, Any] | None,
+    ) -> HostedAnswer:
+        config = types.GenerateContentConfig(max_output_tokens=max_tokens)
+        if detail in MEDIA_RESOLUTION:
+            config.media_resolution = types.MediaResolution(MEDIA_RESOLUTION[detail])
+        if schema is not None:
+            config.response_mime_type = "application/json"
+            config.response_json_schema = schema
+        contents: list[Any] = [prompt, *(_image_part(image) for image in images)]
+        return await self._generate(contents, config)
+
+    async def complete(self, system: str, prompt: str, max_tokens: int) -> tuple[str, int]:
+        config = types.GenerateContentConfig(max_output_tokens=max_tokens, system_instruction=system)
+        answer = await self._generate([prompt], config)
+        return answer.text, answer.usage.completion_tokens or 0
+
+
+class ImageModel(_Calls):
+    """Gemini's image model: ``generate_content`` with an image response modality, one image a request."""
+
+    async def _one(self, prompt: str, config: types.GenerateContentConfig) -> tuple[Image.Image, Usage]:
+        response = await self.call(
+            lambda: self.client.models.generate_content(
+                model=self.spec.source, contents=[prompt], config=config
+            )
+        )
+        self.check_refusal(response)
+        image, text = None, []
+        for part in self.parts(response):
+            inline = getattr(part, "inline_data", None)
+            if inline is not None and image is None:
+                data = inline.data
+                if isinstance(data, str):
+                    data = base64.b64decode(data)
+                try:
+                    image = decode_image(data or b"", max_pixels=MAX_OUTPUT_PIXELS).image.convert("RGB")
+                except Exception:
+                    raise self.malformed("image data that is not a readable image") from None
+            elif isinstance(getattr(part, "text", None), str):
+                text.append(part.text)
+        if image is None:
+            said = clean_message(" ".join(text), self.settings)
+            raise ProviderError(
+                f"Gemini returned no image for model {self.name!r}" + (f"; it said: {said}" if said else "")
+            )
+        return image, self.usage(response, 1)
+
+    async def generate(
+        self, prompt: str, *, width: int | None, height: int | None, quality: str | None, n: int
+    ) -> HostedImages:
+        if quality is not None:
+            raise InvalidArgument(f"model {self.name!r} takes no quality; omit it")
+        size = _pick_size(self.name, width, height)
+        ratio = IMAGE_SIZES[size]
+        config = types.GenerateContentConfig(
+            response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio=ratio)
+        )
+        results: list[tuple[Image.Image, Usage] | None] = [None] * n
+
+        async def one(i: int) -> None:
+            results[i] = await self._one(prompt, config)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+        except BaseExceptionGroup as group:  # the first failure cancels the others; report it alone
+            raise group.exceptions[0] from None
+        done = [r for r in results if r is not None]
+        usage = Usage(
+            prompt_tokens=_sum(u.prompt_tokens for _, u in done),
+            completion_tokens=_sum(u.completion_tokens for _, u in done),
+            images=len(done),
+        )
+        sent = {"aspect_ratio": ratio, "n": n}
+        return HostedImages([img for img, _ in done], usage, sent, [None] * len(done))
+
+
+def _sum(values: Any) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _pick_size(name: str, width: int | None, height: int | None) -> tuple[int, int]:
+    if width is None and height is None:
+        return (1024, 1024)
+    fitting = [
+        s for s in IMAGE_SIZES if (width is None or s[0] == width) and (height is None or s[1] == height)
+    ]
+    if len(fitting) == 1:
+        return fitting[0]
+    sizes = ", ".join(f"{w}x{h} ({r})" for (w, h), r in IMAGE_SIZES.items())
+    raise InvalidArgument(
+        f"model {name!r} makes images of {sizes} only, not {width or '?'}x{height or '?'}; pass one of these "
+        "as width and height (or omit both for 1024x1024)"
+    )

@@ -1,0 +1,121 @@
+"""Every tool's hosted variant end to end through the in-memory MCP client, ids chaining across
+providers; and what the hosted-only arguments do on local models."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import jsonschema
+import pytest
+from mcp import Client
+from PIL import Image
+
+from fake_providers import GeminiFake, OpenAIFake
+from helpers import call_error, call_ok, data_uri, open_png, photo, read_png, text_of
+
+pytest.importorskip("openai")
+pytest.importorskip("google.genai")
+
+
+async def test_generate_on_openai_describe_on_gemini_compare_on_openai_chain_by_id(
+    hosted_client: Client, openai_fake: OpenAIFake, gemini_fake: GeminiFake
+) -> None:
+    tools = {t.name: t for t in (await hosted_client.list_tools()).tools}
+
+    # 1. Generate on OpenAI and on Gemini
+    made = await hosted_client.call_tool(
+        "generate_image", {"prompt": "a red bicycle", "model": "gpt-image-1"}
+    )
+    assert not made.is_error, text_of(made)
+    jsonschema.validate(made.structured_content, tools["generate_image"].output_schema)
+    first = made.structured_content["images"][0]  # type: ignore[index]
+    other = (
+        await call_ok(
+            hosted_client, "generate_image", {"prompt": "a blue bicycle", "model": "gemini-2.5-flash-image"}
+        )
+    )["images"][0]
+    stored = open_png(await read_png(hosted_client, first["uri"])).convert("RGB")
+
+    # 2. Describe the OpenAI image on Gemini, by id
+    described = await hosted_client.call_tool(
+        "describe_image", {"image": first["uri"], "model": "gemini-2.5-flash", "prompt": "What is this?"}
+    )
+    assert not described.is_error, text_of(described)
+    jsonschema.validate(described.structured_content, tools["describe_image"].output_schema)
+    assert described.structured_content["image"]["id"] == first["id"]  # type: ignore[index]
+    parts = gemini_fake.requests[-1].json["contents"][0]["parts"]
+    sent = Image.open(io.BytesIO(base64.urlsafe_b64decode(parts[1]["inlineData"]["data"]))).convert("RGB")
+    assert sent.tobytes() == stored.tobytes()
+
+    # 3. Compare the two on OpenAI's vision model: both images in one request, in order
+    compared = await hosted_client.call_tool(
+        "compare_images",
+        {
+            "image_a": first["uri"],
+            "image_b": other["uri"],
+            "describe": True,
+            "model": "gpt-4o",
+            "detail": "low",
+        },
+    )
+    assert not compared.is_error, text_of(compared)
+    jsonschema.validate(compared.structured_content, tools["compare_images"].output_schema)
+    out = compared.structured_content
+    assert out["narrative"] == "A cat sits on a red sofa." and out["model"] == "gpt-4o"  # type: ignore[index]
+    assert out["image_a"]["id"] == first["id"] and out["image_b"]["id"] == other["id"]  # type: ignore[index]
+    content = openai_fake.requests[-1].json["messages"][0]["content"]
+    assert [c["type"] for c in content] == ["text", "image_url", "image_url"]
+    assert all(c["image_url"]["detail"] == "low" for c in content[1:])
+    header, _, payload = content[1]["image_url"]["url"].partition(",")
+    assert header == "data:image/png;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB").tobytes() == stored.tobytes()
+
+    # 4. list_models says which hosted keys are set, never the key
+    listed = await hosted_client.call_tool("list_models", {})
+    models = {m["name"]: m for m in listed.structured_content["models"]}  # type: ignore[index]
+    assert models["gpt-image-1"]["hosted"] and models["gpt-image-1"]["api_key_set"] is True
+    assert models["gemini-2.5-flash"]["api_key_env"] == "GEMINI_API_KEY"
+    assert models["tiny-sd15"]["hosted"] is False and models["tiny-sd15"]["api_key_set"] is None
+    assert "hosted (openai, key set)" in text_of(listed)
+    assert "sk-test" not in str(listed.structured_content) and "gm-test" not in text_of(listed)
+
+
+async def test_hosted_only_arguments_on_local_models_are_errors(client: Client) -> None:
+    image = data_uri(photo("coffee", 32))
+    message = await call_error(client, "describe_image", {"image": image, "detail": "high"})
+    assert "detail applies to hosted models (OpenAI, Gemini) only; 'tiny-vlm' is a local model" in message
+    message = await call_error(
+        client, "compare_images", {"image_a": image, "image_b": image, "detail": "low"}
+    )
+    assert "pass describe=True" in message
+    message = await call_error(
+        client, "compare_images", {"image_a": image, "image_b": image, "describe": True, "detail": "low"}
+    )
+    assert "detail applies to hosted models" in message
+
+
+async def test_a_local_vlm_is_prompted_for_json_and_its_answer_is_checked(client: Client) -> None:
+    # tiny-vlm's random weights cannot write JSON: the error says so without dumping its answer
+    message = await call_error(
+        client,
+        "describe_image",
+        {
+            "image": data_uri(photo("coffee", 32)),
+            "response_schema": {"type": "object", "properties": {"total": {"type": "number"}}},
+        },
+    )
+    assert "model 'tiny-vlm'" in message and "response_schema" in message
+    assert len(message) < 600
+
+
+async def test_an_untrusted_schema_is_checked_before_any_model_runs(client: Client) -> None:
+    image = data_uri(photo("coffee", 32))
+    message = await call_error(
+        client, "describe_image", {"image": image, "response_schema": {"$ref": "https://example.com/s.json"}}
+    )
+    assert "only use local references" in message
+    message = await call_error(
+        client, "describe_image", {"image": image, "response_schema": {"type": "nope"}}
+    )
+    assert "not a valid JSON Schema" in message
