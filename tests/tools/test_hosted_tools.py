@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from typing import Any
 
 import jsonschema
 import pytest
 from mcp import Client
+from mcp.types import ElicitResult
 from PIL import Image
 
+from multimodal_mcp.config import Config, SpendingSettings
+from multimodal_mcp.server.app import build_server, create_services
+from multimodal_mcp.tools.common import Services
+
 from fake_providers import GeminiFake, OpenAIFake
-from helpers import call_error, call_ok, data_uri, open_png, photo, read_png, text_of
+from helpers import call_error, call_ok, cpu_only, data_uri, open_png, photo, read_png, text_of
 
 pytest.importorskip("openai")
 pytest.importorskip("google.genai")
@@ -119,3 +126,77 @@ async def test_an_untrusted_schema_is_checked_before_any_model_runs(client: Clie
         client, "describe_image", {"image": image, "response_schema": {"type": "nope"}}
     )
     assert "not a valid JSON Schema" in message
+
+
+def _rewriting_on(config: Config, text_model: str, **spending: str) -> Config:
+    """``config`` with a hosted text model rewriting prompts (and spending settings, if given)."""
+    server = config.server
+    if spending:
+        server = server.model_copy(update={"spending": SpendingSettings(**spending)})  # type: ignore[arg-type]
+    return config.model_copy(
+        update={"defaults": {**config.defaults, "prompt_rewrite": text_model}, "server": server}
+    )
+
+
+async def test_a_hosted_generation_rewrites_with_a_hosted_text_model_and_verifies_with_local_clip(
+    hosted_services: Services, openai_fake: OpenAIFake
+) -> None:
+    rewritten = "A red bicycle leaning on a brick wall at golden hour, photorealistic, 35 mm"
+    openai_fake.chat_answer = rewritten
+    config = _rewriting_on(hosted_services.config, "gpt-4o-mini")
+    services = create_services(config, devices=cpu_only())
+    async with Client(build_server(config, services)) as client:
+        out = await call_ok(
+            client,
+            "generate_image",
+            {
+                "prompt": "a red bicycle",
+                "model": "gpt-image-1",
+                "enhance_prompt": True,
+                "verify_labels": ["a bicycle"],
+            },
+        )
+        png = await read_png(client, out["images"][0]["uri"])
+
+    # The text model was asked first, then the image model got the rewritten prompt.
+    chat, image = openai_fake.requests[-2], openai_fake.requests[-1]
+    assert chat.path.endswith("/chat/completions") and chat.json["model"] == "gpt-4o-mini"
+    assert [m["role"] for m in chat.json["messages"]] == ["system", "user"]
+    assert "a red bicycle" in chat.json["messages"][1]["content"]
+    assert image.path.endswith("/images/generations") and image.json["prompt"] == rewritten
+    rewrite = out["prompt_rewrite"]
+    assert (rewrite["original"], rewrite["prompt"], rewrite["model"]) == (
+        "a red bicycle",
+        rewritten,
+        "gpt-4o-mini",
+    )
+    assert out["parameters"]["prompt"] == rewritten
+
+    # Verified with the local CLIP model, per image, and stored with it.
+    (check,) = out["verification"]
+    assert check["image_id"] == out["images"][0]["id"] and set(check["label_scores"]) == {"a bicycle"}
+    embedded = json.loads(Image.open(io.BytesIO(png)).info["multimodal-mcp"])
+    assert embedded["parameters"]["original_prompt"] == "a red bicycle"
+    assert embedded["parameters"]["verification"]["prompt_score"] == check["prompt_score"]
+
+
+async def test_a_declined_hosted_call_sends_nothing_to_the_provider(
+    hosted_services: Services, openai_fake: OpenAIFake
+) -> None:
+    questions: list[str] = []
+
+    async def user(context: Any, params: Any) -> ElicitResult:
+        questions.append(params.message)
+        return ElicitResult(action="decline")
+
+    config = _rewriting_on(hosted_services.config, "gpt-4o-mini", confirm="ask")
+    services = create_services(config, devices=cpu_only())
+    async with Client(build_server(config, services), elicitation_callback=user) as client:
+        for tool, arguments in (
+            ("generate_image", {"prompt": "a red bicycle", "model": "gpt-image-1", "enhance_prompt": True}),
+            ("describe_image", {"image": data_uri(photo()), "model": "gpt-4o"}),
+        ):
+            error = await call_error(client, tool, arguments)
+            assert "declined" in error and "nothing was spent" in error
+    assert openai_fake.requests == []
+    assert "gpt-image-1" in questions[0] and "gpt-4o" in questions[-1]
