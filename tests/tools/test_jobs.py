@@ -65,7 +65,8 @@ async def test_cancel_job_stops_the_generation_and_frees_the_device(slow_client:
     job = await _pending(client)
     cancelled = await call_ok(client, "cancel_job", {"job_id": job["id"]})
     assert cancelled["job"]["status"] == "cancelled" and cancelled["result"] is None
-    assert cancelled["job"]["progress"] < 100
+    # Stopped before the last step (no progress at all yet when the machine is slow to start it).
+    assert (cancelled["job"]["progress"] or 0) < 100
     assert services.pool.status()["devices"][0]["running"] is False
     quick = await client.call_tool("generate_image", {"prompt": "quick", "steps": 1, "seed": 1})
     assert not quick.is_error and "images" in quick.structured_content
