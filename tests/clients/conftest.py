@@ -1,0 +1,110 @@
+"""Fixtures for the third-party Node clients in clients/ (MCP Inspector CLI, TypeScript SDK).
+
+They need Node.js and ``npm ci --prefix clients``. Without them the tests skip, unless
+MMCP_REQUIRE_NODE_CLIENTS=1 (set by CI) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLIENTS = Path(__file__).resolve().parent.parent.parent / "clients"
+
+
+def _unavailable(reason: str) -> None:
+    message = f"{reason}; run `npm ci --prefix clients` (Node.js 20+) to run the third-party client tests"
+    if os.environ.get("MMCP_REQUIRE_NODE_CLIENTS") == "1":
+        pytest.fail(f"MMCP_REQUIRE_NODE_CLIENTS=1 but {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    path = shutil.which("node")
+    if path is None:
+        _unavailable("node is not on PATH")
+    assert path is not None
+    if not (CLIENTS / "node_modules" / "@modelcontextprotocol").is_dir():
+        _unavailable("clients/node_modules is missing")
+    return path
+
+
+def server_env() -> dict[str, str]:
+    """What a stdio server spawned by a Node client needs from this test's environment.
+
+    Node clients pass a spawned server only a few variables (HOME, PATH, ...), so the ones that make
+    it run this checkout offline are passed explicitly."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def serve_command(config: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "multimodal_mcp",
+        "serve",
+        "--config",
+        str(config),
+        "--log-level",
+        "WARNING",
+    ]
+
+
+def write_config(tmp_path: Path, tiny_dir: Path, **pool: float) -> Path:
+    config = tmp_path / "config.toml"
+    lines = [
+        'profile = "tiny"',
+        "[server]",
+        f'store_dir = "{tmp_path / "store"}"',
+        f'tiny_dir = "{tiny_dir}"',
+    ]
+    if pool:
+        lines += ["[server.pool]", *(f"{key} = {value}" for key, value in pool.items())]
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_http_server(config: Path, log: Path) -> Iterator[str]:
+    """``multimodal-mcp serve --transport http`` on a free loopback port; yields its URL, then stops it."""
+    port = _free_port()
+    command = [*serve_command(config), "--transport", "http", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the HTTP server did not start:\n{log.read_text()[-3000:]}"
+                        ) from None
+                    time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
