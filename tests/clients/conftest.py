@@ -43,7 +43,8 @@ def server_env() -> dict[str, str]:
 
     Node clients pass a spawned server only a few variables (HOME, PATH, ...), so the ones that make
     it run this checkout offline are passed explicitly."""
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # One torch thread, as in-process tests use: the server shares the cores with the client and pytest.
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
@@ -87,7 +88,9 @@ def start_http_server(config: Path, log: Path) -> Iterator[str]:
     port = _free_port()
     command = [*serve_command(config), "--transport", "http", "--port", str(port)]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **server_env()}
+        )
         try:
             deadline = time.monotonic() + 60
             while True:

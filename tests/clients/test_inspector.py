@@ -194,18 +194,21 @@ def test_the_inspector_cli_over_http_calls_every_tool_and_follows_and_cancels_jo
 
     # A generation longer than the server's wait returns a job handle; get_job reports progress, then
     # the result. Every Inspector run is a new session: the job outlives the session that started it.
-    long = {"prompt": "a long one", "width": 64, "height": 64, "steps": 30, "seed": 5}
+    long = {"prompt": "a long one", "width": 128, "height": 128, "steps": 30, "seed": 5}
     _, handle = inspector(
         "--method", "tools/call", "--tool-name", "generate_image", "--tool-args-json", json.dumps(long)
     )
     job = handle["structuredContent"]["job"]
     assert job["status"] == "running" and job["tool"] == "generate_image"
-    polled = structured(call(inspector, "get_job", {"job_id": job["id"], "wait_seconds": 50}))
+    polled = structured(call(inspector, "get_job", {"job_id": job["id"], "wait_seconds": 0}))
+    assert polled["job"]["status"] == "running" and polled["result"] is None
+    while polled["job"]["status"] == "running":
+        polled = structured(call(inspector, "get_job", {"job_id": job["id"], "wait_seconds": 50}))
     assert polled["job"]["status"] == "done" and polled["job"]["progress"] == polled["job"]["total"] == 30
-    assert polled["result"]["images"][0]["width"] == 64 and polled["result"]["seed"] == 5
+    assert polled["result"]["images"][0]["width"] == 128 and polled["result"]["seed"] == 5
 
     # cancel_job stops a running generation and frees the device lane: the next call runs at once.
-    longer = {**long, "width": 128, "height": 128, "steps": 100}
+    longer = {**long, "steps": 100}
     _, handle = inspector(
         "--method", "tools/call", "--tool-name", "generate_image", "--tool-args-json", json.dumps(longer)
     )
