@@ -7,7 +7,8 @@
 // Calls every tool with ids chained from one call to the next, reads an image:// resource back and
 // checks it is a PNG of the reported size, checks progress notifications, cancels a running generation
 // with an AbortSignal, and follows and cancels a job. Meant for the tiny profile, with the server's
-// job_wait_seconds set to a few seconds. Prints one line per check; exits 1 on the first failure.
+// job_wait_seconds set to a few seconds (clients/tiny.toml): the generations it cancels (512 px,
+// 100 steps) take about a minute on a CPU. Prints one line per check; exits 1 on the first failure.
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -159,7 +160,7 @@ async function run(client) {
   let firstStep;
   const started = new Promise((resolve) => (firstStep = resolve));
   const long = client.callTool(
-    { name: "generate_image", arguments: { prompt: "cancel me", width: 128, height: 128, steps: 100, seed: 4 } },
+    { name: "generate_image", arguments: { prompt: "cancel me", width: 512, height: 512, steps: 100, seed: 4 } },
     undefined,
     { signal: controller.signal, timeout: CALL_TIMEOUT_MS, onprogress: (u) => u.total === 100 && firstStep() },
   );
@@ -181,7 +182,7 @@ async function run(client) {
   // 6. Jobs: a call longer than the server's wait returns a handle; get_job reports its progress and
   //    cancel_job stops it.
   const handled = await client.callTool(
-    { name: "generate_image", arguments: { prompt: "a job", width: 128, height: 128, steps: 100, seed: 8 } },
+    { name: "generate_image", arguments: { prompt: "a job", width: 512, height: 512, steps: 100, seed: 8 } },
     undefined,
     { timeout: CALL_TIMEOUT_MS },
   );

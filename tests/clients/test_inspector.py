@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_clients import CLIENTS, serve_command, server_env, start_http_server, write_config
 from PIL import Image
-
-from conftest import CLIENTS, serve_command, server_env, start_http_server, write_config
 
 TOOLS = {
     "generate_image",
@@ -194,7 +193,7 @@ def test_the_inspector_cli_over_http_calls_every_tool_and_follows_and_cancels_jo
 
     # A generation longer than the server's wait returns a job handle; get_job reports progress, then
     # the result. Every Inspector run is a new session: the job outlives the session that started it.
-    long = {"prompt": "a long one", "width": 128, "height": 128, "steps": 30, "seed": 5}
+    long = {"prompt": "a long one", "width": 256, "height": 256, "steps": 30, "seed": 5}
     _, handle = inspector(
         "--method", "tools/call", "--tool-name", "generate_image", "--tool-args-json", json.dumps(long)
     )
@@ -205,10 +204,10 @@ def test_the_inspector_cli_over_http_calls_every_tool_and_follows_and_cancels_jo
     while polled["job"]["status"] == "running":
         polled = structured(call(inspector, "get_job", {"job_id": job["id"], "wait_seconds": 50}))
     assert polled["job"]["status"] == "done" and polled["job"]["progress"] == polled["job"]["total"] == 30
-    assert polled["result"]["images"][0]["width"] == 128 and polled["result"]["seed"] == 5
+    assert polled["result"]["images"][0]["width"] == 256 and polled["result"]["seed"] == 5
 
     # cancel_job stops a running generation and frees the device lane: the next call runs at once.
-    longer = {**long, "steps": 100}
+    longer = {**long, "width": 512, "height": 512, "steps": 100}  # about a minute on a CPU
     _, handle = inspector(
         "--method", "tools/call", "--tool-name", "generate_image", "--tool-args-json", json.dumps(longer)
     )

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import CLIENTS, serve_command, server_env, start_http_server, write_config
+from node_clients import CLIENTS, serve_command, server_env, start_http_server, write_config
 
 CHECKS = [
     "tools/list",
@@ -31,7 +30,7 @@ CHECKS = [
 ]
 # Long enough for quick calls to finish after their model loads, short enough for a 100-step
 # generation to come back as a job handle.
-JOB_WAIT_SECONDS = 5
+JOB_WAIT_SECONDS = 3
 
 
 def run_check(node: str, *arguments: str) -> str:
