@@ -35,8 +35,8 @@ Inspector = Callable[..., tuple[int, dict[str, Any]]]
 
 def _inspector(node: str, target: list[str]) -> Inspector:
     """Runs ``inspector --cli --format json <options> <target>``; returns (exit code, the JSON result)."""
-    cli = CLIENTS / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher"
-    launcher = cli / "build" / "index.js"
+    package = CLIENTS / "node_modules" / "@modelcontextprotocol" / "inspector"
+    launcher = package / "clients" / "launcher" / "build" / "index.js"  # the package's bin
 
     def run(*options: str, ok: bool = True) -> tuple[int, dict[str, Any]]:
         done = subprocess.run(
