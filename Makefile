@@ -1,4 +1,4 @@
-.PHONY: test lint format typecheck ci demo
+.PHONY: test lint format typecheck ci demo clients
 
 test:
 	python -m pytest
@@ -16,6 +16,10 @@ typecheck:
 
 demo:
 	multimodal-mcp demo
+
+clients:
+	npm ci --prefix clients --ignore-scripts
+	MMCP_REQUIRE_NODE_CLIENTS=1 python -m pytest tests/clients
 
 ci:
 	bash .ci/run
