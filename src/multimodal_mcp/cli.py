@@ -53,6 +53,7 @@ def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
         home=home,
         default_allowed_roots=[] if http else [home],
         overrides=overrides,
+        transport="http" if http else "stdio",
     )
 
 

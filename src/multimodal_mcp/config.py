@@ -149,6 +149,32 @@ class PoolSettings(_Frozen):
     job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
 
 
+SafetyMode = Literal["auto", "on", "off"]
+Transport = Literal["stdio", "http"]
+
+
+class SafetySettings(_Frozen):
+    """An optional filter that withholds generated images a classifier flags, whatever the model."""
+
+    filter: SafetyMode = Field(
+        default="auto",
+        description="'on', 'off', or 'auto': on when serving HTTP, off for stdio (load_config resolves it).",
+    )
+    classifier: str = Field(
+        default="open-nsfw",
+        min_length=1,
+        description="'open-nsfw' (the [safety] extra), or 'package.module:factory' returning a SafetyFilter.",
+    )
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="An image scoring at least this is withheld."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether to filter; an unresolved 'auto' (no transport given to load_config) means off."""
+        return self.filter == "on"
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -165,6 +191,7 @@ class ServerSettings(_Frozen):
     )
     limits: Limits = Limits()
     pool: PoolSettings = PoolSettings()
+    safety: SafetySettings = SafetySettings()
 
 
 class Config(_Frozen):
@@ -425,6 +452,7 @@ def load_config(
     home: Path,
     default_allowed_roots: list[Path] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    transport: Transport | None = None,
 ) -> Config:
     """Build the configuration from a profile, an optional TOML file, and explicit overrides.
 
@@ -437,6 +465,8 @@ def load_config(
         default_allowed_roots: Directories clients may read when the file sets no ``allowed_roots``
             (the CLI passes the home directory for stdio and nothing for HTTP).
         overrides: Keys of the ``[server]`` table set on the command line (e.g. ``store_dir``).
+        transport: How the server will be reached; resolves ``[server.safety] filter = "auto"``
+            (on for ``http``, off for ``stdio``). ``None`` leaves it unresolved, which means off.
 
     Raises:
         ConfigError: with the file and the offending key in the message.
@@ -475,6 +505,12 @@ def load_config(
     for key in ("store_dir", "tiny_dir"):
         server[key] = _expand(server[key], home)
     server["allowed_roots"] = [_expand(p, home) for p in server.get("allowed_roots", [])]
+    safety = server.get("safety")
+    if transport is not None and isinstance(safety, dict | None):
+        safety = dict(safety or {})
+        if safety.get("filter", "auto") == "auto":
+            safety["filter"] = "on" if transport == "http" else "off"
+        server["safety"] = safety
 
     try:
         return Config.model_validate(

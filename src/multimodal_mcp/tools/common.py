@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from multimodal_mcp.backends.safety import SafetyGate
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
@@ -93,6 +94,8 @@ class Services:
     resolver: ImageResolver
     pool: ModelPool
     jobs: JobManager
+    safety: SafetyGate | None = None
+    """The safety filter for generated images (None: no filter, as with filter = "off")."""
 
 
 def pick_model(

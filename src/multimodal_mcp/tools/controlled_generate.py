@@ -493,7 +493,7 @@ async def controlled_generate(
         extra["strength"] = params.strength
     if reference is not None:
         extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
-    refs = await store_generated(
+    refs, withheld = await store_generated(
         services,
         images,
         seeds=seeds,
@@ -522,4 +522,5 @@ async def controlled_generate(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=params.reference_scale if reference else None,
         ip_adapter=ip_adapter,
+        withheld=withheld,
     )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from PIL import Image
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
+from multimodal_mcp.backends.safety import Verdict
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import ModelSpec
-from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.errors import BackendError, InvalidArgument
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -27,6 +29,8 @@ from multimodal_mcp.tools.common import (
     in_thread,
     pick_model,
 )
+
+logger = logging.getLogger(__name__)
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
 
@@ -95,6 +99,12 @@ class GeneratedImage(ImageRef):
     )
 
 
+class WithheldImage(BaseModel):
+    seed: int = Field(description="The seed of the image that was withheld.")
+    category: str = Field(description="What the safety filter flagged, e.g. 'nsfw'.")
+    reason: str
+
+
 class GenerationParameters(Params):
     prompt: str
     negative_prompt: str | None
@@ -113,17 +123,38 @@ class GenerateImageResult(Result):
     parameters: GenerationParameters
     timings: Timings
 
+    withheld: list[WithheldImage] = Field(
+        default_factory=list,
+        description="Images the server's safety filter withheld (not stored, no id); empty when none.",
+    )
+
     def summary(self) -> str:
         p = self.parameters
+        made = (
+            f"with {self.model} (seed {self.seed}, {p.width}x{p.height}, "
+            f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
+            f"in {self.timings.total_seconds:.1f} s"
+        )
+        notice = self.withheld_notice()
+        if not self.images:
+            return f"Generated no image to return {made}: {notice} Try a different prompt."
         uris = ", ".join(img.uri for img in self.images)
         first = self.images[0].uri
-        return (
-            f"Generated {len(self.images)} image(s) with {self.model} "
-            f"(seed {self.seed}, {p.width}x{p.height}, "
-            f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}) "
-            f"in {self.timings.total_seconds:.1f} s: "
-            f"{uris}. Next: check it with clip_classify or describe_image (image='{first}'), "
+        text = f"Generated {len(self.images)} image(s) {made}: {uris}. "
+        if notice:
+            text += f"{notice} "
+        return text + (
+            f"Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
+        )
+
+    def withheld_notice(self) -> str:
+        if not self.withheld:
+            return ""
+        reasons = "; ".join(dict.fromkeys(w.reason for w in self.withheld))
+        return (
+            f"{len(self.withheld)} of {len(self.images) + len(self.withheld)} image(s) withheld by the "
+            f"server's safety filter ({reasons}); they were not stored and have no id."
         )
 
     def preview_ids(self) -> list[str]:
@@ -183,7 +214,13 @@ async def store_generated(
     parameters: GenerationParameters,
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
-) -> list[GeneratedImage]:
+) -> tuple[list[GeneratedImage], list[WithheldImage]]:
+    """Pass generated images through the safety filter (when on) and store those it lets through.
+
+    A withheld image is never written: it gets no id, so no resource or tool can serve it.
+    """
+    verdicts = await _screen(services, images)
+
     def write() -> list[ImageRecord]:
         recorded = {
             **parameters.model_dump(exclude={"prompt", "negative_prompt"}),
@@ -200,13 +237,34 @@ async def store_generated(
                 parameters=recorded,
                 parents=parents,
             )
-            for image, seed in zip(images, seeds, strict=True)
+            for image, seed, verdict in zip(images, seeds, verdicts, strict=True)
+            if not verdict.flagged
         ]
 
     records = await in_thread(write)
-    return [
-        GeneratedImage(**ImageRef.of(r).model_dump(), seed=s) for r, s in zip(records, seeds, strict=True)
+    kept = [s for s, v in zip(seeds, verdicts, strict=True) if not v.flagged]
+    withheld = [
+        WithheldImage(seed=s, category=v.category, reason=v.reason)
+        for s, v in zip(seeds, verdicts, strict=True)
+        if v.flagged
     ]
+    refs = [GeneratedImage(**ImageRef.of(r).model_dump(), seed=s) for r, s in zip(records, kept, strict=True)]
+    return refs, withheld
+
+
+async def _screen(services: Services, images: list[Image.Image]) -> list[Verdict]:
+    gate = services.safety
+    if gate is None or not gate.enabled:
+        return [Verdict(flagged=False) for _ in images]
+    try:
+        return await in_thread(gate.check, images)
+    except Exception as exc:
+        # Fail closed: an image the filter could not check is not returned.
+        logger.error("the safety filter failed; withholding %d image(s)", len(images), exc_info=exc)
+        raise BackendError(
+            f"the server's safety filter could not check the {len(images)} generated image(s), so none "
+            "was stored or returned; try again, and tell the server's operator if it keeps failing"
+        ) from None
 
 
 def generation_request(
@@ -272,7 +330,12 @@ async def generate_image(
             images = await services.pool.run(model, _denoise(request), progress=progress)
 
     # 4. Store and describe
-    refs = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)
+    refs, withheld = await store_generated(services, images, seeds=seeds, model=name, parameters=parameters)
     return GenerateImageResult(
-        images=refs, seed=seed, model=name, parameters=parameters, timings=clock.timings()
+        images=refs,
+        seed=seed,
+        model=name,
+        parameters=parameters,
+        timings=clock.timings(),
+        withheld=withheld,
     )
