@@ -299,6 +299,8 @@ async def generate_image(
     describe_image or compare_images to check it, or reuse the seed to refine the prompt while
     keeping the composition. Omitted arguments use the model's configured defaults
     (see list_models). Flux models take no negative prompt and use guidance 0.
+    If the server runs a safety filter, images it flags are withheld (not stored, no id) and the
+    result's 'withheld' list says how many and why.
     """
     # 1. Check inputs
     clock = Clock()
