@@ -164,13 +164,9 @@ def image_values(stored_id: str) -> st.SearchStrategy[str]:
 
 # --- arguments from the params models' schemas ------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
+# No NaN or infinity: JSON has neither (the client would send them as null).
+finite = st.floats(allow_nan=False, allow_infinity=False)
+json_scalars = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=20)
 json_junk = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
