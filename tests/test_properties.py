@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, event, given, settings
@@ -94,13 +95,34 @@ MODEL_NAMES = [
 # --- image values ---------------------------------------------------------------------------------
 
 
-def _encoded(fmt: str, size: int = 32) -> bytes:
+def _encoded(fmt: str, mode: str = "RGB", size: int = 32) -> bytes:
+    image = photo("coffee", size)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+    elif mode != "RGB":
+        image = image.convert(mode)
     buf = io.BytesIO()
-    photo("coffee", size).save(buf, format=fmt)
+    image.save(buf, format=fmt)
     return buf.getvalue()
 
 
-SAMPLES = {fmt: _encoded(fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP")}
+SAMPLES = {
+    **{fmt: _encoded(fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP")},
+    # the modes decoders hand back besides RGB: grey, grey+alpha, 16 bit, bilevel, palette, CMYK, alpha
+    **{
+        f"{mode}-{fmt}": _encoded(fmt, mode)
+        for fmt, mode in [
+            ("PNG", "LA"),
+            ("PNG", "I;16"),
+            ("PNG", "RGBA"),
+            ("PNG", "P"),
+            ("BMP", "1"),
+            ("JPEG", "CMYK"),
+            ("JPEG", "L"),
+            ("WEBP", "RGBA"),
+        ]
+    },
+}
 MIMES = ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "text/plain", "x/y"]
 
 

@@ -103,3 +103,13 @@ def test_an_unimportable_configured_classifier_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cannot import it"):
         check_available(SafetySettings(filter="on", classifier="no_such_module:factory"))
     check_available(SafetySettings(filter="off", classifier="no_such_module:factory"))
+
+
+def test_the_cli_turns_the_filter_on_for_http_and_off_for_stdio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from multimodal_mcp import cli
+
+    monkeypatch.delenv("MULTIMODAL_MCP_CONFIG", raising=False)
+    for transport, expected in [("http", "on"), ("stdio", "off")]:
+        args = cli.build_parser().parse_args(["serve", "--profile", "tiny", "--transport", transport])
+        config = cli._config_from(args, http=args.transport == "http")
+        assert config.server.safety.filter == expected
