@@ -142,8 +142,9 @@ class SafetyGate:
         verdicts = self._loaded().check(images)
         if len(verdicts) != len(images):
             raise RuntimeError(f"safety filter returned {len(verdicts)} verdicts for {len(images)} images")
-        self.checked += len(images)
-        self.withheld += sum(v.flagged for v in verdicts)
+        with self._lock:
+            self.checked += len(images)
+            self.withheld += sum(v.flagged for v in verdicts)
         return verdicts
 
     def _loaded(self) -> SafetyFilter:

@@ -122,7 +122,6 @@ class GenerateImageResult(Result):
     model: str
     parameters: GenerationParameters
     timings: Timings
-
     withheld: list[WithheldImage] = Field(
         default_factory=list,
         description="Images the server's safety filter withheld (not stored, no id); empty when none.",
