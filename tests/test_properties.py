@@ -453,6 +453,8 @@ def test_img2img_with_no_denoising_step_left_is_an_argument_error(served: Served
     args = {"prompt": "x", "init_image": f"image://{STORED_ID}", "steps": 1, "strength": 0.5, "seed": 1}
     is_error, text = served.call("controlled_generate", args)
     assert is_error and "steps=1 with strength=0.5 leaves no denoising step" in text and "steps >= 2" in text
+    is_error, text = served.call("controlled_generate", {**args, "strength": 5e-324})
+    assert is_error and "use a higher strength" in text
     is_error, text = served.call("controlled_generate", {**args, "steps": 2})
     assert not is_error, text
 

@@ -355,10 +355,13 @@ def _check_denoising_steps(steps: int, strength: float) -> None:
     """Stable Diffusion img2img and inpainting run int(steps * strength) steps: zero is an error there."""
     if int(steps * strength) >= 1:
         return
-    enough = math.ceil(1 / strength)
-    while int(enough * strength) < 1:
-        enough += 1
+    fix = "a higher strength"
+    if strength >= 1e-4:  # below that no step count a server allows is enough
+        enough = math.ceil(1 / strength)
+        while int(enough * strength) < 1:
+            enough += 1
+        fix = f"steps >= {enough} or {fix}"
     raise InvalidArgument(
         f"steps={steps} with strength={strength} leaves no denoising step (img2img and inpainting run "
-        f"int(steps * strength) of them); use steps >= {enough} or a higher strength"
+        f"int(steps * strength) of them); use {fix}"
     )
