@@ -87,6 +87,7 @@ def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
         static_tokens=_tokens_from_env() if http else None,
         environ=os.environ,
         gpu_probe=_cuda_available,
+        transport="http" if http else "stdio",
     )
 
 

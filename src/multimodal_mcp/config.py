@@ -435,6 +435,32 @@ class SpendingSettings(_Frozen):
     )
 
 
+SafetyMode = Literal["auto", "on", "off"]
+Transport = Literal["stdio", "http"]
+
+
+class SafetySettings(_Frozen):
+    """An optional filter that withholds generated images a classifier flags, whatever the model."""
+
+    filter: SafetyMode = Field(
+        default="auto",
+        description="'on', 'off', or 'auto': on when serving HTTP, off for stdio (load_config resolves it).",
+    )
+    classifier: str = Field(
+        default="open-nsfw",
+        min_length=1,
+        description="'open-nsfw' (the [safety] extra), or 'package.module:factory' returning a SafetyFilter.",
+    )
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="An image scoring at least this is withheld."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether to filter; an unresolved 'auto' (no transport given to load_config) means off."""
+        return self.filter == "on"
+
+
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -472,6 +498,7 @@ class ServerSettings(_Frozen):
         description="fsync each image and its record before reporting it made (survives power loss).",
     )
     spending: SpendingSettings = SpendingSettings()
+    safety: SafetySettings = SafetySettings()
 
 
 class HostedSettings(_Frozen):
@@ -940,6 +967,7 @@ def load_config(
     static_tokens: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     gpu_probe: Callable[[], bool] | None = None,
+    transport: Transport | None = None,
 ) -> Config:
     """Build the configuration from a profile, an optional TOML file, and explicit overrides.
 
@@ -961,6 +989,8 @@ def load_config(
             nothing else reads it). Keys end up in ``SecretStr`` fields only.
         gpu_probe: Says whether a CUDA GPU is present; called for the ``auto`` profile only (which
             uses local models if so). Without it, ``auto`` assumes no GPU.
+        transport: How the server will be reached; resolves ``[server.safety] filter = "auto"``
+            (on for ``http``, off for ``stdio``). ``None`` leaves it unresolved, which means off.
 
     Raises:
         ConfigError: with the file and the offending key in the message.
@@ -1017,6 +1047,12 @@ def load_config(
         ]
         http["auth"] = auth
         server["http"] = http
+    safety = server.get("safety")
+    if transport is not None and isinstance(safety, dict | None):
+        safety = dict(safety or {})
+        if safety.get("filter", "auto") == "auto":
+            safety["filter"] = "on" if transport == "http" else "off"
+        server["safety"] = safety
 
     try:
         return Config.model_validate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,8 @@ class DiffusionModel:
                 "leave negative_prompt empty or choose a Stable Diffusion model"
             )
         check_scheduler(request.scheduler, flow_matching=self.flow_matching, model=self.name)
+        if request.strength is not None and self.family != "flux":
+            _check_denoising_steps(request.steps, request.strength)
         mode = _mode(request)
         if mode != "text2img":
             self._pipeline_class(mode)
@@ -361,3 +364,19 @@ def load_ip_adapter(name: str, spec: ModelSpec, ctx: LoadContext) -> IPAdapterWe
         t.numel() * t.element_size() for p in state_dict.values() for t in p.values()
     )
     return IPAdapterWeights(name, spec, ctx.device, state_dict, encoder, size)
+
+
+def _check_denoising_steps(steps: int, strength: float) -> None:
+    """Stable Diffusion img2img and inpainting run int(steps * strength) steps: zero is an error there."""
+    if int(steps * strength) >= 1:
+        return
+    fix = "a higher strength"
+    if strength >= 1e-4:  # below that no step count a server allows is enough
+        enough = math.ceil(1 / strength)
+        while int(enough * strength) < 1:
+            enough += 1
+        fix = f"steps >= {enough} or {fix}"
+    raise InvalidArgument(
+        f"steps={steps} with strength={strength} leaves no denoising step (img2img and inpainting run "
+        f"int(steps * strength) of them); use {fix}"
+    )

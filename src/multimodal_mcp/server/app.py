@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp import __version__
 from multimodal_mcp.backends.hosted import HostedClients
+from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config, Delivery
 from multimodal_mcp.errors import ConfirmationPending, NotFound, SpendingRefused
 from multimodal_mcp.imaging.codec import encode_preview
@@ -599,6 +600,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         ttl_seconds=config.server.pool.job_ttl_seconds,
         describe_failure=describe_failure,
     )
+    safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
     return Services(
         config=config,
         store=store,
@@ -606,11 +608,18 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         pool=pool,
         jobs=jobs,
         hosted=HostedClients(config.hosted),
+        safety=safety,
     )
 
 
 def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
-    """The MCP server over ``config``. Services are created in the lifespan unless given (tests)."""
+    """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
+
+    Raises:
+        ConfigError: the safety filter is on but its classifier is not installed.
+    """
+    if services is None:
+        check_available(config.server.safety)
 
     running: list[Services] = []  # the lifespan's services, for resources that get no request context
 
@@ -620,11 +629,12 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             services if services is not None else await anyio.to_thread.run_sync(create_services, config)
         )
         logger.info(
-            "multimodal-mcp %s: profile %s, store %s, devices %s",
+            "multimodal-mcp %s: profile %s, store %s, devices %s, safety filter %s",
             __version__,
             config.profile,
             config.server.store_dir,
             ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in created.pool.devices),
+            config.server.safety.classifier if created.safety is not None else "off",
         )
         for reason in config.profile_reasons:
             logger.info("profile %s: %s", config.profile, reason)

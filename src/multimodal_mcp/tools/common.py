@@ -19,6 +19,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from multimodal_mcp.backends.hosted import Detail, HostedClients
+from multimodal_mcp.backends.safety import SafetyGate
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import InvalidArgument, SpendingRefused, UnknownModel, UnsupportedOperation
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
@@ -115,6 +116,8 @@ class Services:
     jobs: JobManager
     hosted: HostedClients
     """API clients for hosted models (OpenAI, Gemini): created on first use, closed at shutdown."""
+    safety: SafetyGate | None = None
+    """The safety filter for generated images (None: no filter, as with filter = "off")."""
 
 
 def pick_model(

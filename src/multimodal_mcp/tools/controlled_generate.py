@@ -49,7 +49,6 @@ from multimodal_mcp.tools.generate_image import (
     resolve_parameters,
     store_generated,
     store_hosted,
-    with_ids,
 )
 from multimodal_mcp.tools.prompting import pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import Verify, VerifyLabels, check_labels, verify_images
@@ -539,7 +538,7 @@ async def controlled_generate(
         extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
     if rewrite is not None:
         extra |= rewrite.stored()
-    refs = await store_generated(
+    stored = await store_generated(
         services,
         images,
         seeds=seeds,
@@ -551,7 +550,7 @@ async def controlled_generate(
     )
     first = used[0] if used else None
     return ControlledGenerateResult(
-        images=refs,
+        images=stored.images,
         seed=seed,
         model=name,
         parameters=parameters,
@@ -570,7 +569,8 @@ async def controlled_generate(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=params.reference_scale if reference else None,
         ip_adapter=ip_adapter,
-        verification=with_ids(checks, refs),
+        withheld=stored.withheld,
+        verification=stored.verification,
     )
 
 
@@ -660,7 +660,7 @@ async def _controlled_hosted(
         [*(["inpaint" if mask else "img2img"] if init else []), *(["reference"] if reference else [])]
     )
     parents = [r.record.id for r in (init, mask_source, reference) if r is not None]
-    refs, parameters = await store_hosted(
+    stored, parameters = await store_hosted(
         services,
         result,
         model=name,
@@ -671,7 +671,7 @@ async def _controlled_hosted(
         verification=checks,
     )
     return ControlledGenerateResult(
-        images=refs,
+        images=stored.images,
         seed=None,
         model=name,
         parameters=parameters,
@@ -691,6 +691,7 @@ async def _controlled_hosted(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=None,
         ip_adapter=None,
-        verification=with_ids(checks, refs),
+        withheld=stored.withheld,
+        verification=stored.verification,
         prompt_rewrite=rewrite,
     )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from PIL import Image
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from multimodal_mcp.backends.base import CancelToken, ControlInput, GenerationRequest, StepCallback
 from multimodal_mcp.backends.hosted import HostedImages, Usage
+from multimodal_mcp.backends.safety import Verdict
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.config import Limits, ModelSpec
-from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
+from multimodal_mcp.errors import BackendError, InvalidArgument, UnsupportedOperation
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -39,6 +41,8 @@ from multimodal_mcp.tools.verification import (
     verification_summary,
     verify_images,
 )
+
+logger = logging.getLogger(__name__)
 
 SchedulerName = Literal[ALL_SCHEDULERS]  # type: ignore[valid-type]
 
@@ -162,6 +166,12 @@ class GeneratedImage(ImageRef):
     )
 
 
+class WithheldImage(BaseModel):
+    seed: int | None = Field(description="The seed of the image that was withheld (null for hosted models).")
+    category: str = Field(description="What the safety filter flagged, e.g. 'nsfw'.")
+    reason: str
+
+
 class GenerationParameters(Params):
     prompt: str
     negative_prompt: str | None
@@ -190,14 +200,16 @@ class GenerateImageResult(Result):
         default=None,
         description="With enhance_prompt: the original prompt and the rewritten one the images came from.",
     )
+    withheld: list[WithheldImage] = Field(
+        default_factory=list,
+        description="Images the server's safety filter withheld (not stored, no id); empty when none.",
+    )
 
     def summary(self) -> str:
         return self._generation_text() + self._verification_text()
 
     def _generation_text(self) -> str:
         p = self.parameters
-        uris = ", ".join(img.uri for img in self.images)
-        first = self.images[0].uri
         if self.seed is None:
             sent = self.provider_parameters or {}
             how = f"{p.width}x{p.height}" + (f", quality {sent['quality']}" if sent.get("quality") else "")
@@ -206,11 +218,19 @@ class GenerateImageResult(Result):
                 f"seed {self.seed}, {p.width}x{p.height}, "
                 f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}"
             )
-        text = (
-            f"Generated {len(self.images)} image(s) with {self.model} ({how}) "
-            f"in {self.timings.total_seconds:.1f} s: "
-            f"{uris}.{self.prompt_rewrite.summary() if self.prompt_rewrite else ''} "
-            f"Next: check it with clip_classify or describe_image (image='{first}'), "
+        made = f"with {self.model} ({how}) in {self.timings.total_seconds:.1f} s"
+        notice = self.withheld_notice()
+        if not self.images:
+            return f"Generated no image to return {made}: {notice} Try a different prompt."
+        uris = ", ".join(img.uri for img in self.images)
+        first = self.images[0].uri
+        text = f"Generated {len(self.images)} image(s) {made}: {uris}."
+        if self.prompt_rewrite:
+            text += self.prompt_rewrite.summary()
+        if notice:
+            text += f" {notice}"
+        text += (
+            f" Next: check it with clip_classify or describe_image (image='{first}'), "
             "or compare_images against another image."
         )
         for img in self.images:
@@ -222,6 +242,15 @@ class GenerateImageResult(Result):
         if self.verification is None:
             return ""
         return "\n" + verification_summary(self.verification, [img.seed for img in self.images])
+
+    def withheld_notice(self) -> str:
+        if not self.withheld:
+            return ""
+        reasons = "; ".join(dict.fromkeys(w.reason for w in self.withheld))
+        return (
+            f"{len(self.withheld)} of {len(self.images) + len(self.withheld)} image(s) withheld by the "
+            f"server's safety filter ({reasons}); they were not stored and have no id."
+        )
 
     def preview_ids(self) -> list[str]:
         return [img.id for img in self.images]
@@ -288,6 +317,15 @@ def check_budget(limits: Limits, width: int, height: int, steps: int, num_images
         )
 
 
+class Stored(NamedTuple):
+    """What store_generated kept: the stored images, those the safety filter withheld, and the
+    kept images' verification (ids filled in; None without verify)."""
+
+    images: list[GeneratedImage]
+    withheld: list[WithheldImage]
+    verification: list[ImageVerification] | None
+
+
 async def store_generated(
     services: Services,
     images: list[Image.Image],
@@ -298,9 +336,14 @@ async def store_generated(
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
     verification: list[ImageVerification] | None = None,
-) -> list[GeneratedImage]:
-    """Store the images; with ``verification`` each image's scores are stored in its record and PNG
-    (``parameters.verification``)."""
+) -> Stored:
+    """Pass generated images through the safety filter (when on) and store those it lets through;
+    with ``verification`` each image's scores are stored in its record and PNG
+    (``parameters.verification``).
+
+    A withheld image is never written: it gets no id, so no resource or tool can serve it.
+    """
+    verdicts = await _screen(services, images)
     per_image: list[dict[str, object]] = (
         [{"verification": v.model_dump(exclude={"image_id"})} for v in verification]
         if verification is not None
@@ -323,13 +366,38 @@ async def store_generated(
                 parameters={**recorded, **own},
                 parents=parents,
             )
-            for image, seed, own in zip(images, seeds, per_image, strict=True)
+            for image, seed, own, verdict in zip(images, seeds, per_image, verdicts, strict=True)
+            if not verdict.flagged
         ]
 
     records = await in_thread(write)
-    return [
-        GeneratedImage(**ImageRef.of(r).model_dump(), seed=s) for r, s in zip(records, seeds, strict=True)
+    kept = [s for s, v in zip(seeds, verdicts, strict=True) if not v.flagged]
+    withheld = [
+        WithheldImage(seed=s, category=v.category, reason=v.reason)
+        for s, v in zip(seeds, verdicts, strict=True)
+        if v.flagged
     ]
+    refs = [GeneratedImage(**ImageRef.of(r).model_dump(), seed=s) for r, s in zip(records, kept, strict=True)]
+    checks = None
+    if verification is not None:  # the kept images' checks, with the ids they got
+        kept_checks = [c for c, v in zip(verification, verdicts, strict=True) if not v.flagged]
+        checks = [c.model_copy(update={"image_id": r.id}) for c, r in zip(kept_checks, refs, strict=True)]
+    return Stored(refs, withheld, checks)
+
+
+async def _screen(services: Services, images: list[Image.Image]) -> list[Verdict]:
+    gate = services.safety
+    if gate is None or not gate.enabled:
+        return [Verdict(flagged=False) for _ in images]
+    try:
+        return await in_thread(gate.check, images)
+    except Exception as exc:
+        # Fail closed: an image the filter could not check is not returned.
+        logger.error("the safety filter failed; withholding %d image(s)", len(images), exc_info=exc)
+        raise BackendError(
+            f"the server's safety filter could not check the {len(images)} generated image(s), so none "
+            "was stored or returned; try again, and tell the server's operator if it keeps failing"
+        ) from None
 
 
 def images_purchase(parameters: GenerationParameters) -> str:
@@ -382,8 +450,9 @@ async def store_hosted(
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
     verification: list[ImageVerification] | None = None,
-) -> tuple[list[GeneratedImage], GenerationParameters]:
-    """Store a hosted call's images like local ones, with what was sent embedded in each PNG."""
+) -> tuple[Stored, GenerationParameters]:
+    """Store a hosted call's images like local ones (past the safety filter, when on), with what was
+    sent embedded in each PNG."""
     first = result.images[0]
     parameters = GenerationParameters(
         prompt=prompt,
@@ -397,13 +466,13 @@ async def store_hosted(
     )
     revised = result.revised_prompts or [None] * len(result.images)
     checks: list[ImageVerification | None] = list(verification) if verification else [None] * len(revised)
-    refs = []
+    kept = Stored([], [], [] if verification else None)
     for image, rewritten, check in zip(result.images, revised, checks, strict=True):
         extra = {"backend": spec.backend, "source": spec.source, **result.sent, **(extra_parameters or {})}
         if rewritten:
             extra["revised_prompt"] = rewritten
         one = parameters.model_copy(update={"width": image.width, "height": image.height})
-        (ref,) = await store_generated(
+        stored = await store_generated(
             services,
             [image],
             seeds=[None],
@@ -413,8 +482,11 @@ async def store_hosted(
             extra_parameters=extra,
             verification=[check] if check is not None else None,
         )
-        refs.append(ref.model_copy(update={"revised_prompt": rewritten}))
-    return refs, parameters
+        kept.images.extend(ref.model_copy(update={"revised_prompt": rewritten}) for ref in stored.images)
+        kept.withheld.extend(stored.withheld)
+        if kept.verification is not None and stored.verification:
+            kept.verification.extend(stored.verification)
+    return kept, parameters
 
 
 async def _generate_hosted(
@@ -467,8 +539,8 @@ async def _generate_hosted(
         async with clock.infer():
             checks = await verify_images(services, result.images, params.prompt, params.verify_labels)
 
-    # 5. Store and describe
-    refs, parameters = await store_hosted(
+    # 5. Store (past the safety filter, when on) and describe
+    stored, parameters = await store_hosted(
         services,
         result,
         model=name,
@@ -478,14 +550,15 @@ async def _generate_hosted(
         verification=checks,
     )
     return GenerateImageResult(
-        images=refs,
+        images=stored.images,
         seed=None,
         model=name,
         parameters=parameters,
         usage=result.usage,
         provider_parameters=result.sent,
         timings=clock.timings(),
-        verification=with_ids(checks, refs),
+        withheld=stored.withheld,
+        verification=stored.verification,
         prompt_rewrite=rewrite,
     )
 
@@ -537,6 +610,8 @@ async def generate_image(
     1536x1024, 1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call;
     gemini-2.5-flash-image: 1024x1024, 1344x768, 768x1344 and other aspect ratios), num_images
     and quality (OpenAI), but no seed, steps, guidance or scheduler.
+    If the server runs a safety filter, images it flags are withheld (not stored, no id) and the
+    result's 'withheld' list says how many and why.
     """
     # 1. Check inputs
     name, spec = pick_model(services.config, params.model, "text_to_image", "text_to_image")
@@ -589,8 +664,8 @@ async def generate_image(
             asked = rewrite.original if rewrite else parameters.prompt
             checks = await verify_images(services, images, asked, params.verify_labels)
 
-    # 5. Store and describe
-    refs = await store_generated(
+    # 5. Store (past the safety filter, when on) and describe
+    stored = await store_generated(
         services,
         images,
         seeds=seeds,
@@ -600,20 +675,12 @@ async def generate_image(
         extra_parameters=rewrite.stored() if rewrite else None,
     )
     return GenerateImageResult(
-        images=refs,
+        images=stored.images,
         seed=seed,
         model=name,
         parameters=parameters,
         timings=clock.timings(),
-        verification=with_ids(checks, refs),
+        withheld=stored.withheld,
+        verification=stored.verification,
         prompt_rewrite=rewrite,
     )
-
-
-def with_ids(
-    checks: list[ImageVerification] | None, refs: list[GeneratedImage]
-) -> list[ImageVerification] | None:
-    """The checks with the ids the images got when stored."""
-    if checks is None:
-        return None
-    return [c.model_copy(update={"image_id": r.id}) for c, r in zip(checks, refs, strict=True)]
