@@ -499,6 +499,11 @@ class ServerSettings(_Frozen):
     )
     spending: SpendingSettings = SpendingSettings()
     safety: SafetySettings = SafetySettings()
+    path_delivery: bool | None = Field(
+        default=None,
+        description="Allow delivery='path' (the stored PNG's local path in results). Default: on for stdio, "
+        "off for HTTP, where clients do not share the server's disk and paths reveal its layout.",
+    )
 
 
 class HostedSettings(_Frozen):
@@ -1047,6 +1052,8 @@ def load_config(
         ]
         http["auth"] = auth
         server["http"] = http
+    if transport is not None and server.get("path_delivery") is None:
+        server["path_delivery"] = transport == "stdio"
     safety = server.get("safety")
     if transport is not None and isinstance(safety, dict | None):
         safety = dict(safety or {})

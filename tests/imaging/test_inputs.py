@@ -174,3 +174,19 @@ def test_image_ids_cannot_traverse_the_store(resolver: ImageResolver) -> None:
     ):
         with pytest.raises(NotFound, match="is not an image id"):
             resolver.resolve(value)
+
+
+def test_truncated_jpeg_base64_is_read_as_base64_and_not_echoed_as_a_path(resolver: ImageResolver) -> None:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    photo("coffee", 32).save(buf, format="JPEG")
+    encoded = base64.b64encode(buf.getvalue()).decode()
+    truncated = encoded[: len(encoded) // 2 + 1]  # starts with "/9j/", length not a multiple of 4
+    assert truncated.startswith("/9j/") and len(truncated) % 4
+    with pytest.raises(ImageInputError) as raised:
+        resolver.resolve(truncated)
+    message = str(raised.value)
+    assert "file" not in message and "path" not in message
+    assert truncated[:40] not in message

@@ -233,3 +233,28 @@ def test_the_estimate_is_documented_as_it_is_computed() -> None:
     assert image_tokens(768, 768, 30) == math.ceil(768 * 768 / 750)  # tiny data: the vision cost
     assert image_tokens(64, 64, 30_000) == 10_000  # large data: counted as text
     assert json.loads(json.dumps(CLIENT_LIMITS["claude-code"].model_dump()))["max_result_tokens"] == 25_000
+
+
+async def test_path_delivery_is_on_for_stdio_and_off_for_http_by_default(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    def loaded(transport: str) -> Any:
+        return load_config(
+            profile="tiny",
+            config_file=None,
+            cache_dir=tmp_path / "cache",
+            home=tmp_path,
+            overrides={"store_dir": tmp_path / "store", "tiny_dir": tiny_dir},
+            transport=transport,  # type: ignore[arg-type]
+        )
+
+    assert loaded("stdio").server.path_delivery is True
+    config = loaded("http")
+    assert config.server.path_delivery is False
+    server = build_server(config, create_services(config, devices=cpu_only()))
+    async with Client(server) as client:
+        arguments = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seed": 1}
+        error = await call_error(client, "generate_image", {**arguments, "delivery": "path"})
+        assert "delivery='path' is off on this server" in error
+        made = await call_ok(client, "generate_image", {**arguments, "delivery": "none"})
+        assert "path" not in made["images"][0]

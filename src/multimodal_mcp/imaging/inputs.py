@@ -169,7 +169,7 @@ def _looks_like_base64(value: str) -> bool:
     # almost always has a '.' or a character outside the base64 alphabet.
     if _BASE64ISH.match(value) is None:
         return False
-    if not value.startswith("/"):
+    if not value.startswith("/") or value.startswith("/9j/"):  # "/9j/": a JPEG's first bytes in base64
         return True
     compact = "".join(value.split())
     return len(compact) >= 64 and len(compact) % 4 == 0

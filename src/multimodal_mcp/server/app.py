@@ -488,6 +488,12 @@ def _register(
             params = params_model.model_validate(arguments)
         except ValidationError as exc:
             raise ToolError(_friendly_validation(name, exc)) from None
+        if (rendering.delivery or config.server.delivery) == "path" and config.server.path_delivery is False:
+            raise ToolError(
+                f"Invalid arguments for {name}: delivery='path' is off on this server (its clients do not "
+                "share its disk, e.g. over HTTP); use 'preview', 'full' or 'none' and read image:// "
+                "resources."
+            )
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(done, total, message)
