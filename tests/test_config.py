@@ -210,9 +210,9 @@ def test_invalid_hosted_configuration_is_reported(tmp_path: Path, text: str, mes
         (
             False,
             {"OPENAI_API_KEY": "k"},
-            "gpt-image-1",
+            "gpt-image-2",
             "gpt-4o",
-            "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models (gpt-image-1, gpt-4o) for "
+            "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models (gpt-image-2, gpt-4o) for "
             "generate_image, describe_image",
         ),
         (

@@ -816,18 +816,27 @@ _TINY_TASKS: dict[str, str] = {
 def hosted_models() -> dict[str, dict[str, Any]]:
     """The hosted models every profile but ``tiny`` offers (they need an API key at call time)."""
     return {
+        "gpt-image-2": {
+            "task": "text_to_image",
+            "backend": "openai",
+            "source": "gpt-image-2",
+            "description": "GPT Image 2 (OpenAI, hosted): text to image; edits with reference images, masks.",
+            "defaults": {"width": 1024, "height": 1024},
+        },
+        # OpenAI's SDK notes gpt-image-1 shut down on 2026-10-23 and DALL-E 3 retired on 2026-05-12; they
+        # stay for accounts and compatible servers that still serve them.
         "gpt-image-1": {
             "task": "text_to_image",
             "backend": "openai",
             "source": "gpt-image-1",
-            "description": "GPT Image 1 (OpenAI, hosted): text to image; edits with reference images, masks.",
+            "description": "GPT Image 1 (OpenAI, hosted; shut down by OpenAI 2026-10-23, use gpt-image-2).",
             "defaults": {"width": 1024, "height": 1024},
         },
         "dall-e-3": {
             "task": "text_to_image",
             "backend": "openai",
             "source": "dall-e-3",
-            "description": "DALL-E 3 (OpenAI, hosted): text to image, one per call; rewrites the prompt.",
+            "description": "DALL-E 3 (OpenAI, hosted; retired by OpenAI 2026-05-12): one image per call.",
             "defaults": {"width": 1024, "height": 1024},
         },
         "gpt-4o": {
@@ -897,12 +906,12 @@ def _auto_profile(
         )
         return _TINY_MODELS, tasks, (reason,)
     image_model, vlm_model = (
-        ("gpt-image-1", "gpt-4o") if openai_key else ("gemini-2.5-flash-image", "gemini-2.5-flash")
+        ("gpt-image-2", "gpt-4o") if openai_key else ("gemini-2.5-flash-image", "gemini-2.5-flash")
     )
     if openai_key and gemini_key:
-        chose = f"{openai_key} and {gemini_key} set -> hosted OpenAI models (gpt-image-1, gpt-4o)"
+        chose = f"{openai_key} and {gemini_key} set -> hosted OpenAI models (gpt-image-2, gpt-4o)"
     elif openai_key:
-        chose = f"{openai_key} set -> hosted OpenAI models (gpt-image-1, gpt-4o)"
+        chose = f"{openai_key} set -> hosted OpenAI models (gpt-image-2, gpt-4o)"
     else:
         chose = f"{gemini_key} set -> hosted Gemini models (gemini-2.5-flash-image, gemini-2.5-flash)"
     tasks["text_to_image"] = image_model
@@ -912,7 +921,7 @@ def _auto_profile(
         f"no CUDA GPU found; {chose} for generate_image, describe_image and compare_images(describe=True); "
         f"{tasks['prompt_rewrite']} rewrites prompts (enhance_prompt)",
         "controlled_generate and clip_classify have no hosted default -> 'tiny' models (random weights); "
-        "pass model='gpt-image-1' to controlled_generate for reference images and masks",
+        "pass model='gpt-image-2' to controlled_generate for reference images and masks",
     ]
     if openai_key and gemini_key:
         reasons.append("Gemini models are available by name (model='gemini-2.5-flash', ...)")

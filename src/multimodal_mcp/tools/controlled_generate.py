@@ -360,7 +360,7 @@ async def controlled_generate(
       mask comes back exactly as it was.
     ControlNet combines with either. Everything else works as in generate_image: verify,
     verify_labels and enhance_prompt included.
-    - Hosted model='gpt-image-1': init_image, mask_image and reference_image go to OpenAI's image
+    - Hosted model='gpt-image-2' (or -1): init_image, mask_image and reference_image go to OpenAI's image
       edits (the provider picks the output size unless width/height name one of its sizes, and
       repaints as it sees fit: pixels outside the mask are not guaranteed); no ControlNet.
     """
@@ -622,7 +622,7 @@ async def _controlled_hosted(
     model = services.hosted.image_model(name, spec)
     if not hasattr(model, "edit"):
         raise UnsupportedOperation(
-            f"hosted model {name!r} cannot edit pictures or take reference images; use gpt-image-1, or a "
+            f"hosted model {name!r} cannot edit pictures or take reference images; use gpt-image-2, or a "
             "local model (list_models)"
         )
     init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None

@@ -592,7 +592,7 @@ async def generate_image(
     params: GenerateImageParams, services: Services, progress: Progress | None = None
 ) -> GenerateImageResult:
     """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL,
-    Flux) or a hosted one (gpt-image-1, dall-e-3, gemini-2.5-flash-image; see list_models).
+    Flux) or a hosted one (gpt-image-2, dall-e-3, gemini-2.5-flash-image; see list_models).
 
     Each call has a budget of width*height*num_images pixels and width*height*steps*num_images
     pixel-steps; an error names the limit when a call goes over it.
@@ -606,7 +606,7 @@ async def generate_image(
     enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
     style, lighting, composition); the result returns both prompts, and the images are stored with
     both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.
-    Hosted models take prompt, width/height from their own sizes (gpt-image-1: 1024x1024,
+    Hosted models take prompt, width/height from their own sizes (gpt-image-2/-1: 1024x1024,
     1536x1024, 1024x1536; dall-e-3: 1024x1024, 1792x1024, 1024x1792, one image per call;
     gemini-2.5-flash-image: 1024x1024, 1344x768, 768x1344 and other aspect ratios), num_images
     and quality (OpenAI), but no seed, steps, guidance or scheduler.
