@@ -160,10 +160,11 @@ def _models(args: argparse.Namespace) -> int:
             f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
-    print(f"{'name':<24} {'task':<14} {'backend':<13} {'default for':<26} source")
+    width = max(24, *(len(name) for name in config.models))
+    print(f"{'name':<{width}} {'task':<14} {'backend':<13} {'default for':<26} source")
     for name, spec in config.models.items():
         print(
-            f"{name:<24} {spec.task:<14} {spec.backend:<13} "
+            f"{name:<{width}} {spec.task:<14} {spec.backend:<13} "
             f"{','.join(defaults.get(name, [])) or '-':<26} {spec.source}"
         )
     return 0
