@@ -145,7 +145,7 @@ paid = true
 
 def test_hosted_keys_come_from_the_given_environment_and_never_show(tmp_path: Path) -> None:
     config = _load(tmp_path, environ={"OPENAI_API_KEY": "sk-live-secret", "GOOGLE_API_KEY": "g-secret"})
-    openai, gemini = config.hosted.openai, config.hosted.gemini
+    openai, gemini = config.hosted.for_backend("openai"), config.hosted.for_backend("gemini")
     assert openai.api_key is not None and openai.api_key.get_secret_value() == "sk-live-secret"
     assert (openai.key_from, gemini.key_from) == ("OPENAI_API_KEY", "GOOGLE_API_KEY")  # the fallback
     for shown in (repr(config), str(config), config.model_dump_json(), str(config.model_dump())):
@@ -153,7 +153,10 @@ def test_hosted_keys_come_from_the_given_environment_and_never_show(tmp_path: Pa
     assert config.models["gpt-image-1"].hosted and config.models["gemini-2.5-flash"].task == "vlm"
     assert not config.models["sdxl"].hosted
     unset = _load(tmp_path)
-    assert unset.hosted.openai.api_key is None and unset.hosted.openai.key_from is None
+    assert (
+        unset.hosted.for_backend("openai").api_key is None
+        and unset.hosted.for_backend("openai").key_from is None
+    )
 
 
 def test_hosted_settings_come_from_the_file(tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ api_key_env = "MY_GEMINI"
 """,
         environ={"OPENAI_API_KEY": "sk-env", "MY_GEMINI": "gm", "GEMINI_API_KEY": "other"},
     )
-    openai = config.hosted.openai
+    openai = config.hosted.for_backend("openai")
     assert openai.key_from == "config file" and openai.api_key.get_secret_value() == "sk-from-file"  # type: ignore[union-attr]
     assert (openai.base_url, openai.timeout_seconds, openai.max_retries, openai.max_concurrency) == (
         "http://127.0.0.1:9/v1",
@@ -179,7 +182,7 @@ api_key_env = "MY_GEMINI"
         0,
         2,
     )
-    assert config.hosted.gemini.key_from == "MY_GEMINI"
+    assert config.hosted.for_backend("gemini").key_from == "MY_GEMINI"
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from multimodal_mcp import __version__
-from multimodal_mcp.config import HOSTED_BACKENDS, PROFILE_CHOICES, Config, ConfigError, load_config
+from multimodal_mcp import __version__, registry
+from multimodal_mcp.config import PROFILE_CHOICES, Config, ConfigError, load_config
 
 logger = logging.getLogger("multimodal_mcp")
 
@@ -154,7 +154,7 @@ def _models(args: argparse.Namespace) -> int:
     print(f"profile: {config.profile}")
     for reason in config.profile_reasons:
         print(f"  {reason}")
-    for backend in sorted(HOSTED_BACKENDS):
+    for backend in sorted(registry.hosted_backends()):
         settings = config.hosted.for_backend(backend)
         status = (
             f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"

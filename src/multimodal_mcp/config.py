@@ -26,12 +26,6 @@ from pydantic import (
 )
 
 Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text"]
-Backend = Literal["diffusers", "transformers", "openai", "gemini"]
-HOSTED_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
-"""Backends whose models run on a provider's servers (an API key, no local weights, no device lane);
-their models are paid unless their spec says ``paid = false``."""
-HOSTED_TASKS = frozenset({"text_to_image", "vlm", "text"})
-"""Tasks a hosted model may have."""
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
@@ -79,7 +73,12 @@ class ModelSpec(_Frozen):
     """One named model: what it does, how it is loaded, and its defaults."""
 
     task: Task
-    backend: Backend
+    backend: str = Field(
+        min_length=1,
+        max_length=64,
+        description="A registered backend (entry-point group multimodal_mcp.backends): diffusers, "
+        "transformers, openai, gemini, or one a plugin package adds.",
+    )
     source: str = Field(description="Hub id, local directory, or 'tiny:<name>' for a built-in tiny model.")
     dtype: DType = "auto"
     device: str | None = Field(
@@ -116,8 +115,19 @@ class ModelSpec(_Frozen):
 
     paid: bool | None = Field(
         default=None,
-        description="Whether a call costs money (see server.spending); default: true for hosted backends "
-        "(openai, gemini), false otherwise.",
+        description="Whether a call costs money (see server.spending); default: the backend's own "
+        "(true for hosted providers, false for local models).",
+    )
+    architecture: str | None = Field(
+        default=None,
+        max_length=32,
+        description="For diffusers text_to_image models: the pipeline family (sd, sdxl, flux, sd3), which "
+        "fixes what the model takes before it is loaded; default: read from the checkpoint or its name.",
+    )
+    capabilities: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of what the backend declares this model honours (see list_models), e.g. "
+        "{max_images = 1} for a server that makes one image per request.",
     )
 
     @model_validator(mode="after")
@@ -131,7 +141,7 @@ class ModelSpec(_Frozen):
 
     @property
     def is_paid(self) -> bool:
-        return self.paid if self.paid is not None else self.backend in HOSTED_BACKENDS
+        return self.paid if self.paid is not None else _backend(self.backend).paid
 
     @model_validator(mode="after")
     def _controlnet_fields(self) -> ModelSpec:
@@ -149,16 +159,31 @@ class ModelSpec(_Frozen):
             raise ValueError("'control_type' applies to controlnet models only")
         if self.task not in ("controlnet", "ip_adapter") and self.base_models:
             raise ValueError("'base_models' applies to controlnet and ip_adapter models only")
-        if self.backend in HOSTED_BACKENDS and self.task not in HOSTED_TASKS:
+        backend = _backend(self.backend)
+        if self.task not in backend.tasks:
             raise ValueError(
-                f"a {self.backend} model's task must be one of {sorted(HOSTED_TASKS)}, not {self.task!r}"
+                f"a {self.backend} model's task must be one of {sorted(backend.tasks)}, not {self.task!r}"
             )
+        if self.capabilities:
+            from multimodal_mcp.capabilities import Capabilities
+
+            Capabilities().merged(self.capabilities)  # unknown or ill-typed keys fail here
         return self
 
     @property
     def hosted(self) -> bool:
         """True for models run by a provider's API (no local weights, no device lane)."""
-        return self.backend in HOSTED_BACKENDS
+        return _backend(self.backend).hosted
+
+
+def _backend(name: str) -> Any:
+    """The registered backend ``name`` (imported here: the registry sits above the configuration)."""
+    from multimodal_mcp import registry
+
+    try:
+        return registry.get(name)
+    except registry.UnknownBackend as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Limits(_Frozen):
@@ -536,19 +561,15 @@ class HostedSettings(_Frozen):
 
 
 class HostedConfig(_Frozen):
-    """``[hosted.openai]`` and ``[hosted.gemini]``."""
+    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved."""
 
-    openai: HostedSettings = HostedSettings(
-        api_key_env="OPENAI_API_KEY", base_url="https://api.openai.com/v1"
-    )
-    gemini: HostedSettings = HostedSettings(
-        api_key_env="GEMINI_API_KEY",
-        api_key_env_fallbacks=("GOOGLE_API_KEY",),
-        base_url="https://generativelanguage.googleapis.com/",
-    )
+    providers: dict[str, HostedSettings] = Field(default_factory=dict)
 
     def for_backend(self, backend: str) -> HostedSettings:
-        settings: HostedSettings = getattr(self, backend)
+        """The settings of hosted backend ``backend`` (its defaults when the file has no table)."""
+        settings = self.providers.get(backend)
+        if settings is None:
+            settings = _backend(backend).default_settings()
         return settings
 
 
@@ -889,8 +910,8 @@ def _auto_profile(
     hosted: HostedConfig, has_gpu: bool
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str], tuple[str, ...]]:
     """The ``auto`` profile: local models on a GPU, hosted ones where keys are set, else ``tiny``."""
-    openai_key = hosted.openai.key_from
-    gemini_key = hosted.gemini.key_from
+    openai_key = hosted.for_backend("openai").key_from
+    gemini_key = hosted.for_backend("gemini").key_from
     keys = [k for k in (openai_key, gemini_key) if k]
     if has_gpu:
         reasons = ["CUDA GPU found -> local 'default' models for every tool"]
@@ -929,19 +950,25 @@ def _auto_profile(
 
 
 def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: str) -> HostedConfig:
-    """Read ``[hosted.*]`` and look each provider's key up in ``environ`` (unless the file sets one)."""
-    unknown = set(data) - {"openai", "gemini"}
+    """Read ``[hosted.*]`` (one table per registered hosted backend) and look each provider's key up
+    in ``environ`` (unless the file sets one)."""
+    from multimodal_mcp import registry
+
+    hosted = registry.hosted_backends()
+    unknown = set(data) - set(hosted)
     if unknown:
-        raise ConfigError(f"{where}: unknown [hosted] tables {sorted(unknown)}; expected openai, gemini")
-    base = HostedConfig()
+        raise ConfigError(
+            f"{where}: unknown [hosted] tables {sorted(unknown)}; "
+            f"hosted backends: {', '.join(sorted(hosted))}"
+        )
     resolved: dict[str, HostedSettings] = {}
-    for backend in ("openai", "gemini"):
+    for backend, plugin in hosted.items():
         table = dict(data.get(backend, {}))
         if "key_from" in table:
             raise ConfigError(f"{where}: hosted.{backend}.key_from is set by the server, not the file")
         try:
             settings = HostedSettings.model_validate(
-                {**base.for_backend(backend).model_dump(exclude={"api_key", "key_from"}), **table}
+                {**plugin.default_settings().model_dump(exclude={"api_key", "key_from"}), **table}
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -960,7 +987,7 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
             else:
                 settings = settings.model_copy(update={"api_key": None, "key_from": None})
         resolved[backend] = settings
-    return HostedConfig(**resolved)
+    return HostedConfig(providers=resolved)
 
 
 def _expand(path: str | Path, home: Path) -> Path:

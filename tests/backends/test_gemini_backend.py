@@ -208,10 +208,10 @@ async def test_chat_models_complete_text_only_prompts_with_a_system_instruction(
     hosted_services,  # type: ignore[no-untyped-def]
 ) -> None:
     gemini_fake.answer = "a fox at dawn"
-    chat = hosted_services.hosted.chat_model(
-        "gemini-2.5-flash", hosted_services.config.models["gemini-2.5-flash"]
+    answer = await hosted_services.hub.text_chat("gemini-2.5-flash").complete(
+        "You rewrite prompts.", "fox", max_tokens=40
     )
-    assert await chat.complete("You rewrite prompts.", "fox", 40) == ("a fox at dawn", 11)
+    assert (answer.text, answer.tokens) == ("a fox at dawn", 11)
     body = gemini_fake.requests[0].json
     assert body["systemInstruction"]["parts"] == [{"text": "You rewrite prompts."}]
     assert (

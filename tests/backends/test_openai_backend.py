@@ -80,18 +80,19 @@ async def test_dall_e_3_returns_its_revised_prompt_and_refuses_what_it_cannot_do
     def gen(**arguments: object) -> dict[str, object]:
         return {"prompt": "x", "model": "dall-e-3", **arguments}
 
-    assert "one image per call" in await call_error(hosted_client, "generate_image", gen(num_images=2))
+    one = await call_error(hosted_client, "generate_image", gen(num_images=2))
+    assert "model 'dall-e-3' does not take num_images=2 (it takes num_images: at most 1)" in one
+    assert "models that do: " in one and "gpt-image-2" in one
     size_error = await call_error(hosted_client, "generate_image", gen(width=512, height=512))
     assert "1024x1024, 1792x1024, 1024x1792 only, not 512x512" in size_error
-    assert "takes quality standard, hd, not 'low'" in await call_error(
+    assert "does not take quality='low' (it takes quality: standard, hd)" in await call_error(
         hosted_client, "generate_image", gen(quality="low")
     )
-    assert "not supported by hosted model 'dall-e-3'" in await call_error(
-        hosted_client, "generate_image", gen(seed=3, steps=20)
-    )
-    assert "quality applies to hosted models" in await call_error(
-        hosted_client, "generate_image", {"prompt": "x", "quality": "hd"}
-    )
+    seeded = await call_error(hosted_client, "generate_image", gen(seed=3, steps=20))
+    assert "model 'dall-e-3' does not take `steps`; models that do: tiny-sd15" in seeded
+    assert "It does not take `seed` either." in seeded
+    local = await call_error(hosted_client, "generate_image", {"prompt": "x", "quality": "hd"})
+    assert "model 'tiny-sd15' does not take quality='hd'; models that do: dall-e-3" in local
     assert len(openai_fake.requests) == 1  # refused before any request
 
 
@@ -135,15 +136,19 @@ async def test_controlnet_on_a_hosted_model_names_what_it_supports(
     message = await call_error(
         hosted_client, "controlled_generate", {"prompt": "x", "model": "gpt-image-1", "control_image": image}
     )
-    assert "ControlNet controls" in message and "init_image (edit), mask_image (inpainting)" in message
+    assert "model 'gpt-image-1' does not take `control_image`; models that do: tiny-sd15" in message
+    assert "OpenAI" not in message  # about the model, not its provider
     message = await call_error(
         hosted_client,
         "controlled_generate",
         {"prompt": "x", "model": "gpt-image-1", "init_image": image, "strength": 0.3},
     )
-    assert "strength: not supported by hosted model 'gpt-image-1'" in message
-    assert "cannot edit" in await call_error(
+    assert "model 'gpt-image-1' does not take `strength`; models that do: tiny-sd15" in message
+    cannot = await call_error(
         hosted_client, "controlled_generate", {"prompt": "x", "model": "dall-e-3", "init_image": image}
+    )
+    assert (
+        "model 'dall-e-3' does not take `init_image`; models that do:" in cannot and "gpt-image-2" in cannot
     )
     assert openai_fake.requests == []
 
@@ -348,16 +353,15 @@ async def test_chat_models_complete_text_only_prompts(
     hosted_services: Services, openai_fake: OpenAIFake
 ) -> None:
     openai_fake.chat_answer = "a watercolor fox in morning fog, soft light"
-    spec = hosted_services.config.models["gpt-4o"]
-    chat = hosted_services.hosted.chat_model("gpt-4o", spec)
-    text, tokens = await chat.complete("You rewrite prompts.", "fox", 60)
-    assert (text, tokens) == ("a watercolor fox in morning fog, soft light", 9)
+    chat = hosted_services.hub.text_chat("gpt-4o")
+    answer = await chat.complete("You rewrite prompts.", "fox", max_tokens=60)
+    assert (answer.text, answer.tokens) == ("a watercolor fox in morning fog, soft light", 9)
     assert openai_fake.requests[0].json["messages"] == [
         {"role": "system", "content": "You rewrite prompts."},
         {"role": "user", "content": "fox"},
     ]
     assert openai_fake.requests[0].json["max_completion_tokens"] == 60
-    await hosted_services.hosted.aclose()
+    await hosted_services.hub.aclose()
 
 
 async def test_a_slow_hosted_call_does_not_hold_up_local_models(
@@ -419,11 +423,10 @@ async def test_requests_beyond_the_concurrency_limit_wait_and_clients_close_at_s
         assert len(openai_fake.requests) == 1
         openai_fake.release.set()
     assert len(results) == 2 and len(openai_fake.requests) == 2
-    sdk_client = services.hosted._clients.get("openai")
-    assert sdk_client is None  # closed and dropped when the server stopped
+    assert services.hub.connections.open_clients() == []  # closed and dropped when the server stopped
 
 
-def test_a_missing_sdk_names_the_extra_to_install(
+async def test_a_missing_sdk_names_the_extra_to_install(
     hosted_services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
@@ -432,6 +435,6 @@ def test_a_missing_sdk_names_the_extra_to_install(
 
     monkeypatch.setitem(sys.modules, "openai", None)  # as if the package were not installed
     with pytest.raises(
-        BackendError, match=r"need the 'openai' package: pip install 'multimodal-mcp\[openai\]'"
+        BackendError, match=r"needs the 'openai' package: pip install 'multimodal-mcp\[openai\]'"
     ):
-        hosted_services.hosted.chat_model("gpt-4o", hosted_services.config.models["gpt-4o"])
+        await hosted_services.hub.text_chat("gpt-4o").complete("s", "p", max_tokens=5)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from multimodal_mcp import registry
 from multimodal_mcp.backends.base import LoadContext
-from multimodal_mcp.backends.registry import get_loader
 from multimodal_mcp.config import Config
 
 
@@ -11,7 +11,9 @@ def test_the_tiny_text_model_loads_through_the_registry_and_completes_determinis
     config: Config, tiny_dir: Path
 ) -> None:
     spec = config.models["tiny-text"]
-    model = get_loader(spec.backend, spec.task)("tiny-text", spec, LoadContext("cpu", tiny_dir))
+    backend = registry.get(spec.backend)
+    assert isinstance(backend, registry.LocalBackend)
+    model = backend.load("tiny-text", spec, LoadContext("cpu", tiny_dir))
     chat = model._chat("Rewrite prompts.", "a red fox")
     assert chat.startswith("SYSTEM: Rewrite prompts.\nUSER: a red fox\n") and chat.endswith("ASSISTANT:")
     first = model.complete("Rewrite prompts.", "a red fox", 12)

@@ -88,10 +88,14 @@ async def test_generate_on_openai_describe_on_gemini_compare_on_openai_chain_by_
     assert "sk-test" not in str(listed.structured_content) and "gm-test" not in text_of(listed)
 
 
-async def test_hosted_only_arguments_on_local_models_are_errors(client: Client) -> None:
+async def test_arguments_a_local_model_does_not_take_are_errors_written_from_its_capabilities(
+    client: Client,
+) -> None:
     image = data_uri(photo("coffee", 32))
     message = await call_error(client, "describe_image", {"image": image, "detail": "high"})
-    assert "detail applies to hosted models (OpenAI, Gemini) only; 'tiny-vlm' is a local model" in message
+    # The tiny profile has no model that takes detail, and the message names no provider.
+    assert "model 'tiny-vlm' does not take detail='high'; no configured model does" in message
+    assert "OpenAI" not in message and "Gemini" not in message
     message = await call_error(
         client, "compare_images", {"image_a": image, "image_b": image, "detail": "low"}
     )
@@ -99,7 +103,7 @@ async def test_hosted_only_arguments_on_local_models_are_errors(client: Client) 
     message = await call_error(
         client, "compare_images", {"image_a": image, "image_b": image, "describe": True, "detail": "low"}
     )
-    assert "detail applies to hosted models" in message
+    assert "model 'tiny-vlm' does not take detail='low'" in message
 
 
 async def test_a_local_vlm_is_prompted_for_json_and_its_answer_is_checked(client: Client) -> None:

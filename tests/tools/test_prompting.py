@@ -62,13 +62,14 @@ def test_the_system_instruction_asks_for_detail_keeps_intent_and_forbids_comment
 async def test_rewriting_runs_the_configured_tiny_text_model_and_sanitises_its_answer(
     services: Services,
 ) -> None:
-    name, spec = pick_rewriter(services.config)
+    name = pick_rewriter(services.config)
+    spec = services.config.models[name]
     assert name == "tiny-text" and spec.task == "text"
     async with services.pool.running():
         raw, raw_tokens = await complete(
-            services, Clock(), name, spec, REWRITE_SYSTEM, "a cozy bookshop", spec.defaults.max_tokens or 1
+            services, Clock(), name, REWRITE_SYSTEM, "a cozy bookshop", spec.defaults.max_tokens or 1
         )
-        rewrite = await rewrite_prompt(services, Clock(), name, spec, "a cozy bookshop")
+        rewrite = await rewrite_prompt(services, Clock(), name, "a cozy bookshop")
     assert raw_tokens == rewrite.tokens and 0 < rewrite.tokens <= (spec.defaults.max_tokens or 0)
     # Greedy decoding: the rewrite is exactly the model's answer, cleaned.
     assert rewrite.rewritten and rewrite.prompt == sanitize_rewrite(raw, 4000) != ""
@@ -82,8 +83,8 @@ async def test_an_unusable_answer_falls_back_to_the_original_prompt_and_says_so(
         return "ASSISTANT: <|im_end|>", 2
 
     monkeypatch.setattr(prompting, "complete", chat_debris)
-    name, spec = pick_rewriter(services.config)
-    rewrite = await rewrite_prompt(services, Clock(), name, spec, "a cozy bookshop")
+    name = pick_rewriter(services.config)
+    rewrite = await rewrite_prompt(services, Clock(), name, "a cozy bookshop")
     assert not rewrite.rewritten and rewrite.prompt == rewrite.original == "a cozy bookshop"
     assert rewrite.note == "tiny-text returned no usable prompt"
     assert "original prompt was used" in rewrite.summary()

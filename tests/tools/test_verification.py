@@ -134,7 +134,11 @@ class _FixedClip:
 
 
 def _stub_services(config: Config, clip: _FixedClip) -> Any:
-    return SimpleNamespace(config=config, pool=SimpleNamespace(clip=lambda name: clip))
+    hub = SimpleNamespace(
+        pick=lambda requested, default_for, task: requested or config.defaults[default_for],
+        embedder=lambda name: clip,
+    )
+    return SimpleNamespace(config=config, hub=hub)
 
 
 async def test_a_label_scores_its_two_way_probability_against_neutral_captions(config: Config) -> None:

@@ -14,14 +14,17 @@ from multimodal_mcp.backends.base import CancelToken, GenerationRequest, LoadCon
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import (
+    TINY_SOURCE_PREFIX,
     load_error,
     pretrained_options,
     quiet_progress_bars,
     require_safetensors,
     resolve_source,
 )
-from multimodal_mcp.config import ModelSpec
+from multimodal_mcp.capabilities import Capabilities, SizeRule
+from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
+from multimodal_mcp.registry import LocalBackend
 
 logger = logging.getLogger(__name__)
 
@@ -213,18 +216,29 @@ class DiffusionModel:
         cancel.raise_if_cancelled()
         if request.reference is None:
             with torch.inference_mode():
-                return list(pipe(**kwargs).images)
-        # The adapter's attention processors go into the shared UNet for this call only; calls on a
-        # device run one at a time, and the finally clause restores the UNet for the next one.
-        pipe.load_ip_adapter(
-            request.reference.adapter.state_dict, subfolder=None, weight_name=None, image_encoder_folder=None
-        )
-        try:
-            pipe.set_ip_adapter_scale(request.reference.scale)
-            with torch.inference_mode():
-                return list(pipe(**kwargs).images)
-        finally:
-            pipe.unload_ip_adapter()
+                images = list(pipe(**kwargs).images)
+        else:
+            # The adapter's attention processors go into the shared UNet for this call only; calls on a
+            # device run one at a time, and the finally clause restores the UNet for the next one.
+            pipe.load_ip_adapter(
+                request.reference.adapter.state_dict,
+                subfolder=None,
+                weight_name=None,
+                image_encoder_folder=None,
+            )
+            try:
+                pipe.set_ip_adapter_scale(request.reference.scale)
+                with torch.inference_mode():
+                    images = list(pipe(**kwargs).images)
+            finally:
+                pipe.unload_ip_adapter()
+        if request.init_image is not None and request.mask_image is not None:
+            # Inpainting: every pixel outside the mask comes back exactly, feathered only inside it.
+            from multimodal_mcp.imaging.analysis import keep_outside_mask
+
+            original = request.init_image.convert("RGB")
+            images = [keep_outside_mask(original, image, request.mask_image) for image in images]
+        return images
 
     def supports(self, mode: str) -> bool:
         return mode == "text2img" or (self.family, mode) in _PIPELINES
@@ -380,3 +394,102 @@ def _check_denoising_steps(steps: int, strength: float) -> None:
         f"steps={steps} with strength={strength} leaves no denoising step (img2img and inpainting run "
         f"int(steps * strength) of them); use {fix}"
     )
+
+
+# --- the backend: what the registry knows about diffusers models ---------------------------------
+
+ARCHITECTURES = ("sd", "sdxl", "flux", "sd3")
+_TINY_ARCHITECTURES = {"sd15": "sd", "sdxl": "sdxl", "flux": "flux", "sd3": "sd3"}
+
+
+def architecture_of(spec: ModelSpec) -> str:
+    """The pipeline family of a text-to-image model, before loading it: the config's
+    ``architecture``, else the checkpoint's ``model_index.json`` when it is on disk, else its name."""
+    if spec.architecture:
+        return spec.architecture
+    source = spec.source
+    if source.startswith(TINY_SOURCE_PREFIX):
+        return _TINY_ARCHITECTURES.get(source[len(TINY_SOURCE_PREFIX) :], "sd")
+    folder = _on_disk(source)
+    if folder is not None:
+        import json
+        from pathlib import Path
+
+        try:
+            class_name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name", "")
+            return _family_of_class(str(class_name))
+        except (OSError, ValueError):
+            pass
+    lowered = source.lower()
+    if "flux" in lowered:
+        return "flux"
+    if "stable-diffusion-3" in lowered or "sd3" in lowered:
+        return "sd3"
+    if "xl" in lowered:
+        return "sdxl"
+    return "sd"
+
+
+def _on_disk(source: str) -> str | None:
+    from pathlib import Path
+
+    return source if Path(source).is_dir() else None
+
+
+def _family_of_class(name: str) -> str:
+    if name.startswith("Flux"):
+        return "flux"
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    return "sd"
+
+
+class DiffusersBackend(LocalBackend):
+    """Stable Diffusion 1.5, SDXL, SD3 and Flux pipelines, their ControlNets and IP-Adapters."""
+
+    title = "diffusers (local)"
+    tasks = frozenset({"text_to_image", "controlnet", "ip_adapter"})
+
+    def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
+        if spec.task == "controlnet":
+            return load_controlnet(name, spec, ctx)
+        if spec.task == "ip_adapter":
+            return load_ip_adapter(name, spec, ctx)
+        return load_text_to_image(name, spec, ctx)
+
+    def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
+        if spec.task != "text_to_image":
+            return Capabilities()  # components: a text_to_image model attaches them by name
+        family = architecture_of(spec)
+        flow = family in ("flux", "sd3")
+        controls = sorted(
+            {
+                other.control_type
+                for other in config.models.values()
+                if other.task == "controlnet" and other.control_type and name in other.base_models
+            }
+        )
+        controls = [c for c in controls if (family, "control") in _PIPELINES]
+        adapters = any(
+            other.task == "ip_adapter" and name in other.base_models for other in config.models.values()
+        )
+        return Capabilities(
+            seed=True,
+            negative_prompt=family != "flux",
+            steps=True,
+            guidance_scale=True,
+            schedulers=tuple(choices_for(flow)),
+            sizes=SizeRule(multiple_of=16 if flow else 8),
+            max_images=16,
+            edit_modes=tuple(m for m in ("img2img", "inpaint") if (family, m) in _PIPELINES),  # type: ignore[misc]
+            strength=(family, "img2img") in _PIPELINES,
+            control_types=tuple(controls),
+            reference_images=1 if adapters else 0,
+            reference_scale=adapters,
+            exact_outside_mask=(family, "inpaint") in _PIPELINES,
+        )
+
+
+backend = DiffusersBackend()

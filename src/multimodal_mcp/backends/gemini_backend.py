@@ -1,5 +1,7 @@
 """Gemini models through ``google-genai``'s async client (``pip install multimodal-mcp[gemini]``).
 
+The SDK is imported when the first client is made, not with this module.
+
 ``google-genai`` is Google's maintained SDK; the older ``google-generativeai`` is deprecated and
 not used. Vision chat takes several images in one request (compare_images sends both), answers
 in JSON against a schema on request, and the image model generates through ``generate_content``
@@ -13,31 +15,33 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import anyio
-from google import genai
-from google.genai import errors, types
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import (
-    Detail,
-    HostedAnswer,
-    HostedClients,
-    HostedImages,
-    Usage,
-    clean_message,
-    png_bytes,
-)
-from multimodal_mcp.config import HostedSettings, ModelSpec
-from multimodal_mcp.errors import Busy, InvalidArgument, ProviderError
+from multimodal_mcp.backends.hosted import Connection, clean_message, png_bytes
+from multimodal_mcp.capabilities import Capabilities, SizeRule
+from multimodal_mcp.config import Config, HostedSettings, ModelSpec
+from multimodal_mcp.errors import Busy, ProviderError
+from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, Handle, ImageRequest, Progress, Usage
 from multimodal_mcp.imaging.codec import decode_image
+from multimodal_mcp.registry import HostedBackend
 
-try:  # the HTTP library google-genai runs on: httpx2 in newer releases, httpx before
-    import httpx2 as _http
-except ImportError:  # pragma: no cover
-    import httpx as _http  # type: ignore[no-redef]
+
+def _sdk() -> Any:
+    """google-genai's modules and the HTTP library it runs on (httpx2 in newer releases, httpx before)."""
+    from google import genai
+    from google.genai import errors, types
+
+    try:
+        import httpx2 as http
+    except ImportError:  # pragma: no cover
+        import httpx as http  # type: ignore[no-redef]
+    return SimpleNamespace(genai=genai, errors=errors, types=types, http=http)
+
 
 T = TypeVar("T")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -71,25 +75,7 @@ IMAGE_SIZES: dict[tuple[int, int], str] = {
 }
 
 
-def make_client(settings: HostedSettings) -> Any:
-    assert settings.api_key is not None
-    client = genai.Client(
-        api_key=settings.api_key.get_secret_value(),
-        vertexai=False,
-        http_options=types.HttpOptions(
-            base_url=settings.base_url,
-            timeout=math.ceil(settings.timeout_seconds * 1000),
-            retry_options=types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
-        ),
-    )
-    return client.aio
-
-
-async def close_client(client: Any) -> None:
-    await client.aclose()
-
-
-def _retry_delay(exc: errors.APIError, attempt: int) -> float:
+def _retry_delay(exc: Any, attempt: int) -> float:
     """Retry-After (seconds), else the API's RetryInfo delay ('20s'), else exponential backoff."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
@@ -109,48 +95,63 @@ def _retry_delay(exc: errors.APIError, attempt: int) -> float:
     return float(min(0.5 * 2**attempt, 8.0))
 
 
+def _capabilities(spec: ModelSpec) -> Capabilities:
+    if spec.task == "text_to_image":
+        return Capabilities(
+            sizes=SizeRule(fixed=tuple(IMAGE_SIZES), labels=tuple(IMAGE_SIZES.values())), max_images=16
+        )
+    if spec.task == "vlm":
+        return Capabilities(
+            images_per_request=16, detail_levels=("low", "high", "auto"), structured_output="native"
+        )
+    return Capabilities()
+
+
 class _Calls:
-    def __init__(self, clients: HostedClients, client: Any, name: str, spec: ModelSpec) -> None:
-        self.clients = clients
-        self.client = client
+    def __init__(self, connection: Connection, name: str, spec: ModelSpec) -> None:
+        self.connection = connection
         self.name = name
         self.spec = spec
-        self.settings = clients.settings.gemini
+        self.settings = connection.settings
+        self.table = f"hosted.{connection.backend.name}"
+        self.capabilities = _capabilities(spec).merged(spec.capabilities)
 
-    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, request: Callable[[Any], Awaitable[T]]) -> T:
+        """``request(client)`` with retries (honouring Retry-After), its failures as curated errors."""
+        client = self.connection.client(self.name)  # first: it names the extra when the SDK is missing
+        sdk = _sdk()
+        errors, _http = sdk.errors, sdk.http
         attempts = self.settings.max_retries + 1
-        async with self.clients.limit("gemini"):
-            for attempt in range(attempts):
-                last = attempt == attempts - 1
-                self.clients.requests["gemini"] += 1
-                try:
-                    return await request()
-                except errors.APIError as exc:
-                    if exc.code in RETRY_STATUS and not last:
-                        await anyio.sleep(_retry_delay(exc, attempt))
-                        continue
-                    raise self._api_error(exc) from None
-                except _http.TimeoutException:
-                    if not last:
-                        continue
-                    raise ProviderError(
-                        f"Gemini did not answer model {self.name!r} within "
-                        f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
-                        "or raise hosted.gemini.timeout_seconds"
-                    ) from None
-                except _http.TransportError:
-                    if not last:
-                        await anyio.sleep(min(0.5 * 2**attempt, 8.0))
-                        continue
-                    raise ProviderError(
-                        f"could not reach Gemini at {self.settings.base_url} for model {self.name!r} "
-                        f"(tried {attempts} time(s)); check the network or hosted.gemini.base_url"
-                    ) from None
-                except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
-                    raise self.malformed("a response that does not match the API's format") from None
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                return await self.connection.call(lambda: request(client))
+            except errors.APIError as exc:
+                if exc.code in RETRY_STATUS and not last:
+                    await anyio.sleep(_retry_delay(exc, attempt))
+                    continue
+                raise self._api_error(exc) from None
+            except _http.TimeoutException:
+                if not last:
+                    continue
+                raise ProviderError(
+                    f"Gemini did not answer model {self.name!r} within "
+                    f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
+                    f"or raise {self.table}.timeout_seconds"
+                ) from None
+            except _http.TransportError:
+                if not last:
+                    await anyio.sleep(min(0.5 * 2**attempt, 8.0))
+                    continue
+                raise ProviderError(
+                    f"could not reach Gemini at {self.settings.base_url} for model {self.name!r} "
+                    f"(tried {attempts} time(s)); check the network or {self.table}.base_url"
+                ) from None
+            except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
+                raise self.malformed("a response that does not match the API's format") from None
         raise AssertionError("unreachable")
 
-    def _api_error(self, exc: errors.APIError) -> Exception:
+    def _api_error(self, exc: Any) -> Exception:
         message = clean_message(exc.message or exc.status or "", self.settings)
         if exc.code in (401, 403) or (exc.code == 400 and "api key" in message.lower()):
             return ProviderError(
@@ -171,7 +172,7 @@ class _Calls:
 
     def malformed(self, what: str) -> ProviderError:
         return ProviderError(
-            f"Gemini sent {what} for model {self.name!r}; try again, or check hosted.gemini.base_url"
+            f"Gemini sent {what} for model {self.name!r}; try again, or check {self.table}.base_url"
         )
 
     def check_refusal(self, response: Any) -> None:
@@ -212,16 +213,16 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-def _image_part(image: Image.Image) -> types.Part:
-    return types.Part.from_bytes(data=png_bytes(image.convert("RGB")), mime_type="image/png")
+def _image_part(image: Image.Image) -> Any:
+    return _sdk().types.Part.from_bytes(data=png_bytes(image.convert("RGB")), mime_type="image/png")
 
 
-class ChatModel(_Calls):
-    """Gemini answering about one or several images (all in one request)."""
+class GeminiChat(_Calls):
+    """Gemini answering about one or several images (all in one request), or text alone."""
 
-    async def _generate(self, contents: list[Any], config: types.GenerateContentConfig) -> HostedAnswer:
+    async def _generate(self, contents: list[Any], config: Any) -> ChatAnswer:
         response = await self.call(
-            lambda: self.client.models.generate_content(
+            lambda client: client.models.generate_content(
                 model=self.spec.source, contents=contents, config=config
             )
         )
@@ -233,38 +234,42 @@ class ChatModel(_Calls):
         )
         if not text:
             raise self.malformed("a response without text")
-        return HostedAnswer(text.strip(), self.usage(response, 0))
+        usage = self.usage(response, 0)
+        return ChatAnswer(text.strip(), usage.completion_tokens or 0, usage)
 
     async def answer(
         self,
-        images: list[Image.Image],
+        images: Sequence[Image.Image],
         prompt: str,
         *,
         max_tokens: int,
-        detail: Detail | None,
-        schema: dict[str, Any] | None,
-    ) -> HostedAnswer:
+        detail: Detail | None = None,
+        schema: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> ChatAnswer:
+        types = _sdk().types
         config = types.GenerateContentConfig(max_output_tokens=max_tokens)
         if detail in MEDIA_RESOLUTION:
             config.media_resolution = types.MediaResolution(MEDIA_RESOLUTION[detail])
         if schema is not None:
             config.response_mime_type = "application/json"
-            config.response_json_schema = schema
+            config.response_json_schema = dict(schema)
         contents: list[Any] = [prompt, *(_image_part(image) for image in images)]
         return await self._generate(contents, config)
 
-    async def complete(self, system: str, prompt: str, max_tokens: int) -> tuple[str, int]:
-        config = types.GenerateContentConfig(max_output_tokens=max_tokens, system_instruction=system)
-        answer = await self._generate([prompt], config)
-        return answer.text, answer.usage.completion_tokens or 0
+    async def complete(
+        self, system: str, prompt: str, *, max_tokens: int, progress: Progress | None = None
+    ) -> ChatAnswer:
+        config = _sdk().types.GenerateContentConfig(max_output_tokens=max_tokens, system_instruction=system)
+        return await self._generate([prompt], config)
 
 
-class ImageModel(_Calls):
+class GeminiImageGenerator(_Calls):
     """Gemini's image model: ``generate_content`` with an image response modality, one image a request."""
 
-    async def _one(self, prompt: str, config: types.GenerateContentConfig) -> tuple[Image.Image, Usage]:
+    async def _one(self, prompt: str, config: Any) -> tuple[Image.Image, Usage]:
         response = await self.call(
-            lambda: self.client.models.generate_content(
+            lambda client: client.models.generate_content(
                 model=self.spec.source, contents=[prompt], config=config
             )
         )
@@ -289,16 +294,14 @@ class ImageModel(_Calls):
             )
         return image, self.usage(response, 1)
 
-    async def generate(
-        self, prompt: str, *, width: int | None, height: int | None, quality: str | None, n: int
-    ) -> HostedImages:
-        if quality is not None:
-            raise InvalidArgument(f"model {self.name!r} takes no quality; omit it")
-        size = _pick_size(self.name, width, height)
+    async def generate(self, request: ImageRequest, *, progress: Progress | None = None) -> GeneratedImages:
+        types = _sdk().types
+        size = (request.width, request.height) if request.width and request.height else (1024, 1024)
         ratio = IMAGE_SIZES[size]
         config = types.GenerateContentConfig(
             response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio=ratio)
         )
+        prompt, n = request.prompt, request.num_images
         results: list[tuple[Image.Image, Usage] | None] = [None] * n
 
         async def one(i: int) -> None:
@@ -317,7 +320,7 @@ class ImageModel(_Calls):
             images=len(done),
         )
         sent = {"aspect_ratio": ratio, "n": n}
-        return HostedImages([img for img, _ in done], usage, sent, [None] * len(done))
+        return GeneratedImages([img for img, _ in done], usage, sent, [None] * len(done))
 
 
 def _sum(values: Any) -> int | None:
@@ -325,16 +328,45 @@ def _sum(values: Any) -> int | None:
     return sum(present) if present else None
 
 
-def _pick_size(name: str, width: int | None, height: int | None) -> tuple[int, int]:
-    if width is None and height is None:
-        return (1024, 1024)
-    fitting = [
-        s for s in IMAGE_SIZES if (width is None or s[0] == width) and (height is None or s[1] == height)
-    ]
-    if len(fitting) == 1:
-        return fitting[0]
-    sizes = ", ".join(f"{w}x{h} ({r})" for (w, h), r in IMAGE_SIZES.items())
-    raise InvalidArgument(
-        f"model {name!r} makes images of {sizes} only, not {width or '?'}x{height or '?'}; pass one of these "
-        "as width and height (or omit both for 1024x1024)"
-    )
+class GeminiBackend(HostedBackend):
+    """Google's Gemini API through google-genai."""
+
+    title = "Gemini"
+    tasks = frozenset({"text_to_image", "vlm", "text"})
+    sdk = "google.genai"
+    extra = "gemini"
+
+    def default_settings(self) -> HostedSettings:
+        return HostedSettings(
+            api_key_env="GEMINI_API_KEY",
+            api_key_env_fallbacks=("GOOGLE_API_KEY",),
+            base_url="https://generativelanguage.googleapis.com/",
+        )
+
+    def make_client(self, settings: HostedSettings) -> Any:
+        sdk = _sdk()
+        assert settings.api_key is not None
+        client = sdk.genai.Client(
+            api_key=settings.api_key.get_secret_value(),
+            vertexai=False,
+            http_options=sdk.types.HttpOptions(
+                base_url=settings.base_url,
+                timeout=math.ceil(settings.timeout_seconds * 1000),
+                retry_options=sdk.types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
+            ),
+        )
+        return client.aio
+
+    async def close_client(self, client: Any) -> None:
+        await client.aclose()
+
+    def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
+        return _capabilities(spec)
+
+    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+        if spec.task == "text_to_image":
+            return GeminiImageGenerator(connection, name, spec)
+        return GeminiChat(connection, name, spec)
+
+
+backend = GeminiBackend()

@@ -14,7 +14,9 @@ from multimodal_mcp.backends.sources import (
     require_safetensors,
     resolve_source,
 )
-from multimodal_mcp.config import ModelSpec
+from multimodal_mcp.capabilities import Capabilities
+from multimodal_mcp.config import Config, ModelSpec
+from multimodal_mcp.registry import LocalBackend
 
 
 class TransformersModel:
@@ -55,3 +57,34 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
     except Exception as exc:
         raise load_error(name, spec, exc) from exc
     return model.to(ctx.device).eval(), processor
+
+
+class TransformersBackend(LocalBackend):
+    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text) and text chat models."""
+
+    title = "transformers (local)"
+    tasks = frozenset({"clip", "vlm", "text"})
+
+    def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
+        if spec.task == "clip":
+            from multimodal_mcp.backends.clip import load_clip
+
+            return load_clip(name, spec, ctx)
+        if spec.task == "vlm":
+            from multimodal_mcp.backends.vlm import load_vlm
+
+            return load_vlm(name, spec, ctx)
+        from multimodal_mcp.backends.text import load_text
+
+        return load_text(name, spec, ctx)
+
+    def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
+        if spec.task == "clip":
+            return Capabilities(sigmoid_scores="siglip" in spec.source.lower())
+        if spec.task == "vlm":
+            # One image per question (LLaVA-style processors); answers as JSON by asking for it.
+            return Capabilities(images_per_request=1, structured_output="prompted")
+        return Capabilities()
+
+
+backend = TransformersBackend()

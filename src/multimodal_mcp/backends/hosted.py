@@ -1,10 +1,10 @@
-"""Hosted models (OpenAI, Gemini): API clients shared by every tool, and what their calls return.
+"""Hosted models: one connection per provider backend, shared by every handle of its models.
 
 Hosted calls never touch the model pool's device lanes: they are network I/O on the event loop,
-through each SDK's async client. One client per provider is created on first use (so a server with
-no keys never imports an SDK) and closed at shutdown; a semaphore per provider caps the requests in
-flight. The provider modules (``openai_backend``, ``gemini_backend``) are imported only when a
-hosted model is used, and a missing SDK is an error naming the extra to install.
+through each SDK's async client. A :class:`Connection` per hosted backend creates its client on first
+use (so a server with no keys never imports an SDK) and closes it at shutdown; its semaphore caps
+the requests in flight. A missing SDK is an error naming the extra to install; a missing key names
+the environment variables to set.
 """
 
 from __future__ import annotations
@@ -14,76 +14,23 @@ import importlib
 import io
 import logging
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 from PIL import Image
-from pydantic import BaseModel, Field
 
-from multimodal_mcp.config import HostedConfig, HostedSettings, ModelSpec
+from multimodal_mcp.config import HostedConfig, HostedSettings
 from multimodal_mcp.errors import BackendError, InvalidArgument
+from multimodal_mcp.handles import Detail, Usage
+from multimodal_mcp.registry import HostedBackend
 
 logger = logging.getLogger(__name__)
 
-Detail = Literal["low", "high", "auto"]
-PROVIDER_NAMES = {"openai": "OpenAI", "gemini": "Gemini"}
-_EXTRAS = {"openai": ("openai", "openai"), "gemini": ("google.genai", "gemini")}
-_MODULES = {
-    "openai": "multimodal_mcp.backends.openai_backend",
-    "gemini": "multimodal_mcp.backends.gemini_backend",
-}
+T = TypeVar("T")
+__all__ = ["Connection", "Detail", "HostedConnections", "Usage", "clean_message", "data_uri", "png_bytes"]
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-"""Largest encoded image sent to a provider (both cap inline images at about 20 MB)."""
-
-
-class Usage(BaseModel):
-    """What a hosted call consumed, as the provider reported it."""
-
-    prompt_tokens: int | None = Field(description="Input tokens (text and images); null if not reported.")
-    completion_tokens: int | None = Field(description="Output tokens; null if not reported.")
-    images: int = Field(description="Images generated.")
-
-
-@dataclass(frozen=True)
-class HostedAnswer:
-    text: str
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class HostedImages:
-    images: list[Image.Image]
-    usage: Usage
-    sent: dict[str, Any] = field(default_factory=dict)
-    """The generation parameters actually sent (size, quality, n, ...), recorded with the images."""
-    revised_prompts: list[str | None] = field(default_factory=list)
-
-
-class ChatModel(Protocol):
-    """A hosted vision-language (chat) model."""
-
-    async def answer(
-        self,
-        images: list[Image.Image],
-        prompt: str,
-        *,
-        max_tokens: int,
-        detail: Detail | None,
-        schema: dict[str, Any] | None,
-    ) -> HostedAnswer: ...
-
-    async def complete(self, system: str, prompt: str, max_tokens: int) -> tuple[str, int]:
-        """Text only: (answer, output tokens)."""
-        ...
-
-
-class ImageModel(Protocol):
-    """A hosted image generation model."""
-
-    async def generate(
-        self, prompt: str, *, width: int | None, height: int | None, quality: str | None, n: int
-    ) -> HostedImages: ...
+"""Largest encoded image sent to a provider (the major ones cap inline images at about 20 MB)."""
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -116,69 +63,94 @@ def clean_message(message: object, settings: HostedSettings, limit: int = 400) -
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class HostedClients:
-    """The API clients for hosted models, created lazily (one per provider) and closed at shutdown."""
+class Connection:
+    """One hosted backend's client, concurrency limit and settings, shared by its models' handles."""
+
+    def __init__(self, backend: HostedBackend, settings: HostedSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.requests = 0
+        """Requests sent (retries included where the backend retries itself)."""
+        self._client: Any = None
+        self._limit = anyio.Semaphore(settings.max_concurrency)
+
+    @property
+    def has_client(self) -> bool:
+        return self._client is not None
+
+    @property
+    def title(self) -> str:
+        return self.backend.title or self.backend.name
+
+    def client(self, model: str) -> Any:
+        """The provider's client, created on first use.
+
+        Raises:
+            BackendError: the SDK is not installed (names the extra), or no API key is set (names the
+                variables to set).
+        """
+        if self._client is None:
+            settings = self.settings
+            if settings.api_key is None or not settings.api_key.get_secret_value():
+                variables = " or ".join((settings.api_key_env, *settings.api_key_env_fallbacks))
+                article = "an" if self.title[:1].lower() in "aeiou" else "a"
+                raise BackendError(
+                    f"model {model!r} needs {article} {self.title} API key: set {variables} in the server's "
+                    f"environment (or hosted.{self.backend.name}.api_key in its config file) and restart it"
+                )
+            sdk = self.backend.sdk
+            if sdk is not None:
+                try:
+                    importlib.import_module(sdk)
+                except ImportError:
+                    extra = self.backend.extra or self.backend.name
+                    raise BackendError(
+                        f"model {model!r} needs the '{sdk}' package: pip install 'multimodal-mcp[{extra}]'"
+                    ) from None
+            self._client = self.backend.make_client(settings)
+            logger.info("created the %s client for %s", self.title, settings.base_url)
+        return self._client
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one request under the backend's concurrency limit."""
+        async with self._limit:
+            self.requests += 1
+            return await request()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await self.backend.close_client(client)
+            except Exception:
+                logger.warning("closing the %s client failed", self.title, exc_info=True)
+
+
+class HostedConnections:
+    """The connections of every hosted backend, created on first use and closed at shutdown."""
 
     def __init__(self, hosted: HostedConfig) -> None:
         self.settings = hosted
-        self._clients: dict[str, Any] = {}
-        self._limits: dict[str, anyio.Semaphore] = {}
-        self.requests: dict[str, int] = {"openai": 0, "gemini": 0}
+        self._connections: dict[str, Connection] = {}
 
-    def key_status(self, backend: str) -> str | None:
-        """Where the provider's key comes from (a variable name or 'config file'), or None if unset."""
-        return self.settings.for_backend(backend).key_from
-
-    def limit(self, backend: str) -> anyio.Semaphore:
-        semaphore = self._limits.get(backend)
-        if semaphore is None:
-            semaphore = self._limits[backend] = anyio.Semaphore(
-                self.settings.for_backend(backend).max_concurrency
+    def connection(self, backend: HostedBackend) -> Connection:
+        found = self._connections.get(backend.name)
+        if found is None:
+            found = self._connections[backend.name] = Connection(
+                backend, self.settings.for_backend(backend.name)
             )
-        return semaphore
+        return found
 
-    def _module(self, backend: str) -> Any:
-        sdk, extra = _EXTRAS[backend]
-        try:
-            importlib.import_module(sdk)
-        except ImportError:
-            raise BackendError(
-                f"{PROVIDER_NAMES[backend]} models need the '{sdk}' package: "
-                f"pip install 'multimodal-mcp[{extra}]'"
-            ) from None
-        return importlib.import_module(_MODULES[backend])
+    def open_clients(self) -> list[str]:
+        """The backends whose client is open now."""
+        return [name for name, c in self._connections.items() if c.has_client]
 
-    def client(self, backend: str, model: str) -> Any:
-        """The provider's async client; the error names the variable to set when there is no key."""
-        settings = self.settings.for_backend(backend)
-        if settings.api_key is None or not settings.api_key.get_secret_value():
-            variables = " or ".join((settings.api_key_env, *settings.api_key_env_fallbacks))
-            raise BackendError(
-                f"model {model!r} needs {'an' if backend == 'openai' else 'a'} {PROVIDER_NAMES[backend]} "
-                f"API key: set {variables} in the server's environment (or hosted.{backend}.api_key in "
-                "its config file) and restart it"
-            )
-        existing = self._clients.get(backend)
-        if existing is None:
-            existing = self._clients[backend] = self._module(backend).make_client(settings)
-            logger.info("created the %s client for %s", PROVIDER_NAMES[backend], settings.base_url)
-        return existing
-
-    def chat_model(self, name: str, spec: ModelSpec) -> ChatModel:
-        client = self.client(spec.backend, name)
-        module = self._module(spec.backend)
-        model: ChatModel = module.ChatModel(self, client, name, spec)
-        return model
-
-    def image_model(self, name: str, spec: ModelSpec) -> Any:
-        client = self.client(spec.backend, name)
-        module = self._module(spec.backend)
-        return module.ImageModel(self, client, name, spec)
+    @property
+    def requests(self) -> dict[str, int]:
+        """Requests sent per backend."""
+        return {name: c.requests for name, c in self._connections.items()}
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        for backend, client in clients.items():
-            try:
-                await self._module(backend).close_client(client)
-            except Exception:
-                logger.warning("closing the %s client failed", PROVIDER_NAMES[backend], exc_info=True)
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            await connection.aclose()

@@ -1,52 +1,42 @@
 """OpenAI models through the official ``openai`` SDK's async client (``pip install multimodal-mcp[openai]``).
 
 Image generation (GPT Image, DALL-E 3, DALL-E 2), edits with reference images and masks (GPT Image),
-and vision chat (GPT-4o class) for describing and comparing images. Images travel as base64:
-``b64_json`` in, data URIs out. Retries on 429/5xx and connection errors are the SDK's
-(``max_retries``, honouring ``Retry-After``); every failure becomes a message for the agent.
+and vision chat (GPT-4o class) for describing and comparing images, and text chat for prompt
+rewriting. Images travel as base64: ``b64_json`` in, data URIs out. Retries on 429/5xx and connection
+errors are the SDK's (``max_retries``, honouring ``Retry-After``); every failure becomes a message for
+the agent. The SDK is imported when the first client is made, not with this module.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import openai
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import (
+from multimodal_mcp.backends.hosted import Connection, clean_message, data_uri, png_bytes
+from multimodal_mcp.capabilities import Capabilities, SizeRule
+from multimodal_mcp.config import Config, HostedSettings, ModelSpec
+from multimodal_mcp.errors import Busy, ProviderError
+from multimodal_mcp.handles import (
+    ChatAnswer,
     Detail,
-    HostedAnswer,
-    HostedClients,
-    HostedImages,
+    GeneratedImages,
+    Handle,
+    ImageRequest,
+    Progress,
     Usage,
-    clean_message,
-    data_uri,
-    png_bytes,
 )
-from multimodal_mcp.config import HostedSettings, ModelSpec
-from multimodal_mcp.errors import Busy, InvalidArgument, ProviderError, UnsupportedOperation
 from multimodal_mcp.imaging.codec import decode_image
+from multimodal_mcp.registry import HostedBackend
 
 T = TypeVar("T")
 REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
 MAX_OUTPUT_PIXELS = 4096 * 4096
-
-
-def make_client(settings: HostedSettings) -> openai.AsyncOpenAI:
-    assert settings.api_key is not None
-    return openai.AsyncOpenAI(
-        api_key=settings.api_key.get_secret_value(),
-        base_url=settings.base_url,
-        timeout=settings.timeout_seconds,
-        max_retries=settings.max_retries,
-    )
-
-
-async def close_client(client: openai.AsyncOpenAI) -> None:
-    await client.close()
+MAX_EDIT_IMAGES = 16
+"""GPT Image edits take up to 16 input pictures."""
 
 
 @dataclass(frozen=True)
@@ -95,83 +85,60 @@ def image_family(source: str) -> ImageFamily:
     return GPT_IMAGE
 
 
-def _sizes_text(family: ImageFamily) -> str:
-    return ", ".join(f"{w}x{h}" for w, h in family.sizes)
-
-
-def pick_size(name: str, family: ImageFamily, width: int | None, height: int | None) -> tuple[int, int]:
-    """The allowed size matching the requested width/height (either may be omitted)."""
-    if width is None and height is None:
-        return family.sizes[0]
-    fitting = [
-        (w, h) for w, h in family.sizes if (width is None or w == width) and (height is None or h == height)
-    ]
-    if len(fitting) == 1:
-        return fitting[0]
-    asked = f"{width or '?'}x{height or '?'}"
-    if not fitting:
-        raise InvalidArgument(
-            f"model {name!r} makes images of {_sizes_text(family)} only, not {asked}; pass one of these "
-            "as width and height (or omit both for the first)"
+def _capabilities(spec: ModelSpec) -> Capabilities:
+    if spec.task == "text_to_image":
+        family = image_family(spec.source)
+        return Capabilities(
+            sizes=SizeRule(fixed=family.sizes),
+            max_images=family.max_n,
+            qualities=family.qualities,
+            edit_modes=("img2img", "inpaint") if family.edits else (),
+            reference_images=MAX_EDIT_IMAGES - 1 if family.edits else 0,
         )
-    raise InvalidArgument(
-        f"width/height {asked} fits several sizes of model {name!r} ({_sizes_text(family)}); pass both"
-    )
-
-
-def check_quality(name: str, family: ImageFamily, quality: str | None) -> str | None:
-    if quality is None:
-        return family.default_quality
-    if quality not in family.qualities:
-        raise InvalidArgument(f"model {name!r} takes quality {', '.join(family.qualities)}, not {quality!r}")
-    return quality
-
-
-def check_n(name: str, family: ImageFamily, n: int) -> None:
-    if n > family.max_n:
-        if family.max_n == 1:
-            raise InvalidArgument(
-                f"model {name!r} makes one image per call (num_images={n} asked); call it {n} times, "
-                "or use a GPT Image model (up to 10 per call)"
-            )
-        raise InvalidArgument(f"model {name!r} makes at most {family.max_n} images per call, not {n}")
+    if spec.task == "vlm":
+        return Capabilities(
+            images_per_request=MAX_EDIT_IMAGES,
+            detail_levels=("low", "high", "auto"),
+            structured_output="native",
+        )
+    return Capabilities()
 
 
 class _Calls:
-    """Error translation shared by both model kinds."""
+    """Requests through the connection, and the translation of the SDK's errors."""
 
-    def __init__(
-        self, clients: HostedClients, client: openai.AsyncOpenAI, name: str, spec: ModelSpec
-    ) -> None:
-        self.clients = clients
-        self.client = client
+    def __init__(self, connection: Connection, name: str, spec: ModelSpec) -> None:
+        self.connection = connection
         self.name = name
         self.spec = spec
-        self.settings = clients.settings.openai
+        self.settings = connection.settings
+        self.capabilities = _capabilities(spec).merged(spec.capabilities)
 
-    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
-        async with self.clients.limit("openai"):
-            self.clients.requests["openai"] += 1
-            try:
-                return await request()
-            except openai.APIStatusError as exc:
-                raise self._status_error(exc) from None
-            except openai.APITimeoutError:
-                raise ProviderError(
-                    f"OpenAI did not answer model {self.name!r} within {self.settings.timeout_seconds:g} s "
-                    f"(tried {self.settings.max_retries + 1} time(s)); try again later, or raise "
-                    "hosted.openai.timeout_seconds"
-                ) from None
-            except openai.APIConnectionError:
-                raise ProviderError(
-                    f"could not reach OpenAI at {self.settings.base_url} for model {self.name!r} "
-                    f"(tried {self.settings.max_retries + 1} time(s)); check the network or "
-                    "hosted.openai.base_url"
-                ) from None
-            except (openai.APIResponseValidationError, ValueError):  # ValueError: a body that is not JSON
-                raise self.malformed("a response that does not match the API's format") from None
+    async def call(self, request: Callable[[Any], Awaitable[T]]) -> T:
+        """``request(client)`` under the connection's limit, its failures as curated errors."""
+        client = self.connection.client(self.name)  # first: it names the extra when the SDK is missing
+        import openai
 
-    def _status_error(self, exc: openai.APIStatusError) -> Exception:
+        try:
+            return await self.connection.call(lambda: request(client))
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.APITimeoutError:
+            raise ProviderError(
+                f"OpenAI did not answer model {self.name!r} within {self.settings.timeout_seconds:g} s "
+                f"(tried {self.settings.max_retries + 1} time(s)); try again later, or raise "
+                f"hosted.{self.connection.backend.name}.timeout_seconds"
+            ) from None
+        except openai.APIConnectionError:
+            raise ProviderError(
+                f"could not reach OpenAI at {self.settings.base_url} for model {self.name!r} "
+                f"(tried {self.settings.max_retries + 1} time(s)); check the network or "
+                f"hosted.{self.connection.backend.name}.base_url"
+            ) from None
+        except (openai.APIResponseValidationError, ValueError):  # ValueError: a body that is not JSON
+            raise self.malformed("a response that does not match the API's format") from None
+
+    def _status_error(self, exc: Any) -> Exception:
         body = exc.body if isinstance(exc.body, dict) else {}
         error = body.get("error", body) if isinstance(body.get("error", body), dict) else body
         message = clean_message(error.get("message") or exc.message, self.settings)
@@ -198,7 +165,8 @@ class _Calls:
 
     def malformed(self, what: str) -> ProviderError:
         return ProviderError(
-            f"OpenAI sent {what} for model {self.name!r}; try again, or check hosted.openai.base_url"
+            f"OpenAI sent {what} for model {self.name!r}; try again, or check "
+            f"hosted.{self.connection.backend.name}.base_url"
         )
 
 
@@ -211,8 +179,9 @@ def _image_usage(response: Any, n: int) -> Usage:
     )
 
 
-class ImageModel(_Calls):
-    """GPT Image / DALL-E: ``generate`` and (GPT Image) ``edit``."""
+class OpenAIImageGenerator(_Calls):
+    """GPT Image / DALL-E as an :class:`~multimodal_mcp.handles.ImageGenerator`: generations, and
+    (GPT Image) edits when the request has an init image or reference pictures."""
 
     @property
     def family(self) -> ImageFamily:
@@ -236,72 +205,70 @@ class ImageModel(_Calls):
             revised.append(getattr(item, "revised_prompt", None))
         return images, revised
 
-    async def generate(
-        self, prompt: str, *, width: int | None, height: int | None, quality: str | None, n: int
-    ) -> HostedImages:
+    async def generate(self, request: ImageRequest, *, progress: Progress | None = None) -> GeneratedImages:
+        pictures = [
+            *([request.init_image] if request.init_image is not None else []),
+            *(r.image for r in request.references),
+        ]
+        if pictures:
+            return await self._edit(request, pictures)
         family = self.family
-        w, h = pick_size(self.name, family, width, height)
-        quality = check_quality(self.name, family, quality)
-        check_n(self.name, family, n)
-        kwargs: dict[str, Any] = {"model": self.spec.source, "prompt": prompt, "n": n, "size": f"{w}x{h}"}
+        w, h = (request.width, request.height) if request.width and request.height else family.sizes[0]
+        quality = request.quality or family.default_quality
+        n = request.num_images
+        kwargs: dict[str, Any] = {
+            "model": self.spec.source,
+            "prompt": request.prompt,
+            "n": n,
+            "size": f"{w}x{h}",
+        }
         if quality is not None:
             kwargs["quality"] = quality
         if family.wants_response_format:
             kwargs["response_format"] = "b64_json"
-        response = await self.call(lambda: self.client.images.generate(**kwargs))
+        response = await self.call(lambda client: client.images.generate(**kwargs))
         images, revised = self._decode(response)
         sent = {"size": f"{w}x{h}", "quality": quality, "n": n}
-        return HostedImages(images, _image_usage(response, len(images)), sent, revised)
+        return GeneratedImages(images, _image_usage(response, len(images)), sent, revised)
 
-    async def edit(
-        self,
-        prompt: str,
-        images: Sequence[Image.Image],
-        *,
-        mask: Image.Image | None,
-        n: int,
-        width: int | None,
-        height: int | None,
-    ) -> HostedImages:
-        """Edit ``images[0]`` (with ``mask``: white = repaint) or compose from all of them.
-
-        With no width and height the provider picks the size ('auto')."""
-        family = self.family
-        if not family.edits:
-            raise UnsupportedOperation(
-                f"model {self.name!r} cannot edit or take reference images; use a GPT Image model "
-                "(e.g. gpt-image-1)"
-            )
-        check_n(self.name, family, n)
-        size = pick_size(self.name, family, width, height) if width or height else None
+    async def _edit(self, request: ImageRequest, pictures: Sequence[Image.Image]) -> GeneratedImages:
+        """Edit ``pictures[0]`` (with the mask: 255 = repaint) or compose from all of them. With no
+        width and height the provider picks the size ('auto')."""
+        size = f"{request.width}x{request.height}" if request.width and request.height else "auto"
         files = [
-            (f"image_{i}.png", png_bytes(img.convert("RGB")), "image/png") for i, img in enumerate(images)
+            (f"image_{i}.png", png_bytes(img.convert("RGB")), "image/png") for i, img in enumerate(pictures)
         ]
         kwargs: dict[str, Any] = {
             "model": self.spec.source,
-            "prompt": prompt,
+            "prompt": request.prompt,
             "image": files,
-            "n": n,
-            "size": f"{size[0]}x{size[1]}" if size else "auto",
+            "n": request.num_images,
+            "size": size,
         }
+        mask = request.mask_image
         if mask is not None:
             # OpenAI's masks are transparent where the image is to be repainted.
             alpha = mask.convert("L").point(lambda v: 0 if v >= 128 else 255)
             rgba = Image.new("RGBA", mask.size, (0, 0, 0, 255))
             rgba.putalpha(alpha)
             kwargs["mask"] = ("mask.png", png_bytes(rgba), "image/png")
-        response = await self.call(lambda: self.client.images.edit(**kwargs))
+        if request.quality is not None:
+            kwargs["quality"] = request.quality
+        response = await self.call(lambda client: client.images.edit(**kwargs))
         out, revised = self._decode(response)
-        sent = {"size": kwargs["size"], "n": n, "edit_images": len(files), "mask": mask is not None}
-        return HostedImages(out, _image_usage(response, len(out)), sent, revised)
+        sent = {"size": size, "n": request.num_images, "edit_images": len(files), "mask": mask is not None}
+        if request.quality is not None:
+            sent["quality"] = request.quality
+        return GeneratedImages(out, _image_usage(response, len(out)), sent, revised)
 
 
-class ChatModel(_Calls):
-    """A vision chat model (GPT-4o class) through chat completions."""
+class OpenAIChat(_Calls):
+    """A chat model through chat completions: a :class:`~multimodal_mcp.handles.VisionChat` (GPT-4o
+    class) and a :class:`~multimodal_mcp.handles.TextChat`."""
 
     async def _chat(
         self, messages: list[dict[str, Any]], max_tokens: int, response_format: dict[str, Any] | None
-    ) -> HostedAnswer:
+    ) -> ChatAnswer:
         kwargs: dict[str, Any] = {
             "model": self.spec.source,
             "messages": messages,
@@ -309,7 +276,7 @@ class ChatModel(_Calls):
         }
         if response_format is not None:
             kwargs["response_format"] = response_format
-        response = await self.call(lambda: self.client.chat.completions.create(**kwargs))
+        response = await self.call(lambda client: client.chat.completions.create(**kwargs))
         try:
             choice = response.choices[0]
             message = choice.message
@@ -324,24 +291,23 @@ class ChatModel(_Calls):
         if not isinstance(text, str):
             raise self.malformed("a response without text")
         usage = getattr(response, "usage", None)
-        return HostedAnswer(
-            text.strip(),
-            Usage(
-                prompt_tokens=getattr(usage, "prompt_tokens", None),
-                completion_tokens=getattr(usage, "completion_tokens", None),
-                images=0,
-            ),
+        counted = Usage(
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            images=0,
         )
+        return ChatAnswer(text.strip(), counted.completion_tokens or 0, counted)
 
     async def answer(
         self,
-        images: list[Image.Image],
+        images: Sequence[Image.Image],
         prompt: str,
         *,
         max_tokens: int,
-        detail: Detail | None,
-        schema: dict[str, Any] | None,
-    ) -> HostedAnswer:
+        detail: Detail | None = None,
+        schema: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> ChatAnswer:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         for image in images:
             part: dict[str, Any] = {"url": data_uri(image.convert("RGB"))}
@@ -354,11 +320,46 @@ class ChatModel(_Calls):
             # the answer is validated against the schema afterwards either way.
             response_format = {
                 "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": schema, "strict": False},
+                "json_schema": {"name": "answer", "schema": dict(schema), "strict": False},
             }
         return await self._chat([{"role": "user", "content": content}], max_tokens, response_format)
 
-    async def complete(self, system: str, prompt: str, max_tokens: int) -> tuple[str, int]:
+    async def complete(
+        self, system: str, prompt: str, *, max_tokens: int, progress: Progress | None = None
+    ) -> ChatAnswer:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-        answer = await self._chat(messages, max_tokens, None)
-        return answer.text, answer.usage.completion_tokens or 0
+        return await self._chat(messages, max_tokens, None)
+
+
+class OpenAIBackend(HostedBackend):
+    """OpenAI's API (and servers that speak it)."""
+
+    title = "OpenAI"
+    tasks = frozenset({"text_to_image", "vlm", "text"})
+    sdk = "openai"
+    extra = "openai"
+
+    def default_settings(self) -> HostedSettings:
+        return HostedSettings(api_key_env="OPENAI_API_KEY", base_url="https://api.openai.com/v1")
+
+    def make_client(self, settings: HostedSettings) -> Any:
+        import openai
+
+        assert settings.api_key is not None
+        return openai.AsyncOpenAI(
+            api_key=settings.api_key.get_secret_value(),
+            base_url=settings.base_url,
+            timeout=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+        )
+
+    def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
+        return _capabilities(spec)
+
+    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+        if spec.task == "text_to_image":
+            return OpenAIImageGenerator(connection, name, spec)
+        return OpenAIChat(connection, name, spec)
+
+
+backend = OpenAIBackend()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from PIL import Image
 
 from multimodal_mcp.backends.base import LoadContext
@@ -12,17 +14,24 @@ from multimodal_mcp.config import ModelSpec
 class VisionLanguageModel(TransformersModel):
     """A loaded VLM and its processor. ``answer`` is blocking; it runs in a pool worker thread."""
 
-    def _prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    def _prompt(self, question: str, images: int) -> str:
+        content = [*({"type": "image"} for _ in range(images)), {"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
         if getattr(self.processor, "chat_template", None):
             return str(self.processor.apply_chat_template(messages, add_generation_prompt=True))
-        return f"<image>\n{question}"
+        return "<image>\n" * images + question
 
-    def answer(self, image: Image.Image, question: str, max_tokens: int) -> tuple[str, int]:
-        """Greedy answer to ``question`` about ``image``; returns (text, generated token count)."""
+    def answer(self, images: Sequence[Image.Image], question: str, max_tokens: int) -> tuple[str, int]:
+        """Greedy answer to ``question`` about ``images`` (as many as the model's capabilities say);
+        returns (text, generated token count)."""
         import torch
 
-        inputs = self.processor(images=image, text=self._prompt(question), return_tensors="pt")
+        pictures = list(images)
+        inputs = self.processor(
+            images=pictures[0] if len(pictures) == 1 else pictures,
+            text=self._prompt(question, len(pictures)),
+            return_tensors="pt",
+        )
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

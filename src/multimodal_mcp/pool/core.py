@@ -32,16 +32,15 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from multimodal_mcp.backends.base import Cancelled, CancelToken, LoadContext, StepCallback
-from multimodal_mcp.backends.registry import get_loader
 from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import BackendError, Busy, UnknownModel
+from multimodal_mcp.handles import Progress
 from multimodal_mcp.pool.devices import Device, GiB
 from multimodal_mcp.pool.sizing import estimate_bytes
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 Work = Callable[[Any, StepCallback, CancelToken], T]
 """Model work: ``work(model, on_step, cancel)``, run on the model's device lane in a worker thread."""
 
@@ -190,7 +189,7 @@ class ModelPool:
         self._settings = config.server.pool
         self.devices = devices
         self.cpu = devices[-1]
-        self._entries = {name: _Entry(name, spec) for name, spec in config.models.items()}
+        self._entries = {name: _Entry(name, spec) for name, spec in config.models.items() if not spec.hosted}
         self._lanes = {d.name: _Lane(d, self._settings.max_queue) for d in devices}
         self._placement = anyio.Lock()
         self._released = anyio.Event()
@@ -535,7 +534,12 @@ class ModelPool:
         ):
             logger.warning("model %s does not fit on any GPU now; loading it on the CPU (slow)", entry.name)
 
-        loader = get_loader(entry.spec.backend, entry.spec.task)
+        from multimodal_mcp.registry import LocalBackend, get
+
+        backend = get(entry.spec.backend)
+        if not isinstance(backend, LocalBackend):
+            raise BackendError(f"model {entry.name!r} runs on {backend.title}, not in this server's pool")
+        loader = backend.load
         context = LoadContext(device=chosen.torch_device, tiny_dir=self._config.server.tiny_dir)
         started = time.perf_counter()
         logger.info("loading %s (%s) on %s", entry.name, _gib(estimate), chosen.name)

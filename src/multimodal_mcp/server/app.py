@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, cast
 
 import anyio
@@ -38,10 +39,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp import __version__
-from multimodal_mcp.backends.hosted import HostedClients
+from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config, Delivery
 from multimodal_mcp.errors import ConfirmationPending, NotFound, SpendingRefused
+from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.imaging.codec import encode_preview
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageStore, validate_id
@@ -124,6 +126,10 @@ def _friendly_validation(tool: str, exc: ValidationError) -> str:
     )
 
 
+_given: ContextVar[frozenset[str] | None] = ContextVar("given_arguments", default=None)
+"""The names of the arguments the client sent to the tool being called (the SDK fills in defaults)."""
+
+
 def _principal(context: Any) -> str:
     if context is None:
         return LOCAL
@@ -152,6 +158,7 @@ class MultimodalServer(MCPServer[Services]):
             return await self._call_tool(name, arguments, context)
 
     async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        _given.set(frozenset(arguments))
         known = self.tool_parameters.get(name)
         unknown = sorted(set(arguments) - known) if known is not None else []
         if unknown:
@@ -485,7 +492,10 @@ def _register(
             rendering = RenderOptions.model_validate(
                 {key: arguments.pop(key) for key in RenderOptions.model_fields if key in arguments}
             )
-            params = params_model.model_validate(arguments)
+            given = _given.get()
+            params = params_model.model_validate(
+                {k: v for k, v in arguments.items() if given is None or k in given}
+            )
         except ValidationError as exc:
             raise ToolError(_friendly_validation(name, exc)) from None
         if (rendering.delivery or config.server.delivery) == "path" and config.server.path_delivery is False:
@@ -613,7 +623,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         resolver=resolver,
         pool=pool,
         jobs=jobs,
-        hosted=HostedClients(config.hosted),
+        hub=ModelHub(config, pool, HostedConnections(config.hosted)),
         safety=safety,
     )
 
@@ -651,7 +661,7 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             finally:
                 running.remove(created)
                 with anyio.CancelScope(shield=True):
-                    await created.hosted.aclose()
+                    await created.hub.aclose()
 
     auth, token_verifier = auth_for(config)  # used by the HTTP transport only
     server = MultimodalServer(

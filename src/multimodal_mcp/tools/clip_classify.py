@@ -19,7 +19,6 @@ from multimodal_mcp.tools.common import (
     Timings,
     approve_spending,
     check_limit,
-    pick_model,
     resolve_image,
 )
 
@@ -83,7 +82,7 @@ async def clip_classify(
     """
     # 1. Check inputs
     clock = Clock()
-    name, spec = pick_model(services.config, params.model, "clip", "clip")
+    name = services.hub.pick(params.model, "clip", "clip")
     check_limit(
         "number of labels", len(params.labels), services.config.server.limits.max_labels, "pass fewer labels"
     )
@@ -99,13 +98,11 @@ async def clip_classify(
     # such as '{0.__class__}' in it.
     texts = [template.replace("{}", label) if template else label for label in params.labels]
     source = await resolve_image(services, params.image, "image")
-    await approve_spending(
-        services, name, spec, f"one classification of an image over {len(params.labels)} labels"
-    )
+    await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
     async with clock.infer():
-        scores = await services.pool.clip(name).classify(source.image.convert("RGB"), texts)
+        scores = await services.hub.embedder(name).classify(source.image.convert("RGB"), texts)
 
     # 3. Rank
     ranked = sorted(

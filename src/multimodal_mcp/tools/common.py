@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,10 +18,12 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from multimodal_mcp.backends.hosted import Detail, HostedClients
 from multimodal_mcp.backends.safety import SafetyGate
-from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
-from multimodal_mcp.errors import InvalidArgument, SpendingRefused, UnknownModel, UnsupportedOperation
+from multimodal_mcp.config import Config
+from multimodal_mcp.errors import InvalidArgument, SpendingRefused
+from multimodal_mcp.handles import Detail
+from multimodal_mcp.handles import Progress as Progress  # re-exported for the tools
+from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord, ImageStore
 from multimodal_mcp.jobs import JobManager
@@ -30,8 +32,6 @@ from multimodal_mcp.pool import ModelPool
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
-"""Reports progress to the caller: (progress, total, message)."""
 
 MAX_IMAGE_ARG_CHARS = 48_000_000
 
@@ -51,15 +51,19 @@ DetailArg = Annotated[
     Detail | None,
     Field(
         description=(
-            "Hosted models only (OpenAI, Gemini): how closely the model looks at the images. 'low' is "
-            "cheaper and faster, 'high' reads fine print, 'auto' lets the provider choose. Local models "
-            "refuse it."
+            "How closely the model looks at the images: 'low' is cheaper and faster, 'high' reads fine "
+            "print, 'auto' lets the model choose. Only models whose capabilities list detail levels take "
+            "it (list_models); others refuse it."
         )
     ),
 ]
 ModelArg = Annotated[
     str | None,
-    Field(max_length=64, description="A configured model name (see list_models); omit for the default."),
+    Field(
+        max_length=64,
+        description="A configured model name (list_models shows each model's capabilities); omit for the "
+        "default.",
+    ),
 ]
 
 
@@ -114,29 +118,21 @@ class Services:
     resolver: ImageResolver
     pool: ModelPool
     jobs: JobManager
-    hosted: HostedClients
-    """API clients for hosted models (OpenAI, Gemini): created on first use, closed at shutdown."""
+    hub: ModelHub
+    """Every model by name: its handle and capabilities, wherever it runs."""
     safety: SafetyGate | None = None
     """The safety filter for generated images (None: no filter, as with filter = "off")."""
 
 
-def pick_model(
-    config: Config, requested: str | None, default_for: DefaultFor, task: Task
-) -> tuple[str, ModelSpec]:
-    """The requested model, or the configured default; errors name the models that fit."""
-    fitting = config.models_for(task)
-    name = requested if requested is not None else config.defaults.get(default_for)
-    if name is None:
-        raise UnknownModel(f"no default model is configured for {default_for}; pass model= one of {fitting}")
-    spec = config.models.get(name)
-    if spec is None:
-        raise UnknownModel(f"no model named {name!r}; models for this tool: {', '.join(fitting) or 'none'}")
-    if spec.task != task:
-        raise UnsupportedOperation(
-            f"model {name!r} is a {spec.task} model; this tool needs a {task} model: "
-            f"{', '.join(fitting) or 'none'}"
-        )
-    return name, spec
+def given_arguments(params: BaseModel, *names: str) -> dict[str, Any]:
+    """The arguments among ``names`` (default: all) the caller gave, with their values. An argument
+    left out, or given as null, is not given."""
+    fields = names or tuple(type(params).model_fields)
+    return {
+        name: getattr(params, name)
+        for name in fields
+        if name in params.model_fields_set and getattr(params, name) is not None
+    }
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -156,13 +152,10 @@ class Clock:
         self.load = 0.0
         self.inference = 0.0
 
-    @asynccontextmanager
-    async def use(self, services: Services, name: str, *, near: Any = None) -> AsyncIterator[Any]:
-        """Hold a pool model for the block, counting the time to get it as load time."""
-        t = time.perf_counter()
-        async with services.pool.use(name, near=near) as model:
-            self.load += time.perf_counter() - t
-            yield model
+    def loaded(self, seconds: float) -> None:
+        """Count ``seconds`` of a model call (measured inside ``infer``) as loading, not inference."""
+        self.load += seconds
+        self.inference -= seconds
 
     @asynccontextmanager
     async def infer(self) -> AsyncIterator[None]:
@@ -182,18 +175,6 @@ class Clock:
 
 def draw_seed() -> int:
     return secrets.randbelow(2**32)
-
-
-def refuse_hosted_only(name: str, spec: ModelSpec, **arguments: object) -> None:
-    """Hosted-only arguments given for a local model are an error, never silently ignored."""
-    if spec.hosted:
-        return
-    given = [key for key, value in arguments.items() if value is not None]
-    if given:
-        raise InvalidArgument(
-            f"{', '.join(given)} applies to hosted models (OpenAI, Gemini) only; {name!r} is a local "
-            f"model: omit {', '.join(given)}, or pass a hosted model (list_models)"
-        )
 
 
 def check_limit(name: str, value: int, limit: int, hint: str) -> None:
@@ -231,7 +212,7 @@ def spending_approver(approver: SpendingApprover | None) -> Iterator[None]:
         _approver.reset(token)
 
 
-async def approve_spending(services: Services, model: str, spec: ModelSpec, what: str) -> None:
+async def approve_spending(services: Services, model: str, what: str) -> None:
     """Check that a call to ``model`` may spend money, before any work is done. Free models pass.
 
     Follows ``server.spending``: ``allow`` passes, ``deny`` refuses; ``ask`` asks the user through
@@ -241,7 +222,7 @@ async def approve_spending(services: Services, model: str, spec: ModelSpec, what
     Raises:
         SpendingRefused: declined, cancelled, or refused by the configuration; nothing was spent.
     """
-    if not spec.is_paid:
+    if not services.hub.paid(model):
         return
     policy = services.config.server.spending
     if policy.confirm == "allow":
@@ -253,7 +234,8 @@ async def approve_spending(services: Services, model: str, spec: ModelSpec, what
             "'deny'); nothing was spent. Use a local model instead (list_models)."
         )
     approver = _approver.get()
-    decision = await approver(SpendingRequest(model, spec.backend, what)) if approver else None
+    backend = services.hub.spec(model).backend
+    decision = await approver(SpendingRequest(model, backend, what)) if approver else None
     if decision is None:
         if policy.default_without_elicitation == "allow":
             logger.info("paid call to %s allowed without asking (client cannot confirm): %s", model, what)

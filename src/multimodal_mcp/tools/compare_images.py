@@ -7,8 +7,8 @@ from typing import Annotated
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from multimodal_mcp.backends.hosted import Usage
 from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.handles import Usage
 from multimodal_mcp.imaging.analysis import Comparison, align_sizes, compare
 from multimodal_mcp.tools.common import (
     Clock,
@@ -22,9 +22,8 @@ from multimodal_mcp.tools.common import (
     Services,
     Timings,
     approve_spending,
+    given_arguments,
     in_thread,
-    pick_model,
-    refuse_hosted_only,
     resolve_image,
 )
 
@@ -32,7 +31,7 @@ NARRATIVE_PROMPT = (
     "The left half of this picture is the first image and the right half is the second. "
     "Compare them and describe what changed."
 )
-HOSTED_NARRATIVE_PROMPT = (
+PAIR_NARRATIVE_PROMPT = (
     "Compare these two images and describe what changed from the first image to the second."
 )
 
@@ -81,7 +80,7 @@ class CompareImagesResult(Result):
     clip_model: str
     model: str | None = Field(description="The vision-language model that wrote the narrative.")
     usage: Usage | None = Field(
-        default=None, description="Hosted narrative models: tokens the narrative used."
+        default=None, description="Metered (hosted) narrative models: tokens the narrative used."
     )
     timings: Timings
 
@@ -118,27 +117,26 @@ async def compare_images(
 
     Use it to check an edit (before/after), to see whether a regenerated image kept the
     composition, or to pick the closest of two candidates. Images of different sizes are compared
-    after resizing image_b to image_a's size. The narrative model may be local (it sees both
-    images side by side) or hosted (gpt-4o, gemini-2.5-flash: both images in one request; detail
-    applies to these only).
+    after resizing image_b to image_a's size. The narrative model gets both images in one request
+    when its capabilities take several (gpt-4o, gemini-2.5-flash), else one side-by-side picture;
+    detail only for models whose capabilities list it (list_models).
     """
     # 1. Check inputs
     clock = Clock()
-    clip_name, clip_spec = pick_model(services.config, params.clip_model, "clip", "clip")
-    vlm_name, vlm_spec = (
-        pick_model(services.config, params.model, "vlm", "vlm") if params.describe else (None, None)
-    )
+    hub = services.hub
+    clip_name = hub.pick(params.clip_model, "clip", "clip")
+    vlm_name = hub.pick(params.model, "vlm", "vlm") if params.describe else None
     if params.detail is not None and vlm_name is None:
         raise InvalidArgument("detail applies to the narrative: pass describe=True with it, or omit detail")
-    if vlm_name is not None and vlm_spec is not None:
-        refuse_hosted_only(vlm_name, vlm_spec, detail=params.detail)
+    if vlm_name is not None:
+        hub.check(vlm_name, given_arguments(params, "detail"))
     a = await resolve_image(services, params.image_a, "image_a")
     b = await resolve_image(services, params.image_b, "image_b")
-    await approve_spending(services, clip_name, clip_spec, "image embeddings of 2 images")
-    if vlm_name is not None and vlm_spec is not None:
-        max_tokens = vlm_spec.defaults.max_tokens or 256
+    await approve_spending(services, clip_name, "image embeddings of 2 images")
+    max_tokens = (hub.spec(vlm_name).defaults.max_tokens or 256) if vlm_name is not None else 0
+    if vlm_name is not None:
         await approve_spending(
-            services, vlm_name, vlm_spec, f"one answer comparing two images (up to {max_tokens} tokens)"
+            services, vlm_name, f"one answer comparing two images (up to {max_tokens} tokens)"
         )
 
     # 2. Pixel statistics and the heat map
@@ -155,35 +153,27 @@ async def compare_images(
 
     comparison, resized, diff_ref = await in_thread(analyse)
 
-    # 3. Semantic similarity (both embeddings in one batched CLIP pass)
+    # 3. Semantic similarity (both embeddings in one batched pass)
     rgb_a, rgb_b = a.image.convert("RGB"), b.image.convert("RGB")
     async with clock.infer():
-        emb_a, emb_b = await services.pool.clip(clip_name).embed_many([rgb_a, rgb_b])
+        emb_a, emb_b = await hub.embedder(clip_name).embed_images([rgb_a, rgb_b])
     clip_similarity = float(emb_a @ emb_b)
 
-    # 4. Narrative: hosted models get both images in one request, local ones a side-by-side picture
+    # 4. Narrative: both images in one request where the model takes several, else side by side
     narrative, usage = None, None
-    if vlm_name is not None and vlm_spec is not None:
-        max_tokens = vlm_spec.defaults.max_tokens or 256
-        if vlm_spec.hosted:
-            chat = services.hosted.chat_model(vlm_name, vlm_spec)
-            async with clock.infer():
-                answer = await chat.answer(
-                    [rgb_a, rgb_b],
-                    HOSTED_NARRATIVE_PROMPT,
-                    max_tokens=max_tokens,
-                    detail=params.detail,
-                    schema=None,
-                )
-            narrative, usage = answer.text, answer.usage
+    if vlm_name is not None:
+        chat = hub.vision_chat(vlm_name)
+        if hub.capabilities(vlm_name).images_per_request >= 2:
+            pictures, question = [rgb_a, rgb_b], PAIR_NARRATIVE_PROMPT
         else:
-            pair = side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)
-            async with clock.use(services, vlm_name) as vlm, clock.infer():
-                narrative, _ = await services.pool.run(
-                    vlm,
-                    lambda m, _step, _cancel: m.answer(pair, NARRATIVE_PROMPT, max_tokens),
-                    progress=progress,
-                )
+            pictures = [side_by_side(rgb_a, rgb_b.resize(rgb_a.size) if resized else rgb_b)]
+            question = NARRATIVE_PROMPT
+        async with clock.infer():
+            answer = await chat.answer(
+                pictures, question, max_tokens=max_tokens, detail=params.detail, progress=progress
+            )
+        clock.loaded(answer.load_seconds)
+        narrative, usage = answer.text, answer.usage
 
     return CompareImagesResult(
         ssim=round(comparison.ssim, 6),

@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from multimodal_mcp.backends.base import ControlInput, ReferenceInput
-from multimodal_mcp.config import Config, ModelSpec
-from multimodal_mcp.errors import InvalidArgument, UnknownModel, UnsupportedOperation
-from multimodal_mcp.imaging.analysis import canny_edges, keep_outside_mask
+from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.handles import ControlCondition, ImageRequest, ReferenceCondition
+from multimodal_mcp.imaging.analysis import canny_edges
 from multimodal_mcp.imaging.inputs import ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord
+from multimodal_mcp.tools import generation
 from multimodal_mcp.tools.common import (
-    Clock,
     ImageArg,
     ImageRef,
     ModelArg,
     Params,
     Progress,
     Services,
-    approve_spending,
-    draw_seed,
+    given_arguments,
     in_thread,
-    pick_model,
     resolve_image,
 )
-from multimodal_mcp.tools.generate_image import (
+from multimodal_mcp.tools.generation import (
     EnhancePrompt,
-    GenerateImageResult,
+    GenerationResult,
     Guidance,
     NegativePrompt,
     NumImages,
@@ -41,17 +37,8 @@ from multimodal_mcp.tools.generate_image import (
     Seed,
     Side,
     Steps,
-    _denoise,
-    check_budget,
-    confirm_and_rewrite,
-    generation_request,
-    refuse_local_only,
-    resolve_parameters,
-    store_generated,
-    store_hosted,
 )
-from multimodal_mcp.tools.prompting import pick_rewriter, rewrite_prompt, rewrite_purchase
-from multimodal_mcp.tools.verification import Verify, VerifyLabels, check_labels, verify_images
+from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
 Threshold = Annotated[int, Field(ge=0, le=255)]
@@ -217,7 +204,7 @@ class ControlUsed(BaseModel):
     input_image: ImageRef = Field(description="The image the map was made from (the map itself if prepared).")
 
 
-class ControlledGenerateResult(GenerateImageResult):
+class ControlledGenerateResult(GenerationResult):
     mode: str = Field(
         description="What steered the images: control, img2img or inpaint, and reference, joined with '+'."
     )
@@ -261,54 +248,6 @@ class _PreparedControl:
     source: ResolvedImage
     image: Image.Image
     record: ImageRecord
-
-
-def find_controlnet(config: Config, base: str, control_type: str, requested: str | None) -> str:
-    """The ControlNet to use with ``base``; errors name the models that can do ``control_type``."""
-    fitting = [
-        name
-        for name, spec in config.models.items()
-        if spec.task == "controlnet" and spec.control_type == control_type and base in spec.base_models
-    ]
-    if requested is not None:
-        spec = config.models.get(requested)
-        if spec is None or spec.task != "controlnet":
-            raise UnknownModel(
-                f"no ControlNet named {requested!r}; ControlNets for {base!r}: {fitting or 'none'}"
-            )
-        if requested not in fitting:
-            raise UnsupportedOperation(
-                f"ControlNet {requested!r} ({spec.control_type}, for {list(spec.base_models)}) does not fit "
-                f"model {base!r} with control_type {control_type!r}; fitting: {fitting or 'none'}"
-            )
-        return requested
-    if not fitting:
-        bases = sorted(
-            {
-                b
-                for spec in config.models.values()
-                if spec.control_type == control_type
-                for b in spec.base_models
-            }
-        )
-        raise UnsupportedOperation(
-            f"model {base!r} has no {control_type} ControlNet configured; models that can: {bases or 'none'}"
-        )
-    return fitting[0]
-
-
-def find_ip_adapter(config: Config, base: str) -> str:
-    """The IP-Adapter configured for ``base``; the error names the models that have one."""
-    for name, spec in config.models.items():
-        if spec.task == "ip_adapter" and base in spec.base_models:
-            return name
-    able = sorted(
-        {b for spec in config.models.values() if spec.task == "ip_adapter" for b in spec.base_models}
-    )
-    raise UnsupportedOperation(
-        f"model {base!r} has no IP-Adapter configured for reference_image; models that have one: "
-        f"{able or 'none'}"
-    )
 
 
 def _size_from_control(
@@ -360,19 +299,24 @@ async def controlled_generate(
       mask comes back exactly as it was.
     ControlNet combines with either. Everything else works as in generate_image: verify,
     verify_labels and enhance_prompt included.
-    - Hosted model='gpt-image-2' (or -1): init_image, mask_image and reference_image go to OpenAI's image
-      edits (the provider picks the output size unless width/height name one of its sizes, and
-      repaints as it sees fit: pixels outside the mask are not guaranteed); no ControlNet.
+    Models differ in what they take (list_models: capabilities); an argument the model does not
+    take is an error naming the models that do. Hosted model='gpt-image-2': init_image, mask_image
+    and reference_image go to its image edits (it picks the output size unless width/height name
+    one of its sizes, and pixels outside the mask are not guaranteed); no ControlNet.
     """
     # 1. Check inputs and pick the models
-    name, spec = pick_model(services.config, params.model, "controlled", "text_to_image")
-    if spec.hosted:
-        return await _controlled_hosted(params, services, name, spec, progress)
-    clock = Clock()
+    hub = services.hub
+    name = hub.pick(params.model, "controlled", "text_to_image")
+    given = given_arguments(params)
+    hub.check(name, given)
+    caps = hub.capabilities(name)
+    spec = hub.spec(name)
     specs = params.control_specs()
-    if params.init_image is None and (not specs or (params.width and params.height)):
+    free_size = caps.sizes is not None and caps.sizes.multiple_of is not None
+    known_size = params.init_image is None and (not specs or (params.width and params.height))
+    if caps.steps and free_size and known_size:
         # The output size is known before any input is decoded: check the per-call budget now.
-        check_budget(
+        generation.check_budget(
             services.config.server.limits,
             params.width or spec.defaults.width or 512,
             params.height or spec.defaults.height or 512,
@@ -380,16 +324,16 @@ async def controlled_generate(
             params.num_images,
         )
     controlnets = [
-        find_controlnet(services.config, name, c.type, params.controlnet if params.controls is None else None)
+        hub.controlnet_for(name, c.type, params.controlnet if params.controls is None else None)
         for c in specs
     ]
+    ip_adapter = hub.ip_adapter_for(name) if params.reference_image is not None else None
     sources = [
         await resolve_image(
             services, c.image, "control_image" if params.controls is None else f"controls[{i}].image"
         )
         for i, c in enumerate(specs)
     ]
-    ip_adapter = find_ip_adapter(services.config, name) if params.reference_image is not None else None
     reference = (
         await resolve_image(services, params.reference_image, "reference_image")
         if params.reference_image
@@ -400,18 +344,16 @@ async def controlled_generate(
         await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
     )
     mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
-    if init is not None:
-        width, height = init.image.size
-    elif not sources:
-        width, height = (
-            params.width or spec.defaults.width or 512,
-            params.height or spec.defaults.height or 512,
-        )
-    else:
+    width, height = params.width, params.height
+    if init is not None and free_size:
+        width, height = init.image.size  # edits keep the picture's size
+    elif sources and free_size:
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
         width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
-    parameters = resolve_parameters(
-        spec=spec,
+    planned = generation.plan(
+        services,
+        name,
+        given,
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
         width=width,
@@ -420,19 +362,14 @@ async def controlled_generate(
         guidance_scale=params.guidance_scale,
         scheduler=params.scheduler,
         num_images=params.num_images,
-        services=services,
-        default_scheduler="dpm++",
+        seed=params.seed,
+        verify_labels=params.verify_labels,
     )
-    check_labels(services, params.verify_labels)
-    seed = params.seed if params.seed is not None else draw_seed()
-    seeds = [(seed + i) % 2**32 for i in range(params.num_images)]
-    parameters, rewrite = await confirm_and_rewrite(
+    planned = await generation.confirm_and_rewrite(
         services,
-        clock,
-        model=name,
-        spec=spec,
-        parameters=parameters,
+        planned,
         enhance_prompt=params.enhance_prompt,
+        edit=init is not None or reference is not None,
         progress=progress,
     )
 
@@ -459,47 +396,22 @@ async def controlled_generate(
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
 
-    # 3. Hold the base pipeline (the weights generate_image uses: loaded once) and the ControlNets on
-    #    the same device
-    async with AsyncExitStack() as stack:
-        model = await stack.enter_async_context(clock.use(services, name))
-        controls = []
-        for item in prepared:
-            controlnet = await stack.enter_async_context(clock.use(services, item.controlnet, near=model))
-            controls.append(ControlInput(controlnet.model, item.image, item.spec.scale))
-        reference_input = None
-        if ip_adapter is not None and reference is not None:
-            adapter = await stack.enter_async_context(clock.use(services, ip_adapter, near=model))
-            reference_input = ReferenceInput(adapter, reference.image.convert("RGB"), params.reference_scale)
-        request = replace(
-            generation_request(parameters, seeds, tuple(controls)),
-            init_image=init.image.convert("RGB") if init else None,
-            mask_image=mask,
-            strength=params.strength if init else None,
-            reference=reference_input,
-            extra={"control_guidance_start": params.control_start, "control_guidance_end": params.control_end}
-            if controls
-            else {},
-        )
-        model.check(request)
-
-        # 4. Denoise
-        async with clock.infer():
-            images = await services.pool.run(model, _denoise(request), progress=progress)
-
-    # 5. Inpainting: put every pixel outside the mask back exactly, feathering only inside it
-    if init is not None and mask is not None:
-        original = init.image.convert("RGB")
-        images = await in_thread(lambda: [keep_outside_mask(original, image, mask) for image in images])
-
-    # 6. Verify with CLIP (before storing: the scores are stored with each image)
-    checks = None
-    if params.verify or params.verify_labels:
-        async with clock.infer():
-            asked = rewrite.original if rewrite else parameters.prompt  # what the caller asked for
-            checks = await verify_images(services, images, asked, params.verify_labels)
-
-    # 7. Store with the ids of every input
+    # 3. Generate through the model's handle (it holds the ControlNets and adapter by name), verify,
+    #    screen and store with the ids of every input
+    strength = params.strength if init is not None and caps.strength else None
+    reference_scale = params.reference_scale if reference is not None and caps.reference_scale else None
+    request = ImageRequest(
+        prompt=params.prompt,
+        init_image=init.image.convert("RGB") if init else None,
+        mask_image=mask,
+        strength=strength,
+        controls=tuple(ControlCondition(p.controlnet, p.image, p.spec.scale) for p in prepared),
+        control_start=params.control_start,
+        control_end=params.control_end,
+        references=(ReferenceCondition(reference.image.convert("RGB"), ip_adapter, reference_scale),)
+        if reference is not None
+        else (),
+    )
     mode = "+".join(
         [
             *(["control"] if prepared else []),
@@ -532,30 +444,23 @@ async def controlled_generate(
             "low_threshold": params.low_threshold,
             "high_threshold": params.high_threshold,
         }
-    if init is not None:
-        extra["strength"] = params.strength
-    if reference is not None:
-        extra |= {"ip_adapter": ip_adapter, "reference_scale": params.reference_scale}
-    if rewrite is not None:
-        extra |= rewrite.stored()
-    stored = await store_generated(
+    if strength is not None:
+        extra["strength"] = strength
+    if ip_adapter is not None:
+        extra |= {"ip_adapter": ip_adapter, "reference_scale": reference_scale}
+    outcome = await generation.run(
         services,
-        images,
-        seeds=seeds,
-        model=name,
-        parameters=parameters,
+        planned,
+        request,
+        verify=params.verify,
+        verify_labels=params.verify_labels,
         parents=parents,
         extra_parameters=extra,
-        verification=checks,
+        progress=progress,
     )
     first = used[0] if used else None
     return ControlledGenerateResult(
-        images=stored.images,
-        seed=seed,
-        model=name,
-        parameters=parameters,
-        timings=clock.timings(),
-        prompt_rewrite=rewrite,
+        **generation.result_fields(planned, outcome),
         mode=mode,
         controls=used,
         control_image=first.control_image if first else None,
@@ -565,133 +470,8 @@ async def controlled_generate(
         conditioning_scale=first.scale if first else None,
         init_image=ImageRef.of(init.record) if init else None,
         mask_image=ImageRef.of(mask_source.record) if mask_source else None,
-        strength=params.strength if init else None,
+        strength=strength,
         reference_image=ImageRef.of(reference.record) if reference else None,
-        reference_scale=params.reference_scale if reference else None,
+        reference_scale=reference_scale,
         ip_adapter=ip_adapter,
-        withheld=stored.withheld,
-        verification=stored.verification,
-    )
-
-
-_LOCAL_ONLY = (
-    "control_type",
-    "low_threshold",
-    "high_threshold",
-    "conditioning_scale",
-    "control_start",
-    "control_end",
-    "strength",
-    "reference_scale",
-    "negative_prompt",
-    "steps",
-    "guidance_scale",
-    "scheduler",
-    "seed",
-)
-HOSTED_SUPPORTS = (
-    "prompt, init_image (edit), mask_image (inpainting), reference_image, width/height, num_images"
-)
-
-
-async def _controlled_hosted(
-    params: ControlledGenerateParams,
-    services: Services,
-    name: str,
-    spec: ModelSpec,
-    progress: Progress | None,
-) -> ControlledGenerateResult:
-    """Edits on a hosted image model (OpenAI GPT Image): init_image, mask_image, reference_image."""
-    clock = Clock()
-    if params.control_image is not None or params.controls is not None or params.controlnet is not None:
-        raise UnsupportedOperation(
-            f"ControlNet controls (control_image, controls, controlnet) need a local model; hosted model "
-            f"{name!r} supports {HOSTED_SUPPORTS}. Pass a local model (list_models) for ControlNet."
-        )
-    refuse_local_only(
-        name,
-        spec,
-        HOSTED_SUPPORTS,
-        # (the MCP layer passes every argument, defaults included: a default value is "not given")
-        **{
-            key: getattr(params, key)
-            for key in _LOCAL_ONLY
-            if getattr(params, key) != ControlledGenerateParams.model_fields[key].default
-        },
-    )
-    model = services.hosted.image_model(name, spec)
-    if not hasattr(model, "edit"):
-        raise UnsupportedOperation(
-            f"hosted model {name!r} cannot edit pictures or take reference images; use gpt-image-2, or a "
-            "local model (list_models)"
-        )
-    init = await resolve_image(services, params.init_image, "init_image") if params.init_image else None
-    mask_source = (
-        await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
-    )
-    mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
-    reference = (
-        await resolve_image(services, params.reference_image, "reference_image")
-        if params.reference_image
-        else None
-    )
-    pictures = [r.image.convert("RGB") for r in (init, reference) if r is not None]
-    check_labels(services, params.verify_labels)
-    rewriter = pick_rewriter(services.config) if params.enhance_prompt else None
-
-    # Confirm the paid calls with the user before any work; rewrite the prompt if asked
-    n = params.num_images
-    await approve_spending(services, name, spec, f"{n} edited image{'s' if n != 1 else ''}")
-    prompt, rewrite = params.prompt, None
-    if rewriter is not None:
-        text_model, text_spec = rewriter
-        await approve_spending(services, text_model, text_spec, rewrite_purchase(services.config, text_spec))
-        rewrite = await rewrite_prompt(services, clock, text_model, text_spec, params.prompt, progress)
-        prompt = rewrite.prompt
-    async with clock.infer():
-        result = await model.edit(
-            prompt, pictures, mask=mask, n=params.num_images, width=params.width, height=params.height
-        )
-    checks = None
-    if params.verify or params.verify_labels:
-        async with clock.infer():
-            checks = await verify_images(services, result.images, params.prompt, params.verify_labels)
-    mode = "+".join(
-        [*(["inpaint" if mask else "img2img"] if init else []), *(["reference"] if reference else [])]
-    )
-    parents = [r.record.id for r in (init, mask_source, reference) if r is not None]
-    stored, parameters = await store_hosted(
-        services,
-        result,
-        model=name,
-        spec=spec,
-        prompt=prompt,
-        parents=parents,
-        extra_parameters={"mode": mode, **(rewrite.stored() if rewrite else {})},
-        verification=checks,
-    )
-    return ControlledGenerateResult(
-        images=stored.images,
-        seed=None,
-        model=name,
-        parameters=parameters,
-        usage=result.usage,
-        provider_parameters=result.sent,
-        timings=clock.timings(),
-        mode=mode,
-        controls=[],
-        control_image=None,
-        input_image=None,
-        control_type=None,
-        controlnet=None,
-        conditioning_scale=None,
-        init_image=ImageRef.of(init.record) if init else None,
-        mask_image=ImageRef.of(mask_source.record) if mask_source else None,
-        strength=None,
-        reference_image=ImageRef.of(reference.record) if reference else None,
-        reference_scale=None,
-        ip_adapter=None,
-        withheld=stored.withheld,
-        verification=stored.verification,
-        prompt_rewrite=rewrite,
     )

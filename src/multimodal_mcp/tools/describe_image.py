@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from multimodal_mcp.backends.hosted import Usage
 from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.handles import Usage
 from multimodal_mcp.tools.common import (
     Clock,
     DetailArg,
@@ -21,11 +21,10 @@ from multimodal_mcp.tools.common import (
     Timings,
     approve_spending,
     check_limit,
-    pick_model,
-    refuse_hosted_only,
+    given_arguments,
     resolve_image,
 )
-from multimodal_mcp.tools.json_answer import check_schema, json_prompt, parse_answer
+from multimodal_mcp.tools.json_answer import check_schema, parse_answer
 from multimodal_mcp.tools.verification import Grounding, ground_description, grounding_summary
 
 DEFAULT_PROMPT = "Describe this image in detail."
@@ -69,9 +68,9 @@ class DescribeImageParams(Params):
             description=(
                 "A JSON Schema (2020-12) the answer must match, e.g. {'type': 'object', 'properties': "
                 "{'total': {'type': 'number'}, 'date': {'type': 'string'}}, 'required': ['total', 'date']}. "
-                "The validated value comes back as 'data'. Hosted models use their structured output; "
-                "local models are prompted for JSON and checked. Local '#/...' references only; at most "
-                "16,000 characters as JSON and 12 levels deep."
+                "The validated value comes back as 'data'. Models with structured output use it; others "
+                "are asked for JSON; either way the answer is checked. Local '#/...' references only; "
+                "at most 16,000 characters as JSON and 12 levels deep."
             ),
         ),
     ] = None
@@ -86,7 +85,9 @@ class DescribeImageResult(Result):
     data: Any = Field(
         default=None, description="With response_schema: the answer as JSON, validated against the schema."
     )
-    usage: Usage | None = Field(default=None, description="Hosted models: tokens and images the call used.")
+    usage: Usage | None = Field(
+        default=None, description="Metered (hosted) models: tokens and images the call used."
+    )
     timings: Timings
     grounding: Grounding | None = Field(
         default=None, description="With ground=True: the answer's noun phrases scored against the image."
@@ -110,15 +111,17 @@ async def describe_image(
 
     Pass prompt for a specific question (e.g. 'Extract the total amount and date from this
     receipt.') and response_schema to get the answer as validated JSON in 'data'. model may name
-    a local VLM or a hosted one (gpt-4o, gemini-2.5-flash; see list_models); detail (low, high,
-    auto) applies to hosted models only. Answers can contain hallucinated details; check
+    any configured vision-language model, local or hosted (gpt-4o, gemini-2.5-flash; see
+    list_models); detail (low, high, auto) only for models whose capabilities list it. Answers can
+    contain hallucinated details; check
     important ones with clip_classify, or pass ground=True to have the things the answer names
     scored against the image with CLIP.
     """
     # 1. Check inputs
     clock = Clock()
-    name, spec = pick_model(services.config, params.model, "vlm", "vlm")
-    refuse_hosted_only(name, spec, detail=params.detail)
+    name = services.hub.pick(params.model, "vlm", "vlm")
+    services.hub.check(name, given_arguments(params))
+    spec = services.hub.spec(name)
     max_tokens = params.max_tokens or spec.defaults.max_tokens or 256
     check_limit(
         "max_tokens", max_tokens, services.config.server.limits.max_tokens, "ask for a shorter answer"
@@ -133,23 +136,21 @@ async def describe_image(
     validator = check_schema(params.response_schema) if params.response_schema is not None else None
     source = await resolve_image(services, params.image, "image")
     image = source.image.convert("RGB")
-    await approve_spending(services, name, spec, f"one answer about an image (up to {max_tokens} tokens)")
+    await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
 
-    # 2. Generate: hosted models over their API (no device lane), local ones on the pool
-    usage = None
-    if spec.hosted:
-        chat = services.hosted.chat_model(name, spec)
-        async with clock.infer():
-            answer = await chat.answer(
-                [image], prompt, max_tokens=max_tokens, detail=params.detail, schema=params.response_schema
-            )
-        text, tokens, usage = answer.text, answer.usage.completion_tokens or 0, answer.usage
-    else:
-        asked = json_prompt(prompt, params.response_schema) if params.response_schema is not None else prompt
-        async with clock.use(services, name) as model, clock.infer():
-            text, tokens = await services.pool.run(
-                model, lambda m, _step, _cancel: m.answer(image, asked, max_tokens), progress=progress
-            )
+    # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can)
+    chat = services.hub.vision_chat(name)
+    async with clock.infer():
+        answer = await chat.answer(
+            [image],
+            prompt,
+            max_tokens=max_tokens,
+            detail=params.detail,
+            schema=params.response_schema,
+            progress=progress,
+        )
+    clock.loaded(answer.load_seconds)
+    text, tokens, usage = answer.text, answer.tokens, answer.usage
 
     # 3. Structured answers are checked against the schema, whoever wrote them
     data = parse_answer(text, validator, name) if validator is not None else None

@@ -8,7 +8,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from multimodal_mcp.backends.base import json_prompt
 from multimodal_mcp.errors import BackendError, InvalidArgument
+
+__all__ = ["MAX_SCHEMA_CHARS", "MAX_SCHEMA_DEPTH", "check_schema", "json_prompt", "parse_answer"]
 
 MAX_SCHEMA_CHARS = 16_000
 MAX_SCHEMA_DEPTH = 12
@@ -53,14 +56,6 @@ def check_schema(schema: dict[str, Any]) -> Draft202012Validator:
             f"response_schema is not a valid JSON Schema (2020-12) at {where}: {exc.message[:200]}"
         ) from None
     return Draft202012Validator(schema)
-
-
-def json_prompt(prompt: str, schema: dict[str, Any]) -> str:
-    """Constrained prompting for models without structured output: the schema, and JSON only."""
-    return (
-        f"{prompt}\n\nAnswer with only a JSON value (no other text, no code fences) that matches this "
-        f"JSON Schema:\n{json.dumps(schema, separators=(',', ':'))}"
-    )
 
 
 def _first_json(text: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from multimodal_mcp.backends.schedulers import choices_for
+from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.config import ModelDefaults
 from multimodal_mcp.tools.common import Params, Progress, Result, Services
 
@@ -34,6 +34,10 @@ class ModelInfo(BaseModel):
     last_used_seconds_ago: float | None
     defaults: ModelDefaults
     schedulers: list[str] | None = Field(description="Samplers this model accepts (text_to_image models).")
+    capabilities: Capabilities = Field(
+        description="What the model honours (arguments other models may take are refused for it)."
+    )
+    status: str = Field(description="Where it runs now, in a few words.")
     control_type: str | None = None
     base_models: list[str] | None = None
     hosted: bool = Field(default=False, description="Runs on a provider's API (openai, gemini), not locally.")
@@ -60,32 +64,30 @@ class ListModelsResult(Result):
         lines += [f"  ({reason})" for reason in self.profile_reasons]
         for m in self.models:
             default = f" (default for {', '.join(m.default_for)})" if m.default_for else ""
-            if m.hosted:
-                key = "key set" if m.api_key_set else f"no key: set {m.api_key_env}"
-                state = f"hosted ({m.backend}, {key})"
-            else:
-                state = f"on {m.location}" if m.loaded else "not loaded"
             paid = ", paid" if m.paid else ""
-            lines.append(f"- {m.name}: {m.task}, {m.source}{paid}, {state}{default}")
+            takes = "; ".join(m.capabilities.summary())
+            lines.append(
+                f"- {m.name}: {m.task}, {m.source}{paid}, {m.status}{default}"
+                + (f"; takes {takes}" if takes else "")
+            )
         return "\n".join(lines)
 
 
 async def list_models(
     params: ListModelsParams, services: Services, progress: Progress | None = None
 ) -> ListModelsResult:
-    """List the configured models: task, source, defaults, and where each is loaded (device, size,
-    queue); for hosted models (OpenAI, Gemini), whether the provider's API key is set.
+    """List the configured models: task, source, defaults, capabilities (which arguments each
+    takes), and where each runs (device, size, queue; for hosted models, whether the provider's
+    API key is set).
 
     Pass a name from here as the model argument of another tool to use a model other than the
     default.
     """
     config = services.config
-    states = {s.name: s for s in services.pool.states()}
-    now = services.pool.now()
+    hub = services.hub
     models = []
     for name, spec in config.models.items():
-        state = states[name]
-        flow = spec.defaults.scheduler is not None and spec.defaults.scheduler.startswith("flow_")
+        capabilities = hub.capabilities(name)
         models.append(
             ModelInfo(
                 name=name,
@@ -95,30 +97,14 @@ async def list_models(
                 source=spec.source,
                 description=spec.description,
                 default_for=[key for key, value in config.defaults.items() if value == name],
-                loaded=state.loaded,
-                location=state.location,
-                device=state.device,
-                memory_bytes=state.memory_bytes,
-                in_use=state.in_use,
-                queue_depth=state.queue_depth,
-                last_used_seconds_ago=round(now - state.last_used, 1)
-                if state.last_used is not None
-                else None,
                 defaults=spec.defaults,
-                schedulers=list(choices_for(flow)) if spec.task == "text_to_image" else None,
+                schedulers=list(capabilities.schedulers) if spec.task == "text_to_image" else None,
+                capabilities=capabilities,
                 control_type=spec.control_type,
                 base_models=list(spec.base_models) or None,
+                **hub.where(name),
             )
         )
-        if spec.hosted:
-            settings = config.hosted.for_backend(spec.backend)
-            models[-1] = models[-1].model_copy(
-                update={
-                    "hosted": True,
-                    "api_key_set": settings.key_from is not None,
-                    "api_key_env": settings.api_key_env,
-                }
-            )
     return ListModelsResult(
         models=models,
         device=services.pool.device,

@@ -12,7 +12,7 @@ import re
 
 from pydantic import BaseModel, Field
 
-from multimodal_mcp.config import Config, ModelSpec
+from multimodal_mcp.config import Config
 from multimodal_mcp.errors import UnsupportedOperation
 from multimodal_mcp.tools.common import Clock, Progress, Services
 
@@ -86,7 +86,7 @@ class PromptRewrite(BaseModel):
         return f' Prompt rewritten by {self.model}: "{self.prompt}".'
 
 
-def pick_rewriter(config: Config) -> tuple[str, ModelSpec]:
+def pick_rewriter(config: Config) -> str:
     """The text model that rewrites prompts: ``[defaults] prompt_rewrite``."""
     name = config.defaults.get("prompt_rewrite")
     if name is None:
@@ -98,45 +98,35 @@ def pick_rewriter(config: Config) -> tuple[str, ModelSpec]:
             "enhance_prompt, writing the detailed prompt yourself."
         )
     # The configuration checked that the name exists and is a text model.
-    return name, config.models[name]
+    return name
 
 
-def rewrite_tokens(config: Config, spec: ModelSpec) -> int:
+def rewrite_tokens(services: Services, name: str) -> int:
     """Token budget for one rewrite: the model's default, within the server's max_tokens."""
-    return min(spec.defaults.max_tokens or DEFAULT_REWRITE_TOKENS, config.server.limits.max_tokens)
+    spec = services.hub.spec(name)
+    return min(spec.defaults.max_tokens or DEFAULT_REWRITE_TOKENS, services.config.server.limits.max_tokens)
 
 
-def rewrite_purchase(config: Config, spec: ModelSpec) -> str:
+def rewrite_purchase(services: Services, name: str) -> str:
     """What a rewrite buys from a paid text model, as the user is asked about it."""
-    return f"one chat completion (up to {rewrite_tokens(config, spec)} tokens) to rewrite the prompt"
+    return f"one chat completion (up to {rewrite_tokens(services, name)} tokens) to rewrite the prompt"
 
 
 async def complete(
     services: Services,
     clock: Clock,
     name: str,
-    spec: ModelSpec,
     system: str,
     prompt: str,
     max_tokens: int,
     progress: Progress | None = None,
 ) -> tuple[str, int]:
-    """One chat completion from text model ``name``: (text, tokens generated).
-
-    The one place a text model is called. Local models (``complete`` is blocking) run on their
-    device lane in the pool; hosted chat models (OpenAI, Gemini) are awaited over their API and take
-    no device lane.
-    """
-    if spec.hosted:
-        chat = services.hosted.chat_model(name, spec)
-        async with clock.infer():
-            text, tokens = await chat.complete(system, prompt, max_tokens)
-        return str(text), int(tokens)
-    async with clock.use(services, name) as model, clock.infer():
-        text, tokens = await services.pool.run(
-            model, lambda m, _step, _cancel: m.complete(system, prompt, max_tokens), progress=progress
-        )
-    return str(text), int(tokens)
+    """One chat completion from text model ``name``: (text, tokens generated), wherever it runs."""
+    chat = services.hub.text_chat(name)
+    async with clock.infer():
+        answer = await chat.complete(system, prompt, max_tokens=max_tokens, progress=progress)
+    clock.loaded(answer.load_seconds)
+    return answer.text, answer.tokens
 
 
 def sanitize_rewrite(text: str, max_chars: int) -> str:
@@ -165,25 +155,13 @@ def sanitize_rewrite(text: str, max_chars: int) -> str:
 
 
 async def rewrite_prompt(
-    services: Services,
-    clock: Clock,
-    name: str,
-    spec: ModelSpec,
-    prompt: str,
-    progress: Progress | None = None,
+    services: Services, clock: Clock, name: str, prompt: str, progress: Progress | None = None
 ) -> PromptRewrite:
     """Rewrite ``prompt`` with text model ``name``; falls back to ``prompt`` when the answer is unusable."""
     if progress is not None:
         await progress(0, None, f"rewriting the prompt with {name}")
     answer, tokens = await complete(
-        services,
-        clock,
-        name,
-        spec,
-        REWRITE_SYSTEM,
-        prompt,
-        rewrite_tokens(services.config, spec),
-        progress,
+        services, clock, name, REWRITE_SYSTEM, prompt, rewrite_tokens(services, name), progress
     )
     rewritten = sanitize_rewrite(answer, services.config.server.limits.max_prompt_chars)
     if not rewritten:

@@ -30,7 +30,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, StringConstraints
 
 from multimodal_mcp.errors import InvalidArgument
-from multimodal_mcp.tools.common import Services, check_limit, pick_model
+from multimodal_mcp.tools.common import Services, check_limit
 from multimodal_mcp.tools.phrases import noun_phrases
 
 NEUTRAL_CAPTIONS = ("a photo", "an image", "a picture of something")
@@ -109,9 +109,9 @@ async def _score(
     services: Services, images: list[Image.Image], prompt: str | None, labels: list[str]
 ) -> tuple[str, list[tuple[float | None, dict[str, float]]]]:
     """(CLIP model, per image: (prompt cosine or None, label probabilities))."""
-    clip, _ = pick_model(services.config, None, "clip", "clip")
+    clip = services.hub.pick(None, "clip", "clip")
     texts = [*([prompt] if prompt is not None else []), *(LABEL_TEMPLATE.format(x) for x in labels)]
-    rows, scale = await services.pool.clip(clip).similarities(
+    rows, scale = await services.hub.embedder(clip).similarities(
         [image.convert("RGB") for image in images], [*texts, *NEUTRAL_CAPTIONS]
     )
     out: list[tuple[float | None, dict[str, float]]] = []
@@ -161,7 +161,7 @@ async def ground_description(services: Services, image: Image.Image, text: str) 
     """Score the noun phrases of ``text`` against ``image``; weakly supported ones are flagged."""
     settings = services.config.server.verification
     phrases = noun_phrases(text, limit=settings.max_phrases)
-    clip, _ = pick_model(services.config, None, "clip", "clip")
+    clip = services.hub.pick(None, "clip", "clip")
     if not phrases:
         return Grounding(phrases=[], unsupported=[], threshold=settings.label_threshold, clip_model=clip)
     clip, ((_, scores),) = await _score(services, [image], None, phrases)

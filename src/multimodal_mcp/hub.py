@@ -1,0 +1,250 @@
+"""The hub: from a model name to its handle, its capabilities, and the check of a call against them.
+
+Tools ask the hub, never a backend: ``hub.image_generator("sdxl")`` gives an
+:class:`~multimodal_mcp.handles.ImageGenerator` whether the model runs on this machine's pool or a
+provider's API. Which it is, is the registry's business (:mod:`multimodal_mcp.registry`): local
+backends' models are wrapped in pool-backed handles, hosted backends make their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from multimodal_mcp import registry
+from multimodal_mcp.backends.hosted import HostedConnections
+from multimodal_mcp.capabilities import Capabilities, refusal
+from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
+from multimodal_mcp.errors import UnknownModel, UnsupportedOperation
+from multimodal_mcp.handles import Handle, ImageGenerator, ImageTextEmbedder, TextChat, VisionChat
+from multimodal_mcp.pool.core import ModelPool
+from multimodal_mcp.pool.handles import PooledEmbedder, PooledImageGenerator, PooledTextChat, PooledVisionChat
+
+H = TypeVar("H")
+
+_POOLED: dict[str, Any] = {
+    "text_to_image": PooledImageGenerator,
+    "vlm": PooledVisionChat,
+    "text": PooledTextChat,
+    "clip": PooledEmbedder,
+}
+_KINDS: dict[str, type] = {
+    "text_to_image": ImageGenerator,
+    "vlm": VisionChat,
+    "text": TextChat,
+    "clip": ImageTextEmbedder,
+}
+
+
+class ModelHub:
+    """Every configured model by name: its spec, capabilities and handle. One per server."""
+
+    def __init__(self, config: Config, pool: ModelPool, connections: HostedConnections) -> None:
+        self.config = config
+        self.pool = pool
+        self.connections = connections
+        self._capabilities: dict[str, Capabilities] = {}
+        self._handles: dict[str, Handle] = {}
+
+    # --- names and specs ------------------------------------------------------------------------
+
+    def spec(self, name: str) -> ModelSpec:
+        spec = self.config.models.get(name)
+        if spec is None:
+            raise UnknownModel(f"no model named {name!r}; configured: {', '.join(self.config.models)}")
+        return spec
+
+    def models_for(self, task: Task) -> list[str]:
+        return self.config.models_for(task)
+
+    def pick(self, requested: str | None, default_for: DefaultFor, task: Task) -> str:
+        """The requested model, or the configured default; errors name the models that fit."""
+        fitting = self.models_for(task)
+        name = requested if requested is not None else self.config.defaults.get(default_for)
+        if name is None:
+            raise UnknownModel(
+                f"no default model is configured for {default_for}; pass model= one of {fitting}"
+            )
+        spec = self.config.models.get(name)
+        if spec is None:
+            raise UnknownModel(
+                f"no model named {name!r}; models for this tool: {', '.join(fitting) or 'none'}"
+            )
+        if spec.task != task:
+            raise UnsupportedOperation(
+                f"model {name!r} is a {spec.task} model; this tool needs a {task} model: "
+                f"{', '.join(fitting) or 'none'}"
+            )
+        return name
+
+    def paid(self, name: str) -> bool:
+        return self.spec(name).is_paid
+
+    def backend(self, name: str) -> registry.Backend:
+        return registry.get(self.spec(name).backend)
+
+    # --- capabilities ---------------------------------------------------------------------------
+
+    def capabilities(self, name: str) -> Capabilities:
+        """What model ``name`` honours: its backend's declaration with the config's overrides."""
+        found = self._capabilities.get(name)
+        if found is None:
+            spec = self.spec(name)
+            declared = self.backend(name).capabilities(name, spec, self.config)
+            found = self._capabilities[name] = declared.merged(spec.capabilities)
+        return found
+
+    def check(self, name: str, given: Mapping[str, Any]) -> None:
+        """Refuse, before any work, an argument model ``name`` does not honour.
+
+        ``given`` holds only the arguments the caller gave. The error names the argument, what the
+        model takes instead, and the configured models that do take it.
+
+        Raises:
+            UnsupportedOperation: written from the capabilities.
+        """
+        task = self.spec(name).task
+        others = {other: self.capabilities(other) for other in self.models_for(task)}
+        message = refusal(name, self.capabilities(name), given, others)
+        if message is not None:
+            raise UnsupportedOperation(message)
+
+    # --- handles --------------------------------------------------------------------------------
+
+    def handle(self, name: str) -> Handle:
+        """The handle of model ``name`` for its task (cached per server)."""
+        found = self._handles.get(name)
+        if found is not None:
+            return found
+        spec = self.spec(name)
+        if spec.task not in _KINDS:
+            raise UnsupportedOperation(
+                f"model {name!r} is a {spec.task} model, a component other models attach; it has no handle"
+            )
+        backend = self.backend(name)
+        if isinstance(backend, registry.LocalBackend):
+            made: Handle = _POOLED[spec.task](self.pool, name, self.capabilities(name))
+        elif isinstance(backend, registry.HostedBackend):
+            made = backend.handle(name, spec, self.connections.connection(backend))
+        else:  # pragma: no cover - the registry only holds the two kinds
+            raise UnsupportedOperation(f"backend {backend.name!r} has no way to run model {name!r}")
+        if not isinstance(made, _KINDS[spec.task]):
+            raise UnsupportedOperation(
+                f"backend {backend.name!r} gave model {name!r} a handle that is not a "
+                f"{_KINDS[spec.task].__name__}"
+            )
+        self._handles[name] = made
+        return made
+
+    def _typed(self, name: str, task: Task, kind: type[H]) -> H:
+        spec = self.spec(name)
+        if spec.task != task:
+            raise UnsupportedOperation(f"model {name!r} is a {spec.task} model, not a {task} model")
+        handle = self.handle(name)
+        assert isinstance(handle, kind)
+        return handle
+
+    def image_generator(self, name: str) -> ImageGenerator:
+        return self._typed(name, "text_to_image", ImageGenerator)  # type: ignore[type-abstract]
+
+    def vision_chat(self, name: str) -> VisionChat:
+        return self._typed(name, "vlm", VisionChat)  # type: ignore[type-abstract]
+
+    def text_chat(self, name: str) -> TextChat:
+        """A text model, or a chat model of another task whose handle also takes text alone."""
+        spec = self.spec(name)
+        if spec.task == "text":
+            return self._typed(name, "text", TextChat)  # type: ignore[type-abstract]
+        handle = self.handle(name) if spec.task in _KINDS else None
+        if not isinstance(handle, TextChat):
+            raise UnsupportedOperation(f"model {name!r} is a {spec.task} model and takes no text-only chat")
+        return handle
+
+    def embedder(self, name: str) -> ImageTextEmbedder:
+        return self._typed(name, "clip", ImageTextEmbedder)  # type: ignore[type-abstract]
+
+    # --- components a generator attaches by name ------------------------------------------------
+
+    def controlnet_for(self, base: str, control_type: str, requested: str | None) -> str:
+        """The ControlNet to use with ``base``; errors name the models that can do ``control_type``."""
+        models = self.config.models
+        fitting = [
+            name
+            for name, spec in models.items()
+            if spec.task == "controlnet" and spec.control_type == control_type and base in spec.base_models
+        ]
+        if requested is not None:
+            spec = models.get(requested)
+            if spec is None or spec.task != "controlnet":
+                raise UnknownModel(
+                    f"no ControlNet named {requested!r}; ControlNets for {base!r}: {fitting or 'none'}"
+                )
+            if requested not in fitting:
+                raise UnsupportedOperation(
+                    f"ControlNet {requested!r} ({spec.control_type}, for {list(spec.base_models)}) does not "
+                    f"fit model {base!r} with control_type {control_type!r}; fitting: {fitting or 'none'}"
+                )
+            return requested
+        if not fitting:
+            able = sorted(
+                {b for spec in models.values() if spec.control_type == control_type for b in spec.base_models}
+            )
+            raise UnsupportedOperation(
+                f"model {base!r} has no {control_type} ControlNet configured; "
+                f"models that can: {able or 'none'}"
+            )
+        return fitting[0]
+
+    def ip_adapter_for(self, base: str) -> str | None:
+        """The IP-Adapter configured for ``base``, or None when the model takes reference pictures
+        itself (its capabilities say so) or takes none (the capability check refuses those)."""
+        for name, spec in self.config.models.items():
+            if spec.task == "ip_adapter" and base in spec.base_models:
+                return name
+        return None
+
+    def where(self, name: str) -> dict[str, Any]:
+        """Where model ``name`` runs and how it is doing, for listings: its place in the pool (local
+        models) or its provider's key status (hosted ones), and ``status``, a short phrase."""
+        backend = self.backend(name)
+        empty: dict[str, Any] = {
+            "hosted": backend.hosted,
+            "loaded": False,
+            "location": None,
+            "device": None,
+            "memory_bytes": None,
+            "in_use": 0,
+            "queue_depth": 0,
+            "last_used_seconds_ago": None,
+            "api_key_set": None,
+            "api_key_env": None,
+        }
+        if isinstance(backend, registry.HostedBackend):
+            settings = self.config.hosted.for_backend(backend.name)
+            key = settings.key_from is not None
+            key_status = "key set" if key else f"no key: set {settings.api_key_env}"
+            return {
+                **empty,
+                "api_key_set": key,
+                "api_key_env": settings.api_key_env,
+                "status": f"hosted ({backend.name}, {key_status})",
+            }
+        state = {s.name: s for s in self.pool.states()}.get(name)
+        if state is None:
+            return {**empty, "status": "not loaded"}
+        now = self.pool.now()
+        return {
+            **empty,
+            "loaded": state.loaded,
+            "location": state.location,
+            "device": state.device,
+            "memory_bytes": state.memory_bytes,
+            "in_use": state.in_use,
+            "queue_depth": state.queue_depth,
+            "last_used_seconds_ago": round(now - state.last_used, 1) if state.last_used is not None else None,
+            "status": f"on {state.location}" if state.loaded else "not loaded",
+        }
+
+    async def aclose(self) -> None:
+        """Close the hosted connections (the pool is closed by its own context)."""
+        await self.connections.aclose()

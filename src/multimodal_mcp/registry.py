@@ -1,0 +1,210 @@
+"""One registry for every backend, local and hosted.
+
+A backend is an object registered under the entry-point group ``multimodal_mcp.backends``; the
+entry point's name is the value of ``backend = "..."`` in a model's config table. The built-in
+backends are registered exactly as an outside package registers one, in this project's
+``pyproject.toml``::
+
+    [project.entry-points."multimodal_mcp.backends"]
+    diffusers = "multimodal_mcp.backends.diffusion:backend"
+
+Two kinds exist:
+
+- :class:`LocalBackend`: loads weights into the model pool (``load`` runs in a worker thread and
+  returns a loaded model with the engine interface of :mod:`multimodal_mcp.backends.base`); the pool
+  places, evicts and runs it on a device lane.
+- :class:`HostedBackend`: calls a provider's API. It makes one client per server from its
+  ``[hosted.<name>]`` settings and returns async handles (:mod:`multimodal_mcp.handles`).
+
+A backend module must be cheap to import: no torch, no provider SDK at module level (import them in
+``load`` or ``make_client``), since the registry loads every backend a configuration names.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from multimodal_mcp.capabilities import Capabilities
+
+if TYPE_CHECKING:
+    from multimodal_mcp.backends.base import LoadContext
+    from multimodal_mcp.config import Config, HostedSettings, ModelSpec
+    from multimodal_mcp.handles import Handle
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "multimodal_mcp.backends"
+TASKS = ("text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text")
+"""Every task a model may have. Handles exist for text_to_image, vlm, text and clip; controlnet and
+ip_adapter models are components a text_to_image handle attaches by name."""
+
+
+class Backend(ABC):
+    """What every backend declares as data."""
+
+    name: str = ""
+    """The value of ``backend = "..."``; set by the registry from the entry point's name."""
+    title: ClassVar[str] = ""
+    """How messages and listings name where its models run, e.g. 'diffusers (local)'."""
+    tasks: ClassVar[frozenset[str]] = frozenset()
+    """The tasks its models may have."""
+    hosted: ClassVar[bool] = False
+    """True when its models run on a provider's API (no local weights, no device lane)."""
+    paid: ClassVar[bool] = False
+    """Whether its models cost money per call unless a model's config says ``paid = false``."""
+
+    @abstractmethod
+    def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
+        """What model ``name`` honours, known before it is loaded or called. ``config`` gives the
+        other models (a base model's ControlNets, for one). The model's own ``capabilities`` table
+        in the config is applied on top by the hub."""
+
+
+class LocalBackend(Backend):
+    """Models whose weights the pool loads and runs on a device lane."""
+
+    @abstractmethod
+    def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
+        """Load model ``name`` on ``ctx.device``; blocking, run in a worker thread.
+
+        Returns an object with ``memory_bytes()``, ``move_to(device)`` and the task's engine
+        methods (see :mod:`multimodal_mcp.backends.base`).
+
+        Raises:
+            BackendError: with a message naming the model and what to do.
+        """
+
+
+class HostedBackend(Backend):
+    """Models behind a provider's API, reached through one client per server."""
+
+    hosted: ClassVar[bool] = True
+    paid: ClassVar[bool] = True
+    sdk: ClassVar[str | None] = None
+    """The module the client needs (checked before the first client is made), e.g. 'openai'."""
+    extra: ClassVar[str | None] = None
+    """The pip extra that installs it: ``pip install 'multimodal-mcp[<extra>]'``."""
+
+    @abstractmethod
+    def default_settings(self) -> HostedSettings:
+        """The defaults of ``[hosted.<name>]``: the API key's environment variables, base URL, ..."""
+
+    @abstractmethod
+    def make_client(self, settings: HostedSettings) -> Any:
+        """A client for the provider (created on first use; ``settings.api_key`` is set)."""
+
+    async def close_client(self, client: Any) -> None:
+        """Release the client at shutdown."""
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
+        if close is not None:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+
+    @abstractmethod
+    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+        """The handle for model ``name`` (its task is ``spec.task``), calling through ``connection``
+        (a :class:`~multimodal_mcp.backends.hosted.Connection`: client, concurrency limit, settings)."""
+
+
+class UnknownBackend(LookupError):
+    """No backend is registered under that name."""
+
+
+_lock = threading.Lock()
+_backends: dict[str, Backend] | None = None
+_extra: dict[str, Backend] = {}
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in found and found[entry.name].value != entry.value:
+            logger.warning(
+                "two packages register backend %r (%s and %s); using the first",
+                entry.name,
+                found[entry.name].value,
+                entry.value,
+            )
+            continue
+        found.setdefault(entry.name, entry)
+    return found
+
+
+def _load(entry: importlib.metadata.EntryPoint) -> Backend:
+    obj = entry.load()
+    backend = obj() if isinstance(obj, type) else obj
+    if not isinstance(backend, Backend):
+        raise TypeError(
+            f"entry point {entry.name!r} ({entry.value}) in group {ENTRY_POINT_GROUP} is not a "
+            "multimodal_mcp.registry.Backend"
+        )
+    backend.name = entry.name
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    """Every registered backend by name (entry points loaded once per process)."""
+    global _backends
+    with _lock:
+        if _backends is None:
+            loaded: dict[str, Backend] = {}
+            for name, entry in _entry_points().items():
+                try:
+                    loaded[name] = _load(entry)
+                except Exception:
+                    logger.exception("backend %r (%s) failed to load; it is not available", name, entry.value)
+            _backends = loaded
+        return {**_backends, **_extra}
+
+
+def get(name: str) -> Backend:
+    """The backend registered as ``name``.
+
+    Raises:
+        UnknownBackend: with the registered names in the message.
+    """
+    found = backends().get(name)
+    if found is None:
+        known = ", ".join(sorted(backends())) or "none (is multimodal-mcp installed, e.g. pip install -e .?)"
+        raise UnknownBackend(
+            f"no backend named {name!r} is registered; registered backends: {known}. A backend comes from "
+            f"a package that registers it under the entry-point group {ENTRY_POINT_GROUP!r}"
+        )
+    return found
+
+
+def hosted_backends() -> dict[str, HostedBackend]:
+    """The registered hosted backends by name."""
+    return {name: b for name, b in backends().items() if isinstance(b, HostedBackend)}
+
+
+def register(name: str, backend: Backend) -> None:
+    """Register ``backend`` in this process without an entry point (for embedding and tests).
+
+    A package should register through the entry-point group instead, so that every process finds it.
+    """
+    backend.name = name
+    _extra[name] = backend
+
+
+def unregister(name: str) -> None:
+    """Remove a backend added with :func:`register`."""
+    _extra.pop(name, None)
+
+
+def reload() -> None:
+    """Forget the loaded entry points: the next lookup reads them again (after installing a package)."""
+    global _backends
+    with _lock:
+        _backends = None
+
+
+def describe(names: Mapping[str, Backend] | None = None) -> str:
+    """'name (title)' for each backend, for messages."""
+    return ", ".join(f"{n} ({b.title or n})" for n, b in sorted((names or backends()).items()))
