@@ -23,7 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from multimodal_mcp.config import Config, hosted_models, load_config
+from multimodal_mcp.catalogs import text as catalog_text
+from multimodal_mcp.config import Config, load_config
 
 OPENAI_KEY = "sk-test-0123456789abcdef"
 GEMINI_KEY = "gm-test-0123456789abcdef"
@@ -262,9 +263,7 @@ def hosted_config(
         lines.append(f"[hosted.{backend}]")
         settings = {"base_url": url, "timeout_seconds": 20, "max_retries": 2, **(extra or {})}
         lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
-    for name, spec in hosted_models().items():
-        lines.append(f'[models."{name}"]')
-        lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
+    lines.append(catalog_text("hosted"))  # the hosted catalog is a config file too
     path = tmp_path / "hosted.toml"
     path.write_text("\n".join(lines) + "\n")
     return load_config(

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from multimodal_mcp import __version__, registry
-from multimodal_mcp.config import PROFILE_CHOICES, Config, ConfigError, load_config
+from multimodal_mcp.catalogs import PROFILE_CHOICES
+from multimodal_mcp.config import Config, ConfigError, as_toml, load_config
 
 logger = logging.getLogger("multimodal_mcp")
 
@@ -148,6 +149,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     config = _config_from(args)
+    if args.as_toml:
+        print(as_toml(config), end="")
+        return 0
     defaults: dict[str, list[str]] = {}
     for key, name in config.defaults.items():
         defaults.setdefault(name, []).append(key)
@@ -220,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the configured models")
     _add_config_options(models)
+    models.add_argument(
+        "--as-toml",
+        action="store_true",
+        help="print the models and defaults as a TOML config file to start from (load it with --config)",
+    )
     models.set_defaults(func=_models)
 
     demo = sub.add_parser(

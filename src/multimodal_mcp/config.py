@@ -1,14 +1,13 @@
 """Configuration: one frozen, typed object, read once by the CLI and passed down.
 
 A configuration is a built-in *profile* (``default`` with the real checkpoints, or ``tiny`` with
-offline random-weight models) optionally overlaid by a TOML file. Library code never reads the
-environment; :func:`load_config` is given every input explicitly.
+offline random-weight models) optionally overlaid by a TOML file. The profiles are data, config files
+themselves (:mod:`multimodal_mcp.catalogs`), read by the code that reads the user's file. Library code
+never reads the environment; :func:`load_config` is given every input explicitly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -23,6 +22,24 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
+)
+
+from multimodal_mcp import catalogs
+from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importers keep using config)
+    CLIENT_LIMITS,
+    MIN_TOKEN_CHARS,
+    AuthConfig,
+    ClientLimits,
+    HttpSettings,
+    OAuthSettings,
+    PoolSettings,
+    SafetyMode,
+    SafetySettings,
+    SpendingSettings,
+    StaticToken,
+    Transport,
+    UrlSettings,
+    VerificationSettings,
 )
 
 Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text"]
@@ -217,275 +234,6 @@ class Limits(_Frozen):
     )
 
 
-class UrlSettings(_Frozen):
-    """Fetching images from http(s) URLs named in arguments (``[server.urls]``). Off by default."""
-
-    enabled: bool = Field(default=False, description="Fetch http(s) image URLs named in arguments.")
-    max_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="Largest body read; the download stops at it."
-    )
-    timeout_seconds: float = Field(
-        default=15, gt=0, le=300, description="Total time for one fetch, redirects and DNS included."
-    )
-    max_redirects: int = Field(default=5, ge=0, le=10, description="Redirects followed, each re-checked.")
-    allow_networks: tuple[str, ...] = Field(
-        default=(),
-        description="DANGEROUS: networks exempt from the address check (e.g. '127.0.0.1/32' for a local "
-        "test server). Anything listed here becomes reachable by whoever writes the arguments.",
-    )
-
-    @field_validator("allow_networks")
-    @classmethod
-    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
-        for net in networks:
-            try:
-                ipaddress.ip_network(net, strict=True)
-            except ValueError as exc:
-                raise ValueError(
-                    f"allow_networks: {net!r} is not a network like '127.0.0.1/32' ({exc})"
-                ) from exc
-        return networks
-
-
-class PoolSettings(_Frozen):
-    """How the model pool places, keeps, batches and queues work."""
-
-    gpu_headroom_gib: float = Field(
-        default=1.5, ge=0, description="GPU memory kept free for activations, per GPU (GiB)."
-    )
-    cpu_budget_gib: float | None = Field(
-        default=None,
-        gt=0,
-        description="RAM for models on or offloaded to the CPU (GiB); default: half of RAM.",
-    )
-    keep_alive_seconds: float = Field(
-        default=900, ge=0, description="Unload a model idle this long; 0 keeps models until evicted."
-    )
-    preload: tuple[str, ...] = Field(default=(), description="Models loaded in the background at startup.")
-    max_queue: int = Field(default=32, ge=0, description="Waiting calls per device before 'busy' errors.")
-    placement_wait_seconds: float = Field(
-        default=30, ge=0, description="How long a load waits for models in use to free memory before 'busy'."
-    )
-    clip_max_batch: int = Field(
-        default=32, ge=1, le=1024, description="Most images in one CLIP forward pass."
-    )
-    clip_batch_wait_ms: float = Field(
-        default=5,
-        ge=0,
-        le=1000,
-        description="How long the first CLIP request waits for others to batch with.",
-    )
-    text_cache_size: int = Field(default=4096, ge=0, description="CLIP label embeddings kept per model.")
-    job_wait_seconds: float = Field(
-        default=50,
-        gt=0,
-        description="A call running longer returns a job handle (get_job) instead of waiting.",
-    )
-    job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
-
-
-class ClientLimits(_Frozen):
-    """What one tool result may weigh for the client reading it (see ``CLIENT_LIMITS`` for presets)."""
-
-    max_result_bytes: int = Field(
-        default=1024 * 1024,
-        ge=20_000,
-        description="The whole result serialised as JSON (text, previews' base64, structured content).",
-    )
-    max_result_tokens: int | None = Field(
-        default=None,
-        ge=2_000,
-        description="The whole result in estimated tokens (text at 3 characters per token, images as "
-        "the larger of their base64 length at 3 characters per token and width*height/750); None: no cap.",
-    )
-    max_image_side: int = Field(default=8000, ge=64, description="Longest side of any inline image (px).")
-
-
-CLIENT_LIMITS: dict[str, ClientLimits] = {
-    # Claude Desktop rejects tool results over 1 MiB.
-    "claude-desktop": ClientLimits(max_result_bytes=1024 * 1024),
-    # Claude Code refuses or truncates tool output over 25,000 tokens (MAX_MCP_OUTPUT_TOKENS), and some
-    # versions count an image's base64 and the structured content as text.
-    "claude-code": ClientLimits(max_result_bytes=1024 * 1024, max_result_tokens=25_000),
-    # Any MCP client: the common 1 MiB cap and the 8000 px side limit of vision models.
-    "generic": ClientLimits(max_result_bytes=1024 * 1024),
-}
-
-
-class VerificationSettings(_Frozen):
-    """When generate_image(verify=True) and describe_image(ground=True) call a result good."""
-
-    prompt_threshold: float = Field(
-        default=0.22,
-        ge=-1.0,
-        le=1.0,
-        description="An image passes when the CLIP cosine similarity of image and prompt is at least this "
-        "(tuned for CLIP ViT-L/14 and ViT-B/32: matching pairs score about 0.25-0.35, unrelated ones "
-        "about 0.10-0.18).",
-    )
-    label_threshold: float = Field(
-        default=0.5,
-        gt=0.0,
-        lt=1.0,
-        description="A label or phrase counts as present when its score (CLIP's probability that it "
-        "describes the image better than neutral captions) is at least this.",
-    )
-    max_phrases: int = Field(
-        default=16, ge=1, le=64, description="Most phrases describe_image(ground=True) checks."
-    )
-
-
-_PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-MIN_TOKEN_CHARS = 16
-
-
-class StaticToken(_Frozen):
-    """A bearer token for one team member. Only its SHA-256 is kept: give ``sha256`` in files you
-    share, or ``token`` (hashed on load, never logged)."""
-
-    principal: str = Field(description="Who the token stands for; owns the images and jobs it makes.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the token.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _hash_plain_token(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "token" in data:
-            data = dict(data)
-            token = data.pop("token")
-            if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS:
-                raise ValueError(f"a token must be a string of at least {MIN_TOKEN_CHARS} characters")
-            if "sha256" in data:
-                raise ValueError("give either 'token' or 'sha256', not both")
-            data["sha256"] = hashlib.sha256(token.encode()).hexdigest()
-        return data
-
-    @field_validator("principal")
-    @classmethod
-    def _principal_name(cls, name: str) -> str:
-        if not _PRINCIPAL_NAME.match(name):
-            raise ValueError(f"principal {name[:80]!r} must be 1-64 letters, digits or '._@-'")
-        return name
-
-
-class OAuthSettings(_Frozen):
-    """OAuth resource-server mode: accept access tokens an authorization server issued for this server.
-
-    Tokens are JWTs checked against ``public_key_file``, ``jwks_file`` or ``jwks_url`` (signature,
-    ``exp``, ``iss``, ``aud``), or opaque tokens checked by RFC 7662 introspection.
-    """
-
-    issuer: str = Field(description="The authorization server (the tokens' 'iss').")
-    resource_url: str = Field(
-        description="This server's public MCP URL, e.g. https://mcp.example.com/mcp (advertised in the "
-        "protected resource metadata, and the default audience)."
-    )
-    audience: str | None = Field(default=None, description="Required 'aud'; default: resource_url.")
-    public_key_file: Path | None = None
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
-    introspection_url: str | None = None
-    introspection_client_id: str | None = None
-    introspection_client_secret: str | None = Field(default=None, repr=False)
-    required_scopes: tuple[str, ...] = ()
-    principal_claim: str = Field(default="sub", description="The claim naming the user.")
-    leeway_seconds: float = Field(default=30, ge=0, le=600)
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> OAuthSettings:
-        sources = [self.public_key_file, self.jwks_file, self.jwks_url, self.introspection_url]
-        if sum(s is not None for s in sources) != 1:
-            raise ValueError(
-                "oauth needs exactly one of public_key_file, jwks_file, jwks_url or introspection_url"
-            )
-        for name in ("issuer", "resource_url", "jwks_url", "introspection_url"):
-            value = getattr(self, name)
-            if value is not None and not value.startswith(("https://", "http://")):
-                raise ValueError(f"oauth.{name} must be an http(s) URL")
-        return self
-
-    @property
-    def expected_audience(self) -> str:
-        return self.audience or self.resource_url
-
-
-class AuthConfig(_Frozen):
-    """Who may call an HTTP server: static team tokens, OAuth access tokens, or both."""
-
-    tokens: tuple[StaticToken, ...] = ()
-    oauth: OAuthSettings | None = None
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.tokens) or self.oauth is not None
-
-    @field_validator("tokens")
-    @classmethod
-    def _distinct(cls, tokens: tuple[StaticToken, ...]) -> tuple[StaticToken, ...]:
-        if len({t.sha256 for t in tokens}) != len(tokens):
-            raise ValueError("two static tokens are the same; each team member needs their own")
-        return tokens
-
-
-class HttpSettings(_Frozen):
-    """The streamable HTTP transport: binding, DNS-rebinding protection, body limit and auth."""
-
-    host: str = Field(default="127.0.0.1", description="Bind address; anything but loopback needs auth.")
-    port: int = Field(default=8000, ge=0, le=65535)
-    allowed_hosts: tuple[str, ...] = Field(
-        default=(),
-        description="Extra Host header values clients use (e.g. the name behind a reverse proxy).",
-    )
-    allowed_origins: tuple[str, ...] = Field(
-        default=(), description="Extra browser Origins allowed, e.g. 'https://chat.example.com'."
-    )
-    max_request_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
-    )
-    auth: AuthConfig = AuthConfig()
-
-
-class SpendingSettings(_Frozen):
-    """Whether calls to paid models (``ModelSpec.is_paid``) need the user's confirmation."""
-
-    confirm: Literal["ask", "allow", "deny"] = Field(
-        default="ask",
-        description="ask: confirm each paid call with the user through MCP elicitation where the client "
-        "supports it; allow: never ask; deny: refuse every paid call.",
-    )
-    default_without_elicitation: Literal["allow", "deny"] = Field(
-        default="allow",
-        description="With confirm = 'ask': what happens when the client cannot ask its user "
-        "(no elicitation support).",
-    )
-
-
-SafetyMode = Literal["auto", "on", "off"]
-Transport = Literal["stdio", "http"]
-
-
-class SafetySettings(_Frozen):
-    """An optional filter that withholds generated images a classifier flags, whatever the model."""
-
-    filter: SafetyMode = Field(
-        default="auto",
-        description="'on', 'off', or 'auto': on when serving HTTP, off for stdio (load_config resolves it).",
-    )
-    classifier: str = Field(
-        default="open-nsfw",
-        min_length=1,
-        description="'open-nsfw' (the [safety] extra), or 'package.module:factory' returning a SafetyFilter.",
-    )
-    threshold: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="An image scoring at least this is withheld."
-    )
-
-    @property
-    def enabled(self) -> bool:
-        """Whether to filter; an unresolved 'auto' (no transport given to load_config) means off."""
-        return self.filter == "on"
-
-
 class ServerSettings(_Frozen):
     """Where the store lives, which paths may be read, where models run, and how results look."""
 
@@ -627,326 +375,67 @@ class ConfigError(Exception):
     """The configuration file or options are invalid; the message says where."""
 
 
-# --- built-in profiles --------------------------------------------------------------------------
+# --- reading config files and the built-in catalogs -------------------------------------------------
 
-_DEFAULT_MODELS: dict[str, dict[str, Any]] = {
-    "sdxl": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "stabilityai/stable-diffusion-xl-base-1.0",
-        "dtype": "float16",
-        "variant": "fp16",
-        "description": "Stable Diffusion XL base 1.0: general-purpose text to image at 1024 px.",
-        "defaults": {"steps": 30, "guidance_scale": 7.5, "width": 1024, "height": 1024, "scheduler": "dpm++"},
-    },
-    "flux-schnell": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "black-forest-labs/FLUX.1-schnell",
-        "dtype": "bfloat16",
-        "description": "FLUX.1 [schnell]: flow-matching, guidance-distilled, good images in 4 steps.",
-        "defaults": {
-            "steps": 4,
-            "guidance_scale": 0.0,
-            "width": 1024,
-            "height": 1024,
-            "scheduler": "flow_euler",
-        },
-        "pipeline_kwargs": {"max_sequence_length": 256},
-    },
-    "sd15": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "dtype": "float16",
-        "description": "Stable Diffusion 1.5 at 512 px; the base for the canny ControlNet.",
-        "defaults": {"steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "dpm++"},
-    },
-    "controlnet-canny-sd15": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "lllyasviel/control_v11p_sd15_canny",
-        "dtype": "float16",
-        "control_type": "canny",
-        "base_models": ["sd15"],
-        "description": "ControlNet 1.1 canny edges for Stable Diffusion 1.5.",
-    },
-    "controlnet-depth-sd15": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "lllyasviel/control_v11f1p_sd15_depth",
-        "dtype": "float16",
-        "control_type": "depth",
-        "base_models": ["sd15"],
-        "description": "ControlNet 1.1 depth maps for Stable Diffusion 1.5 (pass a prepared depth map).",
-    },
-    "controlnet-canny-sdxl": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "diffusers/controlnet-canny-sdxl-1.0",
-        "dtype": "float16",
-        "control_type": "canny",
-        "base_models": ["sdxl"],
-        "description": "Canny edges ControlNet for SDXL 1.0.",
-    },
-    "controlnet-canny-flux": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "InstantX/FLUX.1-dev-Controlnet-Canny",
-        "dtype": "bfloat16",
-        "control_type": "canny",
-        "base_models": ["flux-schnell"],
-        "description": "Canny ControlNet trained on FLUX.1 [dev], used here with FLUX.1 [schnell].",
-    },
-    "ip-adapter-sd15": {
-        "task": "ip_adapter",
-        "backend": "diffusers",
-        "source": "h94/IP-Adapter",
-        "weight_name": "models/ip-adapter_sd15.safetensors",
-        "image_encoder": "models/image_encoder",
-        "dtype": "float16",
-        "base_models": ["sd15"],
-        "description": "IP-Adapter for SD 1.5: transfers style or subject from a reference image.",
-    },
-    "clip-vit-l-14": {
-        "task": "clip",
-        "backend": "transformers",
-        "source": "openai/clip-vit-large-patch14",
-        "description": "OpenAI CLIP ViT-L/14: zero-shot classification and image similarity.",
-    },
-    "llava-1.6-mistral-7b": {
-        "task": "vlm",
-        "backend": "transformers",
-        "source": "llava-hf/llava-v1.6-mistral-7b-hf",
-        "dtype": "float16",
-        "description": "LLaVA 1.6 (Mistral 7B): describes images and answers questions about them.",
-        "defaults": {"max_tokens": 256},
-    },
-    "qwen2.5-1.5b-instruct": {
-        "task": "text",
-        "backend": "transformers",
-        "source": "Qwen/Qwen2.5-1.5B-Instruct",
-        "dtype": "bfloat16",
-        "description": "Qwen2.5 1.5B Instruct: a small chat model that rewrites prompts (enhance_prompt).",
-        "defaults": {"max_tokens": 160},
-    },
-}
-_DEFAULT_TASKS: dict[str, str] = {
-    "text_to_image": "sdxl",
-    "controlled": "sd15",
-    "clip": "clip-vit-l-14",
-    "vlm": "llava-1.6-mistral-7b",
-    "prompt_rewrite": "qwen2.5-1.5b-instruct",
-}
-
-_TINY_NOTE = "Tiny random-weight model built offline; its output is noise, for tests and demos only."
-_TINY_MODELS: dict[str, dict[str, Any]] = {
-    "tiny-sd15": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "tiny:sd15",
-        "description": f"Stable Diffusion 1.5 architecture. {_TINY_NOTE}",
-        "defaults": {"steps": 2, "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpm++"},
-    },
-    "tiny-sdxl": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "tiny:sdxl",
-        "description": f"SDXL architecture. {_TINY_NOTE}",
-        "defaults": {"steps": 2, "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpm++"},
-    },
-    "tiny-flux": {
-        "task": "text_to_image",
-        "backend": "diffusers",
-        "source": "tiny:flux",
-        "description": f"Flux architecture (flow matching). {_TINY_NOTE}",
-        "defaults": {"steps": 2, "guidance_scale": 0.0, "width": 64, "height": 64, "scheduler": "flow_euler"},
-        "pipeline_kwargs": {"max_sequence_length": 32},
-    },
-    "tiny-controlnet-canny": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "tiny:controlnet-canny-sd15",
-        "control_type": "canny",
-        "base_models": ["tiny-sd15"],
-        "description": f"Canny ControlNet for the tiny SD 1.5. {_TINY_NOTE}",
-    },
-    "tiny-controlnet-depth": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "tiny:controlnet-canny-sd15",
-        "control_type": "depth",
-        "base_models": ["tiny-sd15"],
-        "description": f"A depth ControlNet stand-in for the tiny SD 1.5 (canny weights). {_TINY_NOTE}",
-    },
-    "tiny-controlnet-canny-sdxl": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "tiny:controlnet-canny-sdxl",
-        "control_type": "canny",
-        "base_models": ["tiny-sdxl"],
-        "description": f"Canny ControlNet for the tiny SDXL. {_TINY_NOTE}",
-    },
-    "tiny-controlnet-canny-flux": {
-        "task": "controlnet",
-        "backend": "diffusers",
-        "source": "tiny:controlnet-canny-flux",
-        "control_type": "canny",
-        "base_models": ["tiny-flux"],
-        "description": f"Canny ControlNet for the tiny Flux. {_TINY_NOTE}",
-    },
-    "tiny-ip-adapter": {
-        "task": "ip_adapter",
-        "backend": "diffusers",
-        "source": "tiny:ip-adapter-sd15",
-        "weight_name": "ip_adapter.safetensors",
-        "image_encoder": "image_encoder",
-        "base_models": ["tiny-sd15"],
-        "description": f"IP-Adapter for the tiny SD 1.5. {_TINY_NOTE}",
-    },
-    "tiny-clip": {
-        "task": "clip",
-        "backend": "transformers",
-        "source": "tiny:clip",
-        "description": f"CLIP architecture. {_TINY_NOTE}",
-    },
-    "tiny-vlm": {
-        "task": "vlm",
-        "backend": "transformers",
-        "source": "tiny:vlm",
-        "description": f"LLaVA architecture (CLIP vision tower, Llama text model). {_TINY_NOTE}",
-        "defaults": {"max_tokens": 16},
-    },
-    "tiny-text": {
-        "task": "text",
-        "backend": "transformers",
-        "source": "tiny:text",
-        "description": f"Llama architecture chat model (rewrites prompts into word salad). {_TINY_NOTE}",
-        "defaults": {"max_tokens": 24},
-    },
-}
-_TINY_TASKS: dict[str, str] = {
-    "text_to_image": "tiny-sd15",
-    "controlled": "tiny-sd15",
-    "clip": "tiny-clip",
-    "vlm": "tiny-vlm",
-    "prompt_rewrite": "tiny-text",
-}
+_TOP_LEVEL = ("profile", "server", "defaults", "models", "hosted")
 
 
-def hosted_models() -> dict[str, dict[str, Any]]:
-    """The hosted models every profile but ``tiny`` offers (they need an API key at call time)."""
-    return {
-        "gpt-image-2": {
-            "task": "text_to_image",
-            "backend": "openai",
-            "source": "gpt-image-2",
-            "description": "GPT Image 2 (OpenAI, hosted): text to image; edits with reference images, masks.",
-            "defaults": {"width": 1024, "height": 1024},
-        },
-        # OpenAI's SDK notes gpt-image-1 shut down on 2026-10-23 and DALL-E 3 retired on 2026-05-12; they
-        # stay for accounts and compatible servers that still serve them.
-        "gpt-image-1": {
-            "task": "text_to_image",
-            "backend": "openai",
-            "source": "gpt-image-1",
-            "description": "GPT Image 1 (OpenAI, hosted; shut down by OpenAI 2026-10-23, use gpt-image-2).",
-            "defaults": {"width": 1024, "height": 1024},
-        },
-        "dall-e-3": {
-            "task": "text_to_image",
-            "backend": "openai",
-            "source": "dall-e-3",
-            "description": "DALL-E 3 (OpenAI, hosted; retired by OpenAI 2026-05-12): one image per call.",
-            "defaults": {"width": 1024, "height": 1024},
-        },
-        "gpt-4o": {
-            "task": "vlm",
-            "backend": "openai",
-            "source": "gpt-4o",
-            "description": "GPT-4o (OpenAI, hosted): describes and compares images; JSON answers.",
-            "defaults": {"max_tokens": 512},
-        },
-        "gemini-2.5-flash": {
-            "task": "vlm",
-            "backend": "gemini",
-            "source": "gemini-2.5-flash",
-            "description": "Google Gemini 2.5 Flash (hosted): describes and compares several images at once.",
-            "defaults": {"max_tokens": 512},
-        },
-        "gpt-4o-mini": {
-            "task": "text",
-            "backend": "openai",
-            "source": "gpt-4o-mini",
-            "description": "GPT-4o mini (OpenAI, hosted): text only; rewrites prompts (enhance_prompt).",
-            "defaults": {"max_tokens": 200},
-        },
-        "gemini-2.5-flash-lite": {
-            "task": "text",
-            "backend": "gemini",
-            "source": "gemini-2.5-flash-lite",
-            "description": "Gemini 2.5 Flash-Lite (hosted): text only; rewrites prompts (enhance_prompt).",
-            "defaults": {"max_tokens": 200},
-        },
-        "gemini-2.5-flash-image": {
-            "task": "text_to_image",
-            "backend": "gemini",
-            "source": "gemini-2.5-flash-image",
-            "description": "Google Gemini 2.5 Flash Image (hosted): text to image.",
-            "defaults": {"width": 1024, "height": 1024},
-        },
-    }
-
-
-PROFILES: dict[str, tuple[dict[str, dict[str, Any]], dict[str, str]]] = {
-    "default": ({**_DEFAULT_MODELS, **hosted_models()}, _DEFAULT_TASKS),
-    "tiny": (_TINY_MODELS, _TINY_TASKS),
-}
-PROFILE_CHOICES = ("auto", *PROFILES)
-"""What ``--profile`` accepts: the built-in profiles and ``auto``, which picks between them."""
-
-
-def _auto_profile(
-    hosted: HostedConfig, has_gpu: bool
-) -> tuple[dict[str, dict[str, Any]], dict[str, str], tuple[str, ...]]:
-    """The ``auto`` profile: local models on a GPU, hosted ones where keys are set, else ``tiny``."""
-    openai_key = hosted.for_backend("openai").key_from
-    gemini_key = hosted.for_backend("gemini").key_from
-    keys = [k for k in (openai_key, gemini_key) if k]
-    if has_gpu:
-        reasons = ["CUDA GPU found -> local 'default' models for every tool"]
-        if keys:
-            reasons.append(f"{', '.join(keys)} set -> hosted models also available by name (model=...)")
-        return {**_DEFAULT_MODELS, **hosted_models()}, dict(_DEFAULT_TASKS), tuple(reasons)
-    models = {**_TINY_MODELS, **hosted_models()}
-    tasks = dict(_TINY_TASKS)
-    if not keys:
-        reason = (
-            "no CUDA GPU found; no OPENAI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY set -> "
-            "'tiny' models (random weights: noise images, for trying things out)"
+def read_toml(text: str, where: str) -> dict[str, Any]:
+    """Parse a config file's text and check its top-level keys: the user's file and the built-in
+    catalogs alike (then both go through :class:`Config`'s validation in :func:`load_config`)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from exc
+    unknown = set(data) - set(_TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown top-level keys {sorted(unknown)}; expected {', '.join(_TOP_LEVEL)}"
         )
-        return _TINY_MODELS, tasks, (reason,)
-    image_model, vlm_model = (
-        ("gpt-image-2", "gpt-4o") if openai_key else ("gemini-2.5-flash-image", "gemini-2.5-flash")
+    return data
+
+
+def read_catalog(name: str) -> catalogs.Catalog:
+    """The built-in catalog ``<name>.toml``'s models and defaults, read as a config file is."""
+    where = f"built-in catalog {name}.toml"
+    data = read_toml(catalogs.text(name), where)
+    if set(data) - {"models", "defaults"}:
+        raise ConfigError(f"{where}: a catalog holds [models] and [defaults] only")
+    return data.get("models", {}), data.get("defaults", {})
+
+
+def _profile(
+    chosen: str, hosted: HostedConfig, gpu_probe: Callable[[], bool] | None
+) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+    if chosen != "auto":
+        return (*catalogs.layered(read_catalog, catalogs.PROFILES[chosen]), ())
+    try:
+        return catalogs.auto_profile(read_catalog, hosted.for_backend, gpu_probe() if gpu_probe else False)
+    except ValueError as exc:
+        raise ConfigError(f"built-in catalogs: {exc}") from exc
+
+
+def as_toml(config: Config) -> str:
+    """``config``'s models and defaults as a config file that loads back to them (``models --as-toml``).
+
+    The file lists every model, so any built-in profile whose models ``config`` has is a base it
+    reproduces; ``config``'s own profile is taken when it is one (``auto`` started from one of them).
+    """
+    candidates = [config.profile] if config.profile in catalogs.PROFILES else list(catalogs.PROFILES)
+    base = next(
+        p
+        for p in candidates
+        if set(catalogs.layered(read_catalog, catalogs.PROFILES[p])[0]) <= set(config.models)
     )
-    if openai_key and gemini_key:
-        chose = f"{openai_key} and {gemini_key} set -> hosted OpenAI models (gpt-image-2, gpt-4o)"
-    elif openai_key:
-        chose = f"{openai_key} set -> hosted OpenAI models (gpt-image-2, gpt-4o)"
-    else:
-        chose = f"{gemini_key} set -> hosted Gemini models (gemini-2.5-flash-image, gemini-2.5-flash)"
-    tasks["text_to_image"] = image_model
-    tasks["vlm"] = vlm_model
-    tasks["prompt_rewrite"] = "gpt-4o-mini" if openai_key else "gemini-2.5-flash-lite"
-    reasons = [
-        f"no CUDA GPU found; {chose} for generate_image, describe_image and compare_images(describe=True); "
-        f"{tasks['prompt_rewrite']} rewrites prompts (enhance_prompt)",
-        "controlled_generate and clip_classify have no hosted default -> 'tiny' models (random weights); "
-        "pass model='gpt-image-2' to controlled_generate for reference images and masks",
+    comments = [
+        f"multimodal-mcp: the {config.profile!r} profile's models and defaults, as a config file (--config).",
+        "Models here add to or replace the base profile's; [defaults] names each tool's model.",
+        *(f"auto: {reason}" for reason in config.profile_reasons),
     ]
-    if openai_key and gemini_key:
-        reasons.append("Gemini models are available by name (model='gemini-2.5-flash', ...)")
-    return models, tasks, tuple(reasons)
+    models = {
+        name: spec.model_dump(mode="json", exclude_defaults=True) for name, spec in config.models.items()
+    }
+    return catalogs.to_toml(base, models, {str(k): v for k, v in config.defaults.items()}, comments)
 
 
 def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: str) -> HostedConfig:
@@ -1014,10 +503,11 @@ def load_config(
 
     Args:
         profile: ``default``, ``tiny`` or ``auto`` (local models on a GPU, else hosted ones where keys
-            are set, else ``tiny``). Overrides the file's ``profile`` key. Defaults to ``default``.
+            are set, else ``tiny``: the rules are ``catalogs/auto.toml``). Overrides the file's
+            ``profile`` key. Defaults to ``default``.
         config_file: A TOML file with optional ``profile``, ``[server]``, ``[defaults]``,
-            ``[hosted.openai]``/``[hosted.gemini]`` and ``[models.<name>]`` tables. Models it names
-            are added to (or replace) the profile's.
+            ``[hosted.<backend>]`` and ``[models.<name>]`` tables. Models it names are added to (or
+            replace) the profile's.
         cache_dir: The per-user cache directory; the store and tiny models live below it by default.
         home: The user's home directory (``~`` in paths expands to it).
         default_allowed_roots: Directories clients may read when the file sets no ``allowed_roots``
@@ -1039,28 +529,17 @@ def load_config(
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+            text = config_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"profile", "server", "defaults", "models", "hosted"}
-        if unknown:
-            raise ConfigError(
-                f"config file {config_file}: unknown top-level keys {sorted(unknown)}; "
-                "expected profile, server, defaults, models, hosted"
-            )
+        data = read_toml(text, f"config file {config_file}")
 
     chosen = profile or data.get("profile") or "default"
-    if chosen not in PROFILE_CHOICES:
-        raise ConfigError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILE_CHOICES)}")
+    if chosen not in catalogs.PROFILE_CHOICES:
+        raise ConfigError(f"unknown profile {chosen!r}; choose one of {sorted(catalogs.PROFILE_CHOICES)}")
     where = f"config file {config_file}" if config_file else f"profile {chosen!r}"
     hosted = _resolve_hosted(data.get("hosted", {}), environ or {}, where)
-    reasons: tuple[str, ...] = ()
-    if chosen == "auto":
-        base_models, base_tasks, reasons = _auto_profile(hosted, gpu_probe() if gpu_probe else False)
-    else:
-        base_models, base_tasks = PROFILES[chosen]
+    base_models, base_tasks, reasons = _profile(chosen, hosted, gpu_probe)
 
     models: dict[str, Any] = {name: dict(spec) for name, spec in base_models.items()}
     models.update(data.get("models", {}))
