@@ -1,13 +1,16 @@
 """Tool registration: each tool from its implementation and its pydantic params model.
 
-The MCP input schema is derived from the same pydantic fields the implementation validates against:
-one source of truth.
+The MCP input schema is derived from the same pydantic fields the implementation validates against
+(one source of truth), and the implementation gets a params object that knows which arguments the
+client gave (``model_fields_set``), as opposed to those left at their defaults.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio
@@ -70,10 +73,39 @@ def _principal(context: Any) -> str:
     return principal_of_request(request)
 
 
+_sent: ContextVar[frozenset[str] | None] = ContextVar("multimodal_mcp_sent_arguments", default=None)
+"""Names of the arguments the client sent with the tool call in progress.
+
+The SDK has no public way to register a tool with a ready-made input schema and a handler that
+receives the arguments as sent: ``MCPServer.add_tool`` (and ``Tool.from_function`` behind it) validate
+them against the handler's signature and call it with every parameter, defaults filled in. Only
+``MCPServer.call_tool``, which :class:`MultimodalServer` overrides, sees the arguments as the client
+sent them; it notes their names here for the handler, which gives only those to the params model."""
+
+
+@contextmanager
+def _sending(arguments: dict[str, Any]) -> Iterator[None]:
+    token = _sent.set(frozenset(arguments))
+    try:
+        yield
+    finally:
+        _sent.reset(token)
+
+
+def _as_sent(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` as the SDK parsed them (JSON strings decoded, defaults filled in), narrowed to
+    the ones the client sent."""
+    sent = _sent.get()
+    if sent is None:  # not called through MultimodalServer.call_tool: take them all, as given
+        return arguments
+    return {key: value for key, value in arguments.items() if key in sent}
+
+
 class MultimodalServer(MCPServer[Services]):
     """MCPServer that refuses unknown arguments and whose argument errors read as sentences,
     without echoing the caller's data. Each call and resource read runs as its caller's principal,
-    which owns what the call makes (see ``multimodal_mcp.principals``)."""
+    which owns what the call makes (see ``multimodal_mcp.principals``). A tool's params object holds
+    in ``model_fields_set`` exactly the arguments the client sent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,7 +116,7 @@ class MultimodalServer(MCPServer[Services]):
             return await super().read_resource(uri, context)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        with acting_as(_principal(context)):
+        with acting_as(_principal(context)), _sending(arguments):
             return await self._call_tool(name, arguments, context)
 
     async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
@@ -124,7 +156,7 @@ def register_tool(
     ``server``, with an input schema from ``params_model`` (plus ``delivery`` when its results show
     images) and an output schema from ``result_model`` (or a job handle, ``as_job``).
 
-    A call validates the arguments into ``params_model`` (errors read as sentences),
+    A call validates the arguments the client sent into ``params_model`` (errors read as sentences),
     runs the implementation with the call's services, asking for spending consent when it makes paid
     calls, and renders the result. ``as_job``: a call that outlasts ``pool.job_wait_seconds`` returns
     a job handle instead.
@@ -133,6 +165,9 @@ def register_tool(
     options = RenderOptions if _shows_images(name, result_model) else None
 
     async def handler(ctx: Context, **arguments: Any) -> CallToolResult | InputRequiredResult:
+        # The SDK checked the arguments against the signature below; the params model validates the
+        # ones the client sent, so it can tell them from those left at their defaults.
+        arguments = _as_sent(arguments)
         try:
             rendering = RenderOptions.model_validate(
                 {key: arguments.pop(key) for key in RenderOptions.model_fields if key in arguments}
