@@ -12,7 +12,8 @@ from mcp import Client
 
 from multimodal_mcp.backends.tiny import ensure_tiny_models
 from multimodal_mcp.config import Config
-from multimodal_mcp.server.app import MultimodalServer, build_server, create_services
+from multimodal_mcp.server.app import build_server, create_services
+from multimodal_mcp.server.registration import MultimodalServer
 from multimodal_mcp.tools.common import Services
 
 from fake_providers import GeminiFake, OpenAIFake, hosted_config

@@ -18,7 +18,8 @@ from PIL import Image
 
 from multimodal_mcp.config import CLIENT_LIMITS, ConfigError, load_config
 from multimodal_mcp.imaging.store import ImageStore
-from multimodal_mcp.server.app import Renderer, build_server, create_services
+from multimodal_mcp.server.app import build_server, create_services
+from multimodal_mcp.server.rendering import Renderer
 from multimodal_mcp.tools.common import ImageRef, Result
 
 from helpers import call_error, call_ok, cpu_only, data_uri, make_config, photo, read_png, text_of

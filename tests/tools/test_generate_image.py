@@ -8,7 +8,7 @@ import numpy as np
 from mcp import Client
 from PIL import Image
 
-from multimodal_mcp.server.app import MultimodalServer
+from multimodal_mcp.server.registration import MultimodalServer
 
 from helpers import call_error, call_ok, open_png, read_png, text_of
 

@@ -1,6 +1,6 @@
 """How much a tool result weighs for the client: bytes and a conservative token estimate.
 
-The renderer (server/app.py) sizes previews from these and checks the finished result against the
+The renderer (server/rendering.py) sizes previews from these and checks the finished result against the
 client's limits (``[server] client_limits``), leaving images out rather than going over.
 
 Token estimate, deliberately pessimistic because clients count differently:

@@ -1,0 +1,270 @@
+"""Tool registration: each tool from its implementation and its pydantic params model.
+
+The MCP input schema is derived from the same pydantic fields the implementation validates against
+(one source of truth), and the implementation gets a params object that knows which arguments the
+client gave (``model_fields_set``), as opposed to those left at their defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+
+from multimodal_mcp.config import Config
+from multimodal_mcp.errors import ConfirmationPending
+from multimodal_mcp.jobs import JobPending, describe_failure
+from multimodal_mcp.principals import LOCAL, acting_as
+from multimodal_mcp.server.consent import SpendingApprover
+from multimodal_mcp.server.http import principal_of_request
+from multimodal_mcp.server.rendering import Renderer, RenderOptions
+from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
+
+Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
+
+
+def _signature_from(
+    params_model: type[Params], result_model: type[BaseModel], options: type[Params] | None = None
+) -> inspect.Signature:
+    """A keyword-only signature mirroring ``params_model``'s fields (types, bounds, descriptions),
+    followed by ``options``' fields (arguments the server layer handles)."""
+    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    fields = {**params_model.model_fields, **(options.model_fields if options is not None else {})}
+    for name, field in fields.items():
+        meta = Field(description=field.description) if field.description else Field()
+        annotation: Any = Annotated.__class_getitem__((field.annotation, *field.metadata, meta))  # type: ignore[attr-defined]
+        default = inspect.Parameter.empty if field.is_required() else field.default
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        )
+    return inspect.Signature(parameters, return_annotation=Annotated[CallToolResult, result_model])
+
+
+def _friendly_validation(tool: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(f"{where}: {message}")
+    return (
+        f"Invalid arguments for {tool}: "
+        + "; ".join(problems)
+        + ". See the tool's input schema for the bounds."
+    )
+
+
+def _principal(context: Any) -> str:
+    if context is None:
+        return LOCAL
+    try:
+        request = context.request_context.request
+    except ValueError:  # no request context: an in-process call
+        return LOCAL
+    return principal_of_request(request)
+
+
+_sent: ContextVar[frozenset[str] | None] = ContextVar("multimodal_mcp_sent_arguments", default=None)
+"""Names of the arguments the client sent with the tool call in progress.
+
+The SDK has no public way to register a tool with a ready-made input schema and a handler that
+receives the arguments as sent: ``MCPServer.add_tool`` (and ``Tool.from_function`` behind it) validate
+them against the handler's signature and call it with every parameter, defaults filled in. Only
+``MCPServer.call_tool``, which :class:`MultimodalServer` overrides, sees the arguments as the client
+sent them; it notes their names here for the handler, which gives only those to the params model."""
+
+
+@contextmanager
+def _sending(arguments: dict[str, Any]) -> Iterator[None]:
+    token = _sent.set(frozenset(arguments))
+    try:
+        yield
+    finally:
+        _sent.reset(token)
+
+
+def _as_sent(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` as the SDK parsed them (JSON strings decoded, defaults filled in), narrowed to
+    the ones the client sent."""
+    sent = _sent.get()
+    if sent is None:  # not called through MultimodalServer.call_tool: take them all, as given
+        return arguments
+    return {key: value for key, value in arguments.items() if key in sent}
+
+
+class MultimodalServer(MCPServer[Services]):
+    """MCPServer that refuses unknown arguments and whose argument errors read as sentences,
+    without echoing the caller's data. Each call and resource read runs as its caller's principal,
+    which owns what the call makes (see ``multimodal_mcp.principals``). A tool's params object holds
+    in ``model_fields_set`` exactly the arguments the client sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tool_parameters: dict[str, frozenset[str]] = {}
+
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        with acting_as(_principal(context)):
+            return await super().read_resource(uri, context)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        with acting_as(_principal(context)), _sending(arguments):
+            return await self._call_tool(name, arguments, context)
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        known = self.tool_parameters.get(name)
+        unknown = sorted(set(arguments) - known) if known is not None else []
+        if unknown:
+            raise ToolError(
+                f"Invalid arguments for {name}: unknown argument(s) {unknown}; "
+                f"accepted: {', '.join(sorted(known or ())) or 'none'}"
+            )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_friendly_validation(name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+def _shows_images(name: str, result_model: type[Result]) -> bool:
+    """Whether a tool's results can carry inline images (and so take ``delivery``)."""
+    return result_model.preview_ids is not Result.preview_ids and name != "cancel_job"
+
+
+def register_tool(
+    server: MultimodalServer,
+    config: Config,
+    services_of: Callable[[Context], Services],
+    implementation: Implementation,
+    params_model: type[Params],
+    result_model: type[Result],
+    *,
+    title: str,
+    read_only: bool,
+    as_job: bool,
+) -> None:
+    """Registers ``implementation`` (named by its function name, described by its docstring) on
+    ``server``, with an input schema from ``params_model`` (plus ``delivery`` when its results show
+    images) and an output schema from ``result_model`` (or a job handle, ``as_job``).
+
+    A call validates the arguments the client sent into ``params_model`` (errors read as sentences),
+    runs the implementation with the call's services, asking for spending consent when it makes paid
+    calls, and renders the result. ``as_job``: a call that outlasts ``pool.job_wait_seconds`` returns
+    a job handle instead.
+    """
+    name = implementation.__name__
+    options = RenderOptions if _shows_images(name, result_model) else None
+
+    async def handler(ctx: Context, **arguments: Any) -> CallToolResult | InputRequiredResult:
+        # The SDK checked the arguments against the signature below; the params model validates the
+        # ones the client sent, so it can tell them from those left at their defaults.
+        arguments = _as_sent(arguments)
+        try:
+            rendering = RenderOptions.model_validate(
+                {key: arguments.pop(key) for key in RenderOptions.model_fields if key in arguments}
+            )
+            params = params_model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(_friendly_validation(name, exc)) from None
+        if (rendering.delivery or config.server.delivery) == "path" and config.server.path_delivery is False:
+            raise ToolError(
+                f"Invalid arguments for {name}: delivery='path' is off on this server (its clients do not "
+                "share its disk, e.g. over HTTP); use 'preview', 'full' or 'none' and read image:// "
+                "resources."
+            )
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.report_progress(done, total, message)
+
+        services = services_of(ctx)
+        approver = SpendingApprover(ctx, name)
+        if not as_job:
+            try:
+                with spending_approver(approver):
+                    result = await implementation(params, services, progress)
+            except ConfirmationPending:
+                return approver.input_required() or _never_asked(name)
+            except Exception as exc:
+                raise ToolError(describe_failure(name, exc)) from exc
+            return await Renderer(config, services.store).render(result, rendering.delivery)
+
+        async def run(job_progress: Progress) -> Result:
+            with spending_approver(approver):
+                return await implementation(params, services, job_progress)
+
+        # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.
+        # Paid models are confirmed before any work; the wait starts over once the user has answered.
+        jobs = services.jobs
+        wait = config.server.pool.job_wait_seconds
+        job = jobs.start(name, run)
+        try:
+            finished = await jobs.wait(job, wait, progress)
+            while not finished and approver.asking:
+                await approver.idle.wait()
+                finished = await jobs.wait(job, wait, progress)
+        except anyio.get_cancelled_exc_class():
+            jobs.cancel(job)  # the client cancelled the call: stop the work too
+            raise
+        finally:
+            approver.closed = True
+        question = approver.input_required()
+        if question is not None:
+            return question  # the job stopped before any work to ask; the client calls again
+        info = job.info(jobs.now())
+        if not finished:
+            pending = JobPending(job=info)
+            text = (
+                f"{name} is still running after {info.elapsed_seconds:.0f} s as job {info.id}"
+                f"{f' ({info.message})' if info.message else ''}. Call get_job(job_id='{info.id}', "
+                "wait_seconds=30) for the result, or cancel_job to stop it."
+            )
+            return CallToolResult(
+                content=[TextContent(type="text", text=text)],
+                structured_content=pending.model_dump(mode="json"),
+            )
+        if job.status != "done":
+            raise ToolError(job.error or f"{name} was cancelled")
+        return await Renderer(config, services.store).render(job.result, rendering.delivery)
+
+    output_model: Any = result_model
+    if as_job:
+
+        class Output(RootModel[result_model | JobPending]):  # type: ignore[valid-type]
+            # The tool's result, or a job handle when the call outlasts the server's wait.
+            model_config = ConfigDict(
+                json_schema_extra={"type": "object"}, title=f"{result_model.__name__}OrJob"
+            )
+
+        output_model = Output
+    server.tool_parameters[name] = frozenset(
+        {*params_model.model_fields, *(options.model_fields if options is not None else ())}
+    )
+    handler.__signature__ = _signature_from(params_model, output_model, options)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"ctx": Context, "return": Annotated[CallToolResult, output_model]}
+    handler.__name__ = name
+    server.add_tool(
+        handler,
+        name=name,
+        title=title,
+        description=inspect.cleandoc(implementation.__doc__ or ""),
+        annotations=ToolAnnotations(
+            title=title,
+            read_only_hint=read_only,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        ),
+    )
+
+
+def _never_asked(tool: str) -> CallToolResult:
+    raise ToolError(f"{tool} stopped for a confirmation that was never asked; call it again")
