@@ -256,14 +256,17 @@ def hosted_config(
     environ: dict[str, str] | None = None,
     openai: dict[str, Any] | None = None,
     gemini: dict[str, Any] | None = None,
+    extra_toml: str = "",
 ) -> Config:
-    """The tiny profile plus the hosted models, with both providers pointed at loopback fakes."""
+    """The tiny profile plus the hosted models, with both providers pointed at loopback fakes
+    (and ``extra_toml`` appended to the config file: more models, more hosted tables)."""
     lines = []
     for backend, url, extra in (("openai", openai_url, openai), ("gemini", gemini_url, gemini)):
         lines.append(f"[hosted.{backend}]")
         settings = {"base_url": url, "timeout_seconds": 20, "max_retries": 2, **(extra or {})}
         lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     lines.append(catalog_text("hosted"))  # the hosted catalog is a config file too
+    lines.append(extra_toml)
     path = tmp_path / "hosted.toml"
     path.write_text("\n".join(lines) + "\n")
     return load_config(

@@ -1,0 +1,95 @@
+"""Fixtures for the backend contract: every built-in backend's models, and the test plugins'
+(tests/plugins, found through their entry points), in one server configuration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from multimodal_mcp import registry
+from multimodal_mcp.server.app import create_services
+from multimodal_mcp.tools.common import Services
+
+from fake_providers import GEMINI_KEY, OPENAI_KEY, FakeProvider, GeminiFake, OpenAIFake, Recorded, Scripted
+from fake_providers import hosted_config as make_hosted_config
+from helpers import cpu_only
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+ECHO_KEY = "echo-test-0123456789"
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The test plugin distribution on sys.path, as if pip had installed it: the registry finds its
+    backends through their entry points."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    registry.reload()
+    yield PLUGINS
+    registry.reload()
+
+
+def _echo(request: Recorded) -> Scripted:
+    body = request.json or {}
+    text = f"{len(body.get('images', []))} image(s) seen; asked: {body.get('prompt', '')}"
+    return Scripted(body={"text": text, "tokens": len(text.split())})
+
+
+@pytest.fixture
+def echo_fake() -> Iterator[FakeProvider]:
+    fake = FakeProvider(_echo)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fakes(openai_fake: OpenAIFake, gemini_fake: GeminiFake) -> tuple[OpenAIFake, GeminiFake]:
+    return openai_fake, gemini_fake
+
+
+PLUGIN_MODELS = """
+[hosted.echo]
+base_url = "{echo_url}/"
+timeout_seconds = 20
+
+[models.painter]
+task = "text_to_image"
+backend = "painter"
+source = "painter-v1"
+description = "Seeded noise over a gradient (a test plugin)."
+pipeline_kwargs = {{ seconds_per_step = 0.01 }}
+defaults = {{ steps = 2, width = 64, height = 64 }}
+
+[models.echo-vlm]
+task = "vlm"
+backend = "echo"
+source = "echo-1"
+description = "Says what it was sent (a test plugin)."
+"""
+
+
+@pytest.fixture
+async def contract_services(
+    plugins: Path,
+    tmp_path: Path,
+    tiny_dir: Path,
+    allowed_root: Path,
+    openai_fake: OpenAIFake,
+    gemini_fake: GeminiFake,
+    echo_fake: FakeProvider,
+) -> AsyncIterator[Services]:
+    """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm;
+    the hosted clients are closed after the test."""
+    config = make_hosted_config(
+        tmp_path,
+        tiny_dir,
+        allowed_root,
+        openai_url=f"{openai_fake.url}/v1",
+        gemini_url=f"{gemini_fake.url}/",
+        environ={"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY, "ECHO_API_KEY": ECHO_KEY},
+        extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url),
+    )
+    services = create_services(config, devices=cpu_only())
+    yield services
+    await services.hub.aclose()
