@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +70,7 @@ description = "Says what it was sent (a test plugin)."
 
 
 @pytest.fixture
-async def contract_services(
+def contract_services(
     plugins: Path,
     tmp_path: Path,
     tiny_dir: Path,
@@ -78,9 +78,9 @@ async def contract_services(
     openai_fake: OpenAIFake,
     gemini_fake: GeminiFake,
     echo_fake: FakeProvider,
-) -> AsyncIterator[Services]:
-    """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm;
-    the hosted clients are closed after the test."""
+) -> Services:
+    """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
+    Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
     config = make_hosted_config(
         tmp_path,
         tiny_dir,
@@ -90,6 +90,4 @@ async def contract_services(
         environ={"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY, "ECHO_API_KEY": ECHO_KEY},
         extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url),
     )
-    services = create_services(config, devices=cpu_only())
-    yield services
-    await services.hub.aclose()
+    return create_services(config, devices=cpu_only())

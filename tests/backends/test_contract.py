@@ -9,6 +9,9 @@ cancellation stops a local generation between steps, and failures are curated er
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import numpy as np
 import pytest
@@ -69,6 +72,16 @@ SAMPLE_VALUES: dict[str, object] = {
 }
 GENERATION_ARGUMENTS = [a for a in RULES if a not in ("detail", "response_schema")]
 CHAT_ARGUMENTS = ["detail", "response_schema"]
+
+
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The pool's background work for the block; the hosted clients closed after it, on its loop."""
+    try:
+        async with services.pool.running():
+            yield
+    finally:
+        await services.hub.aclose()
 
 
 def _size(caps: Capabilities) -> tuple[int | None, int | None]:
@@ -170,7 +183,7 @@ async def test_a_generator_makes_the_images_asked_for_as_rgb_of_a_declared_size(
     hub = contract_services.hub
     caps = hub.capabilities(model_name)
     request = _request(contract_services, model_name)
-    async with contract_services.pool.running():
+    async with running(contract_services):
         made = await hub.image_generator(model_name).generate(request)
     assert len(made.images) == request.num_images
     for image in made.images:
@@ -190,7 +203,7 @@ async def test_a_seeded_generator_repeats_an_image_from_its_seed(
     hub = contract_services.hub
     assert hub.capabilities(model_name).seed
     generator = hub.image_generator(model_name)
-    async with contract_services.pool.running():
+    async with running(contract_services):
         first = await generator.generate(_request(contract_services, model_name, num_images=1, seeds=(5,)))
         again = await generator.generate(_request(contract_services, model_name, num_images=1, seeds=(5,)))
         other = await generator.generate(_request(contract_services, model_name, num_images=1, seeds=(6,)))
@@ -212,7 +225,7 @@ async def test_cancelling_a_local_generation_stops_it_and_frees_its_lane(
             started.set()
 
     slow = _request(contract_services, model_name, num_images=1, seeds=(1,), steps=200)
-    async with contract_services.pool.running():
+    async with running(contract_services):
         with anyio.move_on_after(30) as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: generator.generate(slow, progress=progress))
@@ -245,7 +258,7 @@ async def test_a_generator_failure_is_a_curated_error(
 
     openai_fake.queue(*[Scripted(status=500, body={"error": {"message": "boom"}})] * 3)
     gemini_fake.queue(gemini_error(400, "bad prompt", "INVALID_ARGUMENT"))
-    async with contract_services.pool.running():
+    async with running(contract_services):
         with pytest.raises(MultimodalError) as info:
             await contract_services.hub.image_generator(model_name).generate(
                 _request(contract_services, model_name, **request_overrides)
@@ -264,14 +277,14 @@ async def test_a_vision_chat_answers_about_as_many_images_as_it_declares(
     caps = hub.capabilities(model_name)
     assert caps.images_per_request >= 1
     images = [photo("coffee", 32), photo("chelsea", 32)][: min(2, caps.images_per_request)]
-    async with contract_services.pool.running():
+    async with running(contract_services):
         answer = await hub.vision_chat(model_name).answer(images, "What is shown?", max_tokens=8)
     assert isinstance(answer.text, str) and answer.tokens >= 0
 
 
 @pytest.mark.parametrize("model_name", TEXT_CHATS)
 async def test_a_text_chat_completes_a_turn(contract_services: Services, model_name: str) -> None:
-    async with contract_services.pool.running():
+    async with running(contract_services):
         answer = await contract_services.hub.text_chat(model_name).complete(
             "You rewrite prompts.", "a fox", max_tokens=8
         )
@@ -286,7 +299,7 @@ async def test_an_embedder_gives_unit_vectors_and_probabilities(
     contract_services: Services, model_name: str
 ) -> None:
     embedder = contract_services.hub.embedder(model_name)
-    async with contract_services.pool.running():
+    async with running(contract_services):
         (a, b) = await embedder.embed_images([photo("coffee", 32), photo("chelsea", 32)])
         scores = await embedder.classify(photo("coffee", 32), ["a cup", "a cat"])
         rows, scale = await embedder.similarities([photo("coffee", 32)], ["a cup", "a cat", "a dog"])

@@ -25,7 +25,7 @@ from PIL import Image
 from multimodal_mcp.backends.hosted import Connection, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import Busy, ProviderError
+from multimodal_mcp.errors import ProviderError
 from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, Handle, ImageRequest, Progress, Usage
 from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.registry import HostedBackend
@@ -158,22 +158,10 @@ class _Calls:
                 f"Gemini rejected the API key or refused access (HTTP {exc.code}) for model {self.name!r}; "
                 f"check {self.settings.key_from or self.settings.api_key_env} and the project's access"
             )
-        if exc.code == 429:
-            return Busy(
-                f"Gemini is rate-limiting model {self.name!r} (HTTP 429 after {self.settings.max_retries} "
-                f"retries): {message}. Try again in a minute."
-            )
-        if exc.code >= 500:
-            return ProviderError(
-                f"Gemini failed (HTTP {exc.code}) for model {self.name!r} after {self.settings.max_retries} "
-                f"retries: {message}. Try again later."
-            )
-        return ProviderError(f"Gemini rejected the request (HTTP {exc.code}): {message}")
+        return self.connection.status_error(self.name, int(exc.code), message)
 
     def malformed(self, what: str) -> ProviderError:
-        return ProviderError(
-            f"Gemini sent {what} for model {self.name!r}; try again, or check {self.table}.base_url"
-        )
+        return self.connection.malformed(self.name, what)
 
     def check_refusal(self, response: Any) -> None:
         """Raise the provider's refusal, in its words, if the prompt or the answer was blocked."""

@@ -21,7 +21,7 @@ import anyio
 from PIL import Image
 
 from multimodal_mcp.config import HostedConfig, HostedSettings
-from multimodal_mcp.errors import BackendError, InvalidArgument
+from multimodal_mcp.errors import BackendError, Busy, InvalidArgument, MultimodalError, ProviderError
 from multimodal_mcp.handles import Detail, Usage
 from multimodal_mcp.registry import HostedBackend
 
@@ -110,6 +110,29 @@ class Connection:
             self._client = self.backend.make_client(settings)
             logger.info("created the %s client for %s", self.title, settings.base_url)
         return self._client
+
+    def status_error(self, model: str, status: int, message: str) -> MultimodalError:
+        """The curated error for an HTTP status the provider still answered after its retries
+        (``message`` already cleaned with :func:`clean_message`)."""
+        retries = self.settings.max_retries
+        if status == 429:
+            return Busy(
+                f"{self.title} is rate-limiting model {model!r} (HTTP 429 after {retries} retries): "
+                f"{message}. Try again in a minute."
+            )
+        if status >= 500:
+            return ProviderError(
+                f"{self.title} failed (HTTP {status}) for model {model!r} after {retries} retries: "
+                f"{message}. Try again later."
+            )
+        return ProviderError(f"{self.title} rejected the request (HTTP {status}): {message}")
+
+    def malformed(self, model: str, what: str) -> ProviderError:
+        """The error for an answer that is not what the API promises."""
+        return ProviderError(
+            f"{self.title} sent {what} for model {model!r}; try again, or check "
+            f"hosted.{self.backend.name}.base_url"
+        )
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
         """Run one request under the backend's concurrency limit."""

@@ -19,7 +19,7 @@ from PIL import Image
 from multimodal_mcp.backends.hosted import Connection, clean_message, data_uri, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import Busy, ProviderError
+from multimodal_mcp.errors import ProviderError
 from multimodal_mcp.handles import (
     ChatAnswer,
     Detail,
@@ -151,23 +151,10 @@ class _Calls:
             )
         if code in REFUSAL_CODES or "safety system" in message.lower():
             return ProviderError(f"OpenAI refused the request: {message}")
-        if exc.status_code == 429:
-            return Busy(
-                f"OpenAI is rate-limiting model {self.name!r} (HTTP 429 after "
-                f"{self.settings.max_retries} retries): {message}. Try again in a minute."
-            )
-        if exc.status_code >= 500:
-            return ProviderError(
-                f"OpenAI failed (HTTP {exc.status_code}) for model {self.name!r} after "
-                f"{self.settings.max_retries} retries: {message}. Try again later."
-            )
-        return ProviderError(f"OpenAI rejected the request (HTTP {exc.status_code}): {message}")
+        return self.connection.status_error(self.name, int(exc.status_code), message)
 
     def malformed(self, what: str) -> ProviderError:
-        return ProviderError(
-            f"OpenAI sent {what} for model {self.name!r}; try again, or check "
-            f"hosted.{self.connection.backend.name}.base_url"
-        )
+        return self.connection.malformed(self.name, what)
 
 
 def _image_usage(response: Any, n: int) -> Usage:

@@ -307,8 +307,7 @@ async def controlled_generate(
     # 1. Check inputs and pick the models
     hub = services.hub
     name = hub.pick(params.model, "controlled", "text_to_image")
-    given = given_arguments(params)
-    hub.check(name, given)
+    hub.check(name, given_arguments(params))
     caps = hub.capabilities(name)
     spec = hub.spec(name)
     specs = params.control_specs()
@@ -350,27 +349,9 @@ async def controlled_generate(
     elif sources and free_size:
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
         width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
-    planned = generation.plan(
-        services,
-        name,
-        given,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        width=width,
-        height=height,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        scheduler=params.scheduler,
-        num_images=params.num_images,
-        seed=params.seed,
-        verify_labels=params.verify_labels,
-    )
+    planned = generation.plan(services, name, params, width=width, height=height)
     planned = await generation.confirm_and_rewrite(
-        services,
-        planned,
-        enhance_prompt=params.enhance_prompt,
-        edit=init is not None or reference is not None,
-        progress=progress,
+        services, planned, edit=init is not None or reference is not None, progress=progress
     )
 
     # 2. Make and store the control maps (canny computed; other types used as given)
@@ -449,14 +430,7 @@ async def controlled_generate(
     if ip_adapter is not None:
         extra |= {"ip_adapter": ip_adapter, "reference_scale": reference_scale}
     outcome = await generation.run(
-        services,
-        planned,
-        request,
-        verify=params.verify,
-        verify_labels=params.verify_labels,
-        parents=parents,
-        extra_parameters=extra,
-        progress=progress,
+        services, planned, request, parents=parents, extra_parameters=extra, progress=progress
     )
     first = used[0] if used else None
     return ControlledGenerateResult(

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from multimodal_mcp.handles import ImageRequest
 from multimodal_mcp.tools import generation
-from multimodal_mcp.tools.common import ModelArg, Params, Progress, Services, given_arguments
+from multimodal_mcp.tools.common import ModelArg, Params, Progress, Services
 from multimodal_mcp.tools.generation import (
     EnhancePrompt,
     GenerationResult,
@@ -85,35 +85,11 @@ async def generate_image(
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")
-    planned = generation.plan(
-        services,
-        name,
-        given_arguments(params),
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        width=params.width,
-        height=params.height,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        scheduler=params.scheduler,
-        num_images=params.num_images,
-        seed=params.seed,
-        quality=params.quality,
-        verify_labels=params.verify_labels,
-    )
+    planned = generation.plan(services, name, params, width=params.width, height=params.height)
 
     # 2. Confirm paid models with the user before any work; rewrite the prompt if asked
-    planned = await generation.confirm_and_rewrite(
-        services, planned, enhance_prompt=params.enhance_prompt, edit=False, progress=progress
-    )
+    planned = await generation.confirm_and_rewrite(services, planned, progress=progress)
 
     # 3. Generate, verify, screen and store
-    outcome = await generation.run(
-        services,
-        planned,
-        ImageRequest(prompt=params.prompt),
-        verify=params.verify,
-        verify_labels=params.verify_labels,
-        progress=progress,
-    )
+    outcome = await generation.run(services, planned, ImageRequest(prompt=params.prompt), progress=progress)
     return GenerateImageResult(**generation.result_fields(planned, outcome))

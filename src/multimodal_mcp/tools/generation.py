@@ -37,6 +37,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     check_limit,
     draw_seed,
+    given_arguments,
     in_thread,
 )
 from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
@@ -258,6 +259,9 @@ class Plan:
     seed: int | None
     seeds: tuple[int, ...] | None
     quality: str | None
+    verify: bool
+    verify_labels: list[str] | None
+    enhance_prompt: bool
     clock: Clock
     rewrite: PromptRewrite | None = None
 
@@ -265,32 +269,33 @@ class Plan:
 def plan(
     services: Services,
     model: str,
-    given: dict[str, Any],
+    params: Params,
     *,
-    prompt: str,
-    negative_prompt: str | None = None,
     width: int | None = None,
     height: int | None = None,
-    steps: int | None = None,
-    guidance_scale: float | None = None,
-    scheduler: str | None = None,
-    num_images: int = 1,
-    seed: int | None = None,
-    quality: str | None = None,
-    verify_labels: list[str] | None = None,
 ) -> Plan:
     """Check a generation before any work and fill in the model's defaults.
 
-    ``given`` holds the arguments the caller gave (checked against the model's capabilities: an
-    argument it does not honour is an error naming the models that do). ``width``/``height`` are the
-    size to make (given, or worked out by the tool from its inputs); None takes the model's default.
+    ``params`` are the tool's arguments (the generation fields: prompt, negative_prompt, steps,
+    guidance_scale, scheduler, num_images, seed, quality, verify, verify_labels, enhance_prompt, as
+    far as the tool has them). The ones the caller gave are checked against the model's
+    capabilities: an argument it does not honour is an error naming the models that do.
+    ``width``/``height`` are the size to make (given, or worked out by the tool from its inputs);
+    None takes the model's default.
 
     Raises:
         UnsupportedOperation: an argument the model does not honour.
         InvalidArgument: a value over the server's limits or outside what the model takes.
     """
     hub = services.hub
-    hub.check(model, given)
+    hub.check(model, given_arguments(params))
+
+    def field(name: str, default: Any = None) -> Any:
+        return getattr(params, name, default)
+
+    prompt, negative_prompt, steps = field("prompt"), field("negative_prompt"), field("steps")
+    guidance_scale, scheduler, seed = field("guidance_scale"), field("scheduler"), field("seed")
+    num_images, verify_labels = field("num_images", 1), field("verify_labels")
     caps = hub.capabilities(model)
     spec = hub.spec(model)
     limits = services.config.server.limits
@@ -338,7 +343,10 @@ def plan(
         parameters=parameters,
         seed=base_seed,
         seeds=tuple((base_seed + i) % 2**32 for i in range(num_images)) if base_seed is not None else None,
-        quality=quality,
+        quality=field("quality"),
+        verify=bool(field("verify", False)),
+        verify_labels=verify_labels,
+        enhance_prompt=bool(field("enhance_prompt", False)),
         clock=Clock(),
     )
 
@@ -370,13 +378,13 @@ def purchase(parameters: GenerationParameters, *, edit: bool = False) -> str:
 
 
 async def confirm_and_rewrite(
-    services: Services, planned: Plan, *, enhance_prompt: bool, edit: bool, progress: Progress | None
+    services: Services, planned: Plan, *, edit: bool = False, progress: Progress | None = None
 ) -> Plan:
     """Confirm the paid models a generation uses (before any work), then rewrite the prompt if asked.
 
     Returns the plan to run (the rewritten prompt in place of the original).
     """
-    rewriter = pick_rewriter(services.config) if enhance_prompt else None
+    rewriter = pick_rewriter(services.config) if planned.enhance_prompt else None
     await approve_spending(services, planned.model, purchase(planned.parameters, edit=edit))
     if rewriter is None:
         return planned
@@ -402,8 +410,6 @@ async def run(
     planned: Plan,
     request: ImageRequest,
     *,
-    verify: bool,
-    verify_labels: list[str] | None,
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
     progress: Progress | None = None,
@@ -436,10 +442,10 @@ async def run(
     _check_count(planned.model, made, p.num_images)
 
     checks = None
-    if verify or verify_labels:
+    if planned.verify or planned.verify_labels:
         async with clock.infer():
             asked = planned.rewrite.original if planned.rewrite else p.prompt
-            checks = await verify_images(services, made.images, asked, verify_labels)
+            checks = await verify_images(services, made.images, asked, planned.verify_labels)
 
     extra = {**(extra_parameters or {}), **(planned.rewrite.stored() if planned.rewrite else {})}
     if made.sent:
