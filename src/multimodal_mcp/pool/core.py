@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -34,6 +34,9 @@ from multimodal_mcp.handles import Progress
 from multimodal_mcp.pool.devices import Device, GiB
 from multimodal_mcp.pool.lanes import Lane, Work
 from multimodal_mcp.pool.sizing import estimate_bytes
+
+if TYPE_CHECKING:
+    from multimodal_mcp.pool.batching import ClipBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class ModelPool:
         self.hits = 0
         self.misses = 0
         self.oom_retries = 0
-        self._batchers: dict[str, Any] = {}
+        self._batchers: dict[str, ClipBatcher] = {}
 
     # --- the main interface --------------------------------------------------------------------
 
@@ -301,8 +304,8 @@ class ModelPool:
             "batchers": {name: b.stats() for name, b in self._batchers.items()},
         }
 
-    def clip(self, name: str) -> Any:
-        """The batcher for CLIP model ``name`` (a :class:`~multimodal_mcp.pool.batching.ClipBatcher`)."""
+    def clip(self, name: str) -> ClipBatcher:
+        """The batcher for CLIP model ``name``: concurrent calls share forward passes."""
         from multimodal_mcp.pool.batching import ClipBatcher
 
         self._entry(name)
