@@ -135,13 +135,13 @@ class Capabilities(_Frozen):
         default=False, description="Trained with a sigmoid loss (SigLIP): has a logit bias."
     )
 
-    def merged(self, overrides: Mapping[str, Any]) -> Capabilities:
+    def merged(self, overrides: Mapping[str, object]) -> Capabilities:
         """These capabilities with ``overrides`` (a config table) applied and validated."""
         return Capabilities.model_validate({**self.model_dump(), **overrides})
 
     def summary(self) -> list[str]:
         """The supported capabilities as short phrases, for listings."""
-        out = []
+        out: list[str] = []
         for name, field in Capabilities.model_fields.items():
             value = getattr(self, name)
             if value == field.default:
@@ -162,7 +162,8 @@ class Rule:
     """How one tool argument maps onto capabilities.
 
     ``takes(capabilities, value)`` says whether a model honours the value; ``offers(capabilities)``
-    lists what it takes instead (for the message), or None for yes/no capabilities.
+    lists what it takes instead (for the message), or None for yes/no capabilities. The value is the
+    tool argument as validated by the tool's parameters model, so its type depends on the argument.
     """
 
     takes: Callable[[Capabilities, Any], bool]
@@ -174,7 +175,7 @@ def _values(values: Iterable[str]) -> str | None:
     return listed or None
 
 
-def _controls(c: Capabilities, _value: Any) -> bool:
+def _controls(c: Capabilities, _value: object) -> bool:
     return bool(c.control_types)
 
 
@@ -209,7 +210,7 @@ RULES: dict[str, Rule] = {
 task takes (prompt, image, max_tokens, ...)."""
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, str):
         return repr(value[:40])
     if isinstance(value, bool | int | float):
@@ -218,7 +219,7 @@ def _shown(value: Any) -> str:
 
 
 def refusal(
-    model: str, capabilities: Capabilities, given: Mapping[str, Any], others: Mapping[str, Capabilities]
+    model: str, capabilities: Capabilities, given: Mapping[str, object], others: Mapping[str, Capabilities]
 ) -> str | None:
     """The error for the arguments in ``given`` that ``model`` does not honour, or None: the first in
     full (what the model takes instead, the models that do take it), the others named after it.

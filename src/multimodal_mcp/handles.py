@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -31,6 +32,9 @@ Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]
 """Reports progress to the caller: (progress, total or None, message or None)."""
 
 Detail = Literal["low", "high", "auto"]
+
+Embedding = npt.NDArray[np.float32]
+"""An L2-normalised embedding: a float32 vector of shape (dim,)."""
 
 
 class Usage(BaseModel):
@@ -209,7 +213,7 @@ class ImageTextEmbedder(Protocol):
     name: str
     capabilities: Capabilities
 
-    async def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+    async def embed_images(self, images: Sequence[Image.Image]) -> list[Embedding]:
         """One embedding per image, shape (dim,) each."""
         ...
 

@@ -8,8 +8,8 @@ backends' models are wrapped in pool-backed handles, hosted backends make their 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypedDict
 
 from multimodal_mcp import registry
 from multimodal_mcp.backends.hosted import HostedConnections
@@ -20,20 +20,34 @@ from multimodal_mcp.handles import Handle, ImageGenerator, ImageTextEmbedder, Te
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.handles import PooledEmbedder, PooledImageGenerator, PooledTextChat, PooledVisionChat
 
-H = TypeVar("H")
-
-_POOLED: dict[str, Any] = {
+_POOLED: dict[str, Callable[[ModelPool, str, Capabilities], Handle]] = {
     "text_to_image": PooledImageGenerator,
     "vlm": PooledVisionChat,
     "text": PooledTextChat,
     "clip": PooledEmbedder,
 }
-_KINDS: dict[str, type] = {
+_KINDS: dict[str, type[Handle]] = {
     "text_to_image": ImageGenerator,
     "vlm": VisionChat,
     "text": TextChat,
     "clip": ImageTextEmbedder,
 }
+
+
+class Whereabouts(TypedDict):
+    """Where a model runs and how it is doing, as ``list_models`` shows it (see :meth:`ModelHub.where`)."""
+
+    hosted: bool
+    loaded: bool
+    location: str | None
+    device: str | None
+    memory_bytes: int | None
+    in_use: int
+    queue_depth: int
+    last_used_seconds_ago: float | None
+    api_key_set: bool | None
+    api_key_env: str | None
+    status: str
 
 
 class ModelHub:
@@ -94,7 +108,7 @@ class ModelHub:
             found = self._capabilities[name] = declared.merged(spec.capabilities)
         return found
 
-    def check(self, name: str, given: Mapping[str, Any]) -> None:
+    def check(self, name: str, given: Mapping[str, object]) -> None:
         """Refuse, before any work, an argument model ``name`` does not honour.
 
         ``given`` holds only the arguments the caller gave. The error names the argument, what the
@@ -136,32 +150,38 @@ class ModelHub:
         self._handles[name] = made
         return made
 
-    def _typed(self, name: str, task: Task, kind: type[H]) -> H:
+    def _for_task(self, name: str, task: Task) -> Handle:
         spec = self.spec(name)
         if spec.task != task:
             raise UnsupportedOperation(f"model {name!r} is a {spec.task} model, not a {task} model")
-        handle = self.handle(name)
-        assert isinstance(handle, kind)
-        return handle
+        return self.handle(name)
 
     def image_generator(self, name: str) -> ImageGenerator:
-        return self._typed(name, "text_to_image", ImageGenerator)  # type: ignore[type-abstract]
+        handle = self._for_task(name, "text_to_image")
+        assert isinstance(handle, ImageGenerator)
+        return handle
 
     def vision_chat(self, name: str) -> VisionChat:
-        return self._typed(name, "vlm", VisionChat)  # type: ignore[type-abstract]
+        handle = self._for_task(name, "vlm")
+        assert isinstance(handle, VisionChat)
+        return handle
 
     def text_chat(self, name: str) -> TextChat:
         """A text model, or a chat model of another task whose handle also takes text alone."""
         spec = self.spec(name)
         if spec.task == "text":
-            return self._typed(name, "text", TextChat)  # type: ignore[type-abstract]
+            text = self._for_task(name, "text")
+            assert isinstance(text, TextChat)
+            return text
         handle = self.handle(name) if spec.task in _KINDS else None
         if not isinstance(handle, TextChat):
             raise UnsupportedOperation(f"model {name!r} is a {spec.task} model and takes no text-only chat")
         return handle
 
     def embedder(self, name: str) -> ImageTextEmbedder:
-        return self._typed(name, "clip", ImageTextEmbedder)  # type: ignore[type-abstract]
+        handle = self._for_task(name, "clip")
+        assert isinstance(handle, ImageTextEmbedder)
+        return handle
 
     # --- components a generator attaches by name ------------------------------------------------
 
@@ -203,47 +223,46 @@ class ModelHub:
                 return name
         return None
 
-    def where(self, name: str) -> dict[str, Any]:
+    def where(self, name: str) -> Whereabouts:
         """Where model ``name`` runs and how it is doing, for listings: its place in the pool (local
         models) or its provider's key status (hosted ones), and ``status``, a short phrase."""
         backend = self.backend(name)
-        empty: dict[str, Any] = {
-            "hosted": backend.hosted,
-            "loaded": False,
-            "location": None,
-            "device": None,
-            "memory_bytes": None,
-            "in_use": 0,
-            "queue_depth": 0,
-            "last_used_seconds_ago": None,
-            "api_key_set": None,
-            "api_key_env": None,
-        }
+        found = Whereabouts(
+            hosted=backend.hosted,
+            loaded=False,
+            location=None,
+            device=None,
+            memory_bytes=None,
+            in_use=0,
+            queue_depth=0,
+            last_used_seconds_ago=None,
+            api_key_set=None,
+            api_key_env=None,
+            status="not loaded",
+        )
         if isinstance(backend, registry.HostedBackend):
             settings = self.config.hosted.for_backend(backend.name)
             key = settings.key_from is not None
             key_status = "key set" if key else f"no key: set {settings.api_key_env}"
-            return {
-                **empty,
-                "api_key_set": key,
-                "api_key_env": settings.api_key_env,
-                "status": f"hosted ({backend.name}, {key_status})",
-            }
+            found["api_key_set"] = key
+            found["api_key_env"] = settings.api_key_env
+            found["status"] = f"hosted ({backend.name}, {key_status})"
+            return found
         state = {s.name: s for s in self.pool.states()}.get(name)
         if state is None:
-            return {**empty, "status": "not loaded"}
+            return found
         now = self.pool.now()
-        return {
-            **empty,
-            "loaded": state.loaded,
-            "location": state.location,
-            "device": state.device,
-            "memory_bytes": state.memory_bytes,
-            "in_use": state.in_use,
-            "queue_depth": state.queue_depth,
-            "last_used_seconds_ago": round(now - state.last_used, 1) if state.last_used is not None else None,
-            "status": f"on {state.location}" if state.loaded else "not loaded",
-        }
+        found["loaded"] = state.loaded
+        found["location"] = state.location
+        found["device"] = state.device
+        found["memory_bytes"] = state.memory_bytes
+        found["in_use"] = state.in_use
+        found["queue_depth"] = state.queue_depth
+        if state.last_used is not None:
+            found["last_used_seconds_ago"] = round(now - state.last_used, 1)
+        if state.loaded:
+            found["status"] = f"on {state.location}"
+        return found
 
     async def aclose(self) -> None:
         """Close the hosted connections (the pool is closed by its own context)."""

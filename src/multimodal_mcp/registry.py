@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from multimodal_mcp.capabilities import Capabilities
 
 if TYPE_CHECKING:
-    from multimodal_mcp.backends.base import LoadContext
+    from multimodal_mcp.backends.base import LoadContext, LoadedModel
+    from multimodal_mcp.backends.hosted import Connection
     from multimodal_mcp.config import Config, HostedSettings, ModelSpec
     from multimodal_mcp.handles import Handle
 
@@ -69,7 +70,7 @@ class LocalBackend(Backend):
     """Models whose weights the pool loads and runs on a device lane."""
 
     @abstractmethod
-    def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
+    def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> LoadedModel:
         """Load model ``name`` on ``ctx.device``; blocking, run in a worker thread.
 
         Returns an object with ``memory_bytes()``, ``move_to(device)`` and the task's engine
@@ -107,9 +108,9 @@ class HostedBackend(Backend):
                 await result
 
     @abstractmethod
-    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+    def handle(self, name: str, spec: ModelSpec, connection: Connection) -> Handle:
         """The handle for model ``name`` (its task is ``spec.task``), calling through ``connection``
-        (a :class:`~multimodal_mcp.backends.hosted.Connection`: client, concurrency limit, settings)."""
+        (the backend's client, concurrency limit and settings)."""
 
 
 class UnknownBackend(LookupError):

@@ -21,6 +21,7 @@ from multimodal_mcp.backends.tiny import (
     build_tiny_models,
     ensure_tiny_models,
 )
+from multimodal_mcp.backends.tiny_transformers import CLIP_IMAGE_SIZE, VLM_IMAGE_TOKENS
 
 PROMPT = "a cat"
 NEGATIVE = "blurry"
@@ -218,7 +219,7 @@ def test_clip_model_scores_every_text_against_the_image(root: Path) -> None:
     inputs = processor(
         text=["a photo of a cat", "a photo of a dog"], images=[image], return_tensors="pt", padding=True
     )
-    assert inputs["pixel_values"].shape == (1, 3, tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE)
+    assert inputs["pixel_values"].shape == (1, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
     with torch.no_grad():
         logits = model(**inputs).logits_per_image
         image_features = _features(model.get_image_features(pixel_values=inputs["pixel_values"]))
@@ -261,7 +262,7 @@ def test_vlm_processor_inserts_as_many_image_tokens_as_the_model_expects(vlm: tu
     model, processor = vlm
     inputs = processor(images=Image.new("RGB", (50, 90)), text=_vlm_prompt(processor), return_tensors="pt")
     image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
-    assert image_tokens == tiny.VLM_IMAGE_TOKENS == model.config.image_seq_length
+    assert image_tokens == VLM_IMAGE_TOKENS == model.config.image_seq_length
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[:2] == inputs["input_ids"].shape

@@ -351,7 +351,7 @@ class GeminiBackend(HostedBackend):
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
         return _capabilities(spec)
 
-    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+    def handle(self, name: str, spec: ModelSpec, connection: Connection) -> Handle:
         if spec.task == "text_to_image":
             return GeminiImageGenerator(connection, name, spec)
         return GeminiChat(connection, name, spec)

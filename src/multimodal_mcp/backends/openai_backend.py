@@ -343,7 +343,7 @@ class OpenAIBackend(HostedBackend):
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
         return _capabilities(spec)
 
-    def handle(self, name: str, spec: ModelSpec, connection: Any) -> Handle:
+    def handle(self, name: str, spec: ModelSpec, connection: Connection) -> Handle:
         if spec.task == "text_to_image":
             return OpenAIImageGenerator(connection, name, spec)
         return OpenAIChat(connection, name, spec)

@@ -13,6 +13,7 @@ import anyio
 import numpy as np
 from PIL import Image
 
+from multimodal_mcp.handles import Embedding
 from multimodal_mcp.pool.core import ModelPool
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,12 @@ class ClipBatcher:
         scale = results[0][1] if results else 1.0
         return [list(cosines) for cosines, _ in results], scale
 
-    async def embed(self, image: Image.Image) -> np.ndarray:
+    async def embed(self, image: Image.Image) -> Embedding:
         """The image's L2-normalised embedding."""
         (embedding,) = await self.embed_many([image])
         return embedding
 
-    async def embed_many(self, images: list[Image.Image]) -> list[np.ndarray]:
+    async def embed_many(self, images: list[Image.Image]) -> list[Embedding]:
         """Embeddings of several images, submitted together so they share a batch."""
         requests = [_Request(image, None) for image in images]
         return [np.asarray(result) for result in await self._submit(requests)]

@@ -5,9 +5,9 @@
 - When a model does not fit, idle models on that device are evicted least-recently-used first:
   a GPU's are moved to CPU RAM when the CPU budget allows (bringing them back is cheap), else
   dropped. A model in use is never evicted.
-- Each device has one worker lane: calls queue in order, the waiting list is bounded, and past it a
-  call gets an immediate ``Busy`` error. Queued calls report their position; running diffusion
-  calls report each step and stop at the next step when cancelled.
+- Each device has one worker lane (:mod:`multimodal_mcp.pool.lanes`): calls queue in order, the
+  waiting list is bounded, and past it a call gets an immediate ``Busy`` error. Queued calls report
+  their position; running diffusion calls report each step and stop at the next step when cancelled.
 - An out-of-memory error evicts the device's idle models and retries once.
 """
 
@@ -15,34 +15,32 @@ from __future__ import annotations
 
 import gc
 import logging
-import queue
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 
-from multimodal_mcp.backends.base import Cancelled, CancelToken, LoadContext, StepCallback
+from multimodal_mcp.backends.base import LoadContext
 from multimodal_mcp.config import Config, ModelSpec
 from multimodal_mcp.errors import BackendError, Busy, UnknownModel
 from multimodal_mcp.handles import Progress
 from multimodal_mcp.pool.devices import Device, GiB
+from multimodal_mcp.pool.lanes import Lane, Work
 from multimodal_mcp.pool.sizing import estimate_bytes
+
+if TYPE_CHECKING:
+    from multimodal_mcp.pool.batching import ClipBatcher
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[Any, StepCallback, CancelToken], T]
-"""Model work: ``work(model, on_step, cancel)``, run on the model's device lane in a worker thread."""
 
 
 def _gib(n: int | None) -> str:
@@ -77,20 +75,6 @@ class _Entry:
     load_seconds: float | None = None
 
 
-PROGRESS_INTERVAL = 0.2
-"""Seconds between progress notifications of one call (the first and last step are always sent)."""
-
-
-@dataclass
-class _Forwarding:
-    """Hand-off between a worker's step callback and the task that sends progress."""
-
-    wake: anyio.Event = field(default_factory=anyio.Event)
-    latest: tuple[int, int] | None = None
-    woken: float = float("-inf")
-    finished: bool = False
-
-
 @dataclass(frozen=True)
 class ModelState:
     """What ``list_models`` and ``pool://status`` show about one model."""
@@ -107,78 +91,6 @@ class ModelState:
     loads: int
 
 
-@dataclass
-class _Worker:
-    """One long-lived thread that runs a device's model work, one item at a time.
-
-    A dedicated thread, not a pool thread: CUDA libraries keep per-thread state (cuBLAS and cuDNN
-    handles, workspaces), and work that hops between threads was measured 36-46% slower per call on
-    an H100 than the same call on one warm thread.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=f"multimodal-mcp {name}", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while (item := self._queue.get()) is not None:
-            item()
-
-    def submit(self, item: Callable[[], None]) -> None:
-        self._queue.put(item)
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-
-@dataclass
-class _Lane:
-    """One device's worker: FIFO slots, a bounded waiting list, and one dedicated thread."""
-
-    device: Device
-    max_waiting: int
-    worker: _Worker | None = None
-    running: bool = False
-    waiting: deque[object] = field(default_factory=deque)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    served: int = 0
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    @asynccontextmanager
-    async def slot(self, progress: Progress | None) -> AsyncIterator[None]:
-        if self.running or self.waiting:
-            if len(self.waiting) >= self.max_waiting:
-                raise Busy(
-                    f"{self.device.name} is busy: {len(self.waiting)} calls are already waiting "
-                    f"(limit {self.max_waiting}). Try again in a few seconds."
-                )
-            ticket = object()
-            self.waiting.append(ticket)
-            try:
-                while self.running or self.waiting[0] is not ticket:
-                    changed = self.changed
-                    if progress is not None:
-                        position = self.waiting.index(ticket) + 1
-                        await progress(0, None, f"queued on {self.device.name}: position {position}")
-                    await changed.wait()
-            except BaseException:
-                self.waiting.remove(ticket)
-                self._notify()
-                raise
-            self.waiting.popleft()
-        self.running = True
-        try:
-            yield
-        finally:
-            self.running = False
-            self.served += 1
-            self._notify()
-
-
 class ModelPool:
     """Loads, places, evicts and runs every local model. Create one per server."""
 
@@ -190,7 +102,7 @@ class ModelPool:
         self.devices = devices
         self.cpu = devices[-1]
         self._entries = {name: _Entry(name, spec) for name, spec in config.models.items() if not spec.hosted}
-        self._lanes = {d.name: _Lane(d, self._settings.max_queue) for d in devices}
+        self._lanes = {d.name: Lane(d, self._settings.max_queue) for d in devices}
         self._placement = anyio.Lock()
         self._released = anyio.Event()
         self._clock: Callable[[], float] = time.monotonic
@@ -198,7 +110,7 @@ class ModelPool:
         self.hits = 0
         self.misses = 0
         self.oom_retries = 0
-        self._batchers: dict[str, Any] = {}
+        self._batchers: dict[str, ClipBatcher] = {}
 
     # --- the main interface --------------------------------------------------------------------
 
@@ -248,7 +160,9 @@ class ModelPool:
         lane = self._lanes[device.name]
         async with lane.slot(progress):
             try:
-                return await self._run_in_thread(lane, model, work, progress, label or entry.name)
+                return await lane.run(
+                    model, work, progress=progress, label=label or entry.name, portal=self._portal
+                )
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -259,7 +173,9 @@ class ModelPool:
             await self._evict_all_idle(device)
             await anyio.to_thread.run_sync(_empty_cache, device)
             try:
-                return await self._run_in_thread(lane, model, work, progress, label or entry.name)
+                return await lane.run(
+                    model, work, progress=progress, label=label or entry.name, portal=self._portal
+                )
             except Exception as exc:
                 if is_out_of_memory(exc):
                     raise BackendError(
@@ -288,9 +204,7 @@ class ModelPool:
                     self._task_group = None
                     self._portal = None
                     for lane in self._lanes.values():
-                        if lane.worker is not None:
-                            lane.worker.stop()
-                            lane.worker = None
+                        lane.stop()
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # Background tasks handle their own errors, so a group here wraps the body's exception.
@@ -390,8 +304,8 @@ class ModelPool:
             "batchers": {name: b.stats() for name, b in self._batchers.items()},
         }
 
-    def clip(self, name: str) -> Any:
-        """The batcher for CLIP model ``name`` (a :class:`~multimodal_mcp.pool.batching.ClipBatcher`)."""
+    def clip(self, name: str) -> ClipBatcher:
+        """The batcher for CLIP model ``name``: concurrent calls share forward passes."""
         from multimodal_mcp.pool.batching import ClipBatcher
 
         self._entry(name)
@@ -613,100 +527,6 @@ class ModelPool:
         self.evictions["dropped"] += 1
         self._batchers.pop(entry.name, None)
         await anyio.to_thread.run_sync(_collect, device)
-
-    # --- execution -----------------------------------------------------------------------------
-
-    async def _run_in_thread(
-        self, lane: _Lane, model: Any, work: Work[T], progress: Progress | None, label: str
-    ) -> T:
-        token = CancelToken()
-        state = _Forwarding()
-        portal = self._portal
-        loop_token = anyio.lowlevel.current_token()
-
-        def wake() -> None:
-            state.wake.set()
-
-        def call_soon(fn: Callable[[], None]) -> None:
-            """Run ``fn`` on the event loop from the worker thread, without waiting when possible."""
-            try:
-                if portal is not None:
-                    portal.start_task_soon(fn)
-                else:
-                    anyio.from_thread.run_sync(fn, token=loop_token)
-            except RuntimeError:  # the loop is shutting down
-                pass
-
-        def on_step(step: int, total: int) -> None:
-            # Runs in the worker thread and never waits for the event loop: it records the step and,
-            # at most every PROGRESS_INTERVAL (and on the first and last step), wakes the forwarder.
-            # Waking the loop on every step would make the two threads trade the GIL each step,
-            # which costs a fast GPU denoising loop several percent.
-            if progress is None or token.cancelled:
-                return
-            state.latest = (step, total)
-            now = time.monotonic()
-            if step != 1 and step != total and now - state.woken < PROGRESS_INTERVAL:
-                return
-            state.woken = now
-            call_soon(wake)
-
-        async def forward() -> None:
-            assert progress is not None
-            sent = None
-            while True:
-                latest = state.latest
-                if latest is not None and latest != sent:
-                    sent = latest
-                    step, total = latest
-                    try:
-                        await progress(step, total, f"{label}: step {step}/{total}")
-                    except Exception:  # progress is best effort: a gone client must not break the work
-                        logger.debug("progress notification failed", exc_info=True)
-                    continue
-                if state.finished:
-                    return
-                await state.wake.wait()
-                state.wake = anyio.Event()
-
-        done = anyio.Event()
-        outcome: dict[str, Any] = {}
-
-        def item() -> None:
-            try:
-                outcome["result"] = work(model, on_step, token)
-            except BaseException as exc:
-                outcome["error"] = exc
-            finally:
-                call_soon(done.set)
-
-        if lane.worker is None:
-            lane.worker = _Worker(lane.device.name)
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            if progress is not None:
-                tg.start_soon(forward)
-            try:
-                lane.worker.submit(item)
-                try:
-                    await done.wait()
-                except anyio.get_cancelled_exc_class():
-                    # The caller was cancelled: stop the work at its next step, and keep the lane
-                    # until the worker has really stopped, so the next call does not overlap it.
-                    token.cancel()
-                    with anyio.CancelScope(shield=True):
-                        await done.wait()
-                    raise
-                error = outcome.get("error")
-            finally:
-                # Let the forwarder send the step still queued (before the result goes out), then stop.
-                state.finished = True
-                wake()
-        if isinstance(error, Cancelled):
-            await anyio.lowlevel.checkpoint()  # the caller was cancelled: re-raise that, not ours
-        if error is not None:
-            raise error
-        return cast(T, outcome["result"])
 
 
 def _collect(device: Device | None) -> None:

@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from multimodal_mcp.backends.base import (
     CancelToken,
     ControlInput,
     GenerationRequest,
+    LocalImageGenerator,
     ReferenceInput,
     StepCallback,
     json_prompt,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, ImageRequest, Progress
+from multimodal_mcp.handles import ChatAnswer, Detail, Embedding, GeneratedImages, ImageRequest, Progress
 from multimodal_mcp.pool.core import ModelPool
+from multimodal_mcp.pool.lanes import Work
 
 
 class _Pooled:
@@ -43,7 +44,7 @@ class PooledImageGenerator(_Pooled):
     async def generate(self, request: ImageRequest, *, progress: Progress | None = None) -> GeneratedImages:
         started = time.perf_counter()
         async with AsyncExitStack() as stack:
-            model = await stack.enter_async_context(self.pool.use(self.name))
+            model: LocalImageGenerator = await stack.enter_async_context(self.pool.use(self.name))
             controls = []
             for control in request.controls:
                 net = await stack.enter_async_context(self.pool.use(control.controlnet, near=model))
@@ -90,15 +91,15 @@ def _engine_request(
     )
 
 
-def _generate(request: GenerationRequest) -> Any:
-    def work(model: Any, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
+def _generate(request: GenerationRequest) -> Work[list[Image.Image]]:
+    def work(model: LocalImageGenerator, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
         return list(model.generate(request, on_step, cancel))
 
     return work
 
 
 class _PooledChat(_Pooled):
-    async def _run(self, call: Any, progress: Progress | None) -> ChatAnswer:
+    async def _run(self, call: Callable[[Any], tuple[str, int]], progress: Progress | None) -> ChatAnswer:
         started = time.perf_counter()
         async with self.pool.use(self.name) as model:
             loaded = time.perf_counter() - started
@@ -138,15 +139,11 @@ class PooledEmbedder(_Pooled):
     """A local CLIP/SigLIP model (an :class:`~multimodal_mcp.handles.ImageTextEmbedder`): concurrent
     calls share forward passes through the pool's batcher, and label embeddings are cached."""
 
-    async def embed_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
-        embedded: list[np.ndarray] = await self.pool.clip(self.name).embed_many(
-            [image.convert("RGB") for image in images]
-        )
-        return list(embedded)
+    async def embed_images(self, images: Sequence[Image.Image]) -> list[Embedding]:
+        return await self.pool.clip(self.name).embed_many([image.convert("RGB") for image in images])
 
     async def classify(self, image: Image.Image, texts: Sequence[str]) -> list[float]:
-        scores: list[float] = await self.pool.clip(self.name).classify(image.convert("RGB"), list(texts))
-        return scores
+        return await self.pool.clip(self.name).classify(image.convert("RGB"), list(texts))
 
     async def similarities(
         self, images: Sequence[Image.Image], texts: Sequence[str]
