@@ -158,6 +158,7 @@ def _models(args: argparse.Namespace) -> int:
     print(f"profile: {config.profile}")
     for reason in config.profile_reasons:
         print(f"  {reason}")
+    print(f"backends: {registry.describe()}")
     for backend in sorted(registry.hosted_backends()):
         settings = config.hosted.for_backend(backend)
         status = (

@@ -51,7 +51,7 @@ class Backend(ABC):
     name: str = ""
     """The value of ``backend = "..."``; set by the registry from the entry point's name."""
     title: ClassVar[str] = ""
-    """How messages and listings name where its models run, e.g. 'diffusers (local)'."""
+    """How messages and listings name it, e.g. 'OpenAI'."""
     tasks: ClassVar[frozenset[str]] = frozenset()
     """The tasks its models may have."""
     hosted: ClassVar[bool] = False
@@ -207,5 +207,8 @@ def reload() -> None:
 
 
 def describe(names: Mapping[str, Backend] | None = None) -> str:
-    """'name (title)' for each backend, for messages."""
-    return ", ".join(f"{n} ({b.title or n})" for n, b in sorted((names or backends()).items()))
+    """'name (local)' or 'name (hosted: title)' for each backend, for messages and listings."""
+    return ", ".join(
+        f"{n} ({f'hosted: {b.title or n}' if b.hosted else 'local'})"
+        for n, b in sorted((names or backends()).items())
+    )

@@ -449,7 +449,7 @@ def _family_of_class(name: str) -> str:
 class DiffusersBackend(LocalBackend):
     """Stable Diffusion 1.5, SDXL, SD3 and Flux pipelines, their ControlNets and IP-Adapters."""
 
-    title = "diffusers (local)"
+    title = "diffusers"
     tasks = frozenset({"text_to_image", "controlnet", "ip_adapter"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:

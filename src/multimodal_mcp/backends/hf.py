@@ -62,7 +62,7 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
 class TransformersBackend(LocalBackend):
     """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text) and text chat models."""
 
-    title = "transformers (local)"
+    title = "transformers"
     tasks = frozenset({"clip", "vlm", "text"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:

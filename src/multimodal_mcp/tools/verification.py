@@ -202,7 +202,7 @@ def verification_summary(checks: list[ImageVerification], seeds: Sequence[int | 
         lines.append(
             "To improve: name the missing things early in the prompt and more concretely, raise "
             "guidance_scale, or try another seed; the same seed with a revised prompt keeps the "
-            "composition (local models; hosted ones take no seed)."
+            "composition (for models that take a seed)."
         )
     return "\n".join(lines)
 
