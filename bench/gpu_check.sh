@@ -6,7 +6,21 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The checkout runs from source, not installed: write the dist-info pip would, so that the backends'
+# entry points (pyproject.toml, group multimodal_mcp.backends) are found on PYTHONPATH.
+SITE="$OUT/site"
+python3 - "$SITE" <<'PY'
+import pathlib, sys, tomllib
+project = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]
+info = pathlib.Path(sys.argv[1]) / f"multimodal_mcp-{project['version']}.dist-info"
+info.mkdir(parents=True, exist_ok=True)
+(info / "METADATA").write_text(f"Metadata-Version: 2.3\nName: multimodal-mcp\nVersion: {project['version']}\n")
+groups = project["entry-points"]
+(info / "entry_points.txt").write_text(
+    "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for g, eps in groups.items())
+)
+PY
+export PYTHONPATH="$PWD/src:$SITE" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 {
   python3 -m pip install -q --no-index --find-links .gpu-wheels \
     "mcp==2.3.0" "diffusers==0.42.1" "transformers==5.24.0" platformdirs jsonschema 2>&1 | tail -3
