@@ -204,3 +204,33 @@ async def test_a_declined_hosted_call_sends_nothing_to_the_provider(
             assert "declined" in error and "nothing was spent" in error
     assert openai_fake.requests == []
     assert "gpt-image-1" in questions[0] and "gpt-4o" in questions[-1]
+
+
+async def test_a_fixed_size_model_takes_its_configured_default_size_and_edits_let_the_provider_choose(
+    tmp_path, tiny_dir, allowed_root, openai_fake: OpenAIFake, gemini_fake: GeminiFake
+) -> None:  # type: ignore[no-untyped-def]
+    from fake_providers import hosted_config
+
+    config = hosted_config(
+        tmp_path,
+        tiny_dir,
+        allowed_root,
+        openai_url=f"{openai_fake.url}/v1",
+        gemini_url=f"{gemini_fake.url}/",
+        extra_toml='[models.gpt-image-1-hd]\ntask = "text_to_image"\nbackend = "openai"\n'
+        'source = "gpt-image-1"\ndefaults = { width = 1536, height = 1024 }\n',
+    )
+    async with Client(build_server(config, create_services(config, devices=cpu_only()))) as client:
+        await call_ok(client, "generate_image", {"prompt": "a wide view", "model": "gpt-image-1-hd"})
+        await call_ok(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "make it night",
+                "model": "gpt-image-1-hd",
+                "init_image": data_uri(photo("coffee", 32)),
+            },
+        )
+    generated, edited = openai_fake.requests
+    assert generated.json["size"] == "1536x1024"  # the model's configured default
+    assert edited.form["size"][0][1] == b"auto"  # an edit without width/height: the provider's choice

@@ -349,10 +349,9 @@ async def controlled_generate(
     elif sources and free_size:
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
         width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
-    planned = generation.plan(services, name, params, width=width, height=height)
-    planned = await generation.confirm_and_rewrite(
-        services, planned, edit=init is not None or reference is not None, progress=progress
-    )
+    edit = init is not None or reference is not None
+    planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
+    planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
 
     # 2. Make and store the control maps (canny computed; other types used as given)
     def prepare() -> list[_PreparedControl]:

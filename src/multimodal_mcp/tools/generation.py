@@ -273,6 +273,7 @@ def plan(
     *,
     width: int | None = None,
     height: int | None = None,
+    edit: bool = False,
 ) -> Plan:
     """Check a generation before any work and fill in the model's defaults.
 
@@ -281,7 +282,8 @@ def plan(
     far as the tool has them). The ones the caller gave are checked against the model's
     capabilities: an argument it does not honour is an error naming the models that do.
     ``width``/``height`` are the size to make (given, or worked out by the tool from its inputs);
-    None takes the model's default.
+    None takes the model's configured default, or, for a fixed-size model editing a picture
+    (``edit``), lets the model choose.
 
     Raises:
         UnsupportedOperation: an argument the model does not honour.
@@ -308,9 +310,11 @@ def plan(
             )
     check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
     check_labels(services, verify_labels)
-    # Sizes: free-size models take the config's defaults; fixed-size ones their own first size.
+    # Sizes: what was given, else the config's defaults; free-size models always have one.
     if caps.sizes is not None and caps.sizes.multiple_of is not None:
         width, height = width or d.width or 512, height or d.height or 512
+    elif caps.sizes is not None and not edit and width is None and height is None:
+        width, height = d.width, d.height
     if caps.sizes is not None:
         try:
             width, height = caps.sizes.resolve(model, width, height)
