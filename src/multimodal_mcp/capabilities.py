@@ -139,6 +139,14 @@ class Capabilities(_Frozen):
         """These capabilities with ``overrides`` (a config table) applied and validated."""
         return Capabilities.model_validate({**self.model_dump(), **overrides})
 
+    def within(self, max_images: int, max_side: int) -> Capabilities:
+        """These capabilities narrowed to a server's limits (images per call, largest side), so that
+        listings and the models an error suggests never promise what the server refuses."""
+        sizes = self.sizes
+        if sizes is not None and sizes.multiple_of is not None:
+            sizes = sizes.model_copy(update={"max_side": min(sizes.max_side or max_side, max_side)})
+        return self.model_copy(update={"max_images": min(self.max_images, max_images), "sizes": sizes})
+
     def summary(self) -> list[str]:
         """The supported capabilities as short phrases, for listings."""
         out: list[str] = []
@@ -245,7 +253,7 @@ def refusal(
     if able:
         text += f"; models that do: {', '.join(able)}. Omit {argument}, or pass model= one of those."
     else:
-        text += f"; no configured model does. Omit {argument}."
+        text += f"; no configured model does (list_models shows what each takes). Omit {argument}."
     if rest:
         text += f" It does not take {', '.join(f'`{a}`' for a in rest)} either."
     return text

@@ -100,12 +100,14 @@ class ModelHub:
     # --- capabilities ---------------------------------------------------------------------------
 
     def capabilities(self, name: str) -> Capabilities:
-        """What model ``name`` honours: its backend's declaration with the config's overrides."""
+        """What model ``name`` honours on this server: its backend's declaration with the config's
+        overrides, within the server's limits (images per call, largest side)."""
         found = self._capabilities.get(name)
         if found is None:
             spec = self.spec(name)
-            declared = self.backend(name).capabilities(name, spec, self.config)
-            found = self._capabilities[name] = declared.merged(spec.capabilities)
+            declared = self.backend(name).capabilities(name, spec, self.config).merged(spec.capabilities)
+            limits = self.config.server.limits
+            found = self._capabilities[name] = declared.within(limits.max_images, limits.max_side)
         return found
 
     def check(self, name: str, given: Mapping[str, object]) -> None:

@@ -22,7 +22,6 @@ from multimodal_mcp.tools.common import (
     Params,
     Progress,
     Services,
-    given_arguments,
     in_thread,
     resolve_image,
 )
@@ -307,7 +306,7 @@ async def controlled_generate(
     # 1. Check inputs and pick the models
     hub = services.hub
     name = hub.pick(params.model, "controlled", "text_to_image")
-    hub.check(name, given_arguments(params))
+    generation.check_arguments(services, name, params)
     caps = hub.capabilities(name)
     spec = hub.spec(name)
     specs = params.control_specs()

@@ -199,14 +199,16 @@ class GenerationResult(Result):
 
     def _generation_text(self) -> str:
         p = self.parameters
-        if self.seed is None:
-            sent = self.provider_parameters or {}
-            how = f"{p.width}x{p.height}" + (f", quality {sent['quality']}" if sent.get("quality") else "")
-        else:
-            how = (
-                f"seed {self.seed}, {p.width}x{p.height}, "
-                f"{p.steps} steps, {p.scheduler}, guidance {p.guidance_scale}"
-            )
+        quality = (self.provider_parameters or {}).get("quality")
+        settings = [
+            f"seed {self.seed}" if self.seed is not None else None,
+            f"{p.width}x{p.height}",
+            f"{p.steps} steps" if p.steps is not None else None,
+            p.scheduler,
+            f"guidance {p.guidance_scale}" if p.guidance_scale is not None else None,
+            f"quality {quality}" if quality else None,
+        ]  # only what the model takes
+        how = ", ".join(s for s in settings if s)
         made = f"with {self.model} ({how}) in {self.timings.total_seconds:.1f} s"
         notice = self.withheld_notice()
         if not self.images:
@@ -289,8 +291,8 @@ def plan(
         UnsupportedOperation: an argument the model does not honour.
         InvalidArgument: a value over the server's limits or outside what the model takes.
     """
+    check_arguments(services, model, params)
     hub = services.hub
-    hub.check(model, given_arguments(params))
 
     def field(name: str, default: Any = None) -> Any:
         return getattr(params, name, default)
@@ -302,27 +304,19 @@ def plan(
     spec = hub.spec(model)
     limits = services.config.server.limits
     d = spec.defaults
-    for argument, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
-        if len(text) > limits.max_prompt_chars:
-            raise InvalidArgument(
-                f"the {argument} is {len(text)} characters; this server's limit is {limits.max_prompt_chars} "
-                "(max_prompt_chars); shorten it"
-            )
-    check_limit("num_images", num_images, limits.max_images, "make fewer images per call")
-    check_labels(services, verify_labels)
     # Sizes: what was given, else the config's defaults; free-size models always have one.
     if caps.sizes is not None and caps.sizes.multiple_of is not None:
         width, height = width or d.width or 512, height or d.height or 512
     elif caps.sizes is not None and not edit and width is None and height is None:
         width, height = d.width, d.height
+    for side, value in (("width", width), ("height", height)):
+        if value is not None:
+            check_limit(side, value, limits.max_side, "ask for a smaller image")
     if caps.sizes is not None:
         try:
             width, height = caps.sizes.resolve(model, width, height)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-    for side, value in (("width", width), ("height", height)):
-        if value is not None:
-            check_limit(side, value, limits.max_side, "ask for a smaller image")
     resolved_steps = (steps or d.steps or 30) if caps.steps else None
     if resolved_steps is not None:
         check_limit("steps", resolved_steps, limits.max_steps, "use fewer steps")
@@ -353,6 +347,24 @@ def plan(
         enhance_prompt=bool(field("enhance_prompt", False)),
         clock=Clock(),
     )
+
+
+def check_arguments(services: Services, model: str, params: Params) -> None:
+    """The server's limits on a generation's arguments (prompt length, images, labels), then the
+    model's capabilities: what the caller gave and the model does not honour is refused."""
+    limits = services.config.server.limits
+    for argument in ("prompt", "negative_prompt"):
+        text = getattr(params, argument, None) or ""
+        if len(text) > limits.max_prompt_chars:
+            raise InvalidArgument(
+                f"the {argument} is {len(text)} characters; this server's limit is {limits.max_prompt_chars} "
+                "(max_prompt_chars); shorten it"
+            )
+    check_limit(
+        "num_images", getattr(params, "num_images", 1), limits.max_images, "make fewer images per call"
+    )
+    check_labels(services, getattr(params, "verify_labels", None))
+    services.hub.check(model, given_arguments(params))
 
 
 def check_budget(limits: Limits, width: int, height: int, steps: int, num_images: int) -> None:

@@ -201,8 +201,8 @@ def verification_summary(checks: list[ImageVerification], seeds: Sequence[int | 
     if not all(check.passed for check in checks):
         lines.append(
             "To improve: name the missing things early in the prompt and more concretely, raise "
-            "guidance_scale, or try another seed; the same seed with a revised prompt keeps the "
-            "composition (for models that take a seed)."
+            "guidance_scale (models that take it), or try another seed; the same seed with a revised "
+            "prompt keeps the composition (models that take a seed)."
         )
     return "\n".join(lines)
 
