@@ -10,7 +10,8 @@ Markers (see pyproject.toml), applied here so that no test has to remember them:
 - ``slow``: long-running tests (real checkpoints, big sizes).
 
 ``make test-fast`` runs the rest (``-m "not model and not node and not slow"``) with ``--torch-free``
-(tests/torch_free.py), which fails a test of that subset that imports torch.
+(tests/torch_free.py), which fails a test of that subset that imports torch. Tool logic is tested
+there against tests/fake_hub.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from multimodal_mcp.tools.common import Services
 from fake_providers import GeminiFake, OpenAIFake, hosted_config
 from helpers import cpu_only, make_config
 
-pytest_plugins = ["torch_free"]
+pytest_plugins = ["torch_free", "fake_hub"]
 
 MODEL_FIXTURE = "tiny_dir"
 """The fixture every test that runs a tiny model depends on, directly or through other fixtures."""

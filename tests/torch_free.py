@@ -123,7 +123,7 @@ def _checked(item: pytest.Item, result: Any) -> Any:
         pytest.fail(
             f"--torch-free: this test is not marked 'model' but imported {module}. Mark it "
             "@pytest.mark.model (or use a fixture built on tiny_dir, which marks it), or keep the model "
-            f"out of it. Imported from:\n{stack}",
+            f"out of it (tests/fake_hub.py). Imported from:\n{stack}",
             pytrace=False,
         )
     return result
