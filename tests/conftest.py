@@ -4,8 +4,9 @@ Markers (see pyproject.toml), applied here so that no test has to remember them:
 
 - ``model``: the test needs the tiny models, so torch, diffusers and transformers. Every test that
   uses ``tiny_dir``, directly or through a fixture built on it (``config``, ``services``, ``server``,
-  ``client``, ``hosted_services``, ...), gets it; a test that imports torch another way is marked by
-  hand. torch is imported when the first such test is set up, never when the suite is collected.
+  ``client``, ...), gets it; a test that needs them another way is marked by hand (a hosted test
+  that also runs a local model, a test that imports torch). torch is imported when the first such
+  test is set up, never when the suite is collected.
 - ``node``: the third-party Node.js client tests (tests/clients).
 - ``slow``: long-running tests (real checkpoints, big sizes).
 
@@ -130,10 +131,19 @@ def gemini_fake() -> Iterator[GeminiFake]:
 
 @pytest.fixture
 def hosted_services(
-    tmp_path: Path, tiny_dir: Path, allowed_root: Path, openai_fake: OpenAIFake, gemini_fake: GeminiFake
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    allowed_root: Path,
+    openai_fake: OpenAIFake,
+    gemini_fake: GeminiFake,
 ) -> Services:
+    """The hosted models on the loopback fakes, beside the tiny profile's local ones. Only a test
+    marked ``model`` gets the session's tiny models: the others run no local model (one that did
+    would first build the tiny models into an empty folder, which ``--torch-free`` reports)."""
+    local = request.node.get_closest_marker("model") is not None
+    tiny = request.getfixturevalue(MODEL_FIXTURE) if local else tmp_path / "no-tiny-models"
     config = hosted_config(
-        tmp_path, tiny_dir, allowed_root, openai_url=f"{openai_fake.url}/v1", gemini_url=f"{gemini_fake.url}/"
+        tmp_path, tiny, allowed_root, openai_url=f"{openai_fake.url}/v1", gemini_url=f"{gemini_fake.url}/"
     )
     return create_services(config, devices=cpu_only())
 
