@@ -1,7 +1,13 @@
-.PHONY: test lint format typecheck ci demo clients
+.PHONY: test test-fast lint format typecheck ci demo clients
 
+# Everything, the Node client tests included when `npm ci --prefix clients` has been run (else they skip).
 test:
 	python -m pytest
+
+# The tests that need no model (markers: see Development in the README): under a minute, and
+# --torch-free fails any of them that imports torch.
+test-fast:
+	python -m pytest -m "not model and not node and not slow" --torch-free
 
 lint:
 	ruff check src tests examples

@@ -61,6 +61,7 @@ async def test_describe_image_sends_the_image_inline_with_the_schema_and_resolut
     assert out["usage"] == {"prompt_tokens": 530, "completion_tokens": 11, "images": 0}
 
 
+@pytest.mark.model  # clip_similarity comes from the local tiny CLIP
 async def test_compare_images_sends_both_images_in_one_request(
     hosted_client: Client, gemini_fake: GeminiFake
 ) -> None:

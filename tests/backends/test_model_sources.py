@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from mcp import Client
 from pydantic import ValidationError
-from safetensors.torch import load_file
 
 from multimodal_mcp.backends.base import LoadContext
 from multimodal_mcp.backends.clip import load_clip
@@ -28,6 +26,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _pickle_only_copy(source: Path, target: Path) -> Path:
     """A copy of a tiny model whose every .safetensors file is replaced by a pickled .bin."""
+    import torch
+    from safetensors.torch import load_file
+
     shutil.copytree(source, target)
     for weights in list(target.rglob("*.safetensors")):
         torch.save(load_file(str(weights)), weights.with_suffix(".bin"))

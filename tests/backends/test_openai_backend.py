@@ -364,6 +364,7 @@ async def test_chat_models_complete_text_only_prompts(
     await hosted_services.hub.aclose()
 
 
+@pytest.mark.model  # runs a local tiny model beside the hosted one
 async def test_a_slow_hosted_call_does_not_hold_up_local_models(
     hosted_client: Client, openai_fake: OpenAIFake
 ) -> None:

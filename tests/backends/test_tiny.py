@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from multimodal_mcp.backends import tiny
@@ -30,12 +29,15 @@ FLUX_MAX_SEQUENCE_LENGTH = 32
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
+def root(tiny_dir: Path) -> Path:
+    """The session's build (tests/conftest.py: ensure_tiny_models into a fresh temporary directory),
+    read here, never written: building a second set only to look at it cost a build per run."""
+    return tiny_dir
 
 
 def _load_text2image(path: Path) -> Any:
     import diffusers
+    import torch
 
     pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
         path, torch_dtype=torch.float32, use_safetensors=True
@@ -59,7 +61,9 @@ def flux(root: Path) -> Any:
     return _load_text2image(root / TINY_MODEL_DIRS["flux"])
 
 
-def _generator() -> torch.Generator:
+def _generator() -> Any:
+    import torch
+
     return torch.Generator("cpu").manual_seed(0)
 
 
@@ -105,7 +109,9 @@ def _edge_map() -> Image.Image:
     return image
 
 
-def _features(output: Any) -> torch.Tensor:
+def _features(output: Any) -> Any:
+    import torch
+
     # transformers 5 returns a model output whose pooler_output holds the projected embedding.
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
@@ -211,6 +217,7 @@ def test_controlnet_loads_and_steers_the_sd15_pipeline(root: Path, sd15: Any) ->
 
 
 def test_clip_model_scores_every_text_against_the_image(root: Path) -> None:
+    import torch
     import transformers
 
     model = transformers.CLIPModel.from_pretrained(root / TINY_MODEL_DIRS["clip"])
@@ -259,6 +266,8 @@ def test_vlm_chat_template_places_the_image_token_in_the_prompt(vlm: tuple[Any, 
 
 
 def test_vlm_processor_inserts_as_many_image_tokens_as_the_model_expects(vlm: tuple[Any, Any]) -> None:
+    import torch
+
     model, processor = vlm
     inputs = processor(images=Image.new("RGB", (50, 90)), text=_vlm_prompt(processor), return_tensors="pt")
     image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
@@ -295,7 +304,10 @@ def test_rebuilding_a_model_gives_byte_identical_weights(root: Path, tmp_path: P
     assert capfd.readouterr().out == ""
 
 
+@pytest.mark.model
 def test_building_a_model_leaves_the_global_torch_rng_untouched(tmp_path: Path) -> None:
+    import torch
+
     torch.manual_seed(1234)
     expected = torch.rand(4)
     torch.manual_seed(1234)
@@ -366,6 +378,7 @@ def test_ensure_tiny_models_builds_once_when_called_concurrently(
     assert calls == [root]
 
 
+@pytest.mark.model  # build_tiny_models imports torch, diffusers and transformers before it checks
 def test_build_refuses_to_replace_a_directory_holding_other_files(tmp_path: Path) -> None:
     root = tmp_path / "models"
     root.mkdir()

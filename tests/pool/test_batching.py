@@ -6,9 +6,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-import torch
 from mcp import Client
-from transformers import AutoProcessor, CLIPModel
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.pool import ModelPool
@@ -20,6 +18,9 @@ LABELS = ["a cat", "a dog", "a rocket", "coffee", "a person"]
 
 
 def _direct_probabilities(config: Config, image: object, texts: list[str]) -> list[float]:
+    import torch
+    from transformers import AutoProcessor, CLIPModel
+
     path = config.server.tiny_dir / "clip"
     model, processor = CLIPModel.from_pretrained(path), AutoProcessor.from_pretrained(path)
     inputs = processor(text=texts, images=[image], return_tensors="pt", padding=True)

@@ -13,7 +13,6 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-import torch
 
 from multimodal_mcp.backends.base import CancelToken, StepCallback
 from multimodal_mcp.config import Config
@@ -295,6 +294,8 @@ async def test_a_queued_call_that_is_cancelled_leaves_the_queue(config: Config) 
 
 
 async def test_out_of_memory_frees_idle_models_and_retries_once(config: Config) -> None:
+    import torch
+
     pool = ModelPool(config, cpu_only())
     attempts: list[int] = []
 
@@ -356,9 +357,10 @@ async def _until(condition: Callable[[], bool]) -> None:
         await anyio.sleep(0.02)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped without a CUDA device (tests/conftest.py)
 async def test_a_real_cuda_out_of_memory_is_retried_once_then_reported(config: Config) -> None:
+    import torch
+
     from multimodal_mcp.pool import discover_devices
 
     devices = discover_devices("cuda", gpu_headroom_bytes=1024**3, cpu_budget_bytes=8 * 1024**3)

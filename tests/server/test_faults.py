@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 import pytest
-import torch
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import create_services
@@ -111,6 +110,8 @@ async def test_a_failing_model_reports_an_id_not_its_paths_or_keys_and_the_serve
         assert (
             error_id in caplog.text and "sk-live-0123456789abcdef" in caplog.text
         )  # the log has the details
+
+        import torch
 
         def out_of_memory(*args: object, **kwargs: object) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory at /opt/secret/allocator.cpp:123")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import sys
@@ -25,7 +26,11 @@ async def test_a_stdio_subprocess_serves_every_tool_and_writes_only_json_rpc_to_
     serve = [sys.executable, "-m", "multimodal_mcp", "serve", "--config", str(config), "--log-level", "DEBUG"]
     # tee keeps a copy of everything the server writes to stdout, so the test can check each line.
     command = f"{shlex.join(serve)} | tee {shlex.quote(str(stdout_log))}"
-    params = StdioServerParameters(command="/bin/sh", args=["-c", command])
+    # The SDK starts a stdio server with a minimal environment; pass on what makes it run this
+    # checkout (not whichever copy is installed) offline.
+    passed = ("PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {key: os.environ[key] for key in passed if key in os.environ}
+    params = StdioServerParameters(command="/bin/sh", args=["-c", command], env=env)
     async with Client(params, read_timeout_seconds=120) as client:
         made = await call_ok(client, "generate_image", {"prompt": "a lighthouse", "seed": 3})
         uri = made["images"][0]["uri"]

@@ -3,9 +3,7 @@ from __future__ import annotations
 import math
 
 import jsonschema
-import torch
 from mcp import Client
-from transformers import AutoProcessor, CLIPModel
 
 from multimodal_mcp.config import Config
 
@@ -30,6 +28,9 @@ async def test_scores_are_a_softmax_over_the_labels_sorted_highest_first(client:
 async def test_scores_equal_clip_logits_computed_directly_with_transformers(
     client: Client, config: Config
 ) -> None:
+    import torch
+    from transformers import AutoProcessor, CLIPModel
+
     image = photo("coffee")
     labels = ["coffee", "a cat", "a rocket"]
     out = await call_ok(

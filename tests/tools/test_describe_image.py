@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import jsonschema
-import torch
 from mcp import Client
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from multimodal_mcp.config import Config
 
@@ -11,6 +9,9 @@ from helpers import call_error, call_ok, data_uri, photo, text_of
 
 
 async def test_describe_image_answers_with_the_vlms_greedy_output(client: Client, config: Config) -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     image = photo("chelsea")
     result = await client.call_tool(
         "describe_image", {"image": data_uri(image), "prompt": "What animal is this?", "max_tokens": 6}

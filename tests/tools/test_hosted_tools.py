@@ -25,6 +25,7 @@ pytest.importorskip("openai")
 pytest.importorskip("google.genai")
 
 
+@pytest.mark.model  # clip_similarity comes from the local tiny CLIP
 async def test_generate_on_openai_describe_on_gemini_compare_on_openai_chain_by_id(
     hosted_client: Client, openai_fake: OpenAIFake, gemini_fake: GeminiFake
 ) -> None:
@@ -142,6 +143,7 @@ def _rewriting_on(config: Config, text_model: str, **spending: str) -> Config:
     )
 
 
+@pytest.mark.model  # verified with the local tiny CLIP
 async def test_a_hosted_generation_rewrites_with_a_hosted_text_model_and_verifies_with_local_clip(
     hosted_services: Services, openai_fake: OpenAIFake
 ) -> None:
