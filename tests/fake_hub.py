@@ -276,8 +276,8 @@ def fake_config(
     defaults: Mapping[str, str] = DEFAULTS,
     **server: Any,
 ) -> Config:
-    """A configuration of ``models`` only (the tiny profile's server settings, a private store, no
-    tiny models: a model load would fail on the missing ``tiny_dir``). ``server``: [server] keys."""
+    """A configuration of ``models`` only: the tiny profile's server settings with ``server``'s
+    [server] keys on top, a private store, and no tiny models (FakeHub never reaches the pool)."""
     base = load_config(
         profile="tiny",
         cache_dir=tmp_path / "cache",
