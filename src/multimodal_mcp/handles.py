@@ -245,7 +245,12 @@ class Verdict:
 class SafetyChecker(Protocol):
     """Screens generated images before they are stored."""
 
-    async def check(self, images: Sequence[Image.Image]) -> list[Verdict]:
+    @property
+    def enabled(self) -> bool:
+        """False when configured off: every image passes unscreened."""
+        ...
+
+    async def screen(self, images: Sequence[Image.Image]) -> list[Verdict]:
         """One verdict per image, in order. Raises when it cannot judge (callers fail closed)."""
         ...
 

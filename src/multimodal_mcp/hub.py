@@ -16,7 +16,15 @@ from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.capabilities import Capabilities, refusal
 from multimodal_mcp.config import Config, DefaultFor, ModelSpec, Task
 from multimodal_mcp.errors import UnknownModel, UnsupportedOperation
-from multimodal_mcp.handles import Handle, ImageGenerator, ImageTextEmbedder, TextChat, VisionChat
+from multimodal_mcp.handles import (
+    ControlPreprocessor,
+    Handle,
+    ImageGenerator,
+    ImageTextEmbedder,
+    TextChat,
+    VisionChat,
+)
+from multimodal_mcp.imaging.analysis import CannyEdges
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.handles import PooledEmbedder, PooledImageGenerator, PooledTextChat, PooledVisionChat
 
@@ -59,6 +67,7 @@ class ModelHub:
         self.connections = connections
         self._capabilities: dict[str, Capabilities] = {}
         self._handles: dict[str, Handle] = {}
+        self._preprocessors: dict[str, ControlPreprocessor] = {"canny": CannyEdges()}
 
     # --- names and specs ------------------------------------------------------------------------
 
@@ -265,6 +274,11 @@ class ModelHub:
         if state.loaded:
             found["status"] = f"on {state.location}"
         return found
+
+    def preprocessor(self, control_type: str) -> ControlPreprocessor | None:
+        """What turns a picture into a ``control_type`` map (canny: edges with OpenCV), or None when
+        that type takes a prepared map as given."""
+        return self._preprocessors.get(control_type)
 
     async def aclose(self) -> None:
         """Close the hosted connections (the pool is closed by its own context)."""

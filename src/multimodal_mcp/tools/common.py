@@ -18,10 +18,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from multimodal_mcp.backends.safety import SafetyGate
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import InvalidArgument, SpendingRefused
-from multimodal_mcp.handles import Detail
+from multimodal_mcp.handles import Detail, SafetyChecker
 from multimodal_mcp.handles import Progress as Progress  # re-exported for the tools
 from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
@@ -120,7 +119,7 @@ class Services:
     jobs: JobManager
     hub: ModelHub
     """Every model by name: its handle and capabilities, wherever it runs."""
-    safety: SafetyGate | None = None
+    safety: SafetyChecker | None = None
     """The safety filter for generated images (None: no filter, as with filter = "off")."""
 
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import ControlCondition, ImageRequest, ReferenceCondition
-from multimodal_mcp.imaging.analysis import canny_edges
 from multimodal_mcp.imaging.inputs import ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools import generation
@@ -352,28 +351,40 @@ async def controlled_generate(
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
 
-    # 2. Make and store the control maps (canny computed; other types used as given)
-    def prepare() -> list[_PreparedControl]:
-        prepared = []
-        for control, controlnet, source in zip(specs, controlnets, sources, strict=True):
-            if control.type == "canny":
-                image = canny_edges(source.image, params.low_threshold, params.high_threshold)
-                settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
-            else:
-                image, settings = source.image.convert("RGB"), {}
-            record = services.store.put(
-                image,
-                kind="control",
-                parents=[source.record.id],
-                parameters={"control_type": control.type, **settings},
-            )
-            prepared.append(_PreparedControl(control, controlnet, source, image, record))
-        return prepared
+    # 2. Make the control maps (by the type's preprocessor, e.g. canny edges; prepared maps as
+    #    given) and store them
+    maps: list[tuple[Image.Image, dict[str, int]]] = []
+    for control, source in zip(specs, sources, strict=True):
+        preprocessor = hub.preprocessor(control.type)
+        if preprocessor is None:
+            maps.append((source.image.convert("RGB"), {}))
+            continue
+        settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
+        try:
+            maps.append((await preprocessor(source.image, settings), settings))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
 
-    try:
-        prepared = await in_thread(prepare)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
+    def store_maps() -> list[_PreparedControl]:
+        return [
+            _PreparedControl(
+                control,
+                controlnet,
+                source,
+                image,
+                services.store.put(
+                    image,
+                    kind="control",
+                    parents=[source.record.id],
+                    parameters={"control_type": control.type, **settings},
+                ),
+            )
+            for control, controlnet, source, (image, settings) in zip(
+                specs, controlnets, sources, maps, strict=True
+            )
+        ]
+
+    prepared = await in_thread(store_maps)
 
     # 3. Generate through the model's handle (it holds the ControlNets and adapter by name), verify,
     #    screen and store with the ids of every input

@@ -19,12 +19,11 @@ from typing import Annotated, Any, Literal, NamedTuple
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from multimodal_mcp.backends.safety import Verdict
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.config import Limits
 from multimodal_mcp.errors import BackendError, InvalidArgument
-from multimodal_mcp.handles import GeneratedImages, ImageRequest, Usage
+from multimodal_mcp.handles import GeneratedImages, ImageRequest, Usage, Verdict
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -581,7 +580,7 @@ async def _screen(services: Services, images: list[Image.Image]) -> list[Verdict
     if gate is None or not gate.enabled:
         return [Verdict(flagged=False) for _ in images]
     try:
-        return await in_thread(gate.check, images)
+        return await gate.screen(images)
     except Exception as exc:
         # Fail closed: an image the filter could not check is not returned.
         logger.error("the safety filter failed; withholding %d image(s)", len(images), exc_info=exc)
