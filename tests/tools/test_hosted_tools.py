@@ -236,3 +236,24 @@ async def test_a_fixed_size_model_takes_its_configured_default_size_and_edits_le
     generated, edited = openai_fake.requests
     assert generated.json["size"] == "1536x1024"  # the model's configured default
     assert edited.form["size"][0][1] == b"auto"  # an edit without width/height: the provider's choice
+
+
+async def test_open_world_hints_say_which_tools_may_reach_a_hosted_model(hosted_client: Client) -> None:
+    tools = {t.name: t for t in (await hosted_client.list_tools()).tools}
+    reaching = {name for name, t in tools.items() if t.annotations and t.annotations.open_world_hint}
+    # The hosted profile has hosted image, vision and text models, and no hosted CLIP.
+    assert reaching == {"generate_image", "controlled_generate", "describe_image", "compare_images"}
+
+
+async def test_fetching_urls_opens_every_tool_that_takes_images_to_the_world(config: Config) -> None:
+    urls = config.server.model_copy(update={"urls": config.server.urls.model_copy(update={"enabled": True})})
+    opened = config.model_copy(update={"server": urls})
+    async with Client(build_server(opened, create_services(opened, devices=cpu_only()))) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    reaching = {name for name, t in tools.items() if t.annotations and t.annotations.open_world_hint}
+    assert reaching == {
+        "controlled_generate",
+        "clip_classify",
+        "describe_image",
+        "compare_images",
+    }

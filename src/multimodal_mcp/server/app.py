@@ -90,6 +90,25 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
     )
 
 
+_GEN = ("text_to_image", "prompt_rewrite")
+_SEE = ("vlm", "clip")
+_TAKES_IMAGES = frozenset({"controlled_generate", "clip_classify", "describe_image", "compare_images"})
+
+
+def _reaches_out(config: Config, tasks: tuple[str, ...], takes_images: bool) -> bool:
+    """Whether a tool may talk to the world beyond this server (MCP's ``openWorldHint``): a hosted
+    model of a task it uses can be chosen (for ``prompt_rewrite``: the configured rewriter), or it
+    fetches the image URLs named in its arguments (``[server.urls]``)."""
+    if takes_images and config.server.urls.enabled:
+        return True
+    rewriter = config.defaults.get("prompt_rewrite")
+    return any(
+        spec.hosted
+        for name, spec in config.models.items()
+        if spec.task in tasks or (name == rewriter and "prompt_rewrite" in tasks)
+    )
+
+
 def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
 
@@ -147,17 +166,34 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     from multimodal_mcp.tools.list_models import ListModelsResult
 
     # (implementation, params, result, title, read-only, runs as a job)
-    tools: list[tuple[Implementation, type[Params], type[Result], str, bool, bool]] = [
-        (generate_image, GenerateImageParams, GenerateImageResult, "Generate image", False, True),
-        (controlled_generate, ControlledGenerateParams, ControlledGenerateResult, "ControlNet", False, True),
-        (clip_classify, ClipClassifyParams, ClipClassifyResult, "Zero-shot classify (CLIP)", True, True),
-        (describe_image, DescribeImageParams, DescribeImageResult, "Describe image (VLM)", True, True),
-        (compare_images, CompareImagesParams, CompareImagesResult, "Compare two images", True, True),
-        (list_models, ListModelsParams, ListModelsResult, "List models", True, False),
-        (get_job, GetJobParams, JobResult, "Get a long-running call's result", True, False),
-        (cancel_job, CancelJobParams, JobResult, "Cancel a long-running call", False, False),
+    # (implementation, params, result, title, read-only, runs as a job, the tasks of the models it uses)
+    tools: list[tuple[Implementation, type[Params], type[Result], str, bool, bool, tuple[str, ...]]] = [
+        (generate_image, GenerateImageParams, GenerateImageResult, "Generate image", False, True, _GEN),
+        (
+            controlled_generate,
+            ControlledGenerateParams,
+            ControlledGenerateResult,
+            "ControlNet",
+            False,
+            True,
+            _GEN,
+        ),
+        (
+            clip_classify,
+            ClipClassifyParams,
+            ClipClassifyResult,
+            "Zero-shot classify (CLIP)",
+            True,
+            True,
+            ("clip",),
+        ),
+        (describe_image, DescribeImageParams, DescribeImageResult, "Describe image (VLM)", True, True, _SEE),
+        (compare_images, CompareImagesParams, CompareImagesResult, "Compare two images", True, True, _SEE),
+        (list_models, ListModelsParams, ListModelsResult, "List models", True, False, ()),
+        (get_job, GetJobParams, JobResult, "Get a long-running call's result", True, False, ()),
+        (cancel_job, CancelJobParams, JobResult, "Cancel a long-running call", False, False, ()),
     ]
-    for implementation, params_model, result_model, title, read_only, as_job in tools:
+    for implementation, params_model, result_model, title, read_only, as_job, tasks in tools:
         register_tool(
             server,
             config,
@@ -168,6 +204,7 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             title=title,
             read_only=read_only,
             as_job=as_job,
+            open_world=_reaches_out(config, tasks, implementation.__name__ in _TAKES_IMAGES),
         )
 
     @server.resource(

@@ -151,6 +151,7 @@ def register_tool(
     title: str,
     read_only: bool,
     as_job: bool,
+    open_world: bool = False,
 ) -> None:
     """Registers ``implementation`` (named by its function name, described by its docstring) on
     ``server``, with an input schema from ``params_model`` (plus ``delivery`` when its results show
@@ -261,7 +262,7 @@ def register_tool(
             read_only_hint=read_only,
             destructive_hint=False,
             idempotent_hint=False,
-            open_world_hint=False,
+            open_world_hint=open_world,
         ),
     )
 
