@@ -119,7 +119,6 @@ class UnknownBackend(LookupError):
 
 _lock = threading.Lock()
 _backends: dict[str, Backend] | None = None
-_extra: dict[str, Backend] = {}
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -161,7 +160,7 @@ def backends() -> dict[str, Backend]:
                 except Exception:
                     logger.exception("backend %r (%s) failed to load; it is not available", name, entry.value)
             _backends = loaded
-        return {**_backends, **_extra}
+        return dict(_backends)
 
 
 def get(name: str) -> Backend:
@@ -183,20 +182,6 @@ def get(name: str) -> Backend:
 def hosted_backends() -> dict[str, HostedBackend]:
     """The registered hosted backends by name."""
     return {name: b for name, b in backends().items() if isinstance(b, HostedBackend)}
-
-
-def register(name: str, backend: Backend) -> None:
-    """Register ``backend`` in this process without an entry point (for embedding and tests).
-
-    A package should register through the entry-point group instead, so that every process finds it.
-    """
-    backend.name = name
-    _extra[name] = backend
-
-
-def unregister(name: str) -> None:
-    """Remove a backend added with :func:`register`."""
-    _extra.pop(name, None)
 
 
 def reload() -> None:
