@@ -13,6 +13,7 @@ from PIL import Image
 
 from multimodal_mcp.config import Limits, UrlSettings
 from multimodal_mcp.errors import ImageInputError, NotFound
+from multimodal_mcp.imaging.admission import DecodeBudget
 from multimodal_mcp.imaging.codec import decode_base64_payload, decode_image, looks_like_data_uri
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore
@@ -50,6 +51,7 @@ class ImageResolver:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.limits = limits
         self.fetcher = fetcher or UrlFetcher(urls or UrlSettings())
+        self.decode_budget = DecodeBudget(limits.decode_memory_mib * 2**20)
 
     def resolve(self, value: str, *, argument: str = "image") -> ResolvedImage:
         """Resolve and store one image argument.
@@ -90,7 +92,12 @@ class ImageResolver:
         return self._from_path(value)
 
     def _from_bytes(self, raw: bytes, source: str) -> ResolvedImage:
-        decoded = decode_image(raw, max_pixels=self.limits.max_input_pixels)
+        decoded = decode_image(
+            raw,
+            max_pixels=self.limits.max_input_pixels,
+            max_aspect=self.limits.max_input_aspect,
+            budget=self.decode_budget,
+        )
         record = self.store.put_input(decoded.image, source=source)
         return ResolvedImage(record, decoded.image)
 

@@ -27,6 +27,7 @@ from multimodal_mcp.backends.base import (
 )
 from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.handles import ChatAnswer, Detail, Embedding, GeneratedImages, ImageRequest, Progress
+from multimodal_mcp.imaging.normalize import control_map, picture
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.lanes import Work
 
@@ -48,12 +49,12 @@ class PooledImageGenerator(_Pooled):
             controls = []
             for control in request.controls:
                 net = await stack.enter_async_context(self.pool.use(control.controlnet, near=model))
-                controls.append(ControlInput(net.model, control.image.convert("RGB"), control.scale))
+                controls.append(ControlInput(net.model, control_map(control.image), control.scale))
             reference = None
             for ref in request.references[:1]:
                 assert ref.adapter is not None, "a local model's reference picture needs its IP-Adapter"
                 adapter = await stack.enter_async_context(self.pool.use(ref.adapter, near=model))
-                reference = ReferenceInput(adapter, ref.image.convert("RGB"), ref.scale or 0.0)
+                reference = ReferenceInput(adapter, picture(ref.image), ref.scale or 0.0)
             loaded = time.perf_counter() - started
             engine = _engine_request(request, tuple(controls), reference)
             # What only the loaded model can tell, checked before queueing so the error comes at once.
@@ -81,7 +82,7 @@ def _engine_request(
         scheduler=request.scheduler or "",
         seeds=seeds,
         controls=controls,
-        init_image=request.init_image.convert("RGB") if request.init_image is not None else None,
+        init_image=picture(request.init_image) if request.init_image is not None else None,
         mask_image=request.mask_image,
         strength=request.strength,
         reference=reference,
@@ -122,7 +123,7 @@ class PooledVisionChat(_PooledChat):
         progress: Progress | None = None,
     ) -> ChatAnswer:
         asked = json_prompt(prompt, schema) if schema is not None else prompt
-        pictures = [image.convert("RGB") for image in images]
+        pictures = [picture(image) for image in images]
         return await self._run(lambda m: m.answer(pictures, asked, max_tokens), progress)
 
 
@@ -140,15 +141,15 @@ class PooledEmbedder(_Pooled):
     calls share forward passes through the pool's batcher, and label embeddings are cached."""
 
     async def embed_images(self, images: Sequence[Image.Image]) -> list[Embedding]:
-        return await self.pool.clip(self.name).embed_many([image.convert("RGB") for image in images])
+        return await self.pool.clip(self.name).embed_many([picture(image) for image in images])
 
     async def classify(self, image: Image.Image, texts: Sequence[str]) -> list[float]:
-        return await self.pool.clip(self.name).classify(image.convert("RGB"), list(texts))
+        return await self.pool.clip(self.name).classify(picture(image), list(texts))
 
     async def similarities(
         self, images: Sequence[Image.Image], texts: Sequence[str]
     ) -> tuple[list[list[float]], float]:
         rows, scale = await self.pool.clip(self.name).similarities(
-            [image.convert("RGB") for image in images], list(texts)
+            [picture(image) for image in images], list(texts)
         )
         return rows, float(scale)

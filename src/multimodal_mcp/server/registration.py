@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import ConfirmationPending
+from multimodal_mcp.imaging.admission import call_pixel_budget
 from multimodal_mcp.jobs import JobPending, describe_failure
 from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
@@ -188,9 +189,10 @@ def register_tool(
 
         services = services_of(ctx)
         approver = SpendingApprover(ctx, name)
+        pixel_limit = config.server.limits.max_input_pixels_per_call
         if not as_job:
             try:
-                with spending_approver(approver):
+                with spending_approver(approver), call_pixel_budget(pixel_limit):
                     result = await implementation(params, services, progress)
             except ConfirmationPending:
                 return approver.input_required() or _never_asked(name)
@@ -199,7 +201,7 @@ def register_tool(
             return await Renderer(config, services.store).render(result, rendering.delivery)
 
         async def run(job_progress: Progress) -> Result:
-            with spending_approver(approver):
+            with spending_approver(approver), call_pixel_budget(pixel_limit):
                 return await implementation(params, services, job_progress)
 
         # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 
 from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
     Clock,
     ImageArg,
@@ -102,7 +103,7 @@ async def clip_classify(
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
     async with clock.infer():
-        scores = await services.hub.embedder(name).classify(source.image.convert("RGB"), texts)
+        scores = await services.hub.embedder(name).classify(picture(source.image), texts)
 
     # 3. Rank
     ranked = sorted(

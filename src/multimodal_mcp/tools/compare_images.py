@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Usage
 from multimodal_mcp.imaging.analysis import Comparison, align_sizes, compare
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
     Clock,
     DetailArg,
@@ -154,7 +155,7 @@ async def compare_images(
     comparison, resized, diff_ref = await in_thread(analyse)
 
     # 3. Semantic similarity (both embeddings in one batched pass)
-    rgb_a, rgb_b = a.image.convert("RGB"), b.image.convert("RGB")
+    rgb_a, rgb_b = picture(a.image), picture(b.image)
     async with clock.infer():
         emb_a, emb_b = await hub.embedder(clip_name).embed_images([rgb_a, rgb_b])
     clip_similarity = float(emb_a @ emb_b)

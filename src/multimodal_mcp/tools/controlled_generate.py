@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import ControlCondition, ImageRequest, ReferenceCondition
 from multimodal_mcp.imaging.inputs import ResolvedImage
+from multimodal_mcp.imaging.normalize import MaskError, control_map, picture, read_mask
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools import generation
 from multimodal_mcp.tools.common import (
@@ -130,8 +130,10 @@ class ControlledGenerateParams(Params):
         OptionalImage,
         Field(
             description=(
-                "Inpainting: a black-and-white mask the size of init_image; white = repaint. Pixels outside "
-                "the mask come back exactly as they were."
+                "Inpainting: the mask, the size of init_image: black and white (white = repaint), or with "
+                "transparency, where alpha is the mask: white strokes on a transparent layer = repaint, "
+                "or the area erased to transparent = repaint (OpenAI's convention). Pixels outside the "
+                "mask come back exactly as they were."
             ),
         ),
     ] = None
@@ -270,16 +272,17 @@ def _size_from_control(
 
 
 def _mask_from(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """A binary L mask (255 = repaint) from a black-and-white image of exactly ``size``."""
+    """A binary L mask (255 = repaint) from a mask image of exactly ``size`` (conventions: see
+    :func:`~multimodal_mcp.imaging.normalize.read_mask`)."""
     if image.size != size:
         raise InvalidArgument(
             f"mask_image is {image.width}x{image.height} but init_image is {size[0]}x{size[1]}; "
             "make the mask exactly the size of init_image (a resize would shift the region)"
         )
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    if np.abs(rgb - rgb[..., :1]).max() > 8:
-        raise InvalidArgument("mask_image must be black and white (white = repaint), not a colour image")
-    return Image.fromarray(np.where(rgb[..., 0] >= 128, 255, 0).astype(np.uint8), mode="L")
+    try:
+        return read_mask(image).mask
+    except MaskError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 async def controlled_generate(
@@ -357,7 +360,7 @@ async def controlled_generate(
     for control, source in zip(specs, sources, strict=True):
         preprocessor = hub.preprocessor(control.type)
         if preprocessor is None:
-            maps.append((source.image.convert("RGB"), {}))
+            maps.append((control_map(source.image), {}))
             continue
         settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
         try:
@@ -392,13 +395,13 @@ async def controlled_generate(
     reference_scale = params.reference_scale if reference is not None and caps.reference_scale else None
     request = ImageRequest(
         prompt=params.prompt,
-        init_image=init.image.convert("RGB") if init else None,
+        init_image=picture(init.image) if init else None,
         mask_image=mask,
         strength=strength,
         controls=tuple(ControlCondition(p.controlnet, p.image, p.spec.scale) for p in prepared),
         control_start=params.control_start,
         control_end=params.control_end,
-        references=(ReferenceCondition(reference.image.convert("RGB"), ip_adapter, reference_scale),)
+        references=(ReferenceCondition(picture(reference.image), ip_adapter, reference_scale),)
         if reference is not None
         else (),
     )

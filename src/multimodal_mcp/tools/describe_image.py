@@ -8,6 +8,7 @@ from pydantic import Field
 
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Usage
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
     Clock,
     DetailArg,
@@ -135,7 +136,7 @@ async def describe_image(
     prompt = params.prompt or DEFAULT_PROMPT
     validator = check_schema(params.response_schema) if params.response_schema is not None else None
     source = await resolve_image(services, params.image, "image")
-    image = source.image.convert("RGB")
+    image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
 
     # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can)
