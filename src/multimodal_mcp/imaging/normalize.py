@@ -18,7 +18,7 @@ storage                   :func:`standardize`, transparency kept
 
 Bit depth (:func:`to_8bit`): 16-bit samples are scaled by 255/65535 (not clipped); 32-bit integer
 samples (mode ``I``) are read as 16-bit when they all fit 0..65535 (what Pillow returns for 16-bit
-files), else scaled from the full unsigned 32-bit range; float samples (mode ``F``) are read as
+files), else scaled from the mode's non-negative range 0..2**31-1 (negative values clip to 0); float samples (mode ``F``) are read as
 0.0..1.0 and clipped to it. Colour (:func:`to_srgb`): an embedded ICC profile is converted to sRGB
 with Pillow's ImageCms (LittleCMS) at the profile's rendering intent; a profile LittleCMS cannot
 read, or one that does not match the pixels, is ignored and the pixels are taken as sRGB, as
@@ -61,7 +61,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
         return Image.fromarray(((samples * 255 + 32767) // 65535).astype(np.uint8), mode="L")
     if mode == "I":
         samples = np.asarray(image).astype(np.int64)
-        top = 65535 if samples.size == 0 or (samples.min() >= 0 and samples.max() <= 65535) else 2**32 - 1
+        top = 65535 if samples.size == 0 or (samples.min() >= 0 and samples.max() <= 65535) else 2**31 - 1
         clipped = np.clip(samples, 0, top)
         return Image.fromarray(((clipped * 255 + top // 2) // top).astype(np.uint8), mode="L")
     if mode == "F":
