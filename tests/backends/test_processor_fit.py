@@ -32,6 +32,7 @@ def test_a_large_photo_is_reduced_to_the_processor_s_size() -> None:
     assert fit_to_processor(wide, squash) is wide  # resized straight to 224x224: nothing to save
 
 
+@pytest.mark.model
 def test_the_fitted_image_gives_the_processor_s_own_result() -> None:
     transformers = pytest.importorskip("transformers")
     processor = transformers.CLIPImageProcessorPil(
