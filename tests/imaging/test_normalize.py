@@ -301,6 +301,7 @@ def test_concurrent_decodes_wait_for_room_in_the_memory_budget() -> None:
     thread = threading.Thread(target=first)
     thread.start()
     entered.wait(5)
+
     def second() -> None:
         with budget.admit(80):
             order.append("second in")

@@ -11,9 +11,12 @@ before that input is decoded.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -40,6 +43,19 @@ class DecodeBudget:
         Raises:
             ImageInputError: no room within ``wait_seconds`` (the server is busy decoding).
         """
+        self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+    def acquire(self, nbytes: int) -> None:
+        """Take ``nbytes`` of the budget, waiting up to ``wait_seconds`` for room; pair with
+        :meth:`release`.
+
+        Raises:
+            ImageInputError: no room within ``wait_seconds`` (the server is busy decoding).
+        """
         deadline = time.monotonic() + self.wait_seconds
         with self._cond:
             while self.in_use and self.in_use + nbytes > self.max_bytes:
@@ -52,21 +68,34 @@ class DecodeBudget:
                     )
                 self._cond.wait(min(left, 0.5))
             self.in_use += nbytes
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= nbytes
-                self._cond.notify_all()
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.in_use -= nbytes
+            self._cond.notify_all()
 
 
 class CallPixels:
-    """Pixels one tool call may still decode (thread-safe)."""
+    """Pixels one tool call may still decode, and the decode memory its images hold until the call
+    ends (thread-safe)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        self._held: list[tuple[DecodeBudget, int]] = []
+
+    def hold(self, budget: DecodeBudget, nbytes: int) -> None:
+        """Keep ``nbytes`` (already acquired from ``budget``) until the call ends: its decoded images
+        live as long as the call."""
+        with self._lock:
+            self._held.append((budget, nbytes))
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for budget, nbytes in held:
+            budget.release(nbytes)
 
     def take(self, width: int, height: int) -> None:
         """Count a ``width`` x ``height`` image against the call's budget.
@@ -97,6 +126,35 @@ def call_pixel_budget(limit: int) -> Iterator[CallPixels]:
         yield budget
     finally:
         _call_pixels.reset(token)
+        budget.release_all()
+        if budget.used >= _TRIM_AFTER_PIXELS:
+            return_free_memory()
+
+
+_TRIM_AFTER_PIXELS = 4_000_000
+
+
+def return_free_memory() -> None:
+    """Hand memory freed by large images back to the operating system, in the background.
+
+    glibc keeps freed heap memory for reuse (large image buffers below its adaptive mmap threshold
+    come from the heap), so a server that decoded a few large inputs stays that large;
+    ``malloc_trim(0)`` returns the free pages of every arena. A no-op where glibc is not the allocator.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        threading.Thread(target=trim, args=(0,), name="malloc-trim", daemon=True).start()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def current_call_pixels() -> CallPixels | None:

@@ -159,7 +159,11 @@ def decode_image(
         calls = current_call_pixels()
         if calls is not None:
             calls.take(*img.size)
-        with (budget or DEFAULT_DECODE_BUDGET).admit(img.width * img.height * _BYTES_PER_PIXEL_IN_FLIGHT):
+        budget = budget or DEFAULT_DECODE_BUDGET
+        peak = img.width * img.height * _BYTES_PER_PIXEL_IN_FLIGHT
+        budget.acquire(peak)
+        kept = 0
+        try:
             try:
                 full = _oriented_size(img)
                 # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
@@ -174,6 +178,12 @@ def decode_image(
             # (A cancellation is a BaseException: it passes through.)
             except Exception as exc:  # truncated, lying or malformed data, hostile EXIF or profile
                 raise ImageInputError("the image data is corrupt or truncated") from exc
+            if calls is not None:
+                # The decoded image lives as long as the call: its bytes stay admitted until then.
+                kept = min(peak, image.width * image.height * 4)
+                calls.hold(budget, kept)
+        finally:
+            budget.release(peak - kept)
     return DecodedImage(image=image, source_format=fmt, full_size=full, notes=notes)
 
 

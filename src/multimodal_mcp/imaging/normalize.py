@@ -18,11 +18,12 @@ storage                   :func:`standardize`, transparency kept
 
 Bit depth (:func:`to_8bit`): 16-bit samples are scaled by 255/65535 (not clipped); 32-bit integer
 samples (mode ``I``) are read as 16-bit when they all fit 0..65535 (what Pillow returns for 16-bit
-files), else scaled from the mode's non-negative range 0..2**31-1 (negative values clip to 0); float samples (mode ``F``) are read as
-0.0..1.0 and clipped to it. Colour (:func:`to_srgb`): an embedded ICC profile is converted to sRGB
-with Pillow's ImageCms (LittleCMS) at the profile's rendering intent; a profile LittleCMS cannot
-read, or one that does not match the pixels, is ignored and the pixels are taken as sRGB, as
-browsers do. EXIF orientation is applied by the decoder, before all of this.
+files), else scaled from the mode's non-negative range 0..2**31-1 (negative values clip to 0);
+float samples (mode ``F``) are read as 0.0..1.0 and clipped to it. Colour (:func:`to_srgb`): an
+embedded ICC profile is converted to sRGB with Pillow's ImageCms (LittleCMS) at the profile's
+rendering intent; a profile LittleCMS cannot read, or one that does not match the pixels, is
+ignored and the pixels are taken as sRGB, as browsers do. EXIF orientation is applied by the
+decoder, before all of this.
 """
 
 from __future__ import annotations
