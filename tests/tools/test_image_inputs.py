@@ -129,3 +129,46 @@ async def test_a_thin_strip_is_refused_with_the_limit_before_any_model_runs(clie
     strip = Image.new("L", (1, 100_000), 128)
     message = await call_error(client, "clip_classify", {"image": data_uri(strip), "labels": ["a", "b"]})
     assert "1x100000" in message and "32:1" in message
+
+
+def _swapped_profile() -> bytes:
+    """An RGB ICC profile with the red and blue primaries exchanged: the file's red is sRGB blue."""
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", data[128:132])[0]
+    entries = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
+    data[r + 4 : r + 12], data[b + 4 : b + 12] = data[b + 4 : b + 12], data[r + 4 : r + 12]
+    return bytes(data)
+
+
+async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outside_the_mask(
+    client: Client,
+) -> None:
+    init = Image.new("RGB", (64, 64), (200, 40, 40))  # shown as blue by its profile
+    buf = io.BytesIO()
+    init.save(buf, format="PNG", icc_profile=_swapped_profile())
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 15, 15), fill=255)
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "a patch",
+            "init_image": "data:image/png;base64," + _b64(buf.getvalue()),
+            "mask_image": data_uri(mask),
+            "seed": 2,
+        },
+    )
+    result = open_png(await read_png(client, out["images"][0]["uri"])).convert("RGB")
+    r, g, b = result.getpixel((40, 40))
+    assert b > 180 and r < 80  # outside the mask: the colour a colour-managed viewer showed
+    stored_init = open_png(await read_png(client, out["init_image"]["uri"]))
+    assert "icc_profile" not in stored_init.info and stored_init.convert("RGB").getpixel((40, 40)) == (
+        r,
+        g,
+        b,
+    )
