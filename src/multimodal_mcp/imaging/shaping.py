@@ -78,17 +78,17 @@ class Fit:
                 f"stretched to {tw}x{th} (resize_mode='just_resize'): its aspect ratio changed from "
                 f"{before:.3f} to {after:.3f} (width/height), so shapes in it are distorted."
             )
-        scaled = f"scaled to {self.scaled[0]}x{self.scaled[1]}"
+        scaled = f"scaled to {self.scaled[0]}x{self.scaled[1]} and " if self.scaled != self.source else ""
         if any(cut):
             side = "left and right" if cut[0] else "top and bottom"
             return text + (
-                f"{scaled} and cropped to {tw}x{th} (resize_mode='crop_and_resize'): "
+                f"{scaled}cropped to {tw}x{th} (resize_mode='crop_and_resize'): "
                 f"{max(cut)} px cut off its {side} edges."
             )
         if any(padded):
             side = "left and right" if padded[0] else "top and bottom"
             return text + (
-                f"{scaled} and padded to {tw}x{th} (resize_mode='resize_and_fill'): "
+                f"{scaled}padded to {tw}x{th} (resize_mode='resize_and_fill'): "
                 f"{max(padded)} px of bands at its {side}, filled with {fill}."
             )
         return text + f"resized to {tw}x{th} (resize_mode={self.mode!r}; aspect ratio kept)."
@@ -190,7 +190,7 @@ def fit_size(
         factor, why = math.sqrt(max_pixels / (w * h)), "max_pixels"
 
     def side(value: float, limit: int | None) -> int:
-        rounded = max(multiple, round(value / multiple) * multiple)
+        rounded = max(multiple, int(value / multiple + 0.5) * multiple)
         if limit is not None and rounded > limit:
             rounded = max(multiple, limit // multiple * multiple)
         return rounded
