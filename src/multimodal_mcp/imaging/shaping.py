@@ -196,8 +196,12 @@ def fit_size(
         return rounded
 
     out_w, out_h = side(w * factor, max_side), side(h * factor, max_side)
+    if max_pixels is not None and out_w * out_h > max_pixels:
+        # Rounding up overshot the pixel limit: round both sides down instead.
+        out_w = max(multiple, int(w * factor / multiple) * multiple)
+        out_h = max(multiple, int(h * factor / multiple) * multiple)
     while max_pixels is not None and out_w * out_h > max_pixels and max(out_w, out_h) > multiple:
-        # Rounding up overshot the pixel limit: take one step off the longer side.
+        # Only the one-step minimum is left over the limit: take steps off the longer side.
         if out_w >= out_h:
             out_w -= multiple
         else:

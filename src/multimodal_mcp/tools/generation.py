@@ -68,10 +68,11 @@ NegativePrompt = Annotated[
         "characters.",
     ),
 ]
+MIN_SIDE = 64
 Side = Annotated[
     int | None,
     Field(
-        ge=64,
+        ge=MIN_SIDE,
         le=4096,
         multiple_of=8,
         description="Pixels, 64-4096 and at most the server's max_side (default 2048); a multiple of 8 "
@@ -322,7 +323,7 @@ def plan(
     for side, value in (("width", width), ("height", height)):
         if value is not None and value > limits.max_side:
             hint = f"use {side}={limits.max_side - limits.max_side % (multiple or 1)} or less"
-            if width and height and multiple:
+            if field("width") and field("height") and width and height and multiple:
                 w, h = fitting_size(limits, width, height, resolved_steps or 1, num_images, multiple)
                 hint = f"use width={w}, height={h} (the same aspect ratio within this server's limits)"
             check_limit(side, value, limits.max_side, hint)
@@ -387,14 +388,14 @@ def check_budget(
     names calls that fit: fewer steps or images, or a size (in multiples of ``multiple``)."""
     pixels = width * height * num_images
     w, h = fitting_size(limits, width, height, steps, num_images, multiple)
-    smaller = f"width={w}, height={h}"
+    smaller = f"width={w}, height={h}" if min(w, h) >= MIN_SIDE else ""
     if pixels > limits.max_pixels_per_call:
         fewer = limits.max_pixels_per_call // (width * height)
-        instead = f"num_images={fewer} or {smaller}" if fewer >= 1 else smaller
+        instead = " or ".join(o for o in (f"num_images={fewer}" if fewer >= 1 else "", smaller) if o)
         raise InvalidArgument(
             f"width*height*num_images = {width}*{height}*{num_images} = {pixels} pixels exceeds this "
             f"server's limit of {limits.max_pixels_per_call} per call (max_pixels_per_call); make fewer "
-            f"or smaller images: {instead}"
+            "or smaller images" + (f": {instead}" if instead else "")
         )
     work = pixels * steps
     if work > limits.max_pixel_steps_per_call:
@@ -411,7 +412,8 @@ def check_budget(
             f"width*height*steps*num_images = {width}*{height}*{steps}*{num_images} = {work} exceeds this "
             f"server's compute budget of {limits.max_pixel_steps_per_call} per call "
             "(max_pixel_steps_per_call); use fewer steps, fewer images or a smaller size "
-            f"({' or '.join(o for o in options if o)}), or split the work over several calls"
+            f"({' or '.join(o for o in options if o) or 'smaller than the budget allows here'}), or split "
+            "the work over several calls"
         )
 
 
