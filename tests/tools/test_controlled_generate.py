@@ -426,3 +426,49 @@ async def test_a_phone_photo_as_init_image_is_downscaled_to_the_servers_limits_a
     assert "The output is 128x96, smaller than init_image (4032x3024)" in size_note
     assert "128 px (max_side)" in size_note
     assert "4032x3024 was resized to 128x96" in _said(out, "init_image")
+
+
+async def test_img2img_reports_the_denoising_steps_it_runs_and_a_step_count_that_runs_all(
+    client: Client,
+) -> None:
+    totals: list[float | None] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        totals.append(total)
+
+    base = {"prompt": "a cat", "init_image": data_uri(photo("chelsea", 64)), "strength": 0.55, "seed": 1}
+    result = await client.call_tool(
+        "controlled_generate", {**base, "steps": 10}, progress_callback=on_progress
+    )
+    out = result.structured_content
+    assert out is not None
+    message = _said(out, "steps")
+    ran = int(message.split(" of the ")[0])
+    assert {t for t in totals if t is not None} == {ran} == {int(10 * 0.55)}  # what the pipeline reported
+    suggested = int(message.split("steps=")[1].split(" ")[0])
+    totals.clear()
+    again = await client.call_tool(
+        "controlled_generate", {**base, "steps": suggested}, progress_callback=on_progress
+    )
+    assert again.structured_content is not None and {t for t in totals if t is not None} == {10}
+    assert _said(again.structured_content, "steps").startswith(f"10 of the {suggested} denoising steps ran")
+
+
+async def test_arguments_the_calls_modes_do_not_use_are_reported(client: Client) -> None:
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "x",
+            "control_image": data_uri(_disc_map((64, 64), 20)),
+            "control_type": "depth",
+            "low_threshold": 50,
+            "strength": 0.4,
+            "seed": 1,
+        },
+    )
+    assert _said(out, "strength") == "strength=0.4 was not used: it applies with init_image."
+    assert "canny control maps only" in _said(out, "low_threshold")
+    assert out["resize_mode"] is None and not [
+        a for a in out["adjustments"] if a["argument"] == "control_image"
+    ]
