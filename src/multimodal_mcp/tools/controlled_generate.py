@@ -36,6 +36,7 @@ from multimodal_mcp.tools.common import (
     resolve_image,
 )
 from multimodal_mcp.tools.generation import (
+    MIN_SIDE,
     EnhancePrompt,
     GenerationResult,
     Guidance,
@@ -308,6 +309,9 @@ def _output_size(
         if min(w, h) < 64:
             w, h = w * 64 / min(w, h), h * 64 / min(w, h)
     (fw, fh), why = fit_size((round(w), round(h)), multiple, max_side=max_side, max_pixels=room)
+    if why == "max_pixels" and min(fw, fh) < MIN_SIDE <= min(w, h):
+        # Too small to be worth making: keep the size, and let the budget's error name fewer steps.
+        (fw, fh), why = fit_size((round(w), round(h)), multiple, max_side=max_side)
     return fw, fh, why
 
 
