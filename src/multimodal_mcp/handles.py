@@ -62,7 +62,8 @@ class Adjustment(BaseModel):
 class ControlCondition:
     """One ControlNet condition: the configured ControlNet's name, its map, and how strongly it steers.
 
-    ``image`` is the control map at any size (RGB); the handle fits it to the output size.
+    ``image`` is the control map (RGB), normally at the output size: controlled_generate fits it
+    by the caller's resize_mode. A handle stretches a map of another size to the output size.
     """
 
     controlnet: str

@@ -286,7 +286,14 @@ async def test_a_reference_combines_with_controlnet_and_is_refused_where_no_adap
             "reference_image": data_uri(photo("coffee", 64)),
         },
     )
-    assert both["mode"] == "control+reference"
+    assert both["mode"] == "control+reference" and both["resize_mode"] is None
+    wide = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "reference_image": data_uri(photo("coffee", None).resize((128, 64)))},
+    )
+    assert _said(wide, "reference_image").startswith("reference_image 128x64 was cropped to 64x64")
+    assert wide["resize_mode"] == "crop_and_resize"
     message = await call_error(
         client,
         "controlled_generate",

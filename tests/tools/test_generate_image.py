@@ -241,6 +241,13 @@ async def test_guidance_up_to_one_turns_guidance_off_and_the_result_says_what_it
     assert _pixels(await read_png(client, lower["images"][0]["uri"])) == image  # 0.5 acts as 1
     assert "guidance_scale=0.5 acts as 1" in _notes(lower, "guidance_scale")[0]["message"]
     assert plain["adjustments"] == []
+    flux = {"prompt": "a lighthouse", "seed": 2, "model": "tiny-flux"}
+    unguided = await call_ok(client, "generate_image", flux)
+    ignored = await call_ok(client, "generate_image", {**flux, "guidance_scale": 3.5})
+    assert _pixels(await read_png(client, ignored["images"][0]["uri"])) == _pixels(
+        await read_png(client, unguided["images"][0]["uri"])
+    )  # no guidance embedding in this Flux: the value changes nothing, and the result says so
+    assert "has no guidance embedding" in _notes(ignored, "guidance_scale")[0]["message"]
     guided = await call_ok(
         client, "generate_image", {**base, "guidance_scale": 3.0, "negative_prompt": "fog"}
     )

@@ -366,3 +366,22 @@ async def test_extra_images_a_model_returns_are_dropped_and_none_is_an_error(
     monkeypatch.setattr(sd, "generate", nothing)
     with pytest.raises(BackendError, match="model 'fake-sd' returned no image"):
         await generate(fake_services, prompt="a cat", seed=1)
+
+
+async def test_fewer_images_than_asked_are_kept_with_their_seeds_and_reported(
+    fake_services: Services, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sd = generator(fake_hub)
+    real = sd.generate
+
+    async def one_short(request: Any, *, progress: Any = None) -> Any:
+        made = await real(request, progress=progress)
+        del made.images[-1:]
+        return made
+
+    monkeypatch.setattr(sd, "generate", one_short)
+    result = await generate(fake_services, prompt="a cat", seed=4, num_images=3)
+    assert [image.seed for image in result.images] == [4, 5]
+    (note,) = result.adjustments
+    assert note.argument == "num_images" and note.message.startswith("2 of the 3 images asked for came back")
+    assert note.message in result.summary()

@@ -338,6 +338,7 @@ def _unused(params: ControlledGenerateParams, specs: list[ControlSpec]) -> list[
             params.controls is not None or not specs,
             "it applies to control_image (controls take a type each)",
         ),
+        "controlnet": (params.control_image is None, "it applies to control_image"),
         "control_start": (not specs, with_control),
         "control_end": (not specs, with_control),
         "low_threshold": (not canny, "it applies to canny control maps only"),

@@ -502,6 +502,15 @@ async def run(
         made = await generator.generate(request, progress=progress)
     clock.loaded(made.load_seconds)
     _check_count(planned.model, made, p.num_images)
+    adjustments = [*(adjustments or []), *made.adjustments]
+    if len(made.images) < p.num_images:
+        adjustments.append(
+            Adjustment(
+                argument="num_images",
+                message=f"{len(made.images)} of the {p.num_images} images asked for came back: model "
+                f"{planned.model!r} returned fewer.",
+            )
+        )
 
     checks = None
     if planned.verify or planned.verify_labels:
@@ -520,7 +529,7 @@ async def run(
     stored = await store_generated(
         services,
         made.images,
-        seeds=list(planned.seeds) if planned.seeds else [None] * len(made.images),
+        seeds=list(planned.seeds)[: len(made.images)] if planned.seeds else [None] * len(made.images),
         model=planned.model,
         parameters=parameters,
         parents=parents,
@@ -535,7 +544,7 @@ async def run(
         parameters,
         made.usage,
         made.sent or None,
-        [*(adjustments or []), *made.adjustments],
+        adjustments,
     )
 
 
