@@ -119,7 +119,11 @@ def plan_fit(source: Size, target: Size, mode: ResizeMode = DEFAULT_RESIZE_MODE)
 
 def scale(image: Image.Image, fit: Fit, resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
     """``image`` scaled to ``fit.scaled`` (the first half of :func:`shape`; a preprocessor such as
-    canny may run between the halves, on the scaled picture)."""
+    canny may run between the halves, on the scaled picture).
+
+    Raises:
+        ValueError: ``image`` is not of ``fit.source`` size.
+    """
     if image.size != fit.source:
         raise ValueError(
             f"the fit is for a {fit.source[0]}x{fit.source[1]} picture, not {image.width}x{image.height}"

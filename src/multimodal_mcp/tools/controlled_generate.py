@@ -389,7 +389,7 @@ def _shape_edits(
             if mask.size != picture.size:
                 fit = plan_fit(mask.size, picture.size, mode)
                 mask = shape_mask(mask, fit)
-                fitted |= _note(adjustments, "mask_image", fit, "white", " (to init_image's size)")
+                fitted |= _note(adjustments, "mask_image", fit, "white", " It now matches init_image.")
         if target is not None:
             fit = plan_fit(picture.size, target, mode)
             picture = shape(picture, fit)
@@ -403,7 +403,7 @@ def _shape_edits(
             side = max(ref.size) if mode == "resize_and_fill" else min(ref.size)
             fit = plan_fit(ref.size, (side, side), mode)
             ref = shape(ref, fit)
-            more = " (the IP-Adapter's image encoder takes a square picture)"
+            more = " The IP-Adapter's image encoder takes a square picture."
             fitted |= _note(adjustments, "reference_image", fit, "its edge pixels stretched outward", more)
     return _Shaped(picture, mask, ref, fitted)
 
