@@ -196,7 +196,8 @@ def control_map(image: Image.Image) -> Image.Image:
 MaskConvention = Literal["white_repaints", "opaque_strokes_repaint", "transparent_repaints"]
 
 MASK_CONVENTIONS = (
-    "mask_image: white = repaint, black = keep. With transparency, alpha is the mask: white or "
+    "A mask is black and white (white = repaint, black = keep), or has transparency, and then "
+    "alpha is the mask: white or "
     "light strokes on a transparent layer mark what to repaint (an editor's brush layer), and a "
     "picture with the area to edit erased to transparent marks that area (OpenAI's convention)."
 )

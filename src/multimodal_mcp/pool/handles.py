@@ -22,11 +22,20 @@ from multimodal_mcp.backends.base import (
     GenerationRequest,
     LocalImageGenerator,
     ReferenceInput,
+    RequestNote,
     StepCallback,
     json_prompt,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.handles import ChatAnswer, Detail, Embedding, GeneratedImages, ImageRequest, Progress
+from multimodal_mcp.handles import (
+    Adjustment,
+    ChatAnswer,
+    Detail,
+    Embedding,
+    GeneratedImages,
+    ImageRequest,
+    Progress,
+)
 from multimodal_mcp.imaging.normalize import control_map, picture
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.lanes import Work
@@ -59,8 +68,9 @@ class PooledImageGenerator(_Pooled):
             engine = _engine_request(request, tuple(controls), reference)
             # What only the loaded model can tell, checked before queueing so the error comes at once.
             model.check(engine)
-            images = await self.pool.run(model, _generate(engine), progress=progress)
-        return GeneratedImages(list(images), load_seconds=loaded)
+            images, notes = await self.pool.run(model, _generate(engine), progress=progress)
+        adjustments = [Adjustment(argument=n.argument, message=n.message, dropped=n.dropped) for n in notes]
+        return GeneratedImages(list(images), load_seconds=loaded, adjustments=adjustments)
 
 
 def _engine_request(
@@ -92,9 +102,16 @@ def _engine_request(
     )
 
 
-def _generate(request: GenerationRequest) -> Work[list[Image.Image]]:
-    def work(model: LocalImageGenerator, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
-        return list(model.generate(request, on_step, cancel))
+def _generate(request: GenerationRequest) -> Work[tuple[list[Image.Image], list[RequestNote]]]:
+    """The work on the device lane: what the model will change of the request (tokenizing the
+    prompt is work on the caller's data, kept off the event loop), then the images."""
+
+    def work(
+        model: LocalImageGenerator, on_step: StepCallback, cancel: CancelToken
+    ) -> tuple[list[Image.Image], list[RequestNote]]:
+        notes = getattr(model, "notes", None)
+        said: list[RequestNote] = list(notes(request)) if notes is not None else []
+        return list(model.generate(request, on_step, cancel)), said
 
     return work
 

@@ -81,7 +81,9 @@ async def generate_image(
     seed, steps, guidance or scheduler; an argument a model does not take is an error naming the
     models that do.
     If the server runs a safety filter, images it flags are withheld (not stored, no id) and the
-    result's 'withheld' list says how many and why.
+    result's 'withheld' list says how many and why. The result's 'adjustments' list what was cut or
+    not used: prompt text past the text encoder's window (the exact words), a negative prompt with
+    guidance off, fewer images than asked.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")
