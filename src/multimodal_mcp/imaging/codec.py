@@ -33,6 +33,10 @@ _DATA_URI = re.compile(
 class DecodedImage:
     image: Image.Image
     source_format: str
+    keeps_original: bool = False
+    """Whether the original bytes decode to exactly ``image``: no colour conversion (no ICC profile),
+    no EXIF rotation, no bit-depth change, a single frame. The store may then keep those bytes
+    (metadata stripped) instead of re-encoding the pixels."""
 
 
 def looks_like_data_uri(text: str) -> bool:
@@ -118,13 +122,32 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
         img.seek(0)
         img.load()
+        keeps_original = _keeps_original(img, data)
         image = ImageOps.exif_transpose(img) or img
         image = image.convert("RGBA") if _has_alpha(image) else image.convert("RGB")
     except Exception as exc:  # truncated, lying or malformed data, hostile EXIF
         raise ImageInputError("the image data is corrupt or truncated") from exc
     finally:
         img.close()
-    return DecodedImage(image=image, source_format=fmt)
+    return DecodedImage(image=image, source_format=fmt, keeps_original=keeps_original)
+
+
+def _keeps_original(img: Image.Image, data: bytes) -> bool:
+    """Conservative: True only where decoding the original bytes again yields exactly the decoded
+    image, so nothing but a mode conversion separates them (see :attr:`DecodedImage.keeps_original`)."""
+    if img.format not in ("PNG", "JPEG", "WEBP") or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return False
+    if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1:
+        return False
+    apng = getattr(img, "custom_mimetype", None) == "image/apng"
+    if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
+        return False  # 16 bits per sample (IHDR's bit depth), or an APNG
+    if img.info.get("icc_profile"):
+        return False
+    try:
+        return img.getexif().get(0x0112, 1) == 1  # EXIF orientation: none or "upright"
+    except Exception:  # a hostile EXIF block: the decoder handles it, the original is not kept
+        return False
 
 
 def _has_allowed_magic(data: bytes) -> bool:
