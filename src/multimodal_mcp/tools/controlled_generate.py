@@ -22,6 +22,7 @@ from multimodal_mcp.tools.common import (
     Progress,
     Services,
     in_thread,
+    keep_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.generation import (
@@ -269,6 +270,10 @@ def _size_from_control(
     return max(64, round(w / 8) * 8), max(64, round(h / 8) * 8)
 
 
+def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.mode == b.mode and a.size == b.size and a.tobytes() == b.tobytes()
+
+
 def _mask_from(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """A binary L mask (255 = repaint) from a black-and-white image of exactly ``size``."""
     if image.size != size:
@@ -350,6 +355,7 @@ async def controlled_generate(
     edit = init is not None or reference is not None
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
+    await keep_inputs(services, *sources, reference, init, mask_source)
 
     # 2. Make the control maps (by the type's preprocessor, e.g. canny edges; prepared maps as
     #    given) and store them
@@ -372,7 +378,10 @@ async def controlled_generate(
                 controlnet,
                 source,
                 image,
-                services.store.put(
+                # A map used exactly as given is the stored input itself.
+                source.record
+                if _same_pixels(image, source.image)
+                else services.store.put(
                     image,
                     kind="control",
                     parents=[source.record.id],
