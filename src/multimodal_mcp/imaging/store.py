@@ -463,10 +463,33 @@ class ImageStore:
         except OSError:
             return 0
 
-    def put(self, image: Image.Image, *, kind: ImageKind, **fields: Any) -> ImageRecord:
-        """Store an image and its record now (see :meth:`prepare` for the fields); generation
-        parameters are embedded in the PNG too."""
-        return self.commit(self.prepare(image, kind=kind, **fields))
+    def put(
+        self,
+        image: Image.Image,
+        *,
+        kind: ImageKind,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        parents: list[str] | None = None,
+        source: str | None = None,
+    ) -> ImageRecord:
+        """Store an image (a PNG) and its record now; generation parameters are embedded in the PNG
+        too. :meth:`prepare` then :meth:`commit`."""
+        pending = self.prepare(
+            image,
+            kind=kind,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            model=model,
+            parameters=parameters,
+            parents=parents,
+            source=source,
+        )
+        return self.commit(pending)
 
     def put_input(self, image: Image.Image, *, source: str) -> ImageRecord:
         """Store pixels a client sent, encoded losslessly; the same pixels get the same id."""
