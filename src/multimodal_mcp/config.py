@@ -37,6 +37,7 @@ from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importe
     SafetySettings,
     SpendingSettings,
     StaticToken,
+    StoreSettings,
     Transport,
     UrlSettings,
     VerificationSettings,
@@ -288,6 +289,7 @@ class ServerSettings(_Frozen):
         default=True,
         description="fsync each image and its record before reporting it made (survives power loss).",
     )
+    store: StoreSettings = StoreSettings()
     spending: SpendingSettings = SpendingSettings()
     safety: SafetySettings = SafetySettings()
     path_delivery: bool | None = Field(

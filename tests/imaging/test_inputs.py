@@ -26,9 +26,13 @@ def resolver(tmp_path: Path, root: Path) -> ImageResolver:
     return ImageResolver(ImageStore(tmp_path / "store"), (root,), Limits())
 
 
-def test_a_file_under_an_allowed_root_is_read_and_stored(resolver: ImageResolver, root: Path) -> None:
+def test_a_file_under_an_allowed_root_is_read_and_stored_once_committed(
+    resolver: ImageResolver, root: Path
+) -> None:
     resolved = resolver.resolve(str(root / "cat.png"))
     assert resolved.record.kind == "input" and resolved.record.source == "path"
+    assert resolved.pending is not None and not resolver.store.exists(resolved.record.id)
+    assert resolver.store.commit(resolved.pending).id == resolved.record.id
     assert resolver.resolve(resolved.record.uri).image.tobytes() == resolved.image.tobytes()
 
 
@@ -190,3 +194,21 @@ def test_truncated_jpeg_base64_is_read_as_base64_and_not_echoed_as_a_path(resolv
     message = str(raised.value)
     assert "file" not in message and "path" not in message
     assert truncated[:40] not in message
+
+
+def test_resolving_writes_nothing_and_the_same_bytes_are_decoded_once(
+    resolver: ImageResolver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import inputs
+
+    decodes: list[int] = []
+    real = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda data, **kw: (decodes.append(1), real(data, **kw))[1])
+    value = b64_png(photo("astronaut", 16))
+    first = resolver.resolve(value)
+    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*"))
+    assert first.pending is not None
+    resolver.store.commit(first.pending)
+    again = resolver.resolve(value)
+    assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
+    assert decodes == [1]  # found by the hash of the bytes sent: read back, not decoded and encoded

@@ -9,7 +9,7 @@ import numpy as np
 from mcp import Client
 from PIL import Image, ImageDraw
 
-from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+from helpers import call_error, call_ok, data_uri, open_png, photo, read_image, read_png
 
 
 def _disc(hidden: tuple[int, int, int], size: int = 64) -> Image.Image:
@@ -115,7 +115,7 @@ async def test_a_16_bit_depth_map_steers_as_a_ramp_not_as_white(client: Client) 
             "seed": 1,
         },
     )
-    stored = np.asarray(open_png(await read_png(client, out["control_image"]["uri"])).convert("L"))
+    stored = np.asarray((await read_image(client, out["control_image"]["uri"])).convert("L"))
     assert len(np.unique(stored)) == 64 and stored[0, 0] == 0 and stored[0, -1] == 255
 
 
@@ -166,7 +166,7 @@ async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outsid
     result = open_png(await read_png(client, out["images"][0]["uri"])).convert("RGB")
     r, g, b = result.getpixel((40, 40))
     assert b > 180 and r < 80  # outside the mask: the colour a colour-managed viewer showed
-    stored_init = open_png(await read_png(client, out["init_image"]["uri"]))
+    stored_init = await read_image(client, out["init_image"]["uri"])
     assert "icc_profile" not in stored_init.info and stored_init.convert("RGB").getpixel((40, 40)) == (
         r,
         g,

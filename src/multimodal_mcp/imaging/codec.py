@@ -53,6 +53,10 @@ class DecodedImage:
 
     image: Image.Image
     source_format: str
+    keeps_original: bool = False
+    """Whether the original bytes decode to exactly ``image``: no colour conversion (no ICC profile),
+    no EXIF rotation, no bit-depth change, a single frame. The store may then keep those bytes
+    (metadata stripped) instead of re-encoding the pixels."""
     full_size: tuple[int, int] = (0, 0)
     """Width and height the file declares (after EXIF orientation); ``image`` is smaller when the
     decoder was allowed to reduce it (``min_side``)."""
@@ -171,6 +175,7 @@ def decode_image(
                 if min_side and fmt == "JPEG" and min(img.size) > 2 * min_side:
                     img.draft(None, (min_side, min_side))
                 img.load()
+                keeps_original = _keeps_original(img, data)
                 oriented = ImageOps.exif_transpose(img) or img
                 image, notes = standardize_with_notes(oriented)
             except ImageInputError:
@@ -184,7 +189,9 @@ def decode_image(
                 calls.hold(budget, kept)
         finally:
             budget.release(peak - kept)
-    return DecodedImage(image=image, source_format=fmt, full_size=full, notes=notes)
+    return DecodedImage(
+        image=image, source_format=fmt, full_size=full, notes=notes, keeps_original=keeps_original
+    )
 
 
 def _check_header(img: Image.Image, data: bytes, *, max_pixels: int, max_aspect: float) -> None:
@@ -234,6 +241,24 @@ def _check_cancelled() -> None:
     # Outside an AnyIO worker thread nothing can cancel this decode.
     with contextlib.suppress(NoEventLoopError):
         from_thread.check_cancelled()
+
+
+def _keeps_original(img: Image.Image, data: bytes) -> bool:
+    """Conservative: True only where decoding the original bytes again yields exactly the decoded
+    image, so nothing but a mode conversion separates them (see :attr:`DecodedImage.keeps_original`)."""
+    if img.format not in ("PNG", "JPEG", "WEBP") or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return False
+    if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1:
+        return False
+    apng = getattr(img, "custom_mimetype", None) == "image/apng"
+    if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
+        return False  # 16 bits per sample (IHDR's bit depth), or an APNG
+    if img.info.get("icc_profile"):
+        return False
+    try:
+        return img.getexif().get(0x0112, 1) == 1  # EXIF orientation: none or "upright"
+    except Exception:  # a hostile EXIF block: the decoder handles it, the original is not kept
+        return False
 
 
 def _has_allowed_magic(data: bytes) -> bool:

@@ -1,8 +1,14 @@
 """Resolving an image argument (``image://<id>``, a data URI, bare base64, a file path, or an http(s)
-URL when the server enables URLs)."""
+URL when the server enables URLs).
+
+Resolving writes nothing: an image that arrived as bytes comes back with its stored form prepared
+(:class:`~.store.PendingImage`), and the tool writes it with :meth:`.store.ImageStore.commit` once its
+checks have passed, so the inputs of a refused call are never stored.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -16,7 +22,7 @@ from multimodal_mcp.errors import ImageInputError, NotFound
 from multimodal_mcp.imaging.admission import DecodeBudget
 from multimodal_mcp.imaging.codec import decode_base64_payload, decode_image, looks_like_data_uri
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
-from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore
+from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore, PendingImage
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BASE64ISH = re.compile(r"^[A-Za-z0-9+/_=\s-]+$")
@@ -31,8 +37,13 @@ MAX_NAME_BYTES = 255
 
 @dataclass(frozen=True)
 class ResolvedImage:
+    """An image argument: its record (id, size) and decoded pixels (RGB or RGBA)."""
+
     record: ImageRecord
     image: Image.Image
+    pending: PendingImage | None = None
+    """The write that stores it: not done yet for bytes a client sent (commit it once the call goes
+    ahead); None for an ``image://`` reference, which is stored already."""
 
 
 class ImageResolver:
@@ -54,7 +65,7 @@ class ImageResolver:
         self.decode_budget = DecodeBudget(limits.decode_memory_mib * 2**20)
 
     def resolve(self, value: str, *, argument: str = "image") -> ResolvedImage:
-        """Resolve and store one image argument.
+        """Resolve one image argument: decode it and prepare its stored form, writing nothing.
 
         Raises:
             ImageInputError: the argument names the limit or the accepted forms.
@@ -92,14 +103,18 @@ class ImageResolver:
         return self._from_path(value)
 
     def _from_bytes(self, raw: bytes, source: str) -> ResolvedImage:
+        digest = hashlib.sha256(raw).hexdigest()
+        known = self.store.prepare_known(digest, source=source)
+        if known is not None and known.record.width * known.record.height <= self.limits.max_input_pixels:
+            return ResolvedImage(known.record, known.image, known)  # the same bytes as before
         decoded = decode_image(
             raw,
             max_pixels=self.limits.max_input_pixels,
             max_aspect=self.limits.max_input_aspect,
             budget=self.decode_budget,
         )
-        record = self.store.put_input(decoded.image, source=source)
-        return ResolvedImage(record, decoded.image)
+        pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
+        return ResolvedImage(pending.record, decoded.image, pending)
 
     def _from_path(self, value: str) -> ResolvedImage:
         path = self._checked_path(value)

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import ConfirmationPending
 from multimodal_mcp.imaging.admission import call_pixel_budget
+from multimodal_mcp.imaging.compact import mime_of
 from multimodal_mcp.jobs import JobPending, describe_failure
 from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
@@ -30,6 +32,8 @@ from multimodal_mcp.server.rendering import Renderer, RenderOptions
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
+IMAGE_RESOURCE_MIME = "image/*"
+"""The MIME type the ``image://`` template declares; each read gets its file's own type."""
 
 
 def _signature_from(
@@ -114,7 +118,17 @@ class MultimodalServer(MCPServer[Services]):
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         with acting_as(_principal(context)):
-            return await super().read_resource(uri, context)
+            contents = await super().read_resource(uri, context)
+        if isinstance(contents, InputRequiredResult):
+            return contents
+        # A template declares one MIME type; a stored image is a PNG, a JPEG or a WebP: each read
+        # says which (from the bytes' signature).
+        return [
+            replace(item, mime_type=mime_of(item.content) or item.mime_type)
+            if item.mime_type == IMAGE_RESOURCE_MIME and isinstance(item.content, bytes)
+            else item
+            for item in contents
+        ]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         with acting_as(_principal(context)), _sending(arguments):

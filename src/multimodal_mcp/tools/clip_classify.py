@@ -20,6 +20,7 @@ from multimodal_mcp.tools.common import (
     Timings,
     approve_spending,
     check_limit,
+    keep_inputs,
     resolve_image,
 )
 
@@ -100,6 +101,7 @@ async def clip_classify(
     texts = [template.replace("{}", label) if template else label for label in params.labels]
     source = await resolve_image(services, params.image, "image")
     await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
+    await keep_inputs(services, source)
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
     async with clock.infer():

@@ -140,7 +140,22 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def resolve_image(services: Services, value: str, argument: str) -> ResolvedImage:
+    """Decode an image argument and prepare its stored form; nothing is written (see keep_inputs).
+
+    Raises:
+        ImageInputError: the argument is not a readable image within the server's limits.
+        NotFound: an ``image://`` id the caller does not have.
+    """
     return await in_thread(lambda: services.resolver.resolve(value, argument=argument))
+
+
+async def keep_inputs(services: Services, *resolved: ResolvedImage | None) -> None:
+    """Store the images a call received. Call it once the call's checks have passed and its work is
+    about to start, so that a refused call leaves nothing in the store; the ids in ``resolved``
+    records are then readable. ``None`` and ``image://`` references (stored already) are skipped."""
+    pending = [r.pending for r in resolved if r is not None and r.pending is not None]
+    if pending:
+        await in_thread(lambda: [services.store.commit(p) for p in pending])
 
 
 class Clock:

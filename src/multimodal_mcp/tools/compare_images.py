@@ -25,6 +25,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     given_arguments,
     in_thread,
+    keep_inputs,
     resolve_image,
 )
 
@@ -139,6 +140,7 @@ async def compare_images(
         await approve_spending(
             services, vlm_name, f"one answer comparing two images (up to {max_tokens} tokens)"
         )
+    await keep_inputs(services, a, b)
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:

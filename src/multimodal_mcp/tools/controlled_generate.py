@@ -33,6 +33,7 @@ from multimodal_mcp.tools.common import (
     Progress,
     Services,
     in_thread,
+    keep_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.generation import (
@@ -317,6 +318,10 @@ def _output_size(
     return fw, fh, why
 
 
+def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.mode == b.mode and a.size == b.size and a.tobytes() == b.tobytes()
+
+
 def _mask_from(image: Image.Image) -> MaskReading:
     """The binary L mask (255 = repaint) read from a mask image, at the image's size (conventions:
     see :func:`~multimodal_mcp.imaging.normalize.read_mask`)."""
@@ -515,6 +520,7 @@ async def controlled_generate(
     edit = init is not None or reference is not None
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
+    await keep_inputs(services, *sources, reference, init, mask_source)
     target = (planned.parameters.width, planned.parameters.height) if planned.parameters.width else None
 
     # 2. Fit the pictures to the output by resize_mode (the control maps made by the type's
@@ -563,7 +569,10 @@ async def controlled_generate(
                 controlnet,
                 source,
                 image,
-                services.store.put(
+                # A map used exactly as given is the stored input itself.
+                source.record
+                if _same_pixels(image, source.image)
+                else services.store.put(
                     image,
                     kind="control",
                     parents=[source.record.id],

@@ -23,6 +23,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     check_limit,
     given_arguments,
+    keep_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.json_answer import check_schema, parse_answer
@@ -138,6 +139,7 @@ async def describe_image(
     source = await resolve_image(services, params.image, "image")
     image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
+    await keep_inputs(services, source)
 
     # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can)
     chat = services.hub.vision_chat(name)
