@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -212,3 +214,18 @@ def test_resolving_writes_nothing_and_the_same_bytes_are_decoded_once(
     again = resolver.resolve(value)
     assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
     assert decodes == [1]  # found by the hash of the bytes sent: read back, not decoded and encoded
+
+
+def test_a_large_jpeg_is_read_at_the_scale_its_use_needs_and_stored_whole(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store", fsync=False)
+    resolver = ImageResolver(store, (), Limits())
+    buf = io.BytesIO()
+    photo("astronaut", 512).resize((2048, 1536)).save(buf, format="JPEG", quality=90)
+    resolved = resolver.resolve(
+        "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), min_side=300
+    )
+    assert resolved.image.size == (512, 384)  # 1/4 scale: both sides still >= 300
+    assert (resolved.record.width, resolved.record.height) == (2048, 1536)
+    assert resolved.pending is not None
+    store.commit(resolved.pending)
+    assert store.open(resolved.record.id).size == (2048, 1536)  # the stored image is the whole photo

@@ -164,6 +164,8 @@ async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outsid
         },
     )
     result = open_png(await read_png(client, out["images"][0]["uri"])).convert("RGB")
+    notes = [a["message"] for a in out["adjustments"] if a["argument"] == "init_image"]
+    assert any("converted from the embedded ICC profile" in note for note in notes)  # said, not silent
     r, g, b = result.getpixel((40, 40))
     assert b > 180 and r < 80  # outside the mask: the colour a colour-managed viewer showed
     stored_init = await read_image(client, out["init_image"]["uri"])

@@ -50,8 +50,8 @@ async def test_controlled_generate_refused_after_decoding_its_init_image_stores_
     wide = data_uri(photo("coffee", None).resize((1100, 64)))
     for arguments, refusal in (
         ({"steps": 8}, "max_pixel_steps_per_call"),  # the size comes from the image, once decoded
-        ({"init_image": wide, "steps": 1}, "1100"),  # its size is over the model's max_side
-        ({"mask_image": data_uri(photo("coffee", 32))}, "make the mask exactly the size"),
+        ({"init_image": wide, "steps": 1}, "max_pixel_steps_per_call"),  # too thin to fit the budget
+        ({"mask_image": data_uri(photo("coffee", 64))}, "not a mask"),  # a colour picture
     ):
         with pytest.raises(InvalidArgument, match=refusal):
             await controlled_generate(

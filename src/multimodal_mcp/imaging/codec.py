@@ -128,8 +128,9 @@ def decode_image(
     across concurrent decodes). Reading the data checks for cancellation of the calling AnyIO task
     every 64 KiB, so a cancelled call stops decoding.
 
-    ``min_side``: the use needs no more than this many pixels on the short side; a JPEG is then
-    decoded at a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both sides at least
+    ``min_side``: the use needs no more than this many pixels on the short side; a JPEG whose own
+    bytes can be stored (``keeps_original``: no profile to convert, no rotation) is then decoded at
+    a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both sides at least
     ``min_side``. The result's ``full_size`` keeps the declared size.
 
     Raises:
@@ -172,10 +173,10 @@ def decode_image(
                 full = _oriented_size(img)
                 # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
                 img.seek(0)
-                if min_side and fmt == "JPEG" and min(img.size) > 2 * min_side:
+                keeps_original = _keeps_original(img, data)
+                if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
                     img.draft(None, (min_side, min_side))
                 img.load()
-                keeps_original = _keeps_original(img, data)
                 oriented = ImageOps.exif_transpose(img) or img
                 image, notes = standardize_with_notes(oriented)
             except ImageInputError:

@@ -75,8 +75,12 @@ class Unstrippable(ValueError):
 
 def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
     """The stored form of an input: ``raw`` stripped of metadata when it decodes to exactly
-    ``decoded.image``, else ``decoded.image`` encoded losslessly. Never raises on odd bytes: a
-    structure the stripper does not follow falls back to the lossless encoding."""
+    ``decoded.image`` (at full scale), else ``decoded.image`` encoded losslessly. Never raises on odd
+    bytes: a structure the stripper does not follow falls back to the lossless encoding.
+
+    Raises:
+        NotStorable: ``decoded`` was decoded at reduced scale and ``raw`` cannot be kept.
+    """
     if raw is not None and decoded.keeps_original:
         strip = _STRIPPERS.get(decoded.source_format)
         if strip is not None:
@@ -84,7 +88,14 @@ def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
                 return strip(raw)
             except Unstrippable:
                 pass
+    if decoded.reduced:
+        raise NotStorable("a reduced-scale decode is stored only as its original bytes; decode it whole")
     return encode_lossless(decoded.image)
+
+
+class NotStorable(ValueError):
+    """The decoded image is smaller than the original (decoded at reduced scale) and the original
+    bytes cannot be kept: the caller decodes it whole to store it."""
 
 
 def encode_lossless(image: Image.Image) -> Encoded:

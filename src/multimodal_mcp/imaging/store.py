@@ -150,8 +150,9 @@ class PendingImage:
 
     record: ImageRecord
     data: bytes
-    image: Image.Image
-    """The decoded pixels (what :meth:`ImageStore.open` will return for the id)."""
+    image: Image.Image | None
+    """The decoded pixels (what :meth:`ImageStore.open` will return for the id); None when only a
+    reduced-scale decode exists (nothing is cached then)."""
 
 
 def validate_id(image_id: str) -> str:
@@ -391,9 +392,14 @@ class ImageStore:
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
         encoded = compact_input(raw, decoded)
-        return self.prepare(
+        pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
+        if decoded.reduced:  # the stored bytes are the original: record their size, cache nothing
+            width, height = decoded.full_size
+            record = pending.record.model_copy(update={"width": width, "height": height})
+            return PendingImage(record, pending.data, None)
+        return pending
 
     def prepare_known(self, raw_sha256: str, *, source: str) -> PendingImage | None:
         """The pending input for bytes stored before (by the SHA-256 of what the client sent), read
@@ -448,7 +454,8 @@ class ImageStore:
             image_path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(image_path, pending.data, fsync=self.fsync)
             self._write_record(record)
-        self._remember(image_id, pending.image)
+        if pending.image is not None:
+            self._remember(image_id, pending.image)
         self._after_write()
         return record
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
+    READ_SIDE_CLIP,
     Clock,
     ImageArg,
     ImageRef,
@@ -99,7 +100,7 @@ async def clip_classify(
     # replace(), not format(): a template is untrusted text, and format() would evaluate fields
     # such as '{0.__class__}' in it.
     texts = [template.replace("{}", label) if template else label for label in params.labels]
-    source = await resolve_image(services, params.image, "image")
+    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_CLIP)
     await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
     await keep_inputs(services, source)
 

@@ -378,7 +378,7 @@ class _Shaped:
 def _shape_edits(
     params: ControlledGenerateParams,
     init: ResolvedImage | None,
-    mask_source: ResolvedImage | None,
+    reading: MaskReading | None,
     reference: ResolvedImage | None,
     ip_adapter: str | None,
     target: tuple[int, int] | None,
@@ -392,8 +392,7 @@ def _shape_edits(
     init_picture = mask = ref = None
     if init is not None:
         init_picture = picture(init.image)
-        if mask_source is not None:
-            reading = _mask_from(mask_source.image)
+        if reading is not None:
             mask = reading.mask
             if reading.convention != "white_repaints":
                 adjustments.append(Adjustment(argument="mask_image", message=reading.describe() + "."))
@@ -485,6 +484,17 @@ async def controlled_generate(
         await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
     )
     adjustments = _unused(params, specs)
+    read = [("init_image", init), ("mask_image", mask_source), ("reference_image", reference)]
+    read += [
+        ("control_image" if params.controls is None else f"controls[{i}].image", source)
+        for i, source in enumerate(sources)
+    ]
+    adjustments += [  # what reading an input changed: bit depth, colour profile
+        Adjustment(argument=name, message=f"{name}: {note}.")
+        for name, resolved in read
+        if resolved is not None
+        for note in resolved.notes
+    ]
     width, height = params.width, params.height
     sized_by = init or (sources[0] if sources else None)
     if sized_by is not None and multiple:
@@ -520,6 +530,8 @@ async def controlled_generate(
     edit = init is not None or reference is not None
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
+    # The mask is read before anything is kept: a picture that is not a mask refuses the call.
+    reading = await in_thread(_mask_from, mask_source.image) if mask_source and init else None
     await keep_inputs(services, *sources, reference, init, mask_source)
     target = (planned.parameters.width, planned.parameters.height) if planned.parameters.width else None
 
@@ -547,7 +559,7 @@ async def controlled_generate(
         argument = "control_image" if params.controls is None else f"controls[{i}].image"
         _note(adjustments, argument, fit, "black")
     shaped = await in_thread(
-        lambda: _shape_edits(params, init, mask_source, reference, ip_adapter, target, adjustments)
+        lambda: _shape_edits(params, init, reading, reference, ip_adapter, target, adjustments)
     )
     if any(f is not None and f.changed for f in fits) or shaped.fitted:
         resize_mode: str | None = mode_

@@ -10,6 +10,7 @@ from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Usage
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
+    READ_SIDE_VLM,
     Clock,
     DetailArg,
     ImageArg,
@@ -136,7 +137,7 @@ async def describe_image(
         )
     prompt = params.prompt or DEFAULT_PROMPT
     validator = check_schema(params.response_schema) if params.response_schema is not None else None
-    source = await resolve_image(services, params.image, "image")
+    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_VLM)
     image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
     await keep_inputs(services, source)
