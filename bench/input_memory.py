@@ -8,11 +8,11 @@ and after each case. Cases, each against its alternative in the same run:
 - **thin**: ``clip_classify`` on a 1x100,000 PNG (475 bytes; refused at its header now) and on the
   thinnest strip the limits accept (32:1), against the CLIP image processor's own cost for that
   strip in this process without the server's fitting (the short side scaled up to 224 first).
-- **large, sequential**: N ``clip_classify`` calls, each with its own ~40-megapixel JPEG; memory
-  retained afterwards against before.
-- **large, concurrent**: N such calls at once, with the default decode budget against a server whose
-  budget is effectively unlimited (``[server.limits] decode_memory_mib = 65536``): the peak is
-  bounded by admission.
+- **large, one by one**: N ``clip_classify`` calls, each with its own ~40-megapixel JPEG (decoded at
+  the scale CLIP needs), then N EXIF-rotated ones (decoded whole, stored losslessly); memory retained
+  afterwards against before.
+- **large, at once**: N rotated JPEGs in concurrent calls, with the default decode budget against a
+  server whose budget is effectively unlimited (``[server.limits] decode_memory_mib = 65536``).
 
     python bench/input_memory.py            # 8 large inputs (about 2 minutes on 2 CPU cores)
     python bench/input_memory.py --quick    # 4 large inputs, 20 megapixels each
@@ -78,7 +78,7 @@ def _reset_peak(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def _jpeg(megapixels: float, seed: int) -> bytes:
+def _jpeg(megapixels: float, seed: int, orientation: int = 1) -> bytes:
     from PIL import Image
     from skimage import data
 
@@ -86,8 +86,11 @@ def _jpeg(megapixels: float, seed: int) -> bytes:
     base = Image.fromarray(data.astronaut()).resize((side, side * 3 // 4))
     noise = np.random.default_rng(seed).integers(0, 24, (side * 3 // 4, side, 3), dtype=np.uint8)
     noisy = Image.fromarray(np.asarray(base, dtype=np.uint8) // 2 + noise)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
     buf = io.BytesIO()
-    noisy.save(buf, format="JPEG", quality=85)
+    noisy.save(buf, format="JPEG", quality=85, exif=exif)
     return buf.getvalue()
 
 
@@ -162,11 +165,13 @@ async def main() -> None:
     megapixels = 20 if args.quick else 38
     print_header("input memory: peak and retained server memory by kind of input")
 
-    print(f"building {count} JPEGs of {megapixels} megapixels ...", file=sys.stderr)
-    photos = [_uri(_jpeg(megapixels, seed), "image/jpeg") for seed in range(count)]
-    rows = []
+    print(f"building {3 * count} JPEGs of {megapixels} megapixels ...", file=sys.stderr)
+    plain = [_uri(_jpeg(megapixels, seed), "image/jpeg") for seed in range(count)]
+    # EXIF-rotated photos (as phones write them) are decoded whole: their bytes cannot be kept as is.
+    rotated = [_uri(_jpeg(megapixels, seed, orientation=6), "image/jpeg") for seed in range(count, 3 * count)]
+    rows: list[list[Any]] = []
+    peaks: dict[str, int] = {}
     with temp_dir("mmcp-bench-memory") as tmp:
-        limits = {"max_input_bytes": 64 * MIB}
 
         def config(name: str, **extra: Any) -> Path:
             return write_config(
@@ -175,101 +180,82 @@ async def main() -> None:
                 tiny_dir=args.cache_dir / "tiny",
                 models={},
                 defaults={"clip": "tiny-clip"},
-                limits={**limits, **extra},
+                limits={"max_input_bytes": 64 * MIB, **extra},
             )
 
         async with Server(config("default")) as server:
             await _classify(server, _uri(_png(64, 64), "image/png"))  # load the model first
-            rss0, _ = server.memory()
-            _reset_peak(server.pid)
+            base, _ = server.memory()
             thin = _png(1, 100_000)
-            outcome = await _classify(server, _uri(thin, "image/png"))
-            rss, peak = server.memory()
             rows.append(
-                [
-                    "thin 1x100000 PNG",
-                    f"{len(thin)} B",
-                    f"{(peak - rss0) / MIB:+.0f}",
-                    f"{(rss - rss0) / MIB:+.0f}",
-                    outcome,
-                ]
+                await _case(server, "thin 1x100000 PNG", f"{len(thin)} B", [_uri(thin, "image/png")], base)
             )
-            _reset_peak(server.pid)
             accepted = (313, 10_000)
-            outcome = await _classify(server, _uri(_png(*accepted), "image/png"))
-            rss, peak = server.memory()
             rows.append(
-                [
-                    "thin 313x10000 PNG (32:1)",
-                    "",
-                    f"{(peak - rss0) / MIB:+.0f}",
-                    f"{(rss - rss0) / MIB:+.0f}",
-                    outcome,
-                ]
+                await _case(
+                    server, "thin 313x10000 PNG (32:1)", "", [_uri(_png(*accepted), "image/png")], base
+                )
             )
             unfitted = _processor_cost_without_fitting(*accepted)
-            rows.append(["  processor alone, unfitted", "", f"{unfitted / MIB:+.0f} (Python heap)", "", ""])
-
-            _reset_peak(server.pid)
-            before, _ = server.memory()
-            for image in photos:
-                outcome = await _classify(server, image)
-            rss, peak = server.memory()
             rows.append(
-                [
-                    f"{count} x {megapixels} MP JPEG, one by one",
-                    f"{len(photos[0]) * 3 // 4 // MIB} MiB each",
-                    f"{(peak - before) / MIB:+.0f}",
-                    f"{(rss - before) / MIB:+.0f}",
-                    outcome,
-                ]
+                ["  CLIP processor alone, unfitted", "", f"{unfitted / MIB:+.0f} (Python heap)", "", ""]
             )
-
-            _reset_peak(server.pid)
-            before, _ = server.memory()
-            outcomes: list[str] = []
-            async with anyio.create_task_group() as tg:
-                for image in photos:
-                    tg.start_soon(lambda i=image: _concurrent(server, i, outcomes))
-            rss, peak = server.memory()
-            concurrent_peak = peak - before
+            size = f"{len(plain[0]) * 3 // 4 / MIB:.1f} MiB each"
             rows.append(
-                [
-                    f"{count} at once, default budget",
-                    "",
-                    f"{concurrent_peak / MIB:+.0f}",
-                    f"{(rss - before) / MIB:+.0f}",
-                    _summary(outcomes),
-                ]
+                await _case(server, f"{count} x {megapixels} Mpx JPEG, one by one", size, plain, None)
             )
+            rows.append(
+                await _case(server, f"{count} x rotated JPEG, one by one", size, rotated[:count], None)
+            )
+            row = await _case(
+                server, f"{count} x rotated JPEG at once", size, rotated[count:], None, together=True
+            )
+            peaks["budget"] = row.pop()
+            rows.append(row)
 
-        async with Server(
-            config("unbounded", decode_memory_mib=65536, max_input_pixels_per_call=80_000_000)
-        ) as server:
+        limits = {"decode_memory_mib": 65536}
+        async with Server(config("unbounded", **limits)) as server:
             await _classify(server, _uri(_png(64, 64), "image/png"))
-            _reset_peak(server.pid)
-            before, _ = server.memory()
-            outcomes = []
-            async with anyio.create_task_group() as tg:
-                for image in photos:
-                    tg.start_soon(lambda i=image: _concurrent(server, i, outcomes))
-            rss, peak = server.memory()
-            unbounded_peak = peak - before
-            rows.append(
-                [
-                    f"{count} at once, no budget",
-                    "",
-                    f"{unbounded_peak / MIB:+.0f}",
-                    f"{(rss - before) / MIB:+.0f}",
-                    _summary(outcomes),
-                ]
+            row = await _case(
+                server, "  the same, no decode budget", "", rotated[count:], None, together=True
             )
+            peaks["none"] = row.pop()
+            rows.append(row)
 
     print(table(["case", "input", "peak MiB", "retained MiB", "outcome"], rows))
     print()
-    print(f"concurrent peak, budget / no budget: {concurrent_peak / max(unbounded_peak, 1):.2f}")
+    ratio = peaks["budget"] / max(peaks["none"], 1)
+    print(f"rotated JPEGs at once, peak with the decode budget / without: {ratio:.2f}")
     print("targets: the thin strip refused at its header with no peak; memory retained after the large")
-    print("inputs within a few tens of MiB of before; the concurrent peak bounded by the decode budget.")
+    print("inputs within a few tens of MiB of before; the concurrent peak lowered by the decode budget.")
+
+
+async def _case(
+    server: Server, name: str, size: str, images: list[str], base: int | None, *, together: bool = False
+) -> list[Any]:
+    """One row: peak and retained memory over ``images`` sent one by one (or all at once) against
+    the memory before the case (or ``base``)."""
+    before, _ = server.memory()
+    _reset_peak(server.pid)
+    outcomes: list[str] = []
+    if together:
+        async with anyio.create_task_group() as tg:
+            for image in images:
+                tg.start_soon(_concurrent, server, image, outcomes)
+    else:
+        for image in images:
+            outcomes.append(await _classify(server, image))
+    await anyio.sleep(1)  # the trim after a large call runs in the background
+    rss, peak = server.memory()
+    start = before if base is None else base
+    row: list[Any] = [
+        name,
+        size,
+        f"{(peak - start) / MIB:+.0f}",
+        f"{(rss - start) / MIB:+.0f}",
+        _summary(outcomes),
+    ]
+    return [*row, peak - start] if together else row
 
 
 async def _concurrent(server: Server, image: str, outcomes: list[str]) -> None:
@@ -277,7 +263,7 @@ async def _concurrent(server: Server, image: str, outcomes: list[str]) -> None:
 
 
 def _summary(outcomes: list[str]) -> str:
-    return ", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes))
+    return ", ".join(f"{outcomes.count(o)} {o[:60]}" for o in dict.fromkeys(outcomes))
 
 
 if __name__ == "__main__":

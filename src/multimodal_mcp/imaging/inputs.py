@@ -118,8 +118,10 @@ class ImageResolver:
         digest = hashlib.sha256(raw).hexdigest()
         known = self.store.prepare_known(digest, source=source)
         if known is not None and known.record.width * known.record.height <= self.limits.max_input_pixels:
-            assert known.image is not None, "a stored input read back is decoded whole"
-            return ResolvedImage(known.record, known.image, known)  # the same bytes as before
+            # The same bytes as before: their stored form is decoded (within the same limits, at
+            # the scale the use needs) unless it is cached; nothing is encoded or written again.
+            image = known.image if known.image is not None else self._decode(known.data, min_side).image
+            return ResolvedImage(known.record, image, known)
         decoded = self._decode(raw, min_side)
         try:
             pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)

@@ -403,7 +403,10 @@ class ImageStore:
 
     def prepare_known(self, raw_sha256: str, *, source: str) -> PendingImage | None:
         """The pending input for bytes stored before (by the SHA-256 of what the client sent), read
-        back from the store instead of decoded and encoded again; None when they are not stored."""
+        back from the store instead of decoded and encoded again; None when they are not stored.
+
+        Its ``image`` is the cached decoded image, or None: the caller decodes ``data`` (the stored
+        bytes) itself, within its own decode limits and at the scale its use needs."""
         image_id = self._raw.get(raw_sha256)
         if image_id is None or image_id not in self._index:
             return None
@@ -412,7 +415,7 @@ class ImageStore:
             if record is None or record.kind != "input":
                 return None
             data = self._image_path(image_id, record.format).read_bytes()
-            image = self._cached(image_id) or self._decode(record, data)
+            image = self._cached(image_id)
         except (NotFound, OSError):
             return None
         _touch(image_id)
@@ -423,7 +426,7 @@ class ImageStore:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
         )
-        return PendingImage(own, data, image.copy())
+        return PendingImage(own, data, image.copy() if image is not None else None)
 
     def commit(self, pending: PendingImage) -> ImageRecord:
         """Write a prepared image and its record (fsynced, atomically); returns the stored record.
