@@ -11,6 +11,7 @@ before that input is decoded.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import sys
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+from anyio import NoEventLoopError, from_thread
 
 from multimodal_mcp.errors import ImageInputError
 
@@ -30,7 +33,7 @@ class DecodeBudget:
     every image within the per-image limits can be decoded.
     """
 
-    def __init__(self, max_bytes: int, *, wait_seconds: float = 60.0) -> None:
+    def __init__(self, max_bytes: int, *, wait_seconds: float = 600.0) -> None:
         self.max_bytes = max_bytes
         self.wait_seconds = wait_seconds
         self.in_use = 0
@@ -50,8 +53,8 @@ class DecodeBudget:
             self.release(nbytes)
 
     def acquire(self, nbytes: int) -> None:
-        """Take ``nbytes`` of the budget, waiting up to ``wait_seconds`` for room; pair with
-        :meth:`release`.
+        """Take ``nbytes`` of the budget, waiting up to ``wait_seconds`` for room (a cancelled call
+        stops waiting); pair with :meth:`release`.
 
         Raises:
             ImageInputError: no room within ``wait_seconds`` (the server is busy decoding).
@@ -67,6 +70,7 @@ class DecodeBudget:
                         "a smaller image"
                     )
                 self._cond.wait(min(left, 0.5))
+                _check_cancelled()  # a cancelled call stops waiting
             self.in_use += nbytes
 
     def release(self, nbytes: int) -> None:
@@ -160,3 +164,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def current_call_pixels() -> CallPixels | None:
     """The budget of the tool call being served, or None outside a call."""
     return _call_pixels.get()
+
+
+def _check_cancelled() -> None:
+    # Outside an AnyIO worker thread nothing can cancel the wait.
+    with contextlib.suppress(NoEventLoopError):
+        from_thread.check_cancelled()

@@ -161,6 +161,15 @@ def decode_image(
     with img:
         fmt = img.format or "unknown"
         _check_header(img, data, max_pixels=max_pixels, max_aspect=max_aspect)
+        try:
+            full = _oriented_size(img)
+            # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
+            img.seek(0)
+            keeps_original = _keeps_original(img, data)
+            if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
+                img.draft(None, (min_side, min_side))  # img.size is now the reduced size
+        except Exception as exc:  # hostile headers
+            raise ImageInputError("the image data is corrupt or truncated") from exc
         calls = current_call_pixels()
         if calls is not None:
             calls.take(*img.size)
@@ -170,12 +179,6 @@ def decode_image(
         kept = 0
         try:
             try:
-                full = _oriented_size(img)
-                # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
-                img.seek(0)
-                keeps_original = _keeps_original(img, data)
-                if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
-                    img.draft(None, (min_side, min_side))
                 img.load()
                 oriented = ImageOps.exif_transpose(img) or img
                 image, notes = standardize_with_notes(oriented)
@@ -185,8 +188,11 @@ def decode_image(
             except Exception as exc:  # truncated, lying or malformed data, hostile EXIF or profile
                 raise ImageInputError("the image data is corrupt or truncated") from exc
             if calls is not None:
-                # The decoded image lives as long as the call: its bytes stay admitted until then.
-                kept = min(peak, image.width * image.height * 4)
+                # The image lives as long as the call and stays admitted until then: its pixels, or,
+                # when the store will encode them again (a lossless encoder holds several copies), the
+                # whole peak.
+                kept = image.width * image.height * 4 if keeps_original else peak
+                kept = min(peak, kept)
                 calls.hold(budget, kept)
         finally:
             budget.release(peak - kept)
