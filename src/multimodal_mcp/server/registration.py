@@ -17,6 +17,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from multimodal_mcp.config import Config
@@ -26,6 +27,7 @@ from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
 from multimodal_mcp.server.http import principal_of_request
 from multimodal_mcp.server.rendering import Renderer, RenderOptions
+from multimodal_mcp.server.schemas import lean_output_schema, portable_input_schema
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
@@ -110,6 +112,18 @@ class MultimodalServer(MCPServer[Services]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tool_parameters: dict[str, frozenset[str]] = {}
+
+    async def list_tools(self) -> list[MCPTool]:
+        """The tools with their schemas as every converter takes them, lean (see schemas.py)."""
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": portable_input_schema(tool.input_schema),
+                    "output_schema": lean_output_schema(tool.output_schema) if tool.output_schema else None,
+                }
+            )
+            for tool in await super().list_tools()
+        ]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         with acting_as(_principal(context)):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.config import ModelDefaults
+from multimodal_mcp.config import ModelDefaults, Task
 from multimodal_mcp.tools.common import Params, Progress, Result, Services
 
 
 class ListModelsParams(Params):
-    pass
+    task: Annotated[
+        Task | None, Field(description="Only the models of this task (e.g. 'vlm'); omit for all.")
+    ] = None
 
 
 class ModelInfo(BaseModel):
@@ -87,6 +91,8 @@ async def list_models(
     hub = services.hub
     models = []
     for name, spec in config.models.items():
+        if params.task is not None and spec.task != params.task:
+            continue
         capabilities = hub.capabilities(name)
         models.append(
             ModelInfo(
