@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -50,17 +52,19 @@ def _keys(schema: Any) -> set[str]:
     return found
 
 
-def test_references_are_inlined_and_nullable_types_keep_their_description_and_default() -> None:
+def test_references_are_inlined_and_nullable_types_keep_their_description_and_other_defaults() -> None:
     original = ControlledGenerateParams.model_json_schema()
     assert "$defs" in original  # ControlSpec, by reference
     schema = portable_input_schema(original)
     assert not {"$ref", "$defs", "anyOf", "title", "additionalProperties"} & _keys(schema)
     controls = schema["properties"]["controls"]
-    assert controls["type"] == ["array", "null"] and controls["default"] is None
+    assert controls["type"] == ["array", "null"] and "default" not in controls  # omitted means null
     assert controls["description"] == original["properties"]["controls"]["description"]
     spec = original["$defs"]["ControlSpec"]
     assert controls["items"]["properties"]["type"]["enum"] == spec["properties"]["type"]["enum"]
     assert controls["items"]["required"] == spec["required"]
+    assert controls["items"]["properties"]["scale"]["default"] == 0.8
+    assert schema["properties"]["strength"]["default"] == 0.75
     width = schema["properties"]["width"]
     assert width["type"] == ["integer", "null"] and width["minimum"] == 64 and width["multipleOf"] == 8
     assert portable_input_schema(original) == schema  # the input is left as it was
@@ -157,3 +161,28 @@ async def test_unknown_arguments_are_still_refused_without_additional_properties
         {"prompt": "a cat", "controls": [{"image": "image://x", "weight": 1}]},
     )
     assert "controls.0.weight" in message
+
+
+def _bench(name: str) -> Any:
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("profile", ["default", "tiny"])
+def test_the_tool_list_stays_within_its_token_budget(profile: str) -> None:
+    tool_tokens = _bench("tool_tokens")
+    measured = tool_tokens.measure(profile)
+    assert len(measured["tools"]) == 8
+    assert 1000 < measured["model_read"] <= tool_tokens.MODEL_READ_TARGET == 3000
+    assert measured["model_read"] < measured["whole"] <= tool_tokens.WHOLE_TARGET == 8000
+
+
+def test_every_argument_a_model_reads_is_described() -> None:
+    for tool in _bench("tool_tokens").listed_tools("default"):
+        assert tool["description"], tool["name"]
+        for name, prop in tool["inputSchema"]["properties"].items():
+            assert prop.get("description"), (tool["name"], name)

@@ -27,11 +27,7 @@ from multimodal_mcp.server.delivery import (
 )
 from multimodal_mcp.tools.common import Params, Result, in_thread
 
-DELIVERY_HELP = (
-    "How to return images: 'preview' (default: a small inline image plus a link), 'full' (the full "
-    "PNG inline when it fits the client's limits, else a preview), 'none' (text and image:// links only), "
-    "'path' (a preview plus the PNG's local file path, for clients on the server's machine)."
-)
+DELIVERY_HELP = "How images come back (default 'preview'); 'none': image:// links only."
 
 
 class RenderOptions(Params):

@@ -9,7 +9,10 @@ without changing which values they accept (but for the two points below):
   rejects a reference it did not validate.
 - ``anyOf: [X, {"type": "null"}]`` becomes X with ``"type": [X's type, "null"]``: converters that
   rewrite ``anyOf`` (google-genai's among them) drop the description and default that sit beside it.
-- generated ``title`` keys go: each repeats its property's name.
+  Its ``"default": null`` goes (omitting such an argument means null; OpenAI's strict converter
+  drops it too); other defaults stay.
+- generated ``title`` keys go: each repeats its property's name; so do string length bounds (see
+  ``_LENGTH_BOUNDS``), which the server still enforces.
 - boolean ``additionalProperties`` goes: google-genai's converter (3.x) fails on a boolean there, and
   with it every tool of the server. Unknown arguments are still refused, by the server
   (``MultimodalServer``) and by each params model (``extra="forbid"``); OpenAI's strict converter
@@ -19,9 +22,10 @@ without changing which values they accept (but for the two points below):
   before validation (the SDK parses JSON strings given for non-string arguments), and still accepts
   the object itself.
 
-Output schemas (``lean_output_schema``) also lose their descriptions (the result's text and field
-names say what a model needs; the input schema's descriptions are what it reads) and keep their
-``$defs``, which a repeated part (an image reference) is written once in.
+Output schemas (``lean_output_schema``) keep their shape (types, properties, required keys, items,
+enums) and their ``$defs``, which a repeated part (an image reference) is written once in. They lose
+their descriptions, defaults and bounds: clients validate results with them, and models rarely see
+them (the result's text and field names say what a model needs).
 """
 
 from __future__ import annotations
@@ -29,6 +33,28 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# Dropped from output schemas: documentation and bounds on what the server itself sends.
+_OUTPUT_DROPPED = frozenset(
+    {
+        "description",
+        "default",
+        "examples",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "format",
+    }
+)
+# Dropped from input schemas: string length bounds guard against oversized payloads (a 48 MB image
+# argument, a 4000-character prompt); the server enforces them with an error that names the limit.
+_LENGTH_BOUNDS = frozenset({"minLength", "maxLength"})
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_VALUES = ("items", "additionalProperties", "not", "contains")
@@ -92,7 +118,9 @@ def _rewrite(node: Any, *, inputs: bool, descriptions: bool, top: bool = False) 
     for key, value in node.items():
         if key == "title" and isinstance(value, str):
             continue
-        if key == "description" and not descriptions:
+        if not descriptions and key in _OUTPUT_DROPPED:
+            continue
+        if inputs and key in _LENGTH_BOUNDS:
             continue
         if key == "additionalProperties" and isinstance(value, bool):
             continue
@@ -111,6 +139,9 @@ def _rewrite(node: Any, *, inputs: bool, descriptions: bool, top: bool = False) 
         if merged is not None:
             del out["anyOf"]
             out = {**merged, **out}
+
+    if inputs and out.get("default", ...) is None and "null" in out.get("type", ()):
+        del out["default"]  # omitting a nullable optional argument means null
     if out.get("contentMediaType") == "application/json" and inputs:
         description = out.get("description", "")
         if not description.endswith(_JSON_STRING_HINT):
@@ -136,6 +167,6 @@ def portable_input_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def lean_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` (a tool's output schema) without titles or descriptions, nullable types as type
-    lists; ``$defs`` are kept. It accepts at least what ``schema`` accepts."""
+    """``schema`` (a tool's output schema) as its shape: no titles, descriptions, defaults or bounds,
+    nullable types as type lists; ``$defs`` are kept. It accepts at least what ``schema`` accepts."""
     return _rewrite(copy.deepcopy(schema), inputs=False, descriptions=False)

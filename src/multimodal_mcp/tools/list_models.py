@@ -80,12 +80,8 @@ class ListModelsResult(Result):
 async def list_models(
     params: ListModelsParams, services: Services, progress: Progress | None = None
 ) -> ListModelsResult:
-    """List the configured models: task, source, defaults, capabilities (which arguments each
-    takes), and where each runs (device, size, queue; for hosted models, whether the provider's
-    API key is set).
-
-    Pass a name from here as the model argument of another tool to use a model other than the
-    default.
+    """List the models: task, defaults, capabilities (the arguments each takes), where each runs,
+    and whether a hosted one's API key is set.
     """
     config = services.config
     hub = services.hub
