@@ -1,4 +1,4 @@
-"""Command line: ``multimodal-mcp serve | models | demo | build-tiny``.
+"""Command line: ``multimodal-mcp serve | models | pull | demo | build-tiny``.
 
 The CLI is the one place that reads the environment (home and cache directories, the optional
 ``MULTIMODAL_MCP_CONFIG`` file, bearer tokens in ``MULTIMODAL_MCP_TOKENS``); everything below it
@@ -181,13 +181,49 @@ def _models(args: argparse.Namespace) -> int:
             f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
+    from multimodal_mcp.pull import presence
+
+    present = presence(config)
     width = max(24, *(len(name) for name in config.models))
-    print(f"{'name':<{width}} {'task':<14} {'backend':<13} {'default for':<26} source")
+    print(f"{'name':<{width}} {'task':<14} {'backend':<13} {'default for':<26} {'present':<8} source")
     for name, spec in config.models.items():
+        here = "-" if name not in present else "yes" if present[name] else "no"
         print(
             f"{name:<{width}} {spec.task:<14} {spec.backend:<13} "
-            f"{','.join(defaults.get(name, [])) or '-':<26} {spec.source}"
+            f"{','.join(defaults.get(name, [])) or '-':<26} {here:<8} {spec.source}"
         )
+    missing = [name for name, here in present.items() if not here]
+    if missing:
+        print(
+            f"not downloaded yet: {', '.join(missing)}; `multimodal-mcp pull --profile {config.profile}` "
+            "downloads them (or they download on first use)"
+        )
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from huggingface_hub import constants
+
+    from multimodal_mcp.pull import hub_files, hub_models, plan, pull
+
+    config = _config_from(args)
+    models = hub_models(config, args.models)
+    if not models:
+        print(f"nothing to download: profile {config.profile!r} has no model from the Hugging Face Hub")
+        return 0
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "pull downloads from the Hugging Face Hub, but offline mode is on: unset HF_HUB_OFFLINE"
+        )
+    try:
+        downloads = plan(models, hub_files)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"the Hugging Face Hub did not answer ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+    pull(downloads, Path(constants.HF_HUB_CACHE))
     return 0
 
 
@@ -254,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(demo)
     demo.add_argument("--output", type=Path, default=Path("multimodal-mcp-demo"), help="report directory")
     demo.set_defaults(func=_demo)
+
+    pull = sub.add_parser(
+        "pull",
+        help="download the Hub models of a profile (or the models named) into the Hugging Face cache",
+    )
+    _add_config_options(pull)
+    pull.add_argument("models", nargs="*", metavar="MODEL", help="configured model names (default: all)")
+    pull.set_defaults(func=_pull)
 
     tiny = sub.add_parser("build-tiny", help="build the offline tiny models (otherwise built on first use)")
     _add_config_options(tiny)
