@@ -87,3 +87,48 @@ def test_models_shows_what_the_auto_profile_picked_and_why(
         and "hosted gemini: no key (set GEMINI_API_KEY)" in out
     )
     assert "sk-cli-secret" not in out
+
+
+def test_a_server_started_by_hand_says_it_waits_for_a_client_and_stops_at_the_first_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import os
+    import pty
+    import select
+    import termios
+    import time
+
+    primary, terminal = pty.openpty()
+
+    def take_the_terminal() -> None:  # the pty becomes the server's controlling terminal, as in a shell
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "multimodal_mcp", "serve", "--profile", "tiny", "--store-dir", str(tmp_path)],
+        stdin=terminal,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert server.stderr is not None
+        said = b""
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops" not in said and time.monotonic() < deadline:
+            ready, _, _ = select.select([server.stderr], [], [], 1)
+            if ready:
+                said += os.read(server.stderr.fileno(), 4096)
+        assert b"waiting for an MCP client on stdin" in said, said
+        time.sleep(1)  # let it get to reading stdin, where Ctrl-C used to be ignored
+        os.write(primary, b"\x03")  # Ctrl-C, typed at the terminal: SIGINT to its foreground group
+        start = time.monotonic()
+        assert server.wait(timeout=10) == 130
+        assert time.monotonic() - start < 5
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        os.close(primary)

@@ -118,7 +118,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config_from(args, http=args.transport == "http")
     if args.transport == "stdio":
-        build_server(config).run("stdio")
+        server = build_server(config)
+        _stop_at_once_on_ctrl_c()
+        if sys.stdin.isatty():
+            print(
+                "multimodal-mcp: serving MCP over stdio, waiting for an MCP client on stdin. This command "
+                "is what a client (Claude Desktop, Claude Code, VS Code, ...) starts: see the README. Try "
+                "the tools without one: `multimodal-mcp demo`. Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+        server.run("stdio")
         _exit_after_shutdown(0)
 
     import anyio
@@ -145,6 +155,23 @@ def _serve(args: argparse.Namespace) -> int:
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False))
     anyio.run(uv.serve)
     _exit_after_shutdown(0)
+
+
+def _stop_at_once_on_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) ends a stdio server at once.
+
+    Python's default turns it into KeyboardInterrupt, after which the server waits for the thread
+    reading stdin, which waits for a line that never comes: the process outlived two Ctrl-Cs. A stdio
+    server has nothing to save (images are written as they are made; a client's calls die with its
+    connection), so it exits, through the same quick exit as after a normal shutdown.
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        logger.info("interrupted (Ctrl-C): stopping")
+        _exit_after_shutdown(130)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def _exit_after_shutdown(code: int) -> NoReturn:
