@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from multimodal_mcp.cli import main
@@ -67,6 +68,54 @@ def test_the_demo_runs_the_whole_chain_over_stdio_and_writes_a_report(tmp_path: 
         assert f"prompt {step['parameters']['prompt']} seed {step['seed']}" in text
     assert "clip_classify" in text and "SSIM" in text and "difference heat map" in text
     assert result.stdout.strip().endswith("report.html")
+
+
+def test_the_demo_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('profile = "tiny"\n[defaults]\nvlm = "missing"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "multimodal_mcp",
+            "demo",
+            "--config",
+            str(bad),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("multimodal-mcp: invalid configuration (config file ")
+    assert line.endswith("defaults.vlm names 'missing', which is not a configured model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_demo_step_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multimodal_mcp import demo
+
+    async def failing_run(output_dir: Path, server_args: list[str]) -> Path:
+        async def step() -> None:
+            raise demo.DemoError("generate_image failed: model 'sdxl' is not in the Hugging Face cache")
+
+        async with anyio.create_task_group() as group:  # as in a client session: the failure is wrapped
+            group.start_soon(step)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(demo, "_run", failing_run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--profile", "tiny", "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "multimodal-mcp demo: generate_image failed: model 'sdxl' is not in the Hugging Face cache"
+    ]
 
 
 def test_models_shows_what_the_auto_profile_picked_and_why(

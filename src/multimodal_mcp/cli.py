@@ -265,14 +265,20 @@ def _build_tiny(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from multimodal_mcp.demo import run_demo
+    from multimodal_mcp.demo import DemoError, run_demo
 
-    report = run_demo(
-        output_dir=args.output,
-        profile=args.profile or "tiny",
-        config_file=args.config,
-        store_dir=args.store_dir,
-    )
+    args.profile = args.profile or "tiny"
+    _config_from(args)  # a bad config or profile: one line and exit 2 here, not from the server
+    try:
+        report = run_demo(
+            output_dir=args.output,
+            profile=args.profile,
+            config_file=args.config,
+            store_dir=args.store_dir,
+        )
+    except DemoError as exc:
+        print(f"multimodal-mcp demo: {exc}", file=sys.stderr)
+        return 1
     print(f"demo report: {report}")
     return 0
 
