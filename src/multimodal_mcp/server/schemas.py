@@ -2,8 +2,9 @@
 
 Each tool's input schema is derived from its params model and its output schema from its result
 model (registration.py); pydantic writes both in a form that validates well but that agent
-frameworks convert badly and that costs a model many tokens to read. The functions here rewrite them,
-without changing which values they accept (but for the two points below):
+frameworks convert badly and that costs a model many tokens to read. The functions here rewrite them
+into a form that accepts at least what the original accepts, open objects aside (below). The server
+validates every call with the params model itself, so nothing looser gets through:
 
 - ``$ref`` is inlined: Gemini's converter does not follow references, and OpenAI's strict converter
   rejects a reference it did not validate.
