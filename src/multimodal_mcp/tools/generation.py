@@ -96,7 +96,7 @@ Scheduler = Annotated[
     Field(description="A sampler the model lists (list_models: schedulers); omit for its default."),
     # The names are advertised per model by list_models; all of them here would read as if any model
     # took any. Validation still checks the name.
-    WithJsonSchema({"type": ["string", "null"], "maxLength": 32}),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 32}, {"type": "null"}]}),
 ]
 Seed = Annotated[
     int | None,
