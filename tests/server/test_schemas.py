@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from collections.abc import AsyncIterator
@@ -21,6 +22,8 @@ from multimodal_mcp.tools.describe_image import DescribeImageParams
 
 from fake_hub import FakeHub, FakeVisionChat
 from helpers import call_error, call_ok, data_uri
+
+pytestmark = pytest.mark.anyio  # marked at collection, so that parametrized tests keep their ids
 
 RECEIPT_SCHEMA = {
     "type": "object",
@@ -186,3 +189,25 @@ def test_every_argument_a_model_reads_is_described() -> None:
         assert tool["description"], tool["name"]
         for name, prop in tool["inputSchema"]["properties"].items():
             assert prop.get("description"), (tool["name"], name)
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("generate_image", {"prompt": "a fox", "model": "fake-hosted"}),
+        ("generate_image", {"prompt": "a fox", "model": "fake-sd"}),
+        ("describe_image", {"image": data_uri(Image.new("RGB", (32, 24), "white")), "model": "fake-vlm"}),
+        ("list_models", {}),
+    ],
+)
+async def test_a_call_as_strict_mode_sends_it_every_argument_with_defaults_and_nulls_works(
+    fake_client: Client, tool: str, arguments: dict[str, Any]
+) -> None:
+    from agents.strict_schema import ensure_strict_json_schema
+
+    listed = {t.name: t for t in (await fake_client.list_tools()).tools}
+    strict = ensure_strict_json_schema(copy.deepcopy(listed[tool].input_schema))
+    # A strict-mode model must send every property: its default where it has one, else null.
+    sent = {name: prop.get("default") for name, prop in strict["properties"].items()}
+    assert set(sent) == set(strict["required"])
+    await call_ok(fake_client, tool, {**sent, **arguments})
