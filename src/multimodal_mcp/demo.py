@@ -31,11 +31,12 @@ def _text(result: CallToolResult) -> str:
     return " ".join(block.text for block in result.content if isinstance(block, TextContent))
 
 
-async def _call(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+async def _call(client: Client, tool: str, arguments: dict[str, Any], *, show: bool = True) -> dict[str, Any]:
     result = await client.call_tool(tool, arguments)
     if result.is_error or result.structured_content is None:
         raise DemoError(f"{tool} failed: {_text(result)}")
-    print(f"[{tool}] {_text(result)}", file=sys.stderr)
+    if show:
+        print(f"[{tool}] {_text(result)}", file=sys.stderr)
     return result.structured_content
 
 
@@ -53,7 +54,7 @@ async def _run(output_dir: Path, server_args: list[str]) -> Path:
         command=sys.executable, args=["-m", "multimodal_mcp", "serve", *server_args], env=dict(os.environ)
     )
     async with Client(params, read_timeout_seconds=600) as client:
-        listed = await _call(client, "list_models", {})
+        listed = await _call(client, "list_models", {}, show=False)
         # Models built with random weights (the tiny profile's) say so in the report.
         sources = {model["name"]: model["source"] for model in listed["models"]}
         # Servers that can check prompt adherence while generating (verify=True) are asked to.
