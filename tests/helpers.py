@@ -58,6 +58,16 @@ async def read_png(client: Client, uri: str) -> bytes:
     return base64.b64decode(contents[0].blob)
 
 
+async def read_image(client: Client, uri: str) -> Image.Image:
+    """A stored image of any stored format (inputs keep their own JPEG/WebP/PNG encoding), decoded."""
+    contents = (await client.read_resource(uri)).contents
+    assert len(contents) == 1 and isinstance(contents[0], BlobResourceContents)
+    img = Image.open(io.BytesIO(base64.b64decode(contents[0].blob)))
+    assert f"image/{img.format.lower()}" == contents[0].mime_type
+    img.load()
+    return img
+
+
 def open_png(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     assert img.format == "PNG"

@@ -101,6 +101,22 @@ def test_url_fetching_is_off_by_default_and_configured_under_server_urls(tmp_pat
         _load(tmp_path, "[server.urls]\nmax_redirects = 50")
 
 
+def test_store_retention_has_bounded_defaults_and_zero_means_no_limit(tmp_path: Path) -> None:
+    store = _load(tmp_path).server.store
+    assert (store.byte_limit, store.max_age_seconds) == (10 * 1024**3, 30 * 86400)
+    config = _load(
+        tmp_path,
+        '[server]\nstore_dir = "~/imgs"\n[server.store]\nmax_bytes = 0\nmax_age_days = 7\nsweep_seconds = 60',
+    )
+    assert config.server.store_dir == tmp_path / "imgs"  # server.store_dir keeps naming the directory
+    assert (config.server.store.byte_limit, config.server.store.max_age_seconds) == (None, 7 * 86400)
+    assert _load(tmp_path, "[server.store]\nmax_age_days = 0").server.store.max_age_seconds is None
+    with pytest.raises(ConfigError, match=r"server\.store\.max_bytes"):
+        _load(tmp_path, "[server.store]\nmax_bytes = -1")
+    with pytest.raises(ConfigError, match=r"server\.store\.dir"):
+        _load(tmp_path, '[server.store]\ndir = "/x"')
+
+
 def test_prompt_rewriting_has_a_text_model_in_both_profiles(tmp_path: Path) -> None:
     default = _load(tmp_path)
     rewriter = default.models[default.defaults["prompt_rewrite"]]

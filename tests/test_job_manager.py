@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 
 from multimodal_mcp.errors import NotFound
+from multimodal_mcp.imaging.store import ImageStore
 from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.principals import acting_as, current_principal
+
+from helpers import photo
 
 
 async def test_a_job_runs_as_its_owner_and_is_not_found_for_anyone_else() -> None:
@@ -30,3 +35,31 @@ async def test_a_job_runs_as_its_owner_and_is_not_found_for_anyone_else() -> Non
         with acting_as("user:alice"):
             assert await jobs.wait(jobs.get(job.id), 10)
         assert ran_as == ["user:alice"] and job.result == "done"
+
+
+async def test_the_images_a_job_touches_are_held_while_it_runs_and_while_its_result_is_kept(
+    tmp_path: Path,
+) -> None:
+    store = ImageStore(tmp_path)
+    clock = [0.0]
+    started, finish = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        jobs = JobManager(lambda fn: tg.start_soon(fn), ttl_seconds=60, describe_failure=describe_failure)
+        jobs._clock = lambda: clock[0]
+
+        async def work(progress: object) -> str:
+            # Written from a worker thread, as the tools do: the job's hold follows it there.
+            record = await anyio.to_thread.run_sync(lambda: store.put(photo("coffee", 16), kind="input"))
+            started.set()
+            await finish.wait()
+            return record.id
+
+        job = jobs.start("describe_image", work)
+        await started.wait()
+        assert jobs.held_images() == job.images and len(job.images) == 1
+        finish.set()
+        assert await jobs.wait(job, 10)
+        clock[0] += 59
+        assert jobs.held_images() == {job.result}  # retained: get_job may still render it
+        clock[0] += 2
+        assert jobs.held_images() == set()

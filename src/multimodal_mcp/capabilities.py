@@ -86,9 +86,11 @@ class SizeRule(_Frozen):
                 continue
             if value % self.multiple_of:
                 low = value - value % self.multiple_of or self.multiple_of
+                high = value - value % self.multiple_of + self.multiple_of
+                either = f"{low} or {high}" if self.max_side is None or high <= self.max_side else str(low)
                 raise ValueError(
                     f"{side}={value} is not a multiple of {self.multiple_of}, which model {model!r} needs; "
-                    f"use {low} or {value - value % self.multiple_of + self.multiple_of}"
+                    f"use {side}={either}"
                 )
             if self.max_side is not None and value > self.max_side:
                 raise ValueError(

@@ -37,6 +37,7 @@ from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importe
     SafetySettings,
     SpendingSettings,
     StaticToken,
+    StoreSettings,
     Transport,
     UrlSettings,
     VerificationSettings,
@@ -225,6 +226,24 @@ class Limits(_Frozen):
     max_input_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Encoded size cap for inputs."
     )
+    max_input_aspect: float = Field(
+        default=32.0,
+        ge=2.0,
+        le=1000.0,
+        description="Longest-to-shortest side ratio of an input image, checked from the header: a "
+        "1x100000 strip is tiny on disk but models scale its short side up to their input size.",
+    )
+    max_input_pixels_per_call: int = Field(
+        default=80_000_000,
+        ge=4096,
+        description="Pixels of all input images one call decodes together; checked at each header.",
+    )
+    decode_memory_mib: int = Field(
+        default=1024,
+        ge=64,
+        description="Decoded pixel memory (MiB) all concurrent decodes may hold at once; further "
+        "decodes wait. One image over it is decoded alone.",
+    )
     max_labels: int = Field(default=64, ge=2, le=256, description="Labels per clip_classify call.")
     max_prompt_chars: int = Field(
         default=4000, ge=16, le=4000, description="Characters in a prompt or negative prompt."
@@ -270,6 +289,7 @@ class ServerSettings(_Frozen):
         default=True,
         description="fsync each image and its record before reporting it made (survives power loss).",
     )
+    store: StoreSettings = StoreSettings()
     spending: SpendingSettings = SpendingSettings()
     safety: SafetySettings = SafetySettings()
     path_delivery: bool | None = Field(

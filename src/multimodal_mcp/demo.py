@@ -44,6 +44,10 @@ async def _save(client: Client, uri: str, path: Path) -> None:
     contents = (await client.read_resource(uri)).contents[0]
     if not isinstance(contents, BlobResourceContents):
         raise DemoError(f"{uri} did not come back as a binary resource")
+    # The demo saves generated images and the diff, which the store keeps as PNGs (inputs may be
+    # JPEG or WebP: the resource's MIME type says which).
+    if path.suffix == ".png" and contents.mime_type != "image/png":
+        raise DemoError(f"{uri} came back as {contents.mime_type}, not image/png")
     await anyio.Path(path).write_bytes(base64.b64decode(contents.blob))
 
 

@@ -45,6 +45,16 @@ class Usage(BaseModel):
     images: int = Field(description="Images generated.")
 
 
+class Adjustment(BaseModel):
+    """Something a call was given that was changed, cut or not used, said in a sentence."""
+
+    argument: str = Field(description="The argument it concerns, e.g. init_image, prompt, steps.")
+    message: str = Field(description="What was done and why.")
+    dropped: str | None = Field(
+        default=None, description="Prompts: the end of the text the text encoder did not read."
+    )
+
+
 # --- image generation ---------------------------------------------------------------------------
 
 
@@ -52,7 +62,8 @@ class Usage(BaseModel):
 class ControlCondition:
     """One ControlNet condition: the configured ControlNet's name, its map, and how strongly it steers.
 
-    ``image`` is the control map at any size (RGB); the handle fits it to the output size.
+    ``image`` is the control map (RGB), normally at the output size: controlled_generate fits it
+    by the caller's resize_mode. A handle stretches a map of another size to the output size.
     """
 
     controlnet: str
@@ -116,7 +127,9 @@ class GeneratedImages:
 
     ``sent`` holds parameters a provider chose or was sent beyond the request (size, quality, n);
     ``revised_prompts`` a provider's rewrite of the prompt per image, where it reports one;
-    ``load_seconds`` the part of the call spent loading or placing the model.
+    ``load_seconds`` the part of the call spent loading or placing the model; ``adjustments`` what
+    the model changed or did not use of the request (a prompt cut to its text encoder's window,
+    fewer denoising steps run than asked).
     """
 
     images: list[Image.Image]
@@ -124,6 +137,7 @@ class GeneratedImages:
     sent: dict[str, Any] = field(default_factory=dict)
     revised_prompts: list[str | None] = field(default_factory=list)
     load_seconds: float = 0.0
+    adjustments: list[Adjustment] = field(default_factory=list)
 
 
 @runtime_checkable

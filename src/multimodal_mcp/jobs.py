@@ -4,7 +4,9 @@ Some clients give up on a tool call after about 60 seconds. Every call runs as a
 done after the configured wait, the call returns a job handle instead, the job keeps running, and
 ``get_job`` / ``cancel_job`` reach it. Finished jobs stay retrievable for a configured time.
 A job belongs to the principal that started it and runs as that principal; to anyone else it does not
-exist. No MCP imports: the server layer adapts progress and results.
+exist. Every image a job reads or writes is held (see :func:`~.imaging.store.holding`) while the job
+runs and while its result is retained, so the store's retention never removes what a result names.
+No MCP imports: the server layer adapts progress and results.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from multimodal_mcp.errors import MultimodalError, NotFound
+from multimodal_mcp.imaging.store import holding
 from multimodal_mcp.principals import acting_as, current_principal
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class Job:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     listeners: list[Progress] = field(default_factory=list)
+    images: set[str] = field(default_factory=set)
+    """Ids of the images the job prepared, wrote or looked up (its inputs and results)."""
 
     def info(self, now: float) -> JobInfo:
         return JobInfo(
@@ -114,7 +119,7 @@ class JobManager:
 
         async def body() -> None:
             try:
-                with job.scope, acting_as(job.owner):
+                with job.scope, acting_as(job.owner), holding(job.images):
                     job.result = await run(progress)
                     job.status = "done"
             except Exception as exc:
@@ -152,6 +157,16 @@ class JobManager:
 
     def cancel(self, job: Job) -> None:
         job.scope.cancel()
+
+    def held_images(self) -> set[str]:
+        """The images of running jobs and of finished ones still retrievable. Safe to call from a
+        worker thread (the store's retention does)."""
+        now = self._clock()
+        held: set[str] = set()
+        for job in list(self._jobs.values()):
+            if job.finished is None or now - job.finished <= self._ttl:
+                held.update(job.images)
+        return held
 
     def _purge(self) -> None:
         now = self._clock()

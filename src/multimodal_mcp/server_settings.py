@@ -1,5 +1,5 @@
-"""The ``[server.*]`` sub-tables: URL fetching, the model pool, what results may weigh, verification,
-HTTP and who may call it, spending and the safety filter.
+"""The ``[server.*]`` sub-tables: URL fetching, the model pool, the image store's retention, what
+results may weigh, verification, HTTP and who may call it, spending and the safety filter.
 
 Part of the config file's schema (:mod:`multimodal_mcp.config` re-exports every name here); kept apart
 so that ``config.py`` holds the models, the profiles' reading and :class:`~multimodal_mcp.config.Config`.
@@ -86,6 +86,37 @@ class PoolSettings(_Frozen):
         description="A call running longer returns a job handle (get_job) instead of waiting.",
     )
     job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
+
+
+class StoreSettings(_Frozen):
+    """``[server.store]``: how much the image store keeps (its directory is ``server.store_dir``).
+
+    Over either limit, the oldest images go first, except those a running or retained job refers to
+    and those a kept image was made from (its ``parents``). Checked when the server starts, after
+    each write that takes the store over ``max_bytes``, and by a write once every
+    ``sweep_seconds`` for ``max_age_days``.
+    """
+
+    max_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description="Most bytes the stored images and their records may take (10 GiB); 0: no limit. "
+        "When a write goes over it, images are removed until the store is under 90% of it.",
+    )
+    max_age_days: float = Field(
+        default=30, ge=0, description="Images stored longer ago than this are removed; 0: no age limit."
+    )
+    sweep_seconds: float = Field(
+        default=3600, gt=0, description="How often, at most, a write looks for images past max_age_days."
+    )
+
+    @property
+    def byte_limit(self) -> int | None:
+        return self.max_bytes or None
+
+    @property
+    def max_age_seconds(self) -> float | None:
+        return self.max_age_days * 86400 if self.max_age_days else None
 
 
 class ClientLimits(_Frozen):

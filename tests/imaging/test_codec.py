@@ -240,3 +240,34 @@ def test_base64_over_the_limit_is_refused_without_decoding_it() -> None:
     huge = "data:image/png;base64," + "QUFB" * 5_000_000  # 20 MB of base64
     with pytest.raises(ImageInputError, match="limit is 1048576 bytes"):
         decode_base64_payload(huge, max_bytes=1024 * 1024)
+
+
+def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -> None:
+    from PIL import ImageCms
+
+    img = photo("astronaut", 32)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    upright, rotated = Image.Exif(), Image.Exif()
+    upright[0x0112], rotated[0x0112] = 1, 6
+    rgba = img.convert("RGBA")
+    rgba.putalpha(100)
+    kept = {
+        "png": _encoded(img, "PNG"),
+        "jpeg": _encoded(img, "JPEG"),
+        "webp": _encoded(rgba, "WEBP"),
+        "grayscale png": _encoded(img.convert("L"), "PNG"),
+        "palette png with a colour key": _encoded(img.convert("P"), "PNG", transparency=3),
+        "upright exif": _encoded(img, "JPEG", exif=upright.tobytes()),
+    }
+    frames = [img, photo("coffee", 32)]
+    not_kept = {
+        "icc profile": _encoded(img, "JPEG", icc_profile=srgb),
+        "rotated exif": _encoded(img, "JPEG", exif=rotated.tobytes()),
+        "16-bit png": _encoded(Image.new("I;16", (8, 8), 40000), "PNG"),
+        "cmyk jpeg": _encoded(img.convert("CMYK"), "JPEG"),
+        "gif": _encoded(img, "GIF"),
+        "animated webp": _encoded(img, "WEBP", save_all=True, append_images=frames[1:]),
+        "apng": _encoded(img, "PNG", save_all=True, append_images=frames[1:]),
+    }
+    for name, data in {**kept, **not_kept}.items():
+        assert decode_image(data, max_pixels=10_000).keeps_original == (name in kept), name

@@ -122,6 +122,8 @@ def test_an_image_url_is_fetched_and_stored_like_other_inputs(tmp_path: Path, ht
     resolver = ImageResolver(ImageStore(tmp_path / "s"), (), Limits(), fetcher=_fetcher())
     resolved = resolver.resolve(f"{http_server}/cat.png")
     assert resolved.image.size == (32, 32) and resolved.record.source == "url"
+    assert resolved.pending is not None
+    resolver.store.commit(resolved.pending)
     assert resolver.resolve(resolved.record.uri).image.tobytes() == resolved.image.tobytes()
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -26,9 +28,13 @@ def resolver(tmp_path: Path, root: Path) -> ImageResolver:
     return ImageResolver(ImageStore(tmp_path / "store"), (root,), Limits())
 
 
-def test_a_file_under_an_allowed_root_is_read_and_stored(resolver: ImageResolver, root: Path) -> None:
+def test_a_file_under_an_allowed_root_is_read_and_stored_once_committed(
+    resolver: ImageResolver, root: Path
+) -> None:
     resolved = resolver.resolve(str(root / "cat.png"))
     assert resolved.record.kind == "input" and resolved.record.source == "path"
+    assert resolved.pending is not None and not resolver.store.exists(resolved.record.id)
+    assert resolver.store.commit(resolved.pending).id == resolved.record.id
     assert resolver.resolve(resolved.record.uri).image.tobytes() == resolved.image.tobytes()
 
 
@@ -190,3 +196,36 @@ def test_truncated_jpeg_base64_is_read_as_base64_and_not_echoed_as_a_path(resolv
     message = str(raised.value)
     assert "file" not in message and "path" not in message
     assert truncated[:40] not in message
+
+
+def test_resolving_writes_nothing_and_the_same_bytes_are_decoded_once(
+    resolver: ImageResolver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import inputs
+
+    decodes: list[int] = []
+    real = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda data, **kw: (decodes.append(1), real(data, **kw))[1])
+    value = b64_png(photo("astronaut", 16))
+    first = resolver.resolve(value)
+    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*"))
+    assert first.pending is not None
+    resolver.store.commit(first.pending)
+    again = resolver.resolve(value)
+    assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
+    assert decodes == [1]  # found by the hash of the bytes sent: read back, not decoded and encoded
+
+
+def test_a_large_jpeg_is_read_at_the_scale_its_use_needs_and_stored_whole(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store", fsync=False)
+    resolver = ImageResolver(store, (), Limits())
+    buf = io.BytesIO()
+    photo("astronaut", 512).resize((2048, 1536)).save(buf, format="JPEG", quality=90)
+    resolved = resolver.resolve(
+        "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), min_side=300
+    )
+    assert resolved.image.size == (512, 384)  # 1/4 scale: both sides still >= 300
+    assert (resolved.record.width, resolved.record.height) == (2048, 1536)
+    assert resolved.pending is not None
+    store.commit(resolved.pending)
+    assert store.open(resolved.record.id).size == (2048, 1536)  # the stored image is the whole photo

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from multimodal_mcp.errors import NotFound
+from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.imaging.store import ImageStore
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, acting_as
 
@@ -37,7 +41,7 @@ def test_an_image_whose_record_is_missing_does_not_exist(tmp_path: Path) -> None
     (tmp_path / record.id[:2] / f"{record.id}.json").unlink()
     assert not store.exists(record.id)
     with pytest.raises(NotFound, match="no image with id"):
-        store.read_png(record.id)
+        store.read_bytes(record.id)
 
 
 def test_ids_that_are_not_sixteen_hex_characters_are_not_looked_up(tmp_path: Path) -> None:
@@ -68,7 +72,7 @@ def test_images_belong_to_the_principal_that_stored_them(tmp_path: Path) -> None
     for other in ("user:bob", LOCAL, ANONYMOUS):
         with acting_as(other):
             assert not store.exists(record.id)
-            for read in (store.record, store.read_png, store.open):
+            for read in (store.record, store.read_bytes, store.open, store.path):
                 with pytest.raises(NotFound, match=f"no image with id {record.id}"):
                     read(record.id)
 
@@ -80,7 +84,7 @@ def test_the_same_bytes_from_two_principals_share_an_id_but_not_the_knowledge(tm
         first = store.put_input(img, source="base64")
     with acting_as("user:bob"):
         second = store.put_input(img, source="path")
-        assert second.id == first.id and store.read_png(first.id)
+        assert second.id == first.id and store.read_bytes(first.id)
     with acting_as("user:carol"):
         assert not store.exists(first.id)
     with acting_as("user:alice"):  # a new store on the directory keeps the owners
@@ -130,3 +134,93 @@ def test_writes_are_flushed_to_disk_unless_turned_off(
     synced.clear()
     ImageStore(tmp_path / "b", fsync=False).put(photo("coffee", 16), kind="input")
     assert synced == []
+
+
+def _jpeg(img: Image.Image, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def test_a_prepared_input_is_written_only_when_committed(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    raw = _jpeg(photo("astronaut", 64), comment=b"private")
+    pending = store.prepare_input(decode_image(raw, max_pixels=10**6), raw=raw, source="base64")
+    assert not any(p.is_file() for p in tmp_path.rglob("*")) and not store.exists(pending.record.id)
+    record = store.commit(pending)
+    assert record.id == pending.record.id == record.sha256[:16]
+    assert record.format == "jpeg" and record.mime_type == "image/jpeg"
+    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert names == [f"{record.id}.jpg", f"{record.id}.json"]
+    data, mime = store.read_bytes(record.id)
+    assert mime == "image/jpeg" and hashlib.sha256(data).hexdigest() == record.sha256
+    assert b"private" not in data and len(data) < len(raw)
+    assert store.path(record.id) == (tmp_path / record.id[:2] / f"{record.id}.jpg").absolute()
+    assert store.commit(pending) == record  # committing twice writes nothing new
+
+
+def test_a_stored_input_reads_back_as_the_pixels_the_server_decoded(tmp_path: Path) -> None:
+    gray = photo("camera", 32)  # a grayscale photo: stored as an L-mode JPEG, decoded to RGB
+    raw = _jpeg(gray)
+    decoded = decode_image(raw, max_pixels=10**6)
+    record = ImageStore(tmp_path).commit(ImageStore(tmp_path).prepare_input(decoded, raw=raw, source="path"))
+    reopened = ImageStore(tmp_path).open(record.id)  # a new store: no cache
+    assert reopened.mode == decoded.image.mode == "RGB"
+    assert reopened.tobytes() == decoded.image.tobytes()
+
+
+def test_stores_written_before_other_formats_existed_still_read(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    record = store.put_input(photo("coffee", 16), source="base64")
+    json_path = tmp_path / record.id[:2] / f"{record.id}.json"
+    legacy = json.loads(json_path.read_text())
+    for field in ("format", "mode", "raw_sha256"):
+        legacy.pop(field)
+    legacy_png = io.BytesIO()
+    photo("coffee", 16).save(legacy_png, format="PNG", compress_level=1)
+    (tmp_path / record.id[:2] / f"{record.id}.webp").unlink()
+    (tmp_path / record.id[:2] / f"{record.id}.png").write_bytes(legacy_png.getvalue())
+    json_path.write_text(json.dumps(legacy))
+    reopened = ImageStore(tmp_path)
+    assert reopened.record(record.id).format == "png"
+    assert reopened.read_bytes(record.id) == (legacy_png.getvalue(), "image/png")
+    assert reopened.open(record.id).tobytes() == photo("coffee", 16).tobytes()
+
+
+def test_metadata_of_an_image_is_never_copied_into_a_stored_png(tmp_path: Path) -> None:
+    img = photo("coffee", 16)
+    img.info["icc_profile"] = b"x" * 100_000
+    record = ImageStore(tmp_path).put(img, kind="control")
+    data, _ = ImageStore(tmp_path).read_bytes(record.id)
+    assert len(data) < 5_000 and b"iCCP" not in data
+    assert img.info["icc_profile"]  # the caller's image is left as it was
+
+
+def test_the_same_bytes_sent_again_are_read_back_not_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ImageStore(tmp_path)
+    raw = _jpeg(photo("astronaut", 48))
+    digest = hashlib.sha256(raw).hexdigest()
+    first = store.commit(store.prepare_input(decode_image(raw, max_pixels=10**6), raw=raw, source="path"))
+    pixels = store.open(first.id).tobytes()
+    # The index survives a restart (raw_sha256 is in the record).
+    for again, principal in ((store, "user:bob"), (ImageStore(tmp_path), "user:carol")):
+        with acting_as(principal):
+            known = again.prepare_known(digest, source="base64")
+            assert known is not None and known.record.id == first.id
+            assert known.image.tobytes() == pixels
+            assert not again.exists(first.id)  # nothing changes before the commit
+            again.commit(known)
+            assert again.exists(first.id)
+    assert store.prepare_known(hashlib.sha256(b"other").hexdigest(), source="path") is None
+
+
+def test_the_decoded_image_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, cache_bytes=4 * 64 * 64 * 4)  # four 64x64 RGB images
+    records = [store.put(photo("astronaut", 64).rotate(i), kind="generated", seed=i) for i in range(6)]
+    assert store.cached_bytes == 4 * 64 * 64 * 4
+    big = store.put(photo("astronaut", 96), kind="generated")  # over a quarter of the budget
+    assert store.cached_bytes == 4 * 64 * 64 * 4
+    assert store.open(big.id).size == (96, 96) and store.cached_bytes == 4 * 64 * 64 * 4
+    assert store.open(records[0].id).size == (64, 64)  # evicted earlier, read back from disk

@@ -28,12 +28,13 @@ from http_helpers import free_port, http_client, serving
 
 
 def assert_store_consistent(store_dir: Path) -> int:
-    """No temporary file, and every record has its PNG and every PNG its record; returns the count."""
+    """No temporary file, and every record has its image file and every image file its record;
+    returns the count."""
     files = [p for p in store_dir.rglob("*") if p.is_file()]
     assert not [p.name for p in files if p.name.endswith(".tmp")]
-    pngs = {p.stem for p in files if p.suffix == ".png"}
+    images = [p.stem for p in files if p.suffix in (".png", ".jpg", ".webp")]
     records = {p.stem for p in files if p.suffix == ".json"}
-    assert pngs == records
+    assert sorted(images) == sorted(records)
     return len(records)
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, MCPError
+from PIL import Image
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import build_server, create_services
+from multimodal_mcp.tools.common import Services
 
 from helpers import call_error, call_ok, cpu_only, data_uri, open_png, photo, read_png
 
@@ -45,13 +47,38 @@ async def test_the_server_lists_its_tools_with_output_schemas_and_honest_annotat
         schema = tools[name].output_schema
         assert schema["type"] == "object" and len(schema["anyOf"]) == 2  # the result, or a job handle
     templates = (await client.list_resource_templates()).resource_templates
-    assert [(t.uri_template, t.mime_type) for t in templates] == [("image://{image_id}", "image/png")]
+    assert [(t.uri_template, t.mime_type) for t in templates] == [("image://{image_id}", "image/*")]
 
 
 async def test_any_image_passed_in_can_be_read_back_as_a_resource(client: Client) -> None:
     original = photo("chelsea", 40)
     out = await call_ok(client, "clip_classify", {"image": data_uri(original), "labels": ["a", "b"]})
     assert open_png(await read_png(client, out["image"]["uri"])).tobytes() == original.tobytes()
+
+
+async def test_an_input_reads_back_in_its_own_format_with_its_own_mime_type(fake_services: Services) -> None:
+    import base64
+    import io
+
+    from mcp.types import BlobResourceContents
+
+    original = photo("chelsea", 40)
+    exif = Image.Exif()
+    exif[0x010E] = "private"
+    async with Client(build_server(fake_services.config, fake_services)) as client:
+        for fmt, mime in (("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("PNG", "image/png")):
+            buf = io.BytesIO()
+            original.save(buf, format=fmt, exif=exif.tobytes())
+            sent = f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
+            uri = (await call_ok(client, "describe_image", {"image": sent}))["image"]["uri"]
+            contents = (await client.read_resource(uri)).contents
+            assert len(contents) == 1 and isinstance(contents[0], BlobResourceContents)
+            assert contents[0].mime_type == mime
+            data = base64.b64decode(contents[0].blob)
+            assert (data, mime) == fake_services.store.read_bytes(uri.removeprefix("image://"))
+            assert b"private" in buf.getvalue() and b"private" not in data
+            with Image.open(io.BytesIO(data)) as back, Image.open(io.BytesIO(buf.getvalue())) as sent_image:
+                assert back.convert("RGB").tobytes() == sent_image.convert("RGB").tobytes()
 
 
 async def test_reading_an_unknown_or_malformed_image_resource_is_an_error(client: Client) -> None:

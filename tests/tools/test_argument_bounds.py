@@ -4,6 +4,7 @@ budgets are checked before any model is loaded or any image decoded."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,18 @@ async def test_controlled_generate_checks_the_budget_before_decoding_any_input(
         )
         assert "64*64*8*1" in error
         assert services.pool.load_counts == {}
+        # 64 px is as small as it goes; the error names a step count that fits, and that is taken.
+        found = re.search(r"\(steps=(\d+)\)", error)
+        assert found is not None, error
+        steps = int(found.group(1))
+        init = data_uri(photo("astronaut", 64))
+        await call_ok(client, "controlled_generate", {"prompt": "x", "init_image": init, "steps": steps})
+        # A larger init image is made smaller to fit the budget instead, keeping its aspect ratio.
+        big = data_uri(photo("astronaut", None).resize((256, 128)))
+        out = await call_ok(client, "controlled_generate", {"prompt": "x", "init_image": big, "steps": 2})
+        width, height = out["parameters"]["width"], out["parameters"]["height"]
+        assert width * height * 2 <= 64 * 64 * 4 and width == 2 * height
+        assert any("per-call budget" in a["message"] for a in out["adjustments"])
 
 
 async def test_prompt_limits_cover_negative_prompts_and_questions(

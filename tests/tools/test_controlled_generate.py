@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import jsonschema
 import numpy as np
 from mcp import Client
 from PIL import Image, ImageDraw
 
-from helpers import call_error, call_ok, data_uri, open_png, photo, read_png, text_of
+from multimodal_mcp.server.app import build_server, create_services
+
+from helpers import call_error, call_ok, cpu_only, data_uri, make_config, open_png, photo, read_png, text_of
 
 
 def _building(size: int = 64) -> Image.Image:
@@ -174,10 +178,6 @@ async def test_sdxl_takes_its_own_canny_controlnet_and_inpaints(client: Client) 
 
 async def test_bad_masks_and_mode_combinations_get_clear_errors(client: Client) -> None:
     init = data_uri(photo("astronaut", 64))
-    message = await call_error(
-        client, "controlled_generate", {"prompt": "x", "init_image": init, "mask_image": data_uri(_mask(32))}
-    )
-    assert "mask_image is 32x32 but init_image is 64x64" in message
     colour = Image.new("RGB", (64, 64), (255, 0, 0))
     message = await call_error(
         client, "controlled_generate", {"prompt": "x", "init_image": init, "mask_image": data_uri(colour)}
@@ -187,13 +187,6 @@ async def test_bad_masks_and_mode_combinations_get_clear_errors(client: Client) 
         client, "controlled_generate", {"prompt": "x", "control_image": init, "mask_image": data_uri(_mask())}
     )
     assert "pass control_image" in await call_error(client, "controlled_generate", {"prompt": "x"})
-    assert "leave width and height out" in await call_error(
-        client, "controlled_generate", {"prompt": "x", "init_image": init, "width": 128}
-    )
-    odd = data_uri(photo("astronaut", 60))
-    assert "not a multiple of 8" in await call_error(
-        client, "controlled_generate", {"prompt": "x", "init_image": odd}
-    )
 
 
 async def test_base_weights_load_once_across_text_to_image_img2img_and_inpainting(
@@ -293,7 +286,14 @@ async def test_a_reference_combines_with_controlnet_and_is_refused_where_no_adap
             "reference_image": data_uri(photo("coffee", 64)),
         },
     )
-    assert both["mode"] == "control+reference"
+    assert both["mode"] == "control+reference" and both["resize_mode"] is None
+    wide = await call_ok(
+        client,
+        "controlled_generate",
+        {"prompt": "x", "reference_image": data_uri(photo("coffee", None).resize((128, 64)))},
+    )
+    assert _said(wide, "reference_image").startswith("reference_image 128x64 was cropped to 64x64")
+    assert wide["resize_mode"] == "crop_and_resize"
     message = await call_error(
         client,
         "controlled_generate",
@@ -318,3 +318,164 @@ async def test_flux_takes_a_flux_controlnet_alone_and_with_img2img(client: Clien
         client, "controlled_generate", {"prompt": "x", "controls": two, "model": "tiny-flux"}
     )
     assert [c["controlnet"] for c in multi["controls"]] == ["tiny-controlnet-canny-flux"] * 2
+
+
+# --- fitting pictures to the output, and saying so ------------------------------------------------
+
+
+def _disc_map(size: tuple[int, int] = (300, 100), radius: int = 40) -> Image.Image:
+    """A prepared depth map: a white disc (near) on black (far)."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    cx, cy = size[0] // 2, size[1] // 2
+    ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius - 1, cy + radius - 1), fill="white")
+    return image
+
+
+def _extent(image: Image.Image) -> tuple[int, int]:
+    bright = np.asarray(image.convert("L")) >= 128
+    xs, ys = np.nonzero(bright.any(axis=0))[0], np.nonzero(bright.any(axis=1))[0]
+    return int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
+
+
+def _said(out: dict, argument: str) -> str:  # type: ignore[type-arg]
+    notes = [a["message"] for a in out["adjustments"] if a["argument"] == argument]
+    assert len(notes) == 1, out["adjustments"]
+    return notes[0]
+
+
+async def test_a_control_map_of_another_aspect_ratio_keeps_its_shapes_and_the_result_says_how(
+    client: Client,
+) -> None:
+    base = {
+        "prompt": "a ball",
+        "control_image": data_uri(_disc_map()),
+        "control_type": "depth",
+        "width": 256,
+        "height": 256,
+        "steps": 1,
+        "seed": 1,
+    }
+    result = await client.call_tool("controlled_generate", base)
+    out = result.structured_content
+    assert out is not None and out["resize_mode"] == "crop_and_resize"
+    used = open_png(await read_png(client, out["control_image"]["uri"]))
+    width, height = _extent(used)
+    assert used.size == (256, 256) and abs(width - height) <= 2  # still a circle
+    assert abs(width - 80 * 256 / 100) <= 3  # scaled by 2.56 like the whole map
+    note = _said(out, "control_image")
+    assert "300x100 was scaled to 768x256 and cropped to 256x256" in note
+    assert note in text_of(result)
+
+    stretched = await call_ok(client, "controlled_generate", {**base, "resize_mode": "just_resize"})
+    width, height = _extent(open_png(await read_png(client, stretched["control_image"]["uri"])))
+    assert abs(width / height - 1 / 3) < 0.05  # the old behaviour, now asked for and said
+    assert "stretched to 256x256" in _said(stretched, "control_image")
+
+    filled = await call_ok(client, "controlled_generate", {**base, "resize_mode": "resize_and_fill"})
+    shown = open_png(await read_png(client, filled["control_image"]["uri"]))
+    width, height = _extent(shown)
+    assert abs(width - height) <= 2 and abs(width - 80 * 256 / 300) <= 3
+    assert np.asarray(shown)[:40].max() == 0  # the bands are black: no depth signal
+    assert "padded to 256x256" in _said(filled, "control_image")
+
+
+async def test_a_photo_off_the_models_size_step_is_fitted_and_the_suggested_size_is_taken(
+    client: Client,
+) -> None:
+    init = photo("chelsea", None).resize((427, 640))
+    mask = Image.new("L", init.size, 0)
+    ImageDraw.Draw(mask).rectangle((100, 200, 300, 400), fill=255)
+    base = {"prompt": "a cat", "init_image": data_uri(init), "mask_image": data_uri(mask), "seed": 3}
+    out = await call_ok(client, "controlled_generate", base)
+    assert (out["parameters"]["width"], out["parameters"]["height"]) == (424, 640)
+    note = _said(out, "init_image")
+    assert "427x640 was cropped to 424x640" in note and "mask_image was fitted" in note
+    # What the old error suggested is now taken, and so is any other size (fitted by resize_mode).
+    for size in ((424, 640), (432, 640), (320, 320)):
+        args = {**base, "width": size[0], "height": size[1]}
+        done = await call_ok(client, "controlled_generate", args)
+        assert (done["images"][0]["width"], done["images"][0]["height"]) == size
+
+
+async def test_a_small_mask_is_fitted_to_the_init_image_and_outside_pixels_come_back_exactly(
+    client: Client,
+) -> None:
+    init = photo("astronaut", 64)
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "a red balloon",
+            "init_image": data_uri(init),
+            "mask_image": data_uri(_mask(32, (8, 8, 23, 23))),
+        },
+    )
+    assert "mask_image 32x32 was resized to 64x64" in _said(out, "mask_image")
+    result = np.asarray(open_png(await read_png(client, out["images"][0]["uri"])).convert("RGB"), dtype=int)
+    outside = np.asarray(_mask()) == 0  # the same square, 16..47, at the init image's size
+    assert np.array_equal(result[outside], np.asarray(init, dtype=int)[outside])
+    assert np.abs(result[~outside] - np.asarray(init, dtype=int)[~outside]).mean() > 5
+
+
+async def test_a_phone_photo_as_init_image_is_downscaled_to_the_servers_limits_and_says_so(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path
+) -> None:
+    config = make_config(tmp_path, tiny_dir, allowed_root, limits={"max_side": 128})
+    services = create_services(config, devices=cpu_only())
+    phone = Image.new("RGB", (4032, 3024), (90, 120, 160))
+    ImageDraw.Draw(phone).ellipse((1016, 512, 3016, 2512), fill=(240, 200, 40))
+    async with Client(build_server(config, services)) as client:
+        out = await call_ok(
+            client, "controlled_generate", {"prompt": "a sun", "init_image": data_uri(phone), "seed": 1}
+        )
+    assert (out["parameters"]["width"], out["parameters"]["height"]) == (128, 96)
+    size_note = _said(out, "width")
+    assert "The output is 128x96, smaller than init_image (4032x3024)" in size_note
+    assert "128 px (max_side)" in size_note
+    assert "4032x3024 was resized to 128x96" in _said(out, "init_image")
+
+
+async def test_img2img_reports_the_denoising_steps_it_runs_and_a_step_count_that_runs_all(
+    client: Client,
+) -> None:
+    totals: list[float | None] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        totals.append(total)
+
+    base = {"prompt": "a cat", "init_image": data_uri(photo("chelsea", 64)), "strength": 0.55, "seed": 1}
+    result = await client.call_tool(
+        "controlled_generate", {**base, "steps": 10}, progress_callback=on_progress
+    )
+    out = result.structured_content
+    assert out is not None
+    message = _said(out, "steps")
+    ran = int(message.split(" of the ")[0])
+    assert {t for t in totals if t is not None} == {ran} == {int(10 * 0.55)}  # what the pipeline reported
+    suggested = int(message.split("steps=")[1].split(" ")[0])
+    totals.clear()
+    again = await client.call_tool(
+        "controlled_generate", {**base, "steps": suggested}, progress_callback=on_progress
+    )
+    assert again.structured_content is not None and {t for t in totals if t is not None} == {10}
+    assert _said(again.structured_content, "steps").startswith(f"10 of the {suggested} denoising steps ran")
+
+
+async def test_arguments_the_calls_modes_do_not_use_are_reported(client: Client) -> None:
+    out = await call_ok(
+        client,
+        "controlled_generate",
+        {
+            "prompt": "x",
+            "control_image": data_uri(_disc_map((64, 64), 20)),
+            "control_type": "depth",
+            "low_threshold": 50,
+            "strength": 0.4,
+            "seed": 1,
+        },
+    )
+    assert _said(out, "strength") == "strength=0.4 was not used: it applies with init_image."
+    assert "canny control maps only" in _said(out, "low_threshold")
+    assert out["resize_mode"] is None and not [
+        a for a in out["adjustments"] if a["argument"] == "control_image"
+    ]

@@ -167,3 +167,91 @@ async def test_tool_schema_derives_bounds_and_descriptions_from_the_params_model
     assert {"images", "seed", "model", "parameters", "timings"} <= set(result_schema["required"])
     assert tool.annotations is not None and tool.annotations.read_only_hint is False
     assert "image://" in (tool.description or "")
+
+
+# --- nothing changes silently ----------------------------------------------------------------------
+
+# Words the tiny tokenizers hold whole: one token each, so the text encoders' windows count words.
+_FILLER = "a small red house with a blue car near the sea and a white horse on the road " * 6
+_PROMPT_A, _PROMPT_B = _FILLER + "under the sky", _FILLER + "at the city"
+
+
+def _pixels(png: bytes) -> bytes:
+    return open_png(png).convert("RGB").tobytes()
+
+
+def _notes(out: dict, argument: str) -> list[dict]:  # type: ignore[type-arg]
+    return [a for a in out["adjustments"] if a["argument"] == argument]
+
+
+async def test_prompt_text_past_the_text_encoder_window_is_reported_word_for_word(client: Client) -> None:
+    words = _PROMPT_A.split()
+    assert len(words) > 75
+    a = await client.call_tool("generate_image", {"prompt": _PROMPT_A, "seed": 5})
+    b = await call_ok(client, "generate_image", {"prompt": _PROMPT_B, "seed": 5})
+    out = a.structured_content
+    assert out is not None
+    # The two prompts differ only after the window: the same image, and each result says what was cut.
+    assert _pixels(await read_png(client, out["images"][0]["uri"])) == _pixels(
+        await read_png(client, b["images"][0]["uri"])
+    )  # (the PNGs differ: each records its own prompt)
+    (cut,) = _notes(out, "prompt")
+    assert cut["dropped"] == " ".join(words[75:])  # CLIP's 77 tokens hold 75 words and BOS/EOS
+    assert cut["dropped"].endswith("under the sky") and _notes(b, "prompt")[0]["dropped"].endswith(
+        "at the city"
+    )
+    assert f"is {len(words)} tokens for text_encoder (CLIP)" in cut["message"] and cut["message"] in text_of(
+        a
+    )
+    short = await call_ok(client, "generate_image", {"prompt": " ".join(words[:75]), "seed": 5})
+    assert short["adjustments"] == []
+
+
+async def test_each_text_encoder_reports_its_own_window_and_shared_cuts_are_named_together(
+    client: Client,
+) -> None:
+    words = _PROMPT_A.split()
+    flux = await call_ok(client, "generate_image", {"prompt": _PROMPT_A, "model": "tiny-flux", "seed": 1})
+    cuts = {c["message"].split(" tokens for ")[1].split(",")[0]: c["dropped"] for c in _notes(flux, "prompt")}
+    # CLIP reads 75 words; the T5 encoder reads max_sequence_length=32 tokens (the config's), EOS included.
+    assert cuts == {"text_encoder (CLIP)": " ".join(words[75:]), "text_encoder_2 (T5)": " ".join(words[31:])}
+    sdxl = await call_ok(client, "generate_image", {"prompt": _PROMPT_A, "model": "tiny-sdxl", "seed": 1})
+    (both,) = _notes(sdxl, "prompt")
+    assert "text_encoder (CLIP) and text_encoder_2 (CLIP), which read the first 75" in both["message"]
+    negative = await call_ok(
+        client, "generate_image", {"prompt": "a cat", "negative_prompt": _PROMPT_B, "seed": 1}
+    )
+    assert _notes(negative, "negative_prompt")[0]["dropped"] == " ".join(_PROMPT_B.split()[75:])
+
+
+async def test_guidance_up_to_one_turns_guidance_off_and_the_result_says_what_it_did_not_use(
+    client: Client,
+) -> None:
+    base = {"prompt": "a lighthouse", "seed": 2, "guidance_scale": 1.0}
+    plain = await call_ok(client, "generate_image", base)
+    negative = await call_ok(client, "generate_image", {**base, "negative_prompt": "fog"})
+    image = _pixels(await read_png(client, plain["images"][0]["uri"]))
+    assert (
+        _pixels(await read_png(client, negative["images"][0]["uri"])) == image
+    )  # the negative prompt changed nothing
+    assert (
+        "negative_prompt was not used: guidance_scale=1.0"
+        in _notes(negative, "negative_prompt")[0]["message"]
+    )
+    lower = await call_ok(client, "generate_image", {**base, "guidance_scale": 0.5})
+    assert _pixels(await read_png(client, lower["images"][0]["uri"])) == image  # 0.5 acts as 1
+    assert "guidance_scale=0.5 acts as 1" in _notes(lower, "guidance_scale")[0]["message"]
+    assert plain["adjustments"] == []
+    flux = {"prompt": "a lighthouse", "seed": 2, "model": "tiny-flux"}
+    unguided = await call_ok(client, "generate_image", flux)
+    ignored = await call_ok(client, "generate_image", {**flux, "guidance_scale": 3.5})
+    assert _pixels(await read_png(client, ignored["images"][0]["uri"])) == _pixels(
+        await read_png(client, unguided["images"][0]["uri"])
+    )  # no guidance embedding in this Flux: the value changes nothing, and the result says so
+    assert "has no guidance embedding" in _notes(ignored, "guidance_scale")[0]["message"]
+    guided = await call_ok(
+        client, "generate_image", {**base, "guidance_scale": 3.0, "negative_prompt": "fog"}
+    )
+    assert (
+        guided["adjustments"] == [] and _pixels(await read_png(client, guided["images"][0]["uri"])) != image
+    )

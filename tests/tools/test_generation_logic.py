@@ -7,6 +7,7 @@ refused before it is called, and what is stored with each image.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from multimodal_mcp.tools.common import Services, SpendingRequest, spending_appr
 from multimodal_mcp.tools.generate_image import GenerateImageParams, generate_image
 
 from fake_hub import (
+    MODELS,
     FakeEmbedder,
     FakeHub,
     FakeImageGenerator,
@@ -137,6 +139,70 @@ async def test_the_servers_limits_refuse_a_call_before_the_model_is_asked(
     assert expected in str(refused.value)
     assert isinstance(services.hub, FakeHub) and generator(services.hub).requests == []
     assert list((tmp_path / "store").rglob("*.png")) == []
+
+
+def _suggested_calls(message: str) -> list[dict[str, int]]:
+    """The alternatives a size error names after its first ';': each 'a=1, b=2' group is one call."""
+    tail = message.split(";", 1)[1]
+    groups = re.findall(r"\w+=\d+(?:, \w+=\d+)*", tail)
+    return [{k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", group)} for group in groups]
+
+
+@pytest.mark.parametrize(
+    ("limits", "arguments", "alternatives"),
+    [
+        ({"max_side": 256}, {"width": 512, "height": 384}, 1),
+        ({"max_side": 256}, {"width": 512}, 1),
+        ({"max_steps": 10}, {"steps": 11}, 1),
+        ({"max_pixels_per_call": 64 * 64 * 2}, {"num_images": 3}, 1),  # no smaller size: 64 px is the least
+        ({"max_pixels_per_call": 256 * 256 * 2}, {"width": 256, "height": 256, "num_images": 3}, 2),
+        ({"max_pixel_steps_per_call": 64 * 64 * 4 * 2}, {"num_images": 3}, 2),
+        ({"max_pixel_steps_per_call": 128 * 128 * 4 * 2}, {"width": 128, "height": 128, "num_images": 3}, 3),
+        ({"max_pixel_steps_per_call": 200 * 120 * 4}, {"width": 400, "height": 240}, 2),
+    ],
+    ids=[
+        "sides",
+        "one-side",
+        "steps",
+        "pixels",
+        "pixels-size",
+        "pixel-steps",
+        "pixel-steps-all",
+        "budget-size",
+    ],
+)
+async def test_every_size_error_names_calls_that_are_then_accepted(
+    tmp_path: Path, allowed_root: Path, limits: dict[str, int], arguments: dict[str, Any], alternatives: int
+) -> None:
+    services = fake_services_for(fake_config(tmp_path, allowed_root, limits=limits), fake_handles())
+    with pytest.raises(InvalidArgument) as refused:
+        await generate(services, prompt="a cat", **arguments)
+    calls = _suggested_calls(str(refused.value))
+    assert len(calls) == alternatives, str(refused.value)
+    for change in calls:
+        result = await generate(services, prompt="a cat", **{**arguments, **change})
+        made = result.images[0]
+        assert (made.width, made.height) == (result.parameters.width, result.parameters.height)
+        if "width" in change and "height" in arguments:  # a smaller size keeps the aspect ratio
+            ratio = arguments["width"] / arguments["height"]
+            assert abs(change["width"] / change["height"] - ratio) < 8 / min(change.values())
+
+
+async def test_a_side_off_the_models_step_names_the_sides_it_takes_within_its_largest(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    flux_like = {**MODELS["fake-sd"], "capabilities": {"sizes": {"multiple_of": 16, "max_side": 1016}}}
+    config = fake_config(tmp_path, allowed_root, models={**MODELS, "fake-sd": flux_like})
+    services = fake_services_for(config, fake_handles())
+    for asked, fits in ((424, [416, 432]), (1016, [1008])):  # 1024 is over its largest side
+        with pytest.raises(InvalidArgument) as refused:
+            await generate(services, prompt="a cat", width=asked)
+        (call,) = _suggested_calls(str(refused.value))
+        assert call == {"width": fits[0]}
+        told = [int(v) for v in re.findall(r"\d+", str(refused.value).split("use ", 1)[1])]
+        assert told == fits
+        for width in fits:
+            assert (await generate(services, prompt="a cat", width=width)).parameters.width == width
 
 
 @pytest.mark.parametrize(
@@ -300,3 +366,22 @@ async def test_extra_images_a_model_returns_are_dropped_and_none_is_an_error(
     monkeypatch.setattr(sd, "generate", nothing)
     with pytest.raises(BackendError, match="model 'fake-sd' returned no image"):
         await generate(fake_services, prompt="a cat", seed=1)
+
+
+async def test_fewer_images_than_asked_are_kept_with_their_seeds_and_reported(
+    fake_services: Services, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sd = generator(fake_hub)
+    real = sd.generate
+
+    async def one_short(request: Any, *, progress: Any = None) -> Any:
+        made = await real(request, progress=progress)
+        del made.images[-1:]
+        return made
+
+    monkeypatch.setattr(sd, "generate", one_short)
+    result = await generate(fake_services, prompt="a cat", seed=4, num_images=3)
+    assert [image.seed for image in result.images] == [4, 5]
+    (note,) = result.adjustments
+    assert note.argument == "num_images" and note.message.startswith("2 of the 3 images asked for came back")
+    assert note.message in result.summary()

@@ -85,6 +85,16 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RequestNote:
+    """Something a model changes or does not use of a request, for the caller: the argument, a
+    sentence, and for prompts the text the model's text encoder did not read."""
+
+    argument: str
+    message: str
+    dropped: str | None = None
+
+
 class LoadedModel(Protocol):
     """What the pool needs of every loaded model."""
 
@@ -111,6 +121,9 @@ class LocalImageGenerator(LoadedModel, Protocol):
         ``cancel.raise_if_cancelled()`` between steps. With ``mask_image``, pixels outside the mask
         should come back unchanged when the model's capabilities say ``exact_outside_mask``."""
         ...
+
+    # Optional: ``notes(request) -> list[RequestNote]``, what the model will change or not use of
+    # ``request`` (run on the device lane before ``generate``; cheap, e.g. tokenizing the prompt).
 
 
 @dataclass(frozen=True)

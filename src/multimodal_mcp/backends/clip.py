@@ -36,7 +36,9 @@ class ClipModel(TransformersModel):
         """L2-normalised image embeddings of a batch, shape (n, dim), float32 on the CPU."""
         import torch
 
-        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
+        inputs = self.processor(images=[self.fit(image) for image in images], return_tensors="pt").to(
+            self.device
+        )
         with torch.inference_mode():
             features = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype))
         return _unit_vectors(features)

@@ -10,7 +10,13 @@ from typing import Any
 
 from PIL import Image
 
-from multimodal_mcp.backends.base import CancelToken, GenerationRequest, LoadContext, StepCallback
+from multimodal_mcp.backends.base import (
+    CancelToken,
+    GenerationRequest,
+    LoadContext,
+    RequestNote,
+    StepCallback,
+)
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import (
@@ -139,6 +145,96 @@ class DiffusionModel:
         mode = _mode(request)
         if mode != "text2img":
             self._pipeline_class(mode)
+
+    def notes(self, request: GenerationRequest) -> list[RequestNote]:
+        """What this pipeline will cut or not use of ``request``: prompt text past a text encoder's
+        window (counted with the pipeline's own tokenizers), the denoising steps img2img and
+        inpainting skip, and guidance settings that change nothing."""
+        notes: list[RequestNote] = []
+        for argument, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if text:
+                notes += self._unread(argument, text)
+        guidance = request.guidance_scale
+        if self.family in ("sd", "sdxl", "sd3") and guidance <= 1:
+            # These pipelines run classifier-free guidance only when guidance_scale > 1.
+            if request.negative_prompt:
+                notes.append(
+                    RequestNote(
+                        "negative_prompt",
+                        f"negative_prompt was not used: guidance_scale={guidance} turns classifier-free "
+                        "guidance off, and a negative prompt only acts through it (use guidance_scale > 1).",
+                    )
+                )
+            if guidance < 1:
+                notes.append(
+                    RequestNote(
+                        "guidance_scale",
+                        f"guidance_scale={guidance} acts as 1 on model {self.name!r}: any value up to 1 "
+                        "turns classifier-free guidance off, giving the same images as guidance_scale=1.",
+                    )
+                )
+        embeds = getattr(
+            getattr(getattr(self.pipe, "transformer", None), "config", None), "guidance_embeds", True
+        )
+        if self.family == "flux" and not embeds and guidance:
+            notes.append(
+                RequestNote(
+                    "guidance_scale",
+                    f"guidance_scale={guidance} changes nothing on model {self.name!r}: it has no guidance "
+                    "embedding (a timestep-distilled model).",
+                )
+            )
+        if request.init_image is not None and request.strength is not None:
+            run = _denoising_steps(self.family, request.steps, request.strength)
+            if run < request.steps:
+                notes.append(
+                    RequestNote(
+                        "steps",
+                        f"{run} of the {request.steps} denoising steps ran: with strength={request.strength} "
+                        f"img2img and inpainting skip the first {request.steps - run}; steps="
+                        f"{_steps_for(self.family, request.steps, request.strength)} would run "
+                        f"{request.steps}.",
+                    )
+                )
+        return notes
+
+    def _unread(self, argument: str, text: str) -> list[RequestNote]:
+        """Notes for the part of ``text`` each text encoder's window leaves out (encoders that cut
+        the same text are named together)."""
+        cuts: dict[tuple[int, int, str], list[str]] = {}
+        for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            tokenizer = getattr(self.pipe, attr, None)
+            if tokenizer is None:
+                continue
+            kind = type(tokenizer).__name__.removesuffix("Fast").removesuffix("Tokenizer")
+            window = self._window(tokenizer, kind)
+            if window is None:
+                continue
+            room = window - len(tokenizer("").input_ids)  # the window also holds BOS/EOS tokens
+            ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+            if len(ids) > room:
+                dropped = " ".join(tokenizer.decode(ids[room:], skip_special_tokens=True).split())
+                key = (len(ids), room, dropped)
+                cuts.setdefault(key, []).append(f"{attr.replace('tokenizer', 'text_encoder')} ({kind})")
+        return [
+            RequestNote(
+                argument,
+                f"{argument} is {tokens} tokens for {' and '.join(encoders)}, which read"
+                f"{'s' if len(encoders) == 1 else ''} the first {room}; the last {tokens - room} were "
+                f"not read: {dropped!r}. Shorten it, or put what matters first.",
+                dropped,
+            )
+            for (tokens, room, dropped), encoders in cuts.items()
+        ]
+
+    def _window(self, tokenizer: Any, kind: str) -> int | None:
+        if kind == "T5":  # the pipeline's max_sequence_length, not the tokenizer's own limit
+            configured = {**self.spec.pipeline_kwargs}.get("max_sequence_length")
+            default = inspect.signature(type(self.pipe).__call__).parameters.get("max_sequence_length")
+            window = configured or (default.default if default is not None else None)
+        else:
+            window = getattr(tokenizer, "model_max_length", None)
+        return int(window) if isinstance(window, int) and 0 < window < 100_000 else None
 
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: CancelToken
@@ -380,6 +476,22 @@ def load_ip_adapter(name: str, spec: ModelSpec, ctx: LoadContext) -> IPAdapterWe
         t.numel() * t.element_size() for p in state_dict.values() for t in p.values()
     )
     return IPAdapterWeights(name, spec, ctx.device, state_dict, encoder, size)
+
+
+def _denoising_steps(family: str, steps: int, strength: float) -> int:
+    """The steps img2img and inpainting run of ``steps`` at ``strength`` (diffusers' get_timesteps):
+    int(steps * strength) for Stable Diffusion, steps - int(steps - steps * strength) for Flux."""
+    if family == "flux":
+        return steps - int(max(steps - steps * strength, 0))
+    return min(int(steps * strength), steps)
+
+
+def _steps_for(family: str, run: int, strength: float) -> int:
+    """The fewest steps that run at least ``run`` denoising steps at ``strength``."""
+    steps = max(run, math.ceil(run / strength) - 1)
+    while _denoising_steps(family, steps, strength) < run:
+        steps += 1
+    return steps
 
 
 def _check_denoising_steps(steps: int, strength: float) -> None:

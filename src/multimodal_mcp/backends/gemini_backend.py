@@ -28,6 +28,7 @@ from multimodal_mcp.config import Config, HostedSettings, ModelSpec
 from multimodal_mcp.errors import ProviderError
 from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, Handle, ImageRequest, Progress, Usage
 from multimodal_mcp.imaging.codec import decode_image
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.registry import HostedBackend
 
 
@@ -202,7 +203,7 @@ def _name(value: Any) -> str:
 
 
 def _image_part(image: Image.Image) -> Any:
-    return _sdk().types.Part.from_bytes(data=png_bytes(image.convert("RGB")), mime_type="image/png")
+    return _sdk().types.Part.from_bytes(data=png_bytes(picture(image)), mime_type="image/png")
 
 
 class GeminiChat(_Calls):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
+
 from multimodal_mcp.backends.base import LoadContext
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.sources import (
@@ -33,6 +35,17 @@ class TransformersModel:
 
     def memory_bytes(self) -> int:
         return self._bytes
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """``image`` cut to what the image processor keeps, and no larger than it needs.
+
+        Processors that resize the short side to ``size["shortest_edge"]`` and then center-crop would
+        first scale a thin image's long side up with it (a 1x10,000 strip becomes 224x2,240,000); the
+        same center region is cut here first, and the image reduced to that size when it is larger,
+        so the processor's own resize and crop have nothing left to do. Other processors (fixed
+        ``height``/``width``, ``longest_edge``) never enlarge the long side; their input passes as is.
+        """
+        return fit_to_processor(image, getattr(self.processor, "image_processor", None))
 
     def move_to(self, device: str) -> None:
         """Move the weights (the pool offloads idle GPU models to CPU RAM and back)."""
@@ -90,3 +103,27 @@ class TransformersBackend(LocalBackend):
 
 
 backend = TransformersBackend()
+
+
+def fit_to_processor(image: Image.Image, image_processor: Any) -> Image.Image:
+    """See :meth:`TransformersModel.fit`. ``image_processor``: a transformers image processor, or None."""
+    size = getattr(image_processor, "size", None) or {}
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    if not shortest:
+        return image
+    crop = getattr(image_processor, "crop_size", None) or {}
+    if getattr(image_processor, "do_center_crop", False) and crop.get("width") and crop.get("height"):
+        aspect = crop["width"] / crop["height"]
+        width, height = image.size
+        keep_w, keep_h = (min(width, round(height * aspect)), min(height, round(width / aspect)))
+        left, top = (width - keep_w) // 2, (height - keep_h) // 2
+        if (keep_w, keep_h) != image.size:
+            image = image.crop((left, top, left + keep_w, top + keep_h))
+    short = min(image.size)
+    if short > shortest:
+        scale = shortest / short
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.BICUBIC,
+        )
+    return image

@@ -30,6 +30,7 @@ from multimodal_mcp.handles import (
     Usage,
 )
 from multimodal_mcp.imaging.codec import decode_image
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.registry import HostedBackend
 
 T = TypeVar("T")
@@ -222,9 +223,7 @@ class OpenAIImageGenerator(_Calls):
         """Edit ``pictures[0]`` (with the mask: 255 = repaint) or compose from all of them. With no
         width and height the provider picks the size ('auto')."""
         size = f"{request.width}x{request.height}" if request.width and request.height else "auto"
-        files = [
-            (f"image_{i}.png", png_bytes(img.convert("RGB")), "image/png") for i, img in enumerate(pictures)
-        ]
+        files = [(f"image_{i}.png", png_bytes(picture(img)), "image/png") for i, img in enumerate(pictures)]
         kwargs: dict[str, Any] = {
             "model": self.spec.source,
             "prompt": request.prompt,
@@ -297,7 +296,7 @@ class OpenAIChat(_Calls):
     ) -> ChatAnswer:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         for image in images:
-            part: dict[str, Any] = {"url": data_uri(image.convert("RGB"))}
+            part: dict[str, Any] = {"url": data_uri(picture(image))}
             if detail is not None:
                 part["detail"] = detail
             content.append({"type": "image_url", "image_url": part})

@@ -26,7 +26,7 @@ class VisionLanguageModel(TransformersModel):
         returns (text, generated token count)."""
         import torch
 
-        pictures = list(images)
+        pictures = [self.fit(image) for image in images]
         inputs = self.processor(
             images=pictures[0] if len(pictures) == 1 else pictures,
             text=self._prompt(question, len(pictures)),

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from multimodal_mcp.imaging.normalize import picture
+
 __all__ = ["Box", "CannyEdges", "Comparison", "align_sizes", "canny_edges", "compare", "ssim"]
 
 _SSIM_WINDOW = 11
@@ -52,17 +54,6 @@ class Comparison:
     """RGB heat map of the per-pixel difference, same size as the compared images."""
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert to RGB, compositing any transparency over white."""
-    if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "RGB":
-        return image
-    return image.convert("RGB")
-
-
 def align_sizes(a: Image.Image, b: Image.Image) -> tuple[Image.Image, Image.Image, bool]:
     """Bring two images to a common RGB format and size.
 
@@ -72,8 +63,8 @@ def align_sizes(a: Image.Image, b: Image.Image) -> tuple[Image.Image, Image.Imag
     Returns:
         ``(a, b, resized)`` where ``resized`` tells whether ``b`` had to be resized.
     """
-    a_rgb = _to_rgb(a)
-    b_rgb = _to_rgb(b)
+    a_rgb = picture(a)
+    b_rgb = picture(b)
     if b_rgb.size == a_rgb.size:
         return a_rgb, b_rgb, False
     return a_rgb, b_rgb.resize(a_rgb.size, Image.Resampling.LANCZOS), True
@@ -255,7 +246,7 @@ def canny_edges(image: Image.Image, low_threshold: int = 100, high_threshold: in
             f"low_threshold ({low_threshold}) must not be greater than high_threshold ({high_threshold})"
         )
 
-    rgb = _to_rgb(image)
+    rgb = picture(image)
     if rgb.width == 0 or rgb.height == 0:
         return Image.new("RGB", rgb.size)
     gray = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
@@ -281,7 +272,7 @@ def keep_outside_mask(
     else:
         alpha = inside.astype(np.float64)
     alpha = np.where(inside, alpha, 0.0)[..., None]
-    a = np.asarray(original.convert("RGB"), dtype=np.float64)
-    b = np.asarray(generated.convert("RGB"), dtype=np.float64)
+    a = np.asarray(picture(original), dtype=np.float64)
+    b = np.asarray(picture(generated), dtype=np.float64)
     out = np.where(alpha > 0, np.rint(a * (1 - alpha) + b * alpha), a)
     return Image.fromarray(out.astype(np.uint8), mode="RGB")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import re
@@ -12,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from anyio import NoEventLoopError, from_thread
 from PIL import Image, ImageOps, PngImagePlugin
 
 from multimodal_mcp.errors import ImageInputError
+from multimodal_mcp.imaging.admission import DecodeBudget, current_call_pixels
+from multimodal_mcp.imaging.normalize import picture, standardize_with_notes
 
 # Formats whose decoders see heavy use and little CVE churn. Checked by content (the magic bytes,
 # then Pillow's identification limited to these plugins), never by a name or a MIME type the caller
@@ -29,10 +33,39 @@ _DATA_URI = re.compile(
 )
 
 
+MAX_JPEG_SCANS = 100
+"""Scans a JPEG may have. Each scan of a progressive JPEG is a pass over all of the image's
+coefficients, so a small hostile file repeating its scans thousands of times costs minutes of CPU;
+standard progressive encoders write about 10."""
+MAX_ASPECT = 32.0
+"""Default longest-to-shortest side ratio of an input (see ``Limits.max_input_aspect``)."""
+_BYTES_PER_PIXEL_IN_FLIGHT = 16
+"""Decoded bytes per pixel a decode holds at its peak: the decoder's buffer (up to 4 bands, 16-bit
+samples for greys) plus the standardized copy and a conversion in between."""
+
+DEFAULT_DECODE_BUDGET = DecodeBudget(1024 * 1024 * 1024)
+"""Shared by decodes that are given no budget of their own (the server gives its own)."""
+
+
 @dataclass(frozen=True)
 class DecodedImage:
+    """A decoded input in the standard form of :func:`~multimodal_mcp.imaging.normalize.standardize`."""
+
     image: Image.Image
     source_format: str
+    keeps_original: bool = False
+    """Whether the original bytes decode to exactly ``image``: no colour conversion (no ICC profile),
+    no EXIF rotation, no bit-depth change, a single frame. The store may then keep those bytes
+    (metadata stripped) instead of re-encoding the pixels."""
+    full_size: tuple[int, int] = (0, 0)
+    """Width and height the file declares (after EXIF orientation); ``image`` is smaller when the
+    decoder was allowed to reduce it (``min_side``)."""
+    notes: tuple[str, ...] = ()
+    """What normalization changed (bit depth scaled, colour profile converted, ...)."""
+
+    @property
+    def reduced(self) -> bool:
+        return self.image.size != self.full_size
 
 
 def looks_like_data_uri(text: str) -> bool:
@@ -76,14 +109,33 @@ def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
         ) from exc
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode untrusted bytes into an RGB or RGBA image (first frame only, EXIF orientation applied).
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_aspect: float = MAX_ASPECT,
+    min_side: int | None = None,
+    budget: DecodeBudget | None = None,
+) -> DecodedImage:
+    """Decode untrusted bytes into the server's standard form (8-bit sRGB ``RGB`` or ``RGBA``; first
+    frame only; EXIF orientation, bit depth and ICC profile applied: see :mod:`.normalize`).
 
-    The format is checked by its magic bytes and by Pillow limited to :data:`ALLOWED_FORMATS`; the
-    pixel count is checked from the header, before any pixel data is decoded.
+    Before any pixel is decoded, from the header: the format (magic bytes, then Pillow limited to
+    :data:`ALLOWED_FORMATS`), the pixel count against ``max_pixels``, the aspect ratio against
+    ``max_aspect``, the pixels left in the current tool call's budget
+    (:func:`~multimodal_mcp.imaging.admission.call_pixel_budget`), and a JPEG's number of scans
+    against :data:`MAX_JPEG_SCANS`. The decode then waits for room in ``budget`` (decoded bytes
+    across concurrent decodes). Reading the data checks for cancellation of the calling AnyIO task
+    every 64 KiB, so a cancelled call stops decoding.
+
+    ``min_side``: the use needs no more than this many pixels on the short side; a JPEG whose own
+    bytes can be stored (``keeps_original``: no profile to convert, no rotation) is then decoded at
+    a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both sides at least
+    ``min_side``. The result's ``full_size`` keeps the declared size.
 
     Raises:
-        ImageInputError: unknown or disallowed format, too many pixels, truncated or corrupt data.
+        ImageInputError: unknown or disallowed format, over a limit (named, with what to do),
+            truncated or corrupt data, or busy beyond the budget's wait.
     """
     if not _has_allowed_magic(data):
         raise ImageInputError(
@@ -93,7 +145,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+            img = Image.open(_CancellableReader(data), formats=list(ALLOWED_FORMATS))
     except Image.UnidentifiedImageError as exc:
         raise ImageInputError(
             f"the data is not an image in an accepted format; accepted: {', '.join(ALLOWED_FORMATS)}"
@@ -106,45 +158,112 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     except Exception as exc:  # any decoder failure on untrusted bytes is the input's fault
         raise ImageInputError("the image data is corrupt or truncated") from exc
 
-    fmt = img.format or "unknown"
-    image: Image.Image = img
+    with img:
+        fmt = img.format or "unknown"
+        _check_header(img, data, max_pixels=max_pixels, max_aspect=max_aspect)
+        calls = current_call_pixels()
+        if calls is not None:
+            calls.take(*img.size)
+        budget = budget or DEFAULT_DECODE_BUDGET
+        peak = img.width * img.height * _BYTES_PER_PIXEL_IN_FLIGHT
+        budget.acquire(peak)
+        kept = 0
+        try:
+            try:
+                full = _oriented_size(img)
+                # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
+                img.seek(0)
+                keeps_original = _keeps_original(img, data)
+                if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
+                    img.draft(None, (min_side, min_side))
+                img.load()
+                oriented = ImageOps.exif_transpose(img) or img
+                image, notes = standardize_with_notes(oriented)
+            except ImageInputError:
+                raise
+            # (A cancellation is a BaseException: it passes through.)
+            except Exception as exc:  # truncated, lying or malformed data, hostile EXIF or profile
+                raise ImageInputError("the image data is corrupt or truncated") from exc
+            if calls is not None:
+                # The decoded image lives as long as the call: its bytes stay admitted until then.
+                kept = min(peak, image.width * image.height * 4)
+                calls.hold(budget, kept)
+        finally:
+            budget.release(peak - kept)
+    return DecodedImage(
+        image=image, source_format=fmt, full_size=full, notes=notes, keeps_original=keeps_original
+    )
+
+
+def _check_header(img: Image.Image, data: bytes, *, max_pixels: int, max_aspect: float) -> None:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageInputError(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}. "
             "Downscale it first."
         )
+    if max(width, height) > max_aspect * max(1, min(width, height)):
+        raise ImageInputError(
+            f"the image is {width}x{height}, an aspect ratio over this server's limit of "
+            f"{max_aspect:g}:1; crop it, or pad its short side, to at most {max_aspect:g}:1 first"
+        )
+    if img.format == "JPEG":
+        scans = data.count(b"\xff\xda")  # SOS markers: 0xFF inside entropy-coded data is stuffed
+        if scans > MAX_JPEG_SCANS:
+            raise ImageInputError(
+                f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS} (a standard progressive "
+                "JPEG has about 10). Re-encode it, e.g. as a baseline JPEG or a PNG."
+            )
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    """The size the header declares, after EXIF orientation (5 to 8 turn by 90 degrees)."""
+    width, height = img.size
     try:
-        # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
-        img.seek(0)
-        img.load()
-        image = ImageOps.exif_transpose(img) or img
-        image = image.convert("RGBA") if _has_alpha(image) else image.convert("RGB")
-    except Exception as exc:  # truncated, lying or malformed data, hostile EXIF
-        raise ImageInputError("the image data is corrupt or truncated") from exc
-    finally:
-        img.close()
-    return DecodedImage(image=image, source_format=fmt)
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # hostile EXIF: exif_transpose will fail on it later, with a curated error
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+class _CancellableReader(io.BytesIO):
+    """The encoded bytes as a file whose reads check for cancellation of the calling AnyIO task."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        _check_cancelled()
+        return super().read(size)
+
+    def readinto(self, buffer: Any, /) -> int:
+        _check_cancelled()
+        return super().readinto(buffer)
+
+
+def _check_cancelled() -> None:
+    # Outside an AnyIO worker thread nothing can cancel this decode.
+    with contextlib.suppress(NoEventLoopError):
+        from_thread.check_cancelled()
+
+
+def _keeps_original(img: Image.Image, data: bytes) -> bool:
+    """Conservative: True only where decoding the original bytes again yields exactly the decoded
+    image, so nothing but a mode conversion separates them (see :attr:`DecodedImage.keeps_original`)."""
+    if img.format not in ("PNG", "JPEG", "WEBP") or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return False
+    if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1:
+        return False
+    apng = getattr(img, "custom_mimetype", None) == "image/apng"
+    if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
+        return False  # 16 bits per sample (IHDR's bit depth), or an APNG
+    if img.info.get("icc_profile"):
+        return False
+    try:
+        return img.getexif().get(0x0112, 1) == 1  # EXIF orientation: none or "upright"
+    except Exception:  # a hostile EXIF block: the decoder handles it, the original is not kept
+        return False
 
 
 def _has_allowed_magic(data: bytes) -> bool:
     return _MAGIC.match(data[:16]) is not None
-
-
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten alpha over white; models take RGB."""
-    if img.mode == "RGB":
-        return img
-    if _has_alpha(img):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
 
 
 def encode_png(img: Image.Image, text: Mapping[str, str] | None = None) -> bytes:
@@ -208,7 +327,7 @@ def encode_preview(img: Image.Image, *, max_side: int, max_bytes: int, fmt: str 
 
     Lowers quality, then size, until it fits; PNG previews fall back to JPEG when they cannot fit.
     """
-    rgb = to_rgb(img)
+    rgb = picture(img)
     side = max_side
     while True:
         scaled = rgb.copy()

@@ -1,8 +1,14 @@
 """Resolving an image argument (``image://<id>``, a data URI, bare base64, a file path, or an http(s)
-URL when the server enables URLs)."""
+URL when the server enables URLs).
+
+Resolving writes nothing: an image that arrived as bytes comes back with its stored form prepared
+(:class:`~.store.PendingImage`), and the tool writes it with :meth:`.store.ImageStore.commit` once its
+checks have passed, so the inputs of a refused call are never stored.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -13,9 +19,16 @@ from PIL import Image
 
 from multimodal_mcp.config import Limits, UrlSettings
 from multimodal_mcp.errors import ImageInputError, NotFound
-from multimodal_mcp.imaging.codec import decode_base64_payload, decode_image, looks_like_data_uri
+from multimodal_mcp.imaging.admission import DecodeBudget
+from multimodal_mcp.imaging.codec import (
+    DecodedImage,
+    decode_base64_payload,
+    decode_image,
+    looks_like_data_uri,
+)
+from multimodal_mcp.imaging.compact import NotStorable
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
-from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore
+from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore, PendingImage
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BASE64ISH = re.compile(r"^[A-Za-z0-9+/_=\s-]+$")
@@ -30,8 +43,15 @@ MAX_NAME_BYTES = 255
 
 @dataclass(frozen=True)
 class ResolvedImage:
+    """An image argument: its record (id, size) and decoded pixels (RGB or RGBA)."""
+
     record: ImageRecord
     image: Image.Image
+    pending: PendingImage | None = None
+    """The write that stores it: not done yet for bytes a client sent (commit it once the call goes
+    ahead); None for an ``image://`` reference, which is stored already."""
+    notes: tuple[str, ...] = ()
+    """What reading it changed (bit depth scaled, colour profile converted; see :mod:`.normalize`)."""
 
 
 class ImageResolver:
@@ -50,20 +70,25 @@ class ImageResolver:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.limits = limits
         self.fetcher = fetcher or UrlFetcher(urls or UrlSettings())
+        self.decode_budget = DecodeBudget(limits.decode_memory_mib * 2**20)
 
-    def resolve(self, value: str, *, argument: str = "image") -> ResolvedImage:
-        """Resolve and store one image argument.
+    def resolve(self, value: str, *, argument: str = "image", min_side: int | None = None) -> ResolvedImage:
+        """Resolve one image argument: decode it and prepare its stored form, writing nothing.
+
+        ``min_side``: the use needs at most this many pixels on the short side, so ``image`` may be
+        smaller than the stored image (a large JPEG decoded at reduced scale, when its own bytes are
+        what the store keeps); ``record`` always has the stored size.
 
         Raises:
             ImageInputError: the argument names the limit or the accepted forms.
             NotFound: an ``image://`` id the store does not have.
         """
         try:
-            return self._resolve(value.strip())
+            return self._resolve(value.strip(), min_side)
         except (ImageInputError, NotFound) as exc:
             raise type(exc)(f"{argument}: {exc}") from exc
 
-    def _resolve(self, value: str) -> ResolvedImage:
+    def _resolve(self, value: str, min_side: int | None) -> ResolvedImage:
         if not value:
             raise ImageInputError(f"the image argument is empty. {HOW_TO_PASS}")
         if value.startswith(URI_SCHEME):
@@ -72,12 +97,12 @@ class ImageResolver:
             return ResolvedImage(record, self.store.open(image_id))
         if looks_like_data_uri(value):
             return self._from_bytes(
-                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "data"
+                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "data", min_side
             )
         if is_url(value):
             if not self.fetcher.settings.enabled:
                 raise ImageInputError(URLS_OFF)
-            return self._from_bytes(self.fetcher.fetch(value), "url")
+            return self._from_bytes(self.fetcher.fetch(value), "url", min_side)
         if _SCHEME.match(value):
             raise ImageInputError(
                 f"{value.split('://', 1)[0][:20]}:// URLs are not read by this server (only http and https, "
@@ -85,16 +110,34 @@ class ImageResolver:
             )
         if _looks_like_base64(value):
             return self._from_bytes(
-                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "base64"
+                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "base64", min_side
             )
-        return self._from_path(value)
+        return self._from_path(value, min_side)
 
-    def _from_bytes(self, raw: bytes, source: str) -> ResolvedImage:
-        decoded = decode_image(raw, max_pixels=self.limits.max_input_pixels)
-        record = self.store.put_input(decoded.image, source=source)
-        return ResolvedImage(record, decoded.image)
+    def _from_bytes(self, raw: bytes, source: str, min_side: int | None = None) -> ResolvedImage:
+        digest = hashlib.sha256(raw).hexdigest()
+        known = self.store.prepare_known(digest, source=source)
+        if known is not None and known.record.width * known.record.height <= self.limits.max_input_pixels:
+            assert known.image is not None, "a stored input read back is decoded whole"
+            return ResolvedImage(known.record, known.image, known)  # the same bytes as before
+        decoded = self._decode(raw, min_side)
+        try:
+            pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
+        except NotStorable:  # reduced, but its own bytes cannot be kept: store the full pixels
+            decoded = self._decode(raw, None)
+            pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
+        return ResolvedImage(pending.record, decoded.image, pending, decoded.notes)
 
-    def _from_path(self, value: str) -> ResolvedImage:
+    def _decode(self, raw: bytes, min_side: int | None) -> DecodedImage:
+        return decode_image(
+            raw,
+            max_pixels=self.limits.max_input_pixels,
+            max_aspect=self.limits.max_input_aspect,
+            min_side=min_side,
+            budget=self.decode_budget,
+        )
+
+    def _from_path(self, value: str, min_side: int | None) -> ResolvedImage:
         path = self._checked_path(value)
         shown = value[:200]
         try:
@@ -117,7 +160,7 @@ class ImageResolver:
                 raise ImageInputError(f"cannot read {shown!r}: {exc.strerror}") from None
         if len(raw) > self.limits.max_input_bytes:
             raise ImageInputError(f"the file is over the limit of {self.limits.max_input_bytes} bytes")
-        return self._from_bytes(raw, "path")
+        return self._from_bytes(raw, "path", min_side)
 
     def _checked_path(self, value: str) -> Path:
         """The fully resolved path (symlinks and '..' resolved) if it lies under an allowed root."""

@@ -22,11 +22,21 @@ from multimodal_mcp.backends.base import (
     GenerationRequest,
     LocalImageGenerator,
     ReferenceInput,
+    RequestNote,
     StepCallback,
     json_prompt,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.handles import ChatAnswer, Detail, Embedding, GeneratedImages, ImageRequest, Progress
+from multimodal_mcp.handles import (
+    Adjustment,
+    ChatAnswer,
+    Detail,
+    Embedding,
+    GeneratedImages,
+    ImageRequest,
+    Progress,
+)
+from multimodal_mcp.imaging.normalize import control_map, picture
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.lanes import Work
 
@@ -48,18 +58,19 @@ class PooledImageGenerator(_Pooled):
             controls = []
             for control in request.controls:
                 net = await stack.enter_async_context(self.pool.use(control.controlnet, near=model))
-                controls.append(ControlInput(net.model, control.image.convert("RGB"), control.scale))
+                controls.append(ControlInput(net.model, control_map(control.image), control.scale))
             reference = None
             for ref in request.references[:1]:
                 assert ref.adapter is not None, "a local model's reference picture needs its IP-Adapter"
                 adapter = await stack.enter_async_context(self.pool.use(ref.adapter, near=model))
-                reference = ReferenceInput(adapter, ref.image.convert("RGB"), ref.scale or 0.0)
+                reference = ReferenceInput(adapter, picture(ref.image), ref.scale or 0.0)
             loaded = time.perf_counter() - started
             engine = _engine_request(request, tuple(controls), reference)
             # What only the loaded model can tell, checked before queueing so the error comes at once.
             model.check(engine)
-            images = await self.pool.run(model, _generate(engine), progress=progress)
-        return GeneratedImages(list(images), load_seconds=loaded)
+            images, notes = await self.pool.run(model, _generate(engine), progress=progress)
+        adjustments = [Adjustment(argument=n.argument, message=n.message, dropped=n.dropped) for n in notes]
+        return GeneratedImages(list(images), load_seconds=loaded, adjustments=adjustments)
 
 
 def _engine_request(
@@ -81,7 +92,7 @@ def _engine_request(
         scheduler=request.scheduler or "",
         seeds=seeds,
         controls=controls,
-        init_image=request.init_image.convert("RGB") if request.init_image is not None else None,
+        init_image=picture(request.init_image) if request.init_image is not None else None,
         mask_image=request.mask_image,
         strength=request.strength,
         reference=reference,
@@ -91,9 +102,16 @@ def _engine_request(
     )
 
 
-def _generate(request: GenerationRequest) -> Work[list[Image.Image]]:
-    def work(model: LocalImageGenerator, on_step: StepCallback, cancel: CancelToken) -> list[Image.Image]:
-        return list(model.generate(request, on_step, cancel))
+def _generate(request: GenerationRequest) -> Work[tuple[list[Image.Image], list[RequestNote]]]:
+    """The work on the device lane: what the model will change of the request (tokenizing the
+    prompt is work on the caller's data, kept off the event loop), then the images."""
+
+    def work(
+        model: LocalImageGenerator, on_step: StepCallback, cancel: CancelToken
+    ) -> tuple[list[Image.Image], list[RequestNote]]:
+        notes = getattr(model, "notes", None)
+        said: list[RequestNote] = list(notes(request)) if notes is not None else []
+        return list(model.generate(request, on_step, cancel)), said
 
     return work
 
@@ -122,7 +140,7 @@ class PooledVisionChat(_PooledChat):
         progress: Progress | None = None,
     ) -> ChatAnswer:
         asked = json_prompt(prompt, schema) if schema is not None else prompt
-        pictures = [image.convert("RGB") for image in images]
+        pictures = [picture(image) for image in images]
         return await self._run(lambda m: m.answer(pictures, asked, max_tokens), progress)
 
 
@@ -140,15 +158,15 @@ class PooledEmbedder(_Pooled):
     calls share forward passes through the pool's batcher, and label embeddings are cached."""
 
     async def embed_images(self, images: Sequence[Image.Image]) -> list[Embedding]:
-        return await self.pool.clip(self.name).embed_many([image.convert("RGB") for image in images])
+        return await self.pool.clip(self.name).embed_many([picture(image) for image in images])
 
     async def classify(self, image: Image.Image, texts: Sequence[str]) -> list[float]:
-        return await self.pool.clip(self.name).classify(image.convert("RGB"), list(texts))
+        return await self.pool.clip(self.name).classify(picture(image), list(texts))
 
     async def similarities(
         self, images: Sequence[Image.Image], texts: Sequence[str]
     ) -> tuple[list[list[float]], float]:
         rows, scale = await self.pool.clip(self.name).similarities(
-            [image.convert("RGB") for image in images], list(texts)
+            [picture(image) for image in images], list(texts)
         )
         return rows, float(scale)

@@ -31,6 +31,7 @@ from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.server.http import auth_for
 from multimodal_mcp.server.prompts import PROMPTS
 from multimodal_mcp.server.registration import (
+    IMAGE_RESOURCE_MIME,
     Implementation,
     MultimodalServer,
     register_prompt,
@@ -74,7 +75,9 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
             gpu_headroom_bytes=int(pool_settings.gpu_headroom_gib * GiB),
             cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
         )
-    store = ImageStore(config.server.store_dir, fsync=config.server.store_fsync)
+    store = ImageStore(
+        config.server.store_dir, fsync=config.server.store_fsync, retention=config.server.store
+    )
     resolver = ImageResolver(
         store, config.server.allowed_roots, config.server.limits, urls=config.server.urls
     )
@@ -84,6 +87,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         ttl_seconds=config.server.pool.job_ttl_seconds,
         describe_failure=describe_failure,
     )
+    store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
     safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
     return Services(
         config=config,
@@ -220,13 +224,15 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
         "image://{image_id}",
         name="image",
         title="Stored image",
-        description="A full-resolution PNG the server made or received, by id.",
-        mime_type="image/png",
+        description="A full-resolution image the server made (PNG) or received (PNG, JPEG or WebP), by id; "
+        "each read carries the stored file's own MIME type.",
+        mime_type=IMAGE_RESOURCE_MIME,
     )
     async def read_image(image_id: str, ctx: Context) -> bytes:
         try:
             validate_id(image_id)
-            return await in_thread(services_of(ctx).store.read_png, image_id)
+            data, _ = await in_thread(services_of(ctx).store.read_bytes, image_id)
+            return data
         except NotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None
 

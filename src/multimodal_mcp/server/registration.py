@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, v
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import ConfirmationPending
+from multimodal_mcp.imaging.admission import call_pixel_budget
+from multimodal_mcp.imaging.compact import mime_of
 from multimodal_mcp.jobs import JobPending, describe_failure
 from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
@@ -41,6 +44,8 @@ from multimodal_mcp.server.schemas import lean_output_schema, portable_input_sch
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
+IMAGE_RESOURCE_MIME = "image/*"
+"""The MIME type the ``image://`` template declares; each read gets its file's own type."""
 
 
 def _signature_from(
@@ -138,7 +143,17 @@ class MultimodalServer(MCPServer[Services]):
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         with acting_as(_principal(context)):
-            return await super().read_resource(uri, context)
+            contents = await super().read_resource(uri, context)
+        if isinstance(contents, InputRequiredResult):
+            return contents
+        # A template declares one MIME type; a stored image is a PNG, a JPEG or a WebP: each read
+        # says which (from the bytes' signature).
+        return [
+            replace(item, mime_type=mime_of(item.content) or item.mime_type)
+            if item.mime_type == IMAGE_RESOURCE_MIME and isinstance(item.content, bytes)
+            else item
+            for item in contents
+        ]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         with acting_as(_principal(context)), _sending(arguments):
@@ -245,9 +260,10 @@ def register_tool(
 
         services = services_of(ctx)
         approver = SpendingApprover(ctx, name)
+        pixel_limit = config.server.limits.max_input_pixels_per_call
         if not as_job:
             try:
-                with spending_approver(approver):
+                with spending_approver(approver), call_pixel_budget(pixel_limit):
                     result = await implementation(params, services, progress)
             except ConfirmationPending:
                 return approver.input_required() or _never_asked(name)
@@ -256,7 +272,7 @@ def register_tool(
             return await Renderer(config, services.store).render(result, rendering.delivery)
 
         async def run(job_progress: Progress) -> Result:
-            with spending_approver(approver):
+            with spending_approver(approver), call_pixel_budget(pixel_limit):
                 return await implementation(params, services, job_progress)
 
         # Run as a job: if it outlasts the wait, hand back a job id instead of making the client wait.

@@ -27,7 +27,7 @@ from multimodal_mcp.server.delivery import (
 )
 from multimodal_mcp.tools.common import Params, Result, in_thread
 
-DELIVERY_HELP = "How images come back (default 'preview'); 'none': image:// links only."
+DELIVERY_HELP = "Default 'preview'; 'none': image:// links only."
 
 
 class RenderOptions(Params):
@@ -58,7 +58,7 @@ class Renderer:
     async def render(self, result: Result, delivery: Delivery | None = None) -> CallToolResult:
         delivery = delivery or self.settings.delivery
         structured = result.model_dump(mode="json")
-        path_of = (lambda image_id: str(self.store.png_path(image_id))) if delivery == "path" else None
+        path_of = (lambda image_id: str(self.store.path(image_id))) if delivery == "path" else None
         paths = await in_thread(add_paths, structured, path_of)
         text = result.summary()
         if paths:
@@ -77,7 +77,7 @@ class Renderer:
                     notes.append(
                         "The full images do not fit this client's limits on one result "
                         f"({self._limits_text()}); showing previews. Read the image:// resources for "
-                        "the full PNGs, or pass delivery='path' if you share the server's disk."
+                        "the full images, or pass delivery='path' if you share the server's disk."
                     )
             if not images:
                 images = await in_thread(self._previews, ids, fixed)
@@ -122,8 +122,8 @@ class Renderer:
             type="resource_link",
             uri=record.uri,
             name=record.id,
-            description=f"{record.kind} image, {record.width}x{record.height} PNG",
-            mime_type="image/png",
+            description=f"{record.kind} image, {record.width}x{record.height} {record.format.upper()}",
+            mime_type=record.mime_type,
         )
 
     @staticmethod
@@ -155,17 +155,17 @@ class Renderer:
         return room
 
     def _full(self, ids: list[str], fixed: tuple[int, int]) -> list[ImageContent]:
-        """The stored PNGs, when all of them fit; else nothing."""
+        """The stored files, when all of them fit; else nothing."""
         records = [self.store.record(image_id) for image_id in ids]
         if any(max(r.width, r.height) > self.limits.max_image_side for r in records):
             return []
-        on_disk = sum(self.store.png_path(image_id).stat().st_size for image_id in ids)
+        on_disk = sum(self.store.path(image_id).stat().st_size for image_id in ids)
         if on_disk * 4 // 3 > self.max_bytes - fixed[0]:
             return []  # clearly too big: not worth reading
-        pngs = [self.store.read_png(image_id) for image_id in ids]
+        files = [self.store.read_bytes(image_id) for image_id in ids]
         images = [
-            ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png")
-            for png in pngs
+            ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=mime_type)
+            for data, mime_type in files
         ]
         return [] if self._over(_plus(self._measure("", [], images, {}), fixed)) else images
 

@@ -7,7 +7,9 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 
 from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
+    READ_SIDE_CLIP,
     Clock,
     ImageArg,
     ImageRef,
@@ -19,6 +21,7 @@ from multimodal_mcp.tools.common import (
     Timings,
     approve_spending,
     check_limit,
+    keep_inputs,
     resolve_image,
 )
 
@@ -92,12 +95,13 @@ async def clip_classify(
     # replace(), not format(): a template is untrusted text, and format() would evaluate fields
     # such as '{0.__class__}' in it.
     texts = [template.replace("{}", label) if template else label for label in params.labels]
-    source = await resolve_image(services, params.image, "image")
+    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_CLIP)
     await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
+    await keep_inputs(services, source)
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
     async with clock.infer():
-        scores = await services.hub.embedder(name).classify(source.image.convert("RGB"), texts)
+        scores = await services.hub.embedder(name).classify(picture(source.image), texts)
 
     # 3. Rank
     ranked = sorted(

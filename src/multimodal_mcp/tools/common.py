@@ -125,8 +125,35 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-async def resolve_image(services: Services, value: str, argument: str) -> ResolvedImage:
-    return await in_thread(lambda: services.resolver.resolve(value, argument=argument))
+READ_SIDE_CLIP = 512
+"""Short side a CLIP-style encoder needs at most (its processors take 224 to 448 px)."""
+READ_SIDE_VLM = 1024
+"""Short side a vision-language model needs at most (hosted detail levels and local processors
+resize to 768-1024 px on the short side or less)."""
+
+
+async def resolve_image(
+    services: Services, value: str, argument: str, *, min_side: int | None = None
+) -> ResolvedImage:
+    """Decode an image argument and prepare its stored form; nothing is written (see keep_inputs).
+
+    ``min_side``: the use needs no more than this many pixels on the short side, so a large JPEG may
+    be decoded at reduced scale (see :meth:`ImageResolver.resolve`).
+
+    Raises:
+        ImageInputError: the argument is not a readable image within the server's limits.
+        NotFound: an ``image://`` id the caller does not have.
+    """
+    return await in_thread(lambda: services.resolver.resolve(value, argument=argument, min_side=min_side))
+
+
+async def keep_inputs(services: Services, *resolved: ResolvedImage | None) -> None:
+    """Store the images a call received. Call it once the call's checks have passed and its work is
+    about to start, so that a refused call leaves nothing in the store; the ids in ``resolved``
+    records are then readable. ``None`` and ``image://`` references (stored already) are skipped."""
+    pending = [r.pending for r in resolved if r is not None and r.pending is not None]
+    if pending:
+        await in_thread(lambda: [services.store.commit(p) for p in pending])
 
 
 class Clock:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Usage
 from multimodal_mcp.imaging.analysis import Comparison, align_sizes, compare
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
     Clock,
     DetailArg,
@@ -24,6 +25,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     given_arguments,
     in_thread,
+    keep_inputs,
     resolve_image,
 )
 
@@ -132,6 +134,7 @@ async def compare_images(
         await approve_spending(
             services, vlm_name, f"one answer comparing two images (up to {max_tokens} tokens)"
         )
+    await keep_inputs(services, a, b)
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:
@@ -148,7 +151,7 @@ async def compare_images(
     comparison, resized, diff_ref = await in_thread(analyse)
 
     # 3. Semantic similarity (both embeddings in one batched pass)
-    rgb_a, rgb_b = a.image.convert("RGB"), b.image.convert("RGB")
+    rgb_a, rgb_b = picture(a.image), picture(b.image)
     async with clock.infer():
         emb_a, emb_b = await hub.embedder(clip_name).embed_images([rgb_a, rgb_b])
     clip_similarity = float(emb_a @ emb_b)

@@ -5,13 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multimodal_mcp.errors import InvalidArgument
-from multimodal_mcp.handles import ControlCondition, ImageRequest, ReferenceCondition
+from multimodal_mcp.handles import Adjustment, ControlCondition, ImageRequest, ReferenceCondition
 from multimodal_mcp.imaging.inputs import ResolvedImage
+from multimodal_mcp.imaging.normalize import MaskError, MaskReading, control_map, picture, read_mask
+from multimodal_mcp.imaging.shaping import (
+    DEFAULT_RESIZE_MODE,
+    Fit,
+    ResizeMode,
+    fit_size,
+    place,
+    plan_fit,
+    scale,
+    shape,
+    shape_mask,
+)
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools import generation
 from multimodal_mcp.tools.common import (
@@ -22,9 +33,11 @@ from multimodal_mcp.tools.common import (
     Progress,
     Services,
     in_thread,
+    keep_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.generation import (
+    MIN_SIDE,
     EnhancePrompt,
     GenerationResult,
     Guidance,
@@ -40,10 +53,12 @@ from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
 Threshold = Annotated[int, Field(ge=0, le=255)]
-ControlScale = Annotated[
-    float, Field(ge=0.0, le=2.0, description="How strongly the map steers (0 = not at all).")
-]
+ControlScale = Annotated[float, Field(ge=0.0, le=2.0, description="How strongly the map steers.")]
 OptionalImage = Annotated[str | None, Field(min_length=1, max_length=48_000_000)]
+ResizeModeArg = Annotated[
+    ResizeMode,
+    Field(description="Fitting pictures of another aspect ratio: cut the overhang, fill bands, or stretch."),
+]
 CONTROL_TYPES_HELP = "canny: edges from any picture; the others: a prepared map."
 
 
@@ -103,7 +118,10 @@ class ControlledGenerateParams(Params):
     init_image: Annotated[
         OptionalImage,
         Field(
-            description=("img2img/inpainting: the picture to start from; the output keeps its size."),
+            description=(
+                "img2img/inpainting: the picture to start from; the output keeps its aspect ratio unless "
+                "width/height say otherwise."
+            ),
         ),
     ] = None
     strength: Annotated[
@@ -117,7 +135,10 @@ class ControlledGenerateParams(Params):
     mask_image: Annotated[
         OptionalImage,
         Field(
-            description="Inpainting: a mask the size of init_image; white = repaint.",
+            description=(
+                "Inpainting: white (or with alpha: painted or erased areas) = repaint; the rest is kept "
+                "exactly."
+            ),
         ),
     ] = None
 
@@ -128,6 +149,7 @@ class ControlledGenerateParams(Params):
         ),
     ] = None
     reference_scale: Annotated[float, Field(ge=0.0, le=2.0, description="Weight of reference_image.")] = 0.6
+    resize_mode: ResizeModeArg = DEFAULT_RESIZE_MODE
     verify: Verify = False
     verify_labels: VerifyLabels = None
 
@@ -151,8 +173,6 @@ class ControlledGenerateParams(Params):
             )
         if self.mask_image is not None and self.init_image is None:
             raise ValueError("mask_image needs init_image: the mask says which part of init_image to repaint")
-        if self.init_image is not None and (self.width is not None or self.height is not None):
-            raise ValueError("with init_image the output keeps its size; leave width and height out")
         if self.control_start >= self.control_end:
             raise ValueError(
                 f"control_start ({self.control_start}) must be less than control_end ({self.control_end})"
@@ -198,6 +218,9 @@ class ControlledGenerateResult(GenerationResult):
     reference_image: ImageRef | None = Field(description="The reference_image argument as stored.")
     reference_scale: float | None
     ip_adapter: str | None
+    resize_mode: str | None = Field(
+        default=None, description="How inputs of another size were fitted; null when none needed fitting."
+    )
 
     def summary(self) -> str:
         text = self._generation_text()
@@ -213,7 +236,7 @@ class ControlledGenerateResult(GenerationResult):
             text += (
                 f" Reference {self.reference_image.uri} via {self.ip_adapter} (scale {self.reference_scale})."
             )
-        return text + self._verification_text()
+        return text + self._adjustments_text() + self._verification_text()
 
     def preview_ids(self) -> list[str]:
         return [*super().preview_ids(), *(used.control_image.id for used in self.controls)]
@@ -228,38 +251,145 @@ class _PreparedControl:
     record: ImageRecord
 
 
-def _size_from_control(
-    width: int | None, height: int | None, image_size: tuple[int, int], area: int
-) -> tuple[int, int]:
-    """Keep the control image's aspect ratio at about the model's default area, in multiples of 8,
-    with neither side under 64 px."""
-    iw, ih = image_size
+def _output_size(
+    width: int | None,
+    height: int | None,
+    picture: tuple[int, int],
+    *,
+    area: int | None,
+    multiple: int,
+    max_side: int | None,
+    room: int,
+) -> tuple[int, int, str | None]:
+    """The output size for a picture (init_image, or the first control map): the given sides, the
+    other one from the picture's aspect ratio; with neither given, the picture's own size (``area``
+    None) or about ``area`` pixels with neither side under 64 px (control maps), made smaller when
+    needed to fit ``max_side`` and ``room`` pixels. Sides in multiples of ``multiple``.
+
+    Returns (width, height, the limit that made it smaller or None).
+    """
+    iw, ih = picture
+
+    def step(value: float) -> int:
+        return max(multiple, int(value / multiple + 0.5) * multiple)
+
     if width and height:
-        return width, height
+        return width, height, None
     if width:
-        w, h = float(width), width * ih / iw
-    elif height:
-        w, h = height * iw / ih, float(height)
-    else:
-        scale = (area / (iw * ih)) ** 0.5
-        w, h = iw * scale, ih * scale
-    if min(w, h) < 64:
-        grow = 64 / min(w, h)
-        w, h = w * grow, h * grow
-    return max(64, round(w / 8) * 8), max(64, round(h / 8) * 8)
+        return width, step(width * ih / iw), None
+    if height:
+        return step(height * iw / ih), height, None
+    w, h = float(iw), float(ih)
+    if area is not None:
+        factor = (area / (iw * ih)) ** 0.5
+        w, h = iw * factor, ih * factor
+        if min(w, h) < 64:
+            w, h = w * 64 / min(w, h), h * 64 / min(w, h)
+    (fw, fh), why = fit_size((round(w), round(h)), multiple, max_side=max_side, max_pixels=room)
+    if why == "max_pixels" and min(fw, fh) < MIN_SIDE <= min(w, h):
+        # Too small to be worth making: keep the size, and let the budget's error name fewer steps.
+        (fw, fh), why = fit_size((round(w), round(h)), multiple, max_side=max_side)
+    return fw, fh, why
 
 
-def _mask_from(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """A binary L mask (255 = repaint) from a black-and-white image of exactly ``size``."""
-    if image.size != size:
-        raise InvalidArgument(
-            f"mask_image is {image.width}x{image.height} but init_image is {size[0]}x{size[1]}; "
-            "make the mask exactly the size of init_image (a resize would shift the region)"
-        )
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    if np.abs(rgb - rgb[..., :1]).max() > 8:
-        raise InvalidArgument("mask_image must be black and white (white = repaint), not a colour image")
-    return Image.fromarray(np.where(rgb[..., 0] >= 128, 255, 0).astype(np.uint8), mode="L")
+def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.mode == b.mode and a.size == b.size and a.tobytes() == b.tobytes()
+
+
+def _mask_from(image: Image.Image) -> MaskReading:
+    """The binary L mask (255 = repaint) read from a mask image, at the image's size (conventions:
+    see :func:`~multimodal_mcp.imaging.normalize.read_mask`)."""
+    try:
+        return read_mask(image)
+    except MaskError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _unused(params: ControlledGenerateParams, specs: list[ControlSpec]) -> list[Adjustment]:
+    """The arguments the caller gave that this call's modes do not use."""
+    canny = any(c.type == "canny" for c in specs)
+    with_control = "it applies with control_image or controls"
+    rules = {
+        "strength": (params.init_image is None, "it applies with init_image"),
+        "reference_scale": (params.reference_image is None, "it applies with reference_image"),
+        "conditioning_scale": (
+            params.controls is not None or not specs,
+            "it applies to control_image (controls take a scale each)",
+        ),
+        "control_type": (
+            params.controls is not None or not specs,
+            "it applies to control_image (controls take a type each)",
+        ),
+        "controlnet": (params.control_image is None, "it applies to control_image"),
+        "control_start": (not specs, with_control),
+        "control_end": (not specs, with_control),
+        "low_threshold": (not canny, "it applies to canny control maps only"),
+        "high_threshold": (not canny, "it applies to canny control maps only"),
+    }
+    return [
+        Adjustment(argument=name, message=f"{name}={getattr(params, name)!r} was not used: {why}.")
+        for name, (unused, why) in rules.items()
+        if unused and name in params.model_fields_set
+    ]
+
+
+def _note(adjustments: list[Adjustment], argument: str, fit: Fit | None, fill: str, more: str = "") -> bool:
+    """Append what ``fit`` did to ``argument``, if anything; True if it changed the picture."""
+    text = fit.describe(argument, fill) if fit is not None else None
+    if text is not None:
+        adjustments.append(Adjustment(argument=argument, message=text + more))
+    return text is not None
+
+
+@dataclass(frozen=True)
+class _Shaped:
+    init: Image.Image | None
+    mask: Image.Image | None
+    reference: Image.Image | None
+    fitted: bool
+
+
+def _shape_edits(
+    params: ControlledGenerateParams,
+    init: ResolvedImage | None,
+    reading: MaskReading | None,
+    reference: ResolvedImage | None,
+    ip_adapter: str | None,
+    target: tuple[int, int] | None,
+    adjustments: list[Adjustment],
+) -> _Shaped:
+    """init_image, mask_image and reference_image fitted by ``params.resize_mode``: the mask to
+    init_image's size, then both to ``target`` (the output; None when the model picks it) with one
+    geometry; a reference for an IP-Adapter to the square its image encoder takes. What was done
+    is appended to ``adjustments``."""
+    mode, fitted = params.resize_mode, False
+    init_picture = mask = ref = None
+    if init is not None:
+        init_picture = picture(init.image)
+        if reading is not None:
+            mask = reading.mask
+            if reading.convention != "white_repaints":
+                adjustments.append(Adjustment(argument="mask_image", message=reading.describe() + "."))
+            if mask.size != init_picture.size:
+                fit = plan_fit(mask.size, init_picture.size, mode)
+                mask = shape_mask(mask, fit)
+                fitted |= _note(adjustments, "mask_image", fit, "white", " It now matches init_image.")
+        if target is not None:
+            fit = plan_fit(init_picture.size, target, mode)
+            init_picture = shape(init_picture, fit)
+            mask = shape_mask(mask, fit) if mask is not None else None
+            bands = " (its bands white: repainted)" if any(fit.filled) else ""
+            also = f" mask_image was fitted the same way{bands}." if mask is not None else ""
+            fitted |= _note(adjustments, "init_image", fit, "its edge pixels stretched outward", also)
+    if reference is not None:
+        ref = picture(reference.image)
+        if ip_adapter is not None and ref.width != ref.height:
+            side = max(ref.size) if mode == "resize_and_fill" else min(ref.size)
+            fit = plan_fit(ref.size, (side, side), mode)
+            ref = shape(ref, fit)
+            more = " The IP-Adapter's image encoder takes a square picture."
+            fitted |= _note(adjustments, "reference_image", fit, "its edge pixels stretched outward", more)
+    return _Shaped(init_picture, mask, ref, fitted)
 
 
 async def controlled_generate(
@@ -267,8 +397,8 @@ async def controlled_generate(
 ) -> ControlledGenerateResult:
     """Generate images steered by pictures, any of: ControlNet (control_image and control_type,
     or controls), img2img (init_image), inpainting (init_image and mask_image; the rest is kept
-    exactly) and IP-Adapter (reference_image). Images are given as image://<id>, a data: URI, base64,
-    a file path or a URL. Otherwise as generate_image; list_models says which model takes what.
+    exactly) and IP-Adapter (reference_image). Otherwise as generate_image; list_models says which
+    model takes what. The result's adjustments say what was fitted, cut or not used.
     """
     # 1. Check inputs and pick the models
     hub = services.hub
@@ -277,16 +407,18 @@ async def controlled_generate(
     caps = hub.capabilities(name)
     spec = hub.spec(name)
     specs = params.control_specs()
-    free_size = caps.sizes is not None and caps.sizes.multiple_of is not None
-    known_size = params.init_image is None and (not specs or (params.width and params.height))
-    if caps.steps and free_size and known_size:
+    limits = services.config.server.limits
+    multiple = caps.sizes.multiple_of if caps.sizes is not None else None
+    steps = (params.steps or spec.defaults.steps or 30) if caps.steps else 1
+    if caps.steps and multiple and ((params.width and params.height) or not (params.init_image or specs)):
         # The output size is known before any input is decoded: check the per-call budget now.
         generation.check_budget(
-            services.config.server.limits,
+            limits,
             params.width or spec.defaults.width or 512,
             params.height or spec.defaults.height or 512,
-            params.steps or spec.defaults.steps or 30,
+            steps,
             params.num_images,
+            multiple,
         )
     controlnets = [
         hub.controlnet_for(name, c.type, params.controlnet if params.controls is None else None)
@@ -308,30 +440,96 @@ async def controlled_generate(
     mask_source = (
         await resolve_image(services, params.mask_image, "mask_image") if params.mask_image else None
     )
-    mask = _mask_from(mask_source.image, init.image.size) if mask_source and init else None
+    adjustments = _unused(params, specs)
+    read = [("init_image", init), ("mask_image", mask_source), ("reference_image", reference)]
+    read += [
+        ("control_image" if params.controls is None else f"controls[{i}].image", source)
+        for i, source in enumerate(sources)
+    ]
+    adjustments += [  # what reading an input changed: bit depth, colour profile
+        Adjustment(argument=name, message=f"{name}: {note}.")
+        for name, resolved in read
+        if resolved is not None
+        for note in resolved.notes
+    ]
     width, height = params.width, params.height
-    if init is not None and free_size:
-        width, height = init.image.size  # edits keep the picture's size
-    elif sources and free_size:
+    sized_by = init or (sources[0] if sources else None)
+    if sized_by is not None and multiple:
+        # Free-size models: the size follows the picture's aspect ratio, within the limits.
         default_area = (spec.defaults.width or 512) * (spec.defaults.height or 512)
-        width, height = _size_from_control(params.width, params.height, sources[0].image.size, default_area)
+        n = params.num_images
+        room = min(limits.max_pixels_per_call // n, limits.max_pixel_steps_per_call // (steps * n))
+        max_side = caps.sizes.max_side if caps.sizes else None
+        width, height, why = _output_size(
+            width,
+            height,
+            sized_by.image.size,
+            area=None if init else default_area,
+            multiple=multiple,
+            max_side=max_side,
+            room=room,
+        )
+        if why is not None:
+            what = "init_image" if init else "the control image"
+            limit = (
+                f"the largest side model {name!r} makes on this server, {max_side} px (max_side)"
+                if why == "max_side"
+                else f"this server's per-call budget for {params.num_images} image(s) of {steps} steps "
+                "(max_pixels_per_call, max_pixel_steps_per_call)"
+            )
+            adjustments.append(
+                Adjustment(
+                    argument="width",
+                    message=f"The output is {width}x{height}, smaller than {what} "
+                    f"({sized_by.image.width}x{sized_by.image.height}), to fit {limit}.",
+                )
+            )
     edit = init is not None or reference is not None
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
+    # The mask is read before anything is kept: a picture that is not a mask refuses the call.
+    reading = await in_thread(_mask_from, mask_source.image) if mask_source and init else None
+    await keep_inputs(services, *sources, reference, init, mask_source)
+    target = (planned.parameters.width, planned.parameters.height) if planned.parameters.width else None
 
-    # 2. Make the control maps (by the type's preprocessor, e.g. canny edges; prepared maps as
-    #    given) and store them
+    # 2. Fit the pictures to the output by resize_mode (the control maps made by the type's
+    #    preprocessor, e.g. canny edges, at the output's scale; prepared maps as given) and store the maps
+    mode_ = params.resize_mode
+    fits = [plan_fit(source.image.size, target, mode_) if target else None for source in sources]
     maps: list[tuple[Image.Image, dict[str, int]]] = []
-    for control, source in zip(specs, sources, strict=True):
+    for i, (control, source, fit) in enumerate(zip(specs, sources, fits, strict=True)):
         preprocessor = hub.preprocessor(control.type)
-        if preprocessor is None:
-            maps.append((source.image.convert("RGB"), {}))
-            continue
         settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
-        try:
-            maps.append((await preprocessor(source.image, settings), settings))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
+        # A map given as is: transparency is its empty value (black); a picture for a preprocessor: white.
+        image = control_map(source.image) if preprocessor is None else picture(source.image)
+        if preprocessor is None:
+            if fit is not None:
+                image = await in_thread(lambda im=image, f=fit: shape(im, f, fill=(0, 0, 0)))
+            maps.append((image, {}))
+        else:
+            scaled = await in_thread(scale, image, fit) if fit is not None else image
+            try:
+                made = await preprocessor(scaled, settings)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            maps.append((await in_thread(place, made, fit, 0) if fit is not None else made, settings))
+        argument = "control_image" if params.controls is None else f"controls[{i}].image"
+        _note(adjustments, argument, fit, "black")
+    shaped = await in_thread(
+        lambda: _shape_edits(params, init, reading, reference, ip_adapter, target, adjustments)
+    )
+    if any(f is not None and f.changed for f in fits) or shaped.fitted:
+        resize_mode: str | None = mode_
+    else:
+        resize_mode = None
+        if "resize_mode" in params.model_fields_set:
+            adjustments.append(
+                Adjustment(
+                    argument="resize_mode",
+                    message=f"resize_mode={mode_!r} changed nothing: every picture already had the size it "
+                    "was used at.",
+                )
+            )
 
     def store_maps() -> list[_PreparedControl]:
         return [
@@ -340,7 +538,10 @@ async def controlled_generate(
                 controlnet,
                 source,
                 image,
-                services.store.put(
+                # A map used exactly as given is the stored input itself.
+                source.record
+                if _same_pixels(image, source.image)
+                else services.store.put(
                     image,
                     kind="control",
                     parents=[source.record.id],
@@ -360,20 +561,20 @@ async def controlled_generate(
     reference_scale = params.reference_scale if reference is not None and caps.reference_scale else None
     request = ImageRequest(
         prompt=params.prompt,
-        init_image=init.image.convert("RGB") if init else None,
-        mask_image=mask,
+        init_image=shaped.init,
+        mask_image=shaped.mask,
         strength=strength,
         controls=tuple(ControlCondition(p.controlnet, p.image, p.spec.scale) for p in prepared),
         control_start=params.control_start,
         control_end=params.control_end,
-        references=(ReferenceCondition(reference.image.convert("RGB"), ip_adapter, reference_scale),)
-        if reference is not None
+        references=(ReferenceCondition(shaped.reference, ip_adapter, reference_scale),)
+        if shaped.reference is not None
         else (),
     )
     mode = "+".join(
         [
             *(["control"] if prepared else []),
-            *(["inpaint" if mask else "img2img"] if init else []),
+            *(["inpaint" if shaped.mask is not None else "img2img"] if init else []),
             *(["reference"] if reference else []),
         ]
     )
@@ -406,8 +607,16 @@ async def controlled_generate(
         extra["strength"] = strength
     if ip_adapter is not None:
         extra |= {"ip_adapter": ip_adapter, "reference_scale": reference_scale}
+    if resize_mode is not None:
+        extra["resize_mode"] = resize_mode
     outcome = await generation.run(
-        services, planned, request, parents=parents, extra_parameters=extra, progress=progress
+        services,
+        planned,
+        request,
+        parents=parents,
+        extra_parameters=extra,
+        adjustments=adjustments,
+        progress=progress,
     )
     first = used[0] if used else None
     return ControlledGenerateResult(
@@ -425,4 +634,5 @@ async def controlled_generate(
         reference_image=ImageRef.of(reference.record) if reference else None,
         reference_scale=reference_scale,
         ip_adapter=ip_adapter,
+        resize_mode=resize_mode,
     )

@@ -8,7 +8,9 @@ from pydantic import Field
 
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Usage
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import (
+    READ_SIDE_VLM,
     Clock,
     DetailArg,
     ImageArg,
@@ -22,6 +24,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     check_limit,
     given_arguments,
+    keep_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.json_answer import check_schema, parse_answer
@@ -121,9 +124,10 @@ async def describe_image(
         )
     prompt = params.prompt or DEFAULT_PROMPT
     validator = check_schema(params.response_schema) if params.response_schema is not None else None
-    source = await resolve_image(services, params.image, "image")
-    image = source.image.convert("RGB")
+    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_VLM)
+    image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
+    await keep_inputs(services, source)
 
     # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can)
     chat = services.hub.vision_chat(name)

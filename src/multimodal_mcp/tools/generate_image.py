@@ -25,7 +25,7 @@ from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 Quality = Annotated[
     Literal["auto", "low", "medium", "high", "standard", "hd"] | None,
-    Field(description=("For models whose capabilities list quality levels (list_models); others use steps.")),
+    Field(description="For models that list quality levels (list_models); others use steps."),
 ]
 
 
@@ -56,9 +56,9 @@ async def generate_image(
     """Generate images from a text prompt with a local or hosted model (list_models).
 
     Each image gets an id: pass 'image://<id>' to the other tools to check or edit it; keep the seed
-    to keep the composition while you revise the prompt. Omitted arguments use the model's defaults;
-    an argument the model does not take, or a call over the server's pixel or pixel-steps budget, is
-    an error that says what to change.
+    to keep the composition while you revise the prompt. Omitted arguments use the model's defaults.
+    An argument the model does not take, or a call over the pixel or pixel-steps budget, is an error
+    saying what to change; the result's adjustments say what was cut or not used.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")

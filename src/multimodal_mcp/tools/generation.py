@@ -23,7 +23,8 @@ from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.config import Limits
 from multimodal_mcp.errors import BackendError, InvalidArgument
-from multimodal_mcp.handles import GeneratedImages, ImageRequest, Usage, Verdict
+from multimodal_mcp.handles import Adjustment, GeneratedImages, ImageRequest, Usage, Verdict
+from multimodal_mcp.imaging.shaping import fit_size
 from multimodal_mcp.imaging.store import ImageRecord
 from multimodal_mcp.tools.common import (
     Clock,
@@ -66,10 +67,11 @@ NegativePrompt = Annotated[
         description="What the image should not show (not Flux).",
     ),
 ]
+MIN_SIDE = 64
 Side = Annotated[
     int | None,
     Field(
-        ge=64,
+        ge=MIN_SIDE,
         le=4096,
         multiple_of=8,
         description="Pixels, at most the server's max_side; omit for the model's default.",
@@ -180,9 +182,17 @@ class GenerationResult(Result):
         default_factory=list,
         description="Images the server's safety filter withheld (not stored, no id); empty when none.",
     )
+    adjustments: list[Adjustment] = Field(
+        default_factory=list,
+        description="What was changed, cut or not used of the arguments (an input resized, prompt text "
+        "past the text encoder's window, denoising steps skipped); empty when nothing was.",
+    )
 
     def summary(self) -> str:
-        return self._generation_text() + self._verification_text()
+        return self._generation_text() + self._adjustments_text() + self._verification_text()
+
+    def _adjustments_text(self) -> str:
+        return "".join(f"\nNote: {a.message}" for a in self.adjustments)
 
     def _generation_text(self) -> str:
         p = self.parameters
@@ -296,19 +306,24 @@ def plan(
         width, height = width or d.width or 512, height or d.height or 512
     elif caps.sizes is not None and not edit and width is None and height is None:
         width, height = d.width, d.height
+    resolved_steps = (steps or d.steps or 30) if caps.steps else None
+    multiple = caps.sizes.multiple_of if caps.sizes is not None else None
     for side, value in (("width", width), ("height", height)):
-        if value is not None:
-            check_limit(side, value, limits.max_side, "ask for a smaller image")
+        if value is not None and value > limits.max_side:
+            hint = f"use {side}={limits.max_side - limits.max_side % (multiple or 1)} or less"
+            if field("width") and field("height") and width and height and multiple:
+                w, h = fitting_size(limits, width, height, resolved_steps or 1, num_images, multiple)
+                hint = f"use width={w}, height={h} (the same aspect ratio within this server's limits)"
+            check_limit(side, value, limits.max_side, hint)
     if caps.sizes is not None:
         try:
             width, height = caps.sizes.resolve(model, width, height)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-    resolved_steps = (steps or d.steps or 30) if caps.steps else None
     if resolved_steps is not None:
-        check_limit("steps", resolved_steps, limits.max_steps, "use fewer steps")
+        check_limit("steps", resolved_steps, limits.max_steps, f"use steps={limits.max_steps} or fewer")
         if width and height:
-            check_budget(limits, width, height, resolved_steps, num_images)
+            check_budget(limits, width, height, resolved_steps, num_images, multiple or 8)
     base_seed = (seed if seed is not None else draw_seed()) if caps.seed else None
     parameters = GenerationParameters(
         prompt=prompt,
@@ -354,23 +369,52 @@ def check_arguments(services: Services, model: str, params: Params) -> None:
     services.hub.check(model, given_arguments(params))
 
 
-def check_budget(limits: Limits, width: int, height: int, steps: int, num_images: int) -> None:
-    """The per-call budgets: pixels (width*height*num_images) and compute (times steps)."""
+def check_budget(
+    limits: Limits, width: int, height: int, steps: int, num_images: int, multiple: int = 8
+) -> None:
+    """The per-call budgets: pixels (width*height*num_images) and compute (times steps). The error
+    names calls that fit: fewer steps or images, or a size (in multiples of ``multiple``)."""
     pixels = width * height * num_images
+    w, h = fitting_size(limits, width, height, steps, num_images, multiple)
+    smaller = f"width={w}, height={h}" if min(w, h) >= MIN_SIDE else ""
     if pixels > limits.max_pixels_per_call:
+        fewer = limits.max_pixels_per_call // (width * height)
+        instead = " or ".join(o for o in (f"num_images={fewer}" if fewer >= 1 else "", smaller) if o)
         raise InvalidArgument(
             f"width*height*num_images = {width}*{height}*{num_images} = {pixels} pixels exceeds this "
             f"server's limit of {limits.max_pixels_per_call} per call (max_pixels_per_call); make fewer "
-            "or smaller images"
+            "or smaller images" + (f": {instead}" if instead else "")
         )
     work = pixels * steps
     if work > limits.max_pixel_steps_per_call:
+        options = [
+            f"steps={limits.max_pixel_steps_per_call // pixels}"
+            if limits.max_pixel_steps_per_call >= pixels
+            else "",
+            f"num_images={limits.max_pixel_steps_per_call // (width * height * steps)}"
+            if num_images > 1 and limits.max_pixel_steps_per_call >= width * height * steps
+            else "",
+            smaller,
+        ]
         raise InvalidArgument(
             f"width*height*steps*num_images = {width}*{height}*{steps}*{num_images} = {work} exceeds this "
             f"server's compute budget of {limits.max_pixel_steps_per_call} per call "
-            "(max_pixel_steps_per_call); use fewer steps, fewer images or a smaller size, or split the "
-            "work over several calls"
+            "(max_pixel_steps_per_call); use fewer steps, fewer images or a smaller size "
+            f"({' or '.join(o for o in options if o) or 'smaller than the budget allows here'}), or split "
+            "the work over several calls"
         )
+
+
+def fitting_size(
+    limits: Limits, width: int, height: int, steps: int, num_images: int, multiple: int
+) -> tuple[int, int]:
+    """The largest size with ``width``/``height``'s aspect ratio, in multiples of ``multiple``, that
+    this server's limits accept for ``num_images`` images of ``steps`` steps."""
+    room = min(
+        limits.max_pixels_per_call // num_images, limits.max_pixel_steps_per_call // (steps * num_images)
+    )
+    size, _ = fit_size((width, height), multiple, max_side=limits.max_side, max_pixels=room)
+    return size
 
 
 def purchase(parameters: GenerationParameters, *, edit: bool = False) -> str:
@@ -406,6 +450,7 @@ class Outcome(NamedTuple):
     parameters: GenerationParameters
     usage: Usage | None
     sent: dict[str, Any] | None
+    adjustments: list[Adjustment]
 
 
 async def run(
@@ -415,13 +460,15 @@ async def run(
     *,
     parents: list[str] | None = None,
     extra_parameters: dict[str, object] | None = None,
+    adjustments: list[Adjustment] | None = None,
     progress: Progress | None = None,
 ) -> Outcome:
     """Generate, verify, screen and store.
 
     ``request`` carries what the tool adds (init image, mask, controls, references); the plan's
     parameters fill the rest. Verification scores each image against the prompt the caller wrote
-    (not a rewrite). Withheld images are never stored.
+    (not a rewrite). Withheld images are never stored. ``adjustments`` (what the tool changed of
+    its arguments) come back in the outcome followed by the model's own.
     """
     p = planned.parameters
     request = replace(
@@ -443,6 +490,15 @@ async def run(
         made = await generator.generate(request, progress=progress)
     clock.loaded(made.load_seconds)
     _check_count(planned.model, made, p.num_images)
+    adjustments = [*(adjustments or []), *made.adjustments]
+    if len(made.images) < p.num_images:
+        adjustments.append(
+            Adjustment(
+                argument="num_images",
+                message=f"{len(made.images)} of the {p.num_images} images asked for came back: model "
+                f"{planned.model!r} returned fewer.",
+            )
+        )
 
     checks = None
     if planned.verify or planned.verify_labels:
@@ -461,7 +517,7 @@ async def run(
     stored = await store_generated(
         services,
         made.images,
-        seeds=list(planned.seeds) if planned.seeds else [None] * len(made.images),
+        seeds=list(planned.seeds)[: len(made.images)] if planned.seeds else [None] * len(made.images),
         model=planned.model,
         parameters=parameters,
         parents=parents,
@@ -476,6 +532,7 @@ async def run(
         parameters,
         made.usage,
         made.sent or None,
+        adjustments,
     )
 
 
@@ -591,4 +648,5 @@ def result_fields(planned: Plan, outcome: Outcome) -> dict[str, Any]:
         "withheld": outcome.withheld,
         "verification": outcome.verification,
         "prompt_rewrite": planned.rewrite,
+        "adjustments": outcome.adjustments,
     }

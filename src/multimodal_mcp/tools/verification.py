@@ -30,6 +30,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, StringConstraints
 
 from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.common import Services, check_limit
 from multimodal_mcp.tools.phrases import noun_phrases
 
@@ -104,7 +105,7 @@ async def _score(
     clip = services.hub.pick(None, "clip", "clip")
     texts = [*([prompt] if prompt is not None else []), *(LABEL_TEMPLATE.format(x) for x in labels)]
     rows, scale = await services.hub.embedder(clip).similarities(
-        [image.convert("RGB") for image in images], [*texts, *NEUTRAL_CAPTIONS]
+        [picture(image) for image in images], [*texts, *NEUTRAL_CAPTIONS]
     )
     out: list[tuple[float | None, dict[str, float]]] = []
     for row in rows:

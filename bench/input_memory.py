@@ -1,0 +1,284 @@
+"""Input memory: peak and retained server memory for the inputs that used to cost far more than their
+size (a thin strip, large photos one after another, large photos at once).
+
+The real server runs as a subprocess (tiny profile, stdio MCP session, as an agent host starts it);
+its resident memory is read from ``/proc/<pid>/status`` (``VmRSS`` now, ``VmHWM`` the peak) before
+and after each case. Cases, each against its alternative in the same run:
+
+- **thin**: ``clip_classify`` on a 1x100,000 PNG (475 bytes; refused at its header now) and on the
+  thinnest strip the limits accept (32:1), against the CLIP image processor's own cost for that
+  strip in this process without the server's fitting (the short side scaled up to 224 first).
+- **large, sequential**: N ``clip_classify`` calls, each with its own ~40-megapixel JPEG; memory
+  retained afterwards against before.
+- **large, concurrent**: N such calls at once, with the default decode budget against a server whose
+  budget is effectively unlimited (``[server.limits] decode_memory_mib = 65536``): the peak is
+  bounded by admission.
+
+    python bench/input_memory.py            # 8 large inputs (about 2 minutes on 2 CPU cores)
+    python bench/input_memory.py --quick    # 4 large inputs, 20 megapixels each
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import sys
+import tracemalloc
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    DEFAULT_CACHE,
+    call_tool,
+    print_header,
+    server_parameters,
+    table,
+    temp_dir,
+    write_config,
+)
+
+MIB = 2**20
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) bytes of ``pid``."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def _reset_peak(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0+).
+    with suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _jpeg(megapixels: float, seed: int) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    side = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+    base = Image.fromarray(data.astronaut()).resize((side, side * 3 // 4))
+    noise = np.random.default_rng(seed).integers(0, 24, (side * 3 // 4, side, 3), dtype=np.uint8)
+    noisy = Image.fromarray(np.asarray(base, dtype=np.uint8) // 2 + noise)
+    buf = io.BytesIO()
+    noisy.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _processor_cost_without_fitting(width: int, height: int) -> int:
+    """Peak bytes Python allocates when the CLIP image processor (224 px) takes the strip as it is."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    strip = Image.new("RGB", (width, height), (128, 128, 128))
+    tracemalloc.start()
+    processor(images=[strip], return_tensors="np")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+class Server:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.pid = 0
+
+    async def __aenter__(self) -> Any:
+        from mcp import ClientSession
+        from mcp.client.stdio import stdio_client
+
+        self._stack = AsyncExitStack()
+        before = _children()
+        read, write = await self._stack.enter_async_context(stdio_client(server_parameters(self.config)))
+        session = await self._stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        (self.pid,) = _children() - before
+        self.session = session
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._stack.aclose()
+
+    def memory(self) -> tuple[int, int]:
+        return _memory(self.pid)
+
+
+async def _classify(server: Server, image: str) -> str:
+    try:
+        await call_tool(server.session, "clip_classify", {"image": image, "labels": ["a", "b"]})
+        return "ok"
+    except RuntimeError as exc:
+        return str(exc)[:80]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--count", type=int, default=None, help="large inputs per case")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args()
+    count = args.count or (4 if args.quick else 8)
+    megapixels = 20 if args.quick else 38
+    print_header("input memory: peak and retained server memory by kind of input")
+
+    print(f"building {count} JPEGs of {megapixels} megapixels ...", file=sys.stderr)
+    photos = [_uri(_jpeg(megapixels, seed), "image/jpeg") for seed in range(count)]
+    rows = []
+    with temp_dir("mmcp-bench-memory") as tmp:
+        limits = {"max_input_bytes": 64 * MIB}
+
+        def config(name: str, **extra: Any) -> Path:
+            return write_config(
+                tmp / f"{name}.toml",
+                store_dir=tmp / f"store-{name}",
+                tiny_dir=args.cache_dir / "tiny",
+                models={},
+                defaults={"clip": "tiny-clip"},
+                limits={**limits, **extra},
+            )
+
+        async with Server(config("default")) as server:
+            await _classify(server, _uri(_png(64, 64), "image/png"))  # load the model first
+            rss0, _ = server.memory()
+            _reset_peak(server.pid)
+            thin = _png(1, 100_000)
+            outcome = await _classify(server, _uri(thin, "image/png"))
+            rss, peak = server.memory()
+            rows.append(
+                [
+                    "thin 1x100000 PNG",
+                    f"{len(thin)} B",
+                    f"{(peak - rss0) / MIB:+.0f}",
+                    f"{(rss - rss0) / MIB:+.0f}",
+                    outcome,
+                ]
+            )
+            _reset_peak(server.pid)
+            accepted = (313, 10_000)
+            outcome = await _classify(server, _uri(_png(*accepted), "image/png"))
+            rss, peak = server.memory()
+            rows.append(
+                [
+                    "thin 313x10000 PNG (32:1)",
+                    "",
+                    f"{(peak - rss0) / MIB:+.0f}",
+                    f"{(rss - rss0) / MIB:+.0f}",
+                    outcome,
+                ]
+            )
+            unfitted = _processor_cost_without_fitting(*accepted)
+            rows.append(["  processor alone, unfitted", "", f"{unfitted / MIB:+.0f} (Python heap)", "", ""])
+
+            _reset_peak(server.pid)
+            before, _ = server.memory()
+            for image in photos:
+                outcome = await _classify(server, image)
+            rss, peak = server.memory()
+            rows.append(
+                [
+                    f"{count} x {megapixels} MP JPEG, one by one",
+                    f"{len(photos[0]) * 3 // 4 // MIB} MiB each",
+                    f"{(peak - before) / MIB:+.0f}",
+                    f"{(rss - before) / MIB:+.0f}",
+                    outcome,
+                ]
+            )
+
+            _reset_peak(server.pid)
+            before, _ = server.memory()
+            outcomes: list[str] = []
+            async with anyio.create_task_group() as tg:
+                for image in photos:
+                    tg.start_soon(lambda i=image: _concurrent(server, i, outcomes))
+            rss, peak = server.memory()
+            concurrent_peak = peak - before
+            rows.append(
+                [
+                    f"{count} at once, default budget",
+                    "",
+                    f"{concurrent_peak / MIB:+.0f}",
+                    f"{(rss - before) / MIB:+.0f}",
+                    _summary(outcomes),
+                ]
+            )
+
+        async with Server(
+            config("unbounded", decode_memory_mib=65536, max_input_pixels_per_call=80_000_000)
+        ) as server:
+            await _classify(server, _uri(_png(64, 64), "image/png"))
+            _reset_peak(server.pid)
+            before, _ = server.memory()
+            outcomes = []
+            async with anyio.create_task_group() as tg:
+                for image in photos:
+                    tg.start_soon(lambda i=image: _concurrent(server, i, outcomes))
+            rss, peak = server.memory()
+            unbounded_peak = peak - before
+            rows.append(
+                [
+                    f"{count} at once, no budget",
+                    "",
+                    f"{unbounded_peak / MIB:+.0f}",
+                    f"{(rss - before) / MIB:+.0f}",
+                    _summary(outcomes),
+                ]
+            )
+
+    print(table(["case", "input", "peak MiB", "retained MiB", "outcome"], rows))
+    print()
+    print(f"concurrent peak, budget / no budget: {concurrent_peak / max(unbounded_peak, 1):.2f}")
+    print("targets: the thin strip refused at its header with no peak; memory retained after the large")
+    print("inputs within a few tens of MiB of before; the concurrent peak bounded by the decode budget.")
+
+
+async def _concurrent(server: Server, image: str, outcomes: list[str]) -> None:
+    outcomes.append(await _classify(server, image))
+
+
+def _summary(outcomes: list[str]) -> str:
+    return ", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes))
+
+
+if __name__ == "__main__":
+    anyio.run(main)

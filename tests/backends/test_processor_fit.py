@@ -1,0 +1,45 @@
+"""Images reach a transformers processor cut to what it keeps: no thin image is scaled up first."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from multimodal_mcp.backends.hf import fit_to_processor
+
+from helpers import photo
+
+CLIP_LIKE = SimpleNamespace(
+    size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True
+)
+
+
+def test_a_thin_strip_is_cut_to_the_region_the_processor_keeps() -> None:
+    strip = Image.new("RGB", (10, 320), (0, 0, 0))
+    strip.paste((255, 255, 255), (0, 155, 10, 165))  # the middle: what a center crop keeps
+    fitted = fit_to_processor(strip, CLIP_LIKE)
+    assert fitted.size == (10, 10)  # the processor then scales 10 px up to 224, not 320 to 7168
+    assert np.asarray(fitted).min() == 255
+
+
+def test_a_large_photo_is_reduced_to_the_processor_s_size() -> None:
+    assert fit_to_processor(photo("astronaut", 512).resize((1024, 768)), CLIP_LIKE).size == (224, 224)
+    squash = SimpleNamespace(size={"height": 224, "width": 224}, do_center_crop=False)
+    wide = Image.new("RGB", (640, 20))
+    assert fit_to_processor(wide, squash) is wide  # resized straight to 224x224: nothing to save
+
+
+@pytest.mark.model
+def test_the_fitted_image_gives_the_processor_s_own_result() -> None:
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    image = photo("chelsea", 96).resize((96, 64))
+    direct = processor(images=[image], return_tensors="np")["pixel_values"]
+    fitted = processor(images=[fit_to_processor(image, processor)], return_tensors="np")["pixel_values"]
+    assert fitted.shape == direct.shape == (1, 3, 32, 32)
+    assert np.abs(fitted - direct).mean() < 0.05  # same region, resampled once instead of twice
