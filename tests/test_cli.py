@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from multimodal_mcp.cli import main
@@ -69,6 +70,54 @@ def test_the_demo_runs_the_whole_chain_over_stdio_and_writes_a_report(tmp_path: 
     assert result.stdout.strip().endswith("report.html")
 
 
+def test_the_demo_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('profile = "tiny"\n[defaults]\nvlm = "missing"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "multimodal_mcp",
+            "demo",
+            "--config",
+            str(bad),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("multimodal-mcp: invalid configuration (config file ")
+    assert line.endswith("defaults.vlm names 'missing', which is not a configured model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_demo_step_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multimodal_mcp import demo
+
+    async def failing_run(output_dir: Path, server_args: list[str]) -> Path:
+        async def step() -> None:
+            raise demo.DemoError("generate_image failed: model 'sdxl' is not in the Hugging Face cache")
+
+        async with anyio.create_task_group() as group:  # as in a client session: the failure is wrapped
+            group.start_soon(step)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(demo, "_run", failing_run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--profile", "tiny", "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "multimodal-mcp demo: generate_image failed: model 'sdxl' is not in the Hugging Face cache"
+    ]
+
+
 def test_models_shows_what_the_auto_profile_picked_and_why(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,3 +136,48 @@ def test_models_shows_what_the_auto_profile_picked_and_why(
         and "hosted gemini: no key (set GEMINI_API_KEY)" in out
     )
     assert "sk-cli-secret" not in out
+
+
+def test_a_server_started_by_hand_says_it_waits_for_a_client_and_stops_at_the_first_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import os
+    import pty
+    import select
+    import termios
+    import time
+
+    primary, terminal = pty.openpty()
+
+    def take_the_terminal() -> None:  # the pty becomes the server's controlling terminal, as in a shell
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "multimodal_mcp", "serve", "--profile", "tiny", "--store-dir", str(tmp_path)],
+        stdin=terminal,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=take_the_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert server.stderr is not None
+        said = b""
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops" not in said and time.monotonic() < deadline:
+            ready, _, _ = select.select([server.stderr], [], [], 1)
+            if ready:
+                said += os.read(server.stderr.fileno(), 4096)
+        assert b"waiting for an MCP client on stdin" in said, said
+        time.sleep(1)  # let it get to reading stdin, where Ctrl-C used to be ignored
+        os.write(primary, b"\x03")  # Ctrl-C, typed at the terminal: SIGINT to its foreground group
+        start = time.monotonic()
+        assert server.wait(timeout=10) == 130
+        assert time.monotonic() - start < 5
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        os.close(primary)

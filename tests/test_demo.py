@@ -134,3 +134,22 @@ def test_verification_scores_are_shown_when_generate_image_returns_them() -> Non
     assert "verification: failed" in text and "prompt (needs 0.22): 0.310" in text
     assert "a lighthouse: 0.800" in text and "dusk: 0.050" in text
     assert "missing: dusk" in text
+
+
+def test_the_report_says_plainly_when_the_models_have_random_weights_and_what_each_score_means() -> None:
+    honest = text_of(parse(_html({**steps(), "random_weights": ["tiny-clip", "tiny-sd15"]})))
+    assert "These results come from models with random weights (tiny-clip, tiny-sd15" in honest
+    assert "different images score close to 1.000" in honest
+    assert "multimodal-mcp demo --profile default" in honest
+    real = text_of(parse(_html({**steps(), "random_weights": []})))
+    assert "random weights" not in real
+    for page in (honest, real):  # what each score means, whatever the models
+        assert "the scores sum to 1" in page and "SSIM: structural likeness" in page
+
+
+def test_a_failed_verification_with_random_weights_is_not_shown_as_an_alarm() -> None:
+    check = {"image_id": "a" * 16, "prompt_score": 0.01, "passed": False, "prompt_threshold": 0.22}
+    random = _html({**steps({"verification": [check]}), "random_weights": ["tiny-sd15"]})
+    real = _html({**steps({"verification": [check]}), "random_weights": []})
+    assert '<span class="random">failed</span>' in random and 'class="fail"' not in random
+    assert '<span class="fail">failed</span>' in real

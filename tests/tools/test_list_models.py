@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from mcp import Client
 
+from multimodal_mcp.tools.common import Services
+from multimodal_mcp.tools.list_models import ListModelsParams, list_models
+
 from helpers import call_ok
 
 
@@ -34,3 +37,12 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
     assert after["tiny-sd15"]["loaded"] and after["tiny-sd15"]["device"] == "cpu"
     assert after["tiny-sd15"]["memory_bytes"] > 0
     assert not after["tiny-clip"]["loaded"]
+
+
+async def test_list_models_with_a_task_shows_only_the_models_of_that_task(fake_services: Services) -> None:
+    everything = await list_models(ListModelsParams(), fake_services)
+    tasks = {m.task for m in everything.models}
+    assert {"vlm", "clip"} <= tasks  # the fake catalog has several tasks, so the filter has work to do
+    for task in tasks:
+        only = await list_models(ListModelsParams(task=task), fake_services)
+        assert [m.name for m in only.models] == [m.name for m in everything.models if m.task == task]

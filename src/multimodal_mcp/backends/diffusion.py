@@ -24,6 +24,7 @@ from multimodal_mcp.backends.sources import (
     load_error,
     pretrained_options,
     quiet_progress_bars,
+    require_downloadable,
     require_safetensors,
     resolve_source,
 )
@@ -373,6 +374,7 @@ class ControlNetWeights:
 def _pretrained_kwargs(name: str, spec: ModelSpec, ctx: LoadContext) -> tuple[str, dict[str, Any]]:
     source = resolve_source(spec.source, ctx.tiny_dir)
     require_safetensors(name, spec, source)
+    require_downloadable(name, spec, source)
     quiet_progress_bars()
     kwargs: dict[str, Any] = {
         "dtype": pick_dtype(spec.dtype, ctx.device, model=name),

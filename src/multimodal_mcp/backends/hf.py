@@ -13,6 +13,7 @@ from multimodal_mcp.backends.sources import (
     load_error,
     pretrained_options,
     quiet_progress_bars,
+    require_downloadable,
     require_safetensors,
     resolve_source,
 )
@@ -58,6 +59,7 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
 
     source = resolve_source(spec.source, ctx.tiny_dir)
     require_safetensors(name, spec, source)
+    require_downloadable(name, spec, source)
     quiet_progress_bars()
     options = pretrained_options(spec)
     remote = {"trust_remote_code": spec.trust_remote_code}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from multimodal_mcp.config import TINY_SOURCE_PREFIX, ModelSpec
@@ -52,6 +53,57 @@ def pretrained_options(spec: ModelSpec) -> dict[str, object]:
     if spec.trust_remote_code:  # config validation requires a pinned commit revision for this
         options["trust_remote_code"] = True
     return options
+
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` names a Hugging Face Hub repository ('org/name', not a tiny model or a local
+    directory)."""
+    return bool(_HUB_ID.fullmatch(source)) and not Path(source).is_dir()
+
+
+def in_hub_cache(source: str, revision: str | None = None) -> bool:
+    """Whether the Hub repository ``source`` (at ``revision``) has a snapshot in the local cache."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(source, revision=revision, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repository id
+        return False
+    return True
+
+
+HUB_PROBE_SECONDS = 5.0
+
+
+def require_downloadable(name: str, spec: ModelSpec, source: str) -> None:
+    """Fail within seconds, naming the model and ``multimodal-mcp pull``, when a Hub model is not in
+    the local cache and cannot be downloaded now: offline mode is on (``HF_HUB_OFFLINE``) or the Hub
+    does not answer within ``HUB_PROBE_SECONDS``. Otherwise (cached, local, or the Hub answers) the
+    loader goes on; without this, a missing model fails after about 30 s of retries with a message
+    about a missing ``model_index.json``."""
+    if not is_hub_id(source) or in_hub_cache(source, spec.revision):
+        return
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    remedy = f"download it first with `multimodal-mcp pull {name}` (on a machine with Hub access)"
+    if constants.HF_HUB_OFFLINE:
+        raise BackendError(
+            f"model {name!r} ({spec.source}) is not in the Hugging Face cache and offline mode is on "
+            f"(HF_HUB_OFFLINE=1); {remedy}, or choose another model (list_models)"
+        )
+    try:
+        HfApi().model_info(spec.source, revision=spec.revision, timeout=HUB_PROBE_SECONDS)
+    except HfHubHTTPError:
+        return  # the Hub answers (not found, gated, ...): the loader reports it with the Hub's reason
+    except Exception as exc:
+        raise BackendError(
+            f"model {name!r} ({spec.source}) is not in the Hugging Face cache and the Hub did not answer "
+            f"({type(exc).__name__}); {remedy}, or choose another model (list_models)"
+        ) from None
 
 
 def local_path(source: str, tiny_dir: Path) -> str | None:

@@ -29,10 +29,12 @@ from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.server.http import auth_for
+from multimodal_mcp.server.prompts import PROMPTS
 from multimodal_mcp.server.registration import (
     IMAGE_RESOURCE_MIME,
     Implementation,
     MultimodalServer,
+    register_prompt,
     register_tool,
 )
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
@@ -214,6 +216,9 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             as_job=as_job,
             open_world=_reaches_out(config, tasks, implementation.__name__ in _TAKES_IMAGES),
         )
+
+    for function, prompt_title in PROMPTS:
+        register_prompt(server, function, title=prompt_title)
 
     @server.resource(
         "image://{image_id}",

@@ -17,8 +17,19 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from mcp.server.mcpserver.prompts import Prompt
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    GetPromptResult,
+    InputRequiredResult,
+    PromptMessage,
+    TextContent,
+    ToolAnnotations,
+)
+from mcp.types import Tool as MCPTool
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, validate_call
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import ConfirmationPending
@@ -29,6 +40,7 @@ from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
 from multimodal_mcp.server.http import principal_of_request
 from multimodal_mcp.server.rendering import Renderer, RenderOptions
+from multimodal_mcp.server.schemas import lean_output_schema, portable_input_schema
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
@@ -53,7 +65,7 @@ def _signature_from(
     return inspect.Signature(parameters, return_annotation=Annotated[CallToolResult, result_model])
 
 
-def _friendly_validation(tool: str, exc: ValidationError) -> str:
+def _friendly_validation(tool: str, exc: ValidationError, what: str = "arguments") -> str:
     problems = []
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"]) or "arguments"
@@ -64,7 +76,7 @@ def _friendly_validation(tool: str, exc: ValidationError) -> str:
     return (
         f"Invalid arguments for {tool}: "
         + "; ".join(problems)
-        + ". See the tool's input schema for the bounds."
+        + (". See the tool's input schema for the bounds." if what == "arguments" else ".")
     )
 
 
@@ -115,6 +127,19 @@ class MultimodalServer(MCPServer[Services]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tool_parameters: dict[str, frozenset[str]] = {}
+        self.prompt_functions: dict[str, Callable[..., str]] = {}
+
+    async def list_tools(self) -> list[MCPTool]:
+        """The tools with their schemas as every converter takes them, lean (see schemas.py)."""
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": portable_input_schema(tool.input_schema),
+                    "output_schema": lean_output_schema(tool.output_schema) if tool.output_schema else None,
+                }
+            )
+            for tool in await super().list_tools()
+        ]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         with acting_as(_principal(context)):
@@ -136,7 +161,13 @@ class MultimodalServer(MCPServer[Services]):
 
     async def _call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         known = self.tool_parameters.get(name)
-        unknown = sorted(set(arguments) - known) if known is not None else []
+        if known is None:
+            # A protocol error (the spec's -32602), not a tool result: there is no such tool to fail.
+            raise MCPError(
+                INVALID_PARAMS,
+                f"Unknown tool: {name[:64]!r}; tools: {', '.join(sorted(self.tool_parameters))}",
+            )
+        unknown = sorted(set(arguments) - known)
         if unknown:
             raise ToolError(
                 f"Invalid arguments for {name}: unknown argument(s) {unknown}; "
@@ -148,6 +179,32 @@ class MultimodalServer(MCPServer[Services]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_friendly_validation(name, exc.__cause__)) from exc.__cause__
             raise
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
+    ) -> GetPromptResult:
+        """The prompt's message. An unknown prompt or a bad argument is the client's mistake: a -32602
+        error that says what is accepted, and no traceback in the log."""
+        function = self.prompt_functions.get(name)
+        if function is None:
+            known = ", ".join(sorted(self.prompt_functions)) or "none"
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name[:64]!r}; prompts: {known}")
+        try:
+            text = validate_call(function)(**(arguments or {}))
+        except ValidationError as exc:
+            raise MCPError(INVALID_PARAMS, _friendly_validation(name, exc, "prompt")) from None
+        return GetPromptResult(
+            description=inspect.getdoc(function),
+            messages=[PromptMessage(role="user", content=TextContent(type="text", text=text))],
+        )
+
+
+def register_prompt(server: MultimodalServer, function: Callable[..., str], *, title: str) -> None:
+    """Registers ``function`` (named by its function name, described by its docstring; its string
+    parameters, with their descriptions, are the arguments) as a prompt whose one user message is
+    what it returns."""
+    server.prompt_functions[function.__name__] = function
+    server.add_prompt(Prompt.from_function(function, name=function.__name__, title=title))
 
 
 def _shows_images(name: str, result_model: type[Result]) -> bool:

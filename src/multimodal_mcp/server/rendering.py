@@ -27,12 +27,7 @@ from multimodal_mcp.server.delivery import (
 )
 from multimodal_mcp.tools.common import Params, Result, in_thread
 
-DELIVERY_HELP = (
-    "How to return images: 'preview' (default: a small inline image plus a link), 'full' (the full "
-    "stored image inline (PNG, or an input's own JPEG/WebP) when it fits the client's limits, else a "
-    "preview), 'none' (text and image:// links only), 'path' (a preview plus the stored file's local "
-    "path, for clients on the server's machine)."
-)
+DELIVERY_HELP = "Default 'preview'; 'none': image:// links only."
 
 
 class RenderOptions(Params):

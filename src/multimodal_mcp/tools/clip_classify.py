@@ -35,10 +35,7 @@ class ClipClassifyParams(Params):
         Field(
             min_length=2,
             max_length=256,
-            description=(
-                "Two or more distinct candidate labels, e.g. ['a cat', 'a dog', 'a car'], each at most 200 "
-                "characters; at most the server's max_labels (default 64). Scores sum to 1 over them."
-            ),
+            description="Two or more labels, e.g. ['a cat', 'a dog']; scores sum to 1.",
         ),
     ]
     model: ModelArg = None
@@ -46,8 +43,7 @@ class ClipClassifyParams(Params):
         str | None,
         Field(
             max_length=200,
-            description="Optional prompt template with one '{}' for the label, e.g. 'a photo of {}'; at most "
-            "200 characters.",
+            description="A template with '{}' for the label, e.g. 'a photo of {}'.",
         ),
     ] = None
 
@@ -77,11 +73,10 @@ class ClipClassifyResult(Result):
 async def clip_classify(
     params: ClipClassifyParams, services: Services, progress: Progress | None = None
 ) -> ClipClassifyResult:
-    """Zero-shot classify an image over your labels with CLIP; returns every label's probability.
+    """Zero-shot classify an image over your labels with CLIP: each label's probability.
 
-    Use it to check what an image shows (did the generated image get the cat?), pick the best of
-    several candidates, or tag an image. Scores are a softmax over the labels you pass, so always
-    include plausible alternatives (e.g. 'a cat', 'a dog', 'something else').
+    Scores are a softmax over the labels given, so include plausible alternatives
+    (e.g. 'something else').
     """
     # 1. Check inputs
     clock = Clock()

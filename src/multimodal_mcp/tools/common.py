@@ -37,31 +37,17 @@ MAX_IMAGE_ARG_CHARS = 48_000_000
 ImageArg = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_IMAGE_ARG_CHARS),
-    Field(
-        description=(
-            "The image: 'image://<id>' from an earlier result, a 'data:image/...;base64,...' URI, "
-            "bare base64, or an absolute file path under a directory the server may read (or an http(s) "
-            "URL where the server enables URLs). PNG, JPEG, WebP or GIF (first frame), at most the "
-            "server's max_input_bytes (default 32 MiB) and max_input_pixels (default 40 Mpx)."
-        )
-    ),
+    Field(description="image://<id> from a result, a data: URI, base64, a file path or a URL."),
 ]
 DetailArg = Annotated[
     Detail | None,
-    Field(
-        description=(
-            "How closely the model looks at the images: 'low' is cheaper and faster, 'high' reads fine "
-            "print, 'auto' lets the model choose. Only models whose capabilities list detail levels take "
-            "it (list_models); others refuse it."
-        )
-    ),
+    Field(description=("'high' reads fine print, 'low' is cheaper (models that list detail levels).")),
 ]
 ModelArg = Annotated[
     str | None,
     Field(
         max_length=64,
-        description="A configured model name (list_models shows each model's capabilities); omit for the "
-        "default.",
+        description="A model from list_models; omit for the default.",
     ),
 ]
 

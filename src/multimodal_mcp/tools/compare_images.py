@@ -114,14 +114,8 @@ def side_by_side(a: Image.Image, b: Image.Image) -> Image.Image:
 async def compare_images(
     params: CompareImagesParams, services: Services, progress: Progress | None = None
 ) -> CompareImagesResult:
-    """Compare two images: SSIM, fraction of changed pixels, CLIP similarity, boxes around changed
-    regions and a stored difference heat map; with describe=True, also a narrative of what changed.
-
-    Use it to check an edit (before/after), to see whether a regenerated image kept the
-    composition, or to pick the closest of two candidates. Images of different sizes are compared
-    after resizing image_b to image_a's size. The narrative model gets both images in one request
-    when its capabilities take several (gpt-4o, gemini-2.5-flash), else one side-by-side picture;
-    detail only for models whose capabilities list it (list_models).
+    """Compare two images (e.g. before and after an edit): SSIM, share of changed pixels, CLIP
+    similarity, boxes around changed regions and a difference heat map.
     """
     # 1. Check inputs
     clock = Clock()

@@ -53,25 +53,13 @@ from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
 Threshold = Annotated[int, Field(ge=0, le=255)]
-ControlScale = Annotated[
-    float, Field(ge=0.0, le=2.0, description="How strongly the control map steers the image (0 = ignore it).")
-]
+ControlScale = Annotated[float, Field(ge=0.0, le=2.0, description="How strongly the map steers.")]
 OptionalImage = Annotated[str | None, Field(min_length=1, max_length=48_000_000)]
 ResizeModeArg = Annotated[
     ResizeMode,
-    Field(
-        description=(
-            "How control maps, init_image, mask_image and reference_image of another size or aspect "
-            "ratio are fitted to the output: 'crop_and_resize' (default: keep the aspect ratio, cut off "
-            "what sticks out), 'resize_and_fill' (keep the aspect ratio, show all, fill the bands), "
-            "'just_resize' (stretch). The result's adjustments say what was done."
-        )
-    ),
+    Field(description="Fitting pictures of another aspect ratio: cut the overhang, fill bands, or stretch."),
 ]
-CONTROL_TYPES_HELP = (
-    "'canny': any photo or drawing, edges are computed from it. depth, pose, scribble, segmentation, "
-    "lineart, softedge, normal: a prepared control map of that kind, used as given."
-)
+CONTROL_TYPES_HELP = "canny: edges from any picture; the others: a prepared map."
 
 
 class ControlSpec(BaseModel):
@@ -80,8 +68,8 @@ class ControlSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: ImageArg
-    type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
-    scale: ControlScale = 0.8
+    type: ControlType = "canny"  # described at control_type and conditioning_scale
+    scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
 
 
 class ControlledGenerateParams(Params):
@@ -89,40 +77,34 @@ class ControlledGenerateParams(Params):
     control_image: Annotated[
         OptionalImage,
         Field(
-            description=(
-                "The image whose structure to keep: image://<id>, a data: URI, bare base64, or an absolute "
-                "file path. For canny, an ordinary photo or drawing; the edge map is computed from it. "
-                "Optional when init_image or controls is given."
-            ),
+            description="ControlNet: the image whose structure to keep.",
         ),
     ] = None
     control_type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
-    low_threshold: Annotated[Threshold, Field(description="Canny lower hysteresis threshold (0-255).")] = 100
-    high_threshold: Annotated[Threshold, Field(description="Canny upper hysteresis threshold (0-255).")] = 200
+    low_threshold: Annotated[Threshold, Field(description="Canny low threshold.")] = 100
+    high_threshold: Annotated[Threshold, Field(description="Canny high threshold.")] = 200
     conditioning_scale: ControlScale = 0.8
     controls: Annotated[
         list[ControlSpec] | None,
         Field(
             min_length=1,
             max_length=3,
-            description="Several controls at once (multi-ControlNet), instead of control_image: "
-            "[{image, type, scale}, ...].",
+            description="Several ControlNet maps at once, instead of control_image: {image, type, scale}.",
         ),
     ] = None
     control_start: Annotated[
-        float, Field(ge=0.0, lt=1.0, description="Fraction of the steps after which control starts.")
+        float, Field(ge=0.0, lt=1.0, description="Share of steps before control starts.")
     ] = 0.0
-    control_end: Annotated[
-        float, Field(gt=0.0, le=1.0, description="Fraction of the steps after which control stops.")
-    ] = 1.0
+    control_end: Annotated[float, Field(gt=0.0, le=1.0, description="Share of steps when control stops.")] = (
+        1.0
+    )
     negative_prompt: NegativePrompt = None
     model: ModelArg = None
     controlnet: Annotated[
         str | None,
         Field(
             max_length=64,
-            description="A configured ControlNet name for control_image; omit to use the one for the model "
-            "and type.",
+            description="A configured ControlNet; omit for the model's one for control_type.",
         ),
     ] = None
     width: Side = None
@@ -137,9 +119,8 @@ class ControlledGenerateParams(Params):
         OptionalImage,
         Field(
             description=(
-                "img2img / inpainting: the picture to start from (image://<id>, data: URI, base64 or path). "
-                "The output keeps its aspect ratio, in the model's size steps and within the server's "
-                "limits (downscaled if larger); width/height choose another size (fitted by resize_mode)."
+                "img2img/inpainting: the picture to start from; the output keeps its aspect ratio unless "
+                "width/height say otherwise."
             ),
         ),
     ] = None
@@ -148,17 +129,15 @@ class ControlledGenerateParams(Params):
         Field(
             gt=0.0,
             le=1.0,
-            description="With init_image: how much to change it (0.1 = touch up, 1.0 = repaint entirely).",
+            description="How much of init_image to change (1.0 = repaint).",
         ),
     ] = 0.75
     mask_image: Annotated[
         OptionalImage,
         Field(
             description=(
-                "Inpainting: the mask: black and white (white = repaint), or with transparency, where "
-                "alpha is the mask: white strokes on a transparent layer = repaint, or the area erased "
-                "to transparent = repaint (OpenAI's convention). Another size is fitted to init_image by "
-                "resize_mode. Pixels outside the mask come back exactly as they were."
+                "Inpainting: white (or with alpha: painted or erased areas) = repaint; the rest is kept "
+                "exactly."
             ),
         ),
     ] = None
@@ -166,15 +145,10 @@ class ControlledGenerateParams(Params):
     reference_image: Annotated[
         OptionalImage,
         Field(
-            description=(
-                "IP-Adapter: a picture whose style or subject to carry over (image://<id>, data: URI, base64 "
-                "or path); works alone or with the other modes."
-            ),
+            description="IP-Adapter: a picture whose style or subject to carry over.",
         ),
     ] = None
-    reference_scale: Annotated[
-        float, Field(ge=0.0, le=2.0, description="How much the reference image counts (0 = not at all).")
-    ] = 0.6
+    reference_scale: Annotated[float, Field(ge=0.0, le=2.0, description="Weight of reference_image.")] = 0.6
     resize_mode: ResizeModeArg = DEFAULT_RESIZE_MODE
     verify: Verify = False
     verify_labels: VerifyLabels = None
@@ -421,27 +395,10 @@ def _shape_edits(
 async def controlled_generate(
     params: ControlledGenerateParams, services: Services, progress: Progress | None = None
 ) -> ControlledGenerateResult:
-    """Generate images steered by pictures: ControlNet maps, a picture to edit, or a region to repaint.
-
-    - ControlNet: control_type='canny' computes an edge map from control_image with OpenCV
-      (low_threshold, high_threshold) and keeps its structure; other types (depth, pose, scribble,
-      segmentation, lineart, softedge, normal) take a prepared map. conditioning_scale sets how
-      strictly, control_start/control_end the share of steps it applies to; controls=[...] combines
-      several. The maps are stored and returned so you can see what steered the result.
-    - img2img: init_image with strength (0.1 keeps most of it, 1.0 repaints it); img2img runs
-      int(steps*strength) of the steps.
-    - Inpainting: init_image plus mask_image (white = repaint); everything outside the mask comes
-      back exactly as it was.
-    ControlNet combines with either. Pictures of another size or aspect ratio than the output are
-    fitted by resize_mode (crop_and_resize, resize_and_fill, just_resize); the output keeps
-    init_image's aspect ratio (downscaled to the server's limits) unless width/height say otherwise.
-    The result's adjustments say what was fitted, cut (prompt text past the text encoder's window)
-    or not used. Everything else works as in generate_image: verify, verify_labels and
-    enhance_prompt included.
-    Models differ in what they take (list_models: capabilities); an argument the model does not
-    take is an error naming the models that do. Hosted model='gpt-image-2': init_image, mask_image
-    and reference_image go to its image edits (it picks the output size unless width/height name
-    one of its sizes, and pixels outside the mask are not guaranteed); no ControlNet.
+    """Generate images steered by pictures, any of: ControlNet (control_image and control_type,
+    or controls), img2img (init_image), inpainting (init_image and mask_image; the rest is kept
+    exactly) and IP-Adapter (reference_image). Otherwise as generate_image; list_models says which
+    model takes what. The result's adjustments say what was fitted, cut or not used.
     """
     # 1. Check inputs and pick the models
     hub = services.hub

@@ -40,8 +40,7 @@ class DescribeImageParams(Params):
         Field(
             min_length=1,
             max_length=4000,
-            description="The question or instruction about the image, at most 4000 characters (server "
-            "limit max_prompt_chars); omit for a general description.",
+            description="A question or instruction about the image; omit for a general description.",
         ),
     ] = None
     model: ModelArg = None
@@ -50,17 +49,13 @@ class DescribeImageParams(Params):
         Field(
             ge=1,
             le=8192,
-            description="Longest answer in tokens, at most the server's max_tokens (default 1024); omit for "
-            "the model's default.",
+            description="Longest answer in tokens; omit for the model's default.",
         ),
     ] = None
     ground: Annotated[
         bool,
         Field(
-            description=(
-                "Check the answer: the things it names are scored against the image with CLIP and the "
-                "poorly supported ones are flagged as possible hallucinations (result 'grounding')."
-            )
+            description="Check the things the answer names against the image with CLIP.",
         ),
     ] = False
     detail: DetailArg = None
@@ -69,11 +64,8 @@ class DescribeImageParams(Params):
         Field(
             max_length=64,
             description=(
-                "A JSON Schema (2020-12) the answer must match, e.g. {'type': 'object', 'properties': "
-                "{'total': {'type': 'number'}, 'date': {'type': 'string'}}, 'required': ['total', 'date']}. "
-                "The validated value comes back as 'data'. Models with structured output use it; others "
-                "are asked for JSON; either way the answer is checked. Local '#/...' references only; "
-                "at most 16,000 characters as JSON and 12 levels deep."
+                'A JSON Schema the answer must match, e.g. {"type":"object","properties":{"total":'
+                '{"type":"number"}}}; the answer comes back in \'data\'.'
             ),
         ),
     ] = None
@@ -112,13 +104,8 @@ async def describe_image(
 ) -> DescribeImageResult:
     """Ask a vision-language model about an image: describe it, read text, answer a question.
 
-    Pass prompt for a specific question (e.g. 'Extract the total amount and date from this
-    receipt.') and response_schema to get the answer as validated JSON in 'data'. model may name
-    any configured vision-language model, local or hosted (gpt-4o, gemini-2.5-flash; see
-    list_models); detail (low, high, auto) only for models whose capabilities list it. Answers can
-    contain hallucinated details; check
-    important ones with clip_classify, or pass ground=True to have the things the answer names
-    scored against the image with CLIP.
+    response_schema gets the answer as checked JSON. Answers can contain hallucinated details; ground
+    checks them.
     """
     # 1. Check inputs
     clock = Clock()

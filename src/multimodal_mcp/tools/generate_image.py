@@ -25,13 +25,7 @@ from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 Quality = Annotated[
     Literal["auto", "low", "medium", "high", "standard", "hd"] | None,
-    Field(
-        description=(
-            "Quality level, for models that list quality levels in their capabilities (list_models): e.g. "
-            "auto, low, medium or high for GPT Image, standard or hd for DALL-E 3. Others refuse it "
-            "(use steps)."
-        )
-    ),
+    Field(description="For models that list quality levels (list_models); others use steps."),
 ]
 
 
@@ -59,31 +53,12 @@ class GenerateImageResult(GenerationResult):
 async def generate_image(
     params: GenerateImageParams, services: Services, progress: Progress | None = None
 ) -> GenerateImageResult:
-    """Generate images from a text prompt with a local text-to-image model (Stable Diffusion, SDXL,
-    Flux) or a hosted one (gpt-image-2, dall-e-3, gemini-2.5-flash-image; see list_models).
+    """Generate images from a text prompt with a local or hosted model (list_models).
 
-    Each call has a budget of width*height*num_images pixels and width*height*steps*num_images
-    pixel-steps; an error names the limit when a call goes over it.
-
-    Every image is stored and returned with an id: pass 'image://<id>' to clip_classify,
-    describe_image or compare_images to check it, or reuse the seed to refine the prompt while
-    keeping the composition. Omitted arguments use the model's configured defaults
-    (see list_models). Flux models take no negative prompt and use guidance 0.
-    verify=True scores each image against the prompt with CLIP (and checks verify_labels, the things
-    it must show); the result says which passed and what is missing, so you can revise the prompt.
-    enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
-    style, lighting, composition); the result returns both prompts, and the images are stored with
-    both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.
-    Models differ in what they take: list_models shows each one's capabilities (seed, steps,
-    guidance, schedulers, sizes, images per call, quality levels). Hosted models make their own
-    sizes (gpt-image-2: 1024x1024, 1536x1024, 1024x1536; dall-e-3: one image per call;
-    gemini-2.5-flash-image: 1024x1024, 1344x768, 768x1344 and other aspect ratios) and take no
-    seed, steps, guidance or scheduler; an argument a model does not take is an error naming the
-    models that do.
-    If the server runs a safety filter, images it flags are withheld (not stored, no id) and the
-    result's 'withheld' list says how many and why. The result's 'adjustments' list what was cut or
-    not used: prompt text past the text encoder's window (the exact words), a negative prompt with
-    guidance off, fewer images than asked.
+    Each image gets an id: pass 'image://<id>' to the other tools to check or edit it; keep the seed
+    to keep the composition while you revise the prompt. Omitted arguments use the model's defaults.
+    An argument the model does not take, or a call over the pixel or pixel-steps budget, is an error
+    saying what to change; the result's adjustments say what was cut or not used.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, NamedTuple
 
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from multimodal_mcp.backends.schedulers import ALL_SCHEDULERS
 from multimodal_mcp.capabilities import Capabilities
@@ -57,15 +57,14 @@ Prompt = Annotated[
     Field(
         min_length=1,
         max_length=4000,
-        description="What the image should show; at most 4000 characters (server limit max_prompt_chars).",
+        description="What the image should show.",
     ),
 ]
 NegativePrompt = Annotated[
     str | None,
     Field(
         max_length=4000,
-        description="What the image should not show (diffusion models only; not Flux); at most 4000 "
-        "characters.",
+        description="What the image should not show (not Flux).",
     ),
 ]
 MIN_SIDE = 64
@@ -75,8 +74,7 @@ Side = Annotated[
         ge=MIN_SIDE,
         le=4096,
         multiple_of=8,
-        description="Pixels, 64-4096 and at most the server's max_side (default 2048); a multiple of 8 "
-        "(16 for Flux). Omit for the model's default.",
+        description="Pixels, at most the server's max_side; omit for the model's default.",
     ),
 ]
 Steps = Annotated[
@@ -84,8 +82,7 @@ Steps = Annotated[
     Field(
         ge=1,
         le=200,
-        description="Denoising steps, 1-200 and at most the server's max_steps (default 100); omit for the "
-        "model's default.",
+        description="At most the server's max_steps; omit for the model's default.",
     ),
 ]
 Guidance = Annotated[
@@ -93,24 +90,22 @@ Guidance = Annotated[
     Field(
         ge=0.0,
         le=30.0,
-        description="Classifier-free guidance scale, 0-30; higher follows the prompt more closely.",
+        description="Higher follows the prompt more closely.",
     ),
 ]
 Scheduler = Annotated[
     SchedulerName | None,
-    Field(
-        description=(
-            "Sampler: dpm++, dpm++_karras, euler, euler_a, heun, ddim, unipc, pndm for diffusion models; "
-            "flow_euler, flow_euler_karras, flow_euler_sde for flow-matching models (Flux)."
-        )
-    ),
+    Field(description="A sampler the model lists (list_models: schedulers); omit for its default."),
+    # The names are advertised per model by list_models; all of them here would read as if any model
+    # took any. Validation still checks the name.
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 32}, {"type": "null"}]}),
 ]
 Seed = Annotated[
     int | None,
     Field(
         ge=0,
         le=2**32 - 1,
-        description="Random seed; omit to draw one. The same seed and arguments repeat the image.",
+        description="Omit for a random one; reuse it to repeat an image.",
     ),
 ]
 NumImages = Annotated[
@@ -118,19 +113,12 @@ NumImages = Annotated[
     Field(
         ge=1,
         le=16,
-        description="How many images to make, at most the server's max_images (default 4); image i uses "
-        "seed + i.",
+        description="At most the server's max_images; image i uses seed + i.",
     ),
 ]
 EnhancePrompt = Annotated[
     bool,
-    Field(
-        description=(
-            "First rewrite the prompt into a detailed one (subject, style, lighting, composition) with the "
-            "server's text model, then generate from that; the rewritten prompt is returned and stored. "
-            "For terse prompts."
-        )
-    ),
+    Field(description="Expand a terse prompt with a text model first."),
 ]
 
 

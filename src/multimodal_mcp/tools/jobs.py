@@ -16,9 +16,7 @@ class GetJobParams(Params):
     job_id: JobId
     wait_seconds: Annotated[
         float,
-        Field(
-            ge=0, le=50, description="Wait up to this long for the job to finish (0: just report its status)."
-        ),
+        Field(ge=0, le=50, description="Wait this long for it to finish (0: status now)."),
     ] = 30
 
 
@@ -54,11 +52,7 @@ def job_result(info: JobInfo, inner: Result | None) -> JobResult:
 
 
 async def get_job(params: GetJobParams, services: Services, progress: Progress | None = None) -> JobResult:
-    """Get a long-running call's result, or its status and progress if it is still running.
-
-    Tools return a job handle (structured result with 'job') instead of their result when a call
-    runs longer than the server's wait; pass its id here. wait_seconds waits for it to finish.
-    """
+    """Get the result of a call that returned a job handle, or its status while it runs."""
     job = services.jobs.get(params.job_id)
     await services.jobs.wait(job, params.wait_seconds, progress)
     info = job.info(services.jobs.now())
@@ -72,7 +66,7 @@ class CancelJobParams(Params):
 async def cancel_job(
     params: CancelJobParams, services: Services, progress: Progress | None = None
 ) -> JobResult:
-    """Cancel a running job: a generation stops at its next step and frees its place in the queue."""
+    """Cancel a running job; a generation stops at its next step."""
     job = services.jobs.get(params.job_id)
     services.jobs.cancel(job)
     await services.jobs.wait(job, 10)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.config import ModelDefaults
+from multimodal_mcp.config import ModelDefaults, Task
 from multimodal_mcp.tools.common import Params, Progress, Result, Services
 
 
 class ListModelsParams(Params):
-    pass
+    task: Annotated[
+        Task | None, Field(description="Only the models of this task (e.g. 'vlm'); omit for all.")
+    ] = None
 
 
 class ModelInfo(BaseModel):
@@ -76,17 +80,15 @@ class ListModelsResult(Result):
 async def list_models(
     params: ListModelsParams, services: Services, progress: Progress | None = None
 ) -> ListModelsResult:
-    """List the configured models: task, source, defaults, capabilities (which arguments each
-    takes), and where each runs (device, size, queue; for hosted models, whether the provider's
-    API key is set).
-
-    Pass a name from here as the model argument of another tool to use a model other than the
-    default.
+    """List the models: task, defaults, capabilities (the arguments each takes), where each runs,
+    and whether a hosted one's API key is set.
     """
     config = services.config
     hub = services.hub
     models = []
     for name, spec in config.models.items():
+        if params.task is not None and spec.task != params.task:
+            continue
         capabilities = hub.capabilities(name)
         models.append(
             ModelInfo(

@@ -40,22 +40,14 @@ LABEL_TEMPLATE = "a photo of {}"
 VerifyLabel = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Verify = Annotated[
     bool,
-    Field(
-        description=(
-            "Score each image against the prompt with CLIP (and check verify_labels); the result's "
-            "'verification' says whether it passed and what is missing."
-        )
-    ),
+    Field(description="Score the images against the prompt with CLIP."),
 ]
 VerifyLabels = Annotated[
     list[VerifyLabel] | None,
     Field(
         min_length=1,
         max_length=32,
-        description=(
-            "Things the image must show, e.g. ['a red hat', 'a dog']; each is checked with CLIP "
-            "(implies verify=True)."
-        ),
+        description="Things it must show, e.g. ['a red hat'], checked with CLIP.",
     ),
 ]
 
