@@ -26,7 +26,15 @@ from multimodal_mcp.backends.base import (
     json_prompt,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.handles import ChatAnswer, Detail, Embedding, GeneratedImages, ImageRequest, Progress
+from multimodal_mcp.handles import (
+    ChatAnswer,
+    Detail,
+    Detection,
+    Embedding,
+    GeneratedImages,
+    ImageRequest,
+    Progress,
+)
 from multimodal_mcp.imaging.normalize import control_map, picture
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.lanes import Work
@@ -126,6 +134,14 @@ class PooledVisionChat(_PooledChat):
         pictures = [picture(image) for image in images]
         return await self._run(lambda m: m.answer(pictures, asked, max_tokens), progress)
 
+    async def p_yes(self, image: Image.Image, question: str) -> float:
+        """P("yes") from the model's token probabilities (a :class:`~multimodal_mcp.handles.YesNoJudge`)."""
+        shown = picture(image)
+        async with self.pool.use(self.name) as model:
+            return float(
+                await self.pool.run(model, lambda m, _step, _cancel: m.yes_probability(shown, question))
+            )
+
 
 class PooledTextChat(_PooledChat):
     """A local text chat model (a :class:`~multimodal_mcp.handles.TextChat`)."""
@@ -134,6 +150,16 @@ class PooledTextChat(_PooledChat):
         self, system: str, prompt: str, *, max_tokens: int, progress: Progress | None = None
     ) -> ChatAnswer:
         return await self._run(lambda m: m.complete(system, prompt, max_tokens), progress)
+
+
+class PooledDetector(_Pooled):
+    """A local zero-shot object detector (an :class:`~multimodal_mcp.handles.ObjectDetector`)."""
+
+    async def detect(self, image: Image.Image, labels: Sequence[str], threshold: float) -> list[Detection]:
+        shown, asked = picture(image), list(labels)
+        async with self.pool.use(self.name) as model:
+            found = await self.pool.run(model, lambda m, _step, _cancel: m.detect(shown, asked, threshold))
+        return list(found)
 
 
 class PooledEmbedder(_Pooled):
