@@ -56,8 +56,8 @@ class DescribeImageParams(Params):
         bool,
         Field(
             description=(
-                "Check the answer: the things it names are scored against the image with CLIP and the "
-                "poorly supported ones are flagged as possible hallucinations (result 'grounding')."
+                "Check the answer: things it names are scored with CLIP, numbers and quoted text "
+                "against the image's OCR; unsupported ones are flagged (result 'grounding.claims')."
             )
         ),
     ] = False

@@ -71,6 +71,8 @@ async def generate_image(
     (see list_models). Flux models take no negative prompt and use guidance 0.
     verify=True scores each image against the prompt with CLIP (and checks verify_labels, the things
     it must show); the result says which passed and what is missing, so you can revise the prompt.
+    verify='thorough' also checks each fact of the prompt (objects, counts, colours, positions,
+    text) with a vision model, a detector and OCR: 'verification[i].claims' says which failed.
     enhance_prompt=True first has a text model expand a terse prompt into a detailed one (subject,
     style, lighting, composition); the result returns both prompts, and the images are stored with
     both. Pass the returned prompt (without enhance_prompt) and the seed to repeat an image exactly.

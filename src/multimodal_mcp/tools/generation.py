@@ -42,7 +42,9 @@ from multimodal_mcp.tools.common import (
 from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import (
     ImageVerification,
+    Level,
     check_labels,
+    level_of,
     verification_summary,
     verify_images,
 )
@@ -182,7 +184,7 @@ class GenerationResult(Result):
     )
     timings: Timings
     verification: list[ImageVerification] | None = Field(
-        default=None, description="With verify=True: one check per image, in the order of images."
+        default=None, description="With verify: one check per image, in the order of images."
     )
     prompt_rewrite: PromptRewrite | None = Field(
         default=None,
@@ -260,7 +262,7 @@ class Plan:
     seed: int | None
     seeds: tuple[int, ...] | None
     quality: str | None
-    verify: bool
+    verify: Level | None
     verify_labels: list[str] | None
     enhance_prompt: bool
     clock: Clock
@@ -341,7 +343,7 @@ def plan(
         seed=base_seed,
         seeds=tuple((base_seed + i) % 2**32 for i in range(num_images)) if base_seed is not None else None,
         quality=field("quality"),
-        verify=bool(field("verify", False)),
+        verify=level_of(field("verify", False)),
         verify_labels=verify_labels,
         enhance_prompt=bool(field("enhance_prompt", False)),
         clock=Clock(),
@@ -460,7 +462,8 @@ async def run(
     if planned.verify or planned.verify_labels:
         async with clock.infer():
             asked = planned.rewrite.original if planned.rewrite else p.prompt
-            checks = await verify_images(services, made.images, asked, planned.verify_labels)
+            level = planned.verify or "fast"
+            checks = await verify_images(services, made.images, asked, planned.verify_labels, level)
 
     extra = {**(extra_parameters or {}), **(planned.rewrite.stored() if planned.rewrite else {})}
     if made.sent:
