@@ -293,7 +293,7 @@ class ObjectDetector(Protocol):
     capabilities: Capabilities
 
     async def detect(self, image: Image.Image, labels: Sequence[str], threshold: float) -> list[Detection]:
-        """The boxes in ``image`` (RGB) matching any of ``labels`` with a score >= ``threshold``,
+        """The boxes in ``image`` (RGB) matching any of ``labels`` scoring above ``threshold``,
         best first; each detection's ``label`` is one of ``labels``."""
         ...
 

@@ -22,7 +22,8 @@ class ObjectDetectionModel(TransformersModel):
 
     def detect(self, image: Image.Image, labels: Sequence[str], threshold: float) -> list[Detection]:
         """Boxes in ``image`` (pixels, (left, top, right, bottom)) for any of ``labels`` scoring at
-        least ``threshold``, one per object (per-label non-maximum suppression), best first."""
+        least ``threshold`` (strictly above, as transformers filters), one per object (per-label
+        non-maximum suppression), best first."""
         import torch
 
         queries = [list(labels)]

@@ -306,10 +306,16 @@ def numbers_in(text: str) -> list[str]:
 
 
 def _same_number(a: str, b: str) -> bool:
+    """Equal as written, or equal in value when either has decimals (42.5 is 42.50); "3" is not
+    "03" (a date's month is not a count)."""
+    if a == b:
+        return True
+    if "." not in a and "." not in b:
+        return False
     try:
         return abs(float(a) - float(b)) < 1e-9
     except ValueError:
-        return a == b
+        return False
 
 
 async def ground_text(services: Services, image: Image.Image, answer: str) -> tuple[list[Claim], float]:

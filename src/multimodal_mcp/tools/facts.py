@@ -96,6 +96,10 @@ class _Lru:
                 self._items.move_to_end(key)
             return found
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, key: tuple[str, str], value: PromptFacts) -> None:
         with self._lock:
             self._items[key] = value
@@ -235,6 +239,8 @@ _LEAD = re.compile(
     re.IGNORECASE,
 )
 _SPLIT = re.compile(r"\s*(?:,|;|\band\b|\bwith\b|\bin\b|\bat\b|\bnear\b|\bholding\b)\s*")
+_ABOUT_TEXT = frozenset(["text", "word", "words", "letters", "lettering", "caption", "written"])
+"""Nouns that name the text itself ("the words 'OPEN'"): a text fact covers them."""
 _DETERMINERS = frozenset(["a", "an", "the", "some", "one"])
 
 
@@ -276,7 +282,7 @@ def _phrase(text: str) -> _Phrase | None:
     if not words:
         return None
     noun = words[-1]
-    if noun in ATTRIBUTES or len(noun) < 2:
+    if noun in ATTRIBUTES or noun in _ABOUT_TEXT or len(noun) < 2:
         return None
     if count is not None and count > 1:
         noun = _singular(noun)
