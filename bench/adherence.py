@@ -69,7 +69,8 @@ def spec_facts(spec: dict[str, Any]) -> list[Any]:
     for item in include:
         name, count = item["class"], int(item.get("count", 1))
         if count == 1:
-            facts.append(Fact(kind="object", claim=f"there is a {name}", question=f"Is there a {name}?", object=name))
+            claim, question = f"there is a {name}", f"Is there a {name}?"
+            facts.append(Fact(kind="object", claim=claim, question=question, object=name))
         else:
             said = NUMBER_WORDS.get(count, str(count))
             facts.append(
