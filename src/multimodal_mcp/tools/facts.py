@@ -28,11 +28,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from multimodal_mcp.tools.common import Services, approve_spending
+from multimodal_mcp.tools.common import Services, approve_spending, in_thread
 
 FactKind = Literal["object", "count", "attribute", "relation", "text"]
-Relation = Literal["left of", "right of", "above", "below"]
-"""Relations the detector can check from box centres; other relations go to the vision model only."""
 
 FACTS_SYSTEM = """\
 Split an image description into atomic facts that a picture either shows or does not.
@@ -127,13 +125,14 @@ async def prompt_facts(services: Services, prompt: str) -> PromptFacts:
         tokens = min(settings.fact_tokens, services.config.server.limits.max_tokens)
         await approve_spending(services, model, f"one chat completion (up to {tokens} tokens) to list facts")
         answer = await services.hub.text_chat(model).complete(FACTS_SYSTEM, prompt, max_tokens=tokens)
-        facts = parse_facts(answer.text)
+        facts = await in_thread(parse_facts, answer.text)
         if facts:
             found = PromptFacts(facts=facts[: settings.max_facts], source=model)
         else:
             note = f"{model} gave no usable fact list"
     if found is None:
-        found = PromptFacts(facts=rule_facts(prompt)[: settings.max_facts], source="rules", note=note)
+        ruled = await in_thread(rule_facts, prompt)
+        found = PromptFacts(facts=ruled[: settings.max_facts], source="rules", note=note)
     CACHE.put(key, found)
     return found
 
@@ -172,50 +171,12 @@ NUMBERS = {
 }  # fmt: skip
 _NUMBER_WORDS = {v: k for k, v in NUMBERS.items() if " " not in k}
 ATTRIBUTES = frozenset(
-    [
-        "red",
-        "orange",
-        "yellow",
-        "green",
-        "blue",
-        "purple",
-        "pink",
-        "brown",
-        "black",
-        "white",
-        "gray",
-        "grey",
-        "silver",
-        "gold",
-        "golden",
-        "beige",
-        "teal",
-        "cyan",
-        "magenta",
-        "turquoise",
-        "violet",
-        "navy",
-        "maroon",
-        "striped",
-        "spotted",
-        "wooden",
-        "metal",
-        "metallic",
-        "glass",
-        "plastic",
-        "stone",
-        "small",
-        "large",
-        "big",
-        "tiny",
-        "huge",
-        "tall",
-        "short",
-        "round",
-        "square",
-        "old",
-        "young",
-    ]
+    re.findall(
+        r"\w+",
+        """red orange yellow green blue purple pink brown black white gray grey silver gold golden
+        beige teal cyan magenta turquoise violet navy maroon striped spotted wooden metal metallic
+        glass plastic stone small large big tiny huge tall short round square old young""",
+    )
 )
 _RELATIONS: dict[str, str] = {
     "to the left of": "left of", "on the left of": "left of", "left of": "left of",
