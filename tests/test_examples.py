@@ -75,14 +75,17 @@ def check_receipt_extraction(stdout: str, out: Path) -> None:
     assert receipt.getextrema()[0] == (0, 255), "black text on white"
     assert re.search(r"^answer: \S", stdout, re.MULTILINE)
     assert "the receipt says: total $23.47, date 2024-03-15" in stdout
+    assert re.search(
+        r"^OCR checked \d+ number\(s\) and quote\(s\) of the grounded answer$", stdout, re.MULTILINE
+    )
     if "structured: " in stdout:  # the model answered JSON that matches the schema
         assert "response_schema" in DescribeImageParams.model_fields
         fields, _ = json.JSONDecoder().raw_decode(stdout.split("structured: ", 1)[1])
         assert {"total", "date"} <= set(fields)
     elif "response_schema" in DescribeImageParams.model_fields:  # the tiny model cannot: asked again
-        assert stdout.count("[describe_image]") == 2
+        assert stdout.count("[describe_image]") == 3  # and once more with ground=True
     else:
-        assert stdout.count("[describe_image]") == 1
+        assert stdout.count("[describe_image]") == 2
 
 
 def check_before_after(stdout: str, out: Path) -> None:

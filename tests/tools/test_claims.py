@@ -302,3 +302,30 @@ def test_numbers_are_read_with_currency_signs_and_thousands_separators_dropped()
 )
 def test_a_yes_no_answer_is_read_from_its_first_word(answer: str, said: bool | None) -> None:
     assert parse_yes_no(answer) is said
+
+
+async def test_ground_reads_a_real_receipt_with_rapidocr_and_flags_the_made_up_number(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=20)
+    receipt = Image.new("RGB", (320, 170), "white")
+    draw = ImageDraw.Draw(receipt)
+    for i, (left, right) in enumerate([("CORNER CAFE", ""), ("Date: 2024-03-15", ""), ("TOTAL", "$23.47")]):
+        draw.text((20, 20 + 50 * i), left, fill="black", font=font)
+        draw.text((300, 20 + 50 * i), right, fill="black", font=font, anchor="ra")
+    answer = 'At "CORNER CAFE" the total was $23.47 for 5 items.'
+    vlm = FakeVisionChat("fake-vlm", ONE_IMAGE_VLM, reply=answer)
+    services = services_with(tmp_path, allowed_root, vlm, detector=False)  # no reader given: RapidOCR
+
+    result = await describe_image(DescribeImageParams(image=data_uri(receipt), ground=True), services)
+
+    assert result.grounding is not None
+    read = {c.claim: c for c in result.grounding.claims if c.kind in ("number", "text")}
+    assert set(read) == {'the image shows "CORNER CAFE"', "23.47", "5"}
+    assert all(c.checked_by == "rapidocr" for c in read.values())
+    assert read['the image shows "CORNER CAFE"'].score == 1.0
+    assert read["23.47"].supported is True
+    assert read["5"].supported is False
+    assert "2024" in read["5"].evidence and "23.47" in read["5"].evidence
