@@ -116,7 +116,7 @@ async def describe_image(
     list_models); detail (low, high, auto) only for models whose capabilities list it. Answers can
     contain hallucinated details; check
     important ones with clip_classify, or pass ground=True to have the things the answer names
-    scored against the image with CLIP.
+    scored against the image with CLIP and its numbers and quoted text checked with OCR.
     """
     # 1. Check inputs
     clock = Clock()
