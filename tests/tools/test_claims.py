@@ -89,9 +89,12 @@ def services_with(
     *extra: Handle,
     reader: FakeReader | None = None,
     detector: bool = True,
+    paid_vlm: bool = False,
     **server: Any,
 ) -> Services:
     models = {**MODELS, "fake-owl": {"task": "detector", "backend": "transformers", "source": "fake/owl"}}
+    if paid_vlm:
+        models["fake-vlm"] = {**MODELS["fake-vlm"], "paid": True}
     defaults = {**DEFAULTS, **({"detector": "fake-owl"} if detector else {})}
     replaced = {h.name for h in extra}
     handles = [h for h in fake_handles() if h.name not in replaced] + list(extra)
@@ -329,3 +332,34 @@ async def test_ground_reads_a_real_receipt_with_rapidocr_and_flags_the_made_up_n
     assert read["23.47"].supported is True
     assert read["5"].supported is False
     assert "2024" in read["5"].evidence and "23.47" in read["5"].evidence
+
+
+async def test_a_paid_vision_model_is_confirmed_once_for_all_images_and_a_decline_asks_nothing(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    from multimodal_mcp.errors import SpendingRefused
+    from multimodal_mcp.tools.common import SpendingRequest, spending_approver
+
+    judge = FakeJudge("fake-vlm", Capabilities(images_per_request=1, yes_probability=True), p={"": 0.9})
+    services = services_with(
+        tmp_path, allowed_root, judge, reader=FakeReader([]), detector=False, paid_vlm=True
+    )
+    assert services.hub.paid("fake-vlm")
+    asked: list[SpendingRequest] = []
+
+    async def answer(reply: str) -> Any:
+        async def approver(request: SpendingRequest) -> str:
+            asked.append(request)
+            return reply
+
+        return approver
+
+    params = GenerateImageParams(prompt="a photo of a red cup", seed=1, num_images=3, verify="thorough")
+    with spending_approver(await answer("decline")), pytest.raises(SpendingRefused):
+        await generate_image(params, services)
+    assert judge.asked == []
+    with spending_approver(await answer("accept")):
+        result = await generate_image(params, services)
+    assert len(result.verification) == 3 and len(judge.asked) == 3 * 2  # two facts per image
+    # One confirmation per call, for every answer of every image.
+    assert [r.what for r in asked] == ["up to 6 yes/no answer(s) about 3 image(s)"] * 2

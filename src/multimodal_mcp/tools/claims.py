@@ -76,8 +76,9 @@ async def check_facts(services: Services, image: Image.Image, facts: Sequence[Fa
     """Check each fact against ``image`` (RGB) with the vision model, the detector and OCR as their
     kinds need; claims in the order of ``facts``.
 
+    A paid vision model must have been confirmed first (:func:`approve_questions`).
+
     Raises:
-        SpendingRefused: a paid vision model was declined.
         BackendError, Busy: a model failed or is at capacity.
     """
     settings = services.config.server.verification
@@ -132,10 +133,10 @@ def _label(query: str) -> str:
 
 
 async def ask(services: Services, image: Image.Image, facts: Sequence[Fact]) -> list[Claim]:
-    """Each fact's question put to the default vision model; P(yes) where it gives one."""
+    """Each fact's question put to the default vision model; P(yes) where it gives one. A paid
+    model is confirmed by the caller (:func:`approve_questions`), once for all images."""
     settings = services.config.server.verification
     name = services.hub.pick(None, "vlm", "vlm")
-    await approve_spending(services, name, f"{len(facts)} yes/no answer(s) about an image")
     chat = services.hub.vision_chat(name)
     scorer = chat if isinstance(chat, YesNoJudge) and chat.capabilities.yes_probability else None
     out = []
@@ -167,6 +168,16 @@ async def ask(services: Services, image: Image.Image, facts: Sequence[Fact]) -> 
             )
         )
     return out
+
+
+async def approve_questions(services: Services, images: int, facts: int) -> None:
+    """Confirm, before any question, the yes/no answers a paid default vision model may be asked.
+
+    Raises:
+        SpendingRefused: declined; nothing was asked.
+    """
+    name = services.hub.pick(None, "vlm", "vlm")
+    await approve_spending(services, name, f"up to {images * facts} yes/no answer(s) about {images} image(s)")
 
 
 def parse_yes_no(answer: str) -> bool | None:

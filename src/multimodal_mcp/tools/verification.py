@@ -32,7 +32,14 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.imaging.normalize import picture
-from multimodal_mcp.tools.claims import Claim, FoundBox, check_facts, draw_boxes, ground_text
+from multimodal_mcp.tools.claims import (
+    Claim,
+    FoundBox,
+    approve_questions,
+    check_facts,
+    draw_boxes,
+    ground_text,
+)
 from multimodal_mcp.tools.common import Services, check_limit, in_thread
 from multimodal_mcp.tools.facts import Fact, prompt_facts
 from multimodal_mcp.tools.phrases import noun_phrases
@@ -189,6 +196,7 @@ async def verify_images(
         started = time.perf_counter()
         listed = await prompt_facts(services, prompt)
         facts_seconds = round(time.perf_counter() - started, 4)
+        await approve_questions(services, len(images), len(listed.facts))
     checks = []
     for image, (prompt_score, label_scores) in zip(images, scored, strict=True):
         assert prompt_score is not None
