@@ -26,6 +26,7 @@ from fake_hub import (
     MODELS,
     ONE_IMAGE_VLM,
     FakeEmbedder,
+    FakeHub,
     FakeVisionChat,
     fake_config,
     fake_handles,
@@ -363,3 +364,22 @@ async def test_a_paid_vision_model_is_confirmed_once_for_all_images_and_a_declin
     assert len(result.verification) == 3 and len(judge.asked) == 3 * 2  # two facts per image
     # One confirmation per call, for every answer of every image.
     assert [r.what for r in asked] == ["up to 6 yes/no answer(s) about 3 image(s)"] * 2
+
+
+async def test_thorough_without_a_default_vlm_is_refused_before_anything_is_generated(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    from multimodal_mcp.errors import UnsupportedOperation
+
+    defaults = {k: v for k, v in DEFAULTS.items() if k != "vlm"}
+    services = fake_services_for(fake_config(tmp_path, allowed_root, defaults=defaults), fake_handles())
+    with pytest.raises(
+        UnsupportedOperation,
+        match=r"names none in \[defaults\] vlm \(configured vlm models: "
+        r"fake-vlm, fake-vlm-multi\); call again with verify='fast'",
+    ):
+        await generate_image(GenerateImageParams(prompt=PROMPT, verify="thorough"), services)
+    hub = services.hub
+    assert isinstance(hub, FakeHub) and hub.fakes["fake-sd"].requests == []  # type: ignore[union-attr]
+    result = await generate_image(GenerateImageParams(prompt=PROMPT, verify="fast"), services)
+    assert result.verification is not None and result.verification[0].level == "fast"

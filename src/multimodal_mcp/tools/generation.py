@@ -44,6 +44,7 @@ from multimodal_mcp.tools.verification import (
     ImageVerification,
     Level,
     check_labels,
+    check_level,
     level_of,
     verification_summary,
     verify_images,
@@ -365,6 +366,7 @@ def check_arguments(services: Services, model: str, params: Params) -> None:
         "num_images", getattr(params, "num_images", 1), limits.max_images, "make fewer images per call"
     )
     check_labels(services, getattr(params, "verify_labels", None))
+    check_level(services, getattr(params, "verify", None))
     services.hub.check(model, given_arguments(params))
 
 

@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 from PIL import Image
 from pydantic import BaseModel, Field, StringConstraints
 
-from multimodal_mcp.errors import InvalidArgument
+from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.tools.claims import (
     Claim,
@@ -133,6 +133,22 @@ class Grounding(BaseModel):
         description="Each phrase (kind object), number and quoted string (kinds number, text) as checked.",
     )
     seconds: dict[str, float] = Field(default_factory=dict, description="Seconds per check: clip, ocr.")
+
+
+def check_level(services: Services, verify: bool | Level | None) -> None:
+    """Refuse verify='thorough' before any work when no vision model is set to ask the facts of.
+
+    Raises:
+        UnsupportedOperation: naming the configured VLMs and the fast level as the alternative.
+    """
+    if level_of(verify) != "thorough" or services.config.defaults.get("vlm") is not None:
+        return
+    vlms = services.config.models_for("vlm")
+    raise UnsupportedOperation(
+        "verify='thorough' asks a vision-language model about each fact of the prompt, and this server "
+        f"names none in [defaults] vlm (configured vlm models: {', '.join(vlms) or 'none'}); "
+        "call again with verify='fast'"
+    )
 
 
 def check_labels(services: Services, labels: list[str] | None) -> None:
