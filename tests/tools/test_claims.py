@@ -383,3 +383,18 @@ async def test_thorough_without_a_default_vlm_is_refused_before_anything_is_gene
     assert isinstance(hub, FakeHub) and hub.fakes["fake-sd"].requests == []  # type: ignore[union-attr]
     result = await generate_image(GenerateImageParams(prompt=PROMPT, verify="fast"), services)
     assert result.verification is not None and result.verification[0].level == "fast"
+
+
+async def test_the_result_text_lists_the_failed_claims_with_their_evidence_and_how_to_restate_them(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    judge = FakeJudge("fake-vlm", Capabilities(images_per_request=1, yes_probability=True), p={"": 0.9})
+    owl = FakeDetector("fake-owl", found=[box("cat", 5), box("dog", 60)])
+    services = services_with(tmp_path, allowed_root, judge, owl, reader=FakeReader([]))
+    result, check = await thorough(services)
+    text = result.summary()
+    assert "3 of 5 facts held (facts from rules" in text
+    assert "- NOT SHOWN [count] there are two cats: 1 'cat' box(es) (scores 0.90); asked for 2" in text
+    assert '- NOT SHOWN [text] the image shows the text "OPEN": OCR found no text' in text
+    assert f"Boxes drawn on image://{check.overlay_id}" in text
+    assert "a count as 'exactly three apples'" in text

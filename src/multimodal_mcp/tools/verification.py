@@ -325,6 +325,11 @@ def verification_summary(checks: list[ImageVerification], seeds: Sequence[int | 
             "guidance_scale (models that take it), or try another seed; the same seed with a revised "
             "prompt keeps the composition (models that take a seed)."
         )
+        if any(c.supported is False for check in checks for c in check.claims or []):
+            lines.append(
+                "For failed claims: state each plainly and early (a count as 'exactly three apples', text "
+                "in quotes, a position as 'X on the left, Y on the right')."
+            )
     return "\n".join(lines)
 
 
