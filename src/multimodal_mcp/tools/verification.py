@@ -249,12 +249,13 @@ async def verify_images(
 
 
 async def _store_overlay(services: Services, image: Image.Image, boxes: list[FoundBox]) -> str:
-    drawn = draw_boxes(picture(image), boxes)
     boxes_stored = [b.model_dump() for b in boxes]
-    record = await in_thread(
-        lambda: services.store.put(drawn, kind="overlay", parameters={"boxes": boxes_stored})
-    )
-    return record.id
+
+    def draw_and_store() -> str:
+        drawn = draw_boxes(picture(image), boxes)
+        return services.store.put(drawn, kind="overlay", parameters={"boxes": boxes_stored}).id
+
+    return await in_thread(draw_and_store)
 
 
 async def ground_description(services: Services, image: Image.Image, text: str) -> Grounding:
