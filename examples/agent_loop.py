@@ -1,13 +1,16 @@
-"""An agent's loop: generate with verification, revise the prompt from the failed checks, try again.
+"""An agent's loop: generate with verification, revise the prompt from the failed claims, try again.
 
-Each round calls generate_image(verify=True, verify_labels=[...]) and reads the verification (CLIP
-prompt score and the labels it found). Missing labels are added to the prompt and the seed is kept
-(same composition, stronger wording); a low prompt score with nothing missing raises the guidance
-scale and tries the next seed. The loop stops when an image passes or the budget (rounds, seconds)
-runs out, then compares the first and the last image with compare_images.
+Each round calls generate_image(verify="thorough", verify_labels=[...]) and reads the verification:
+the CLIP prompt score and labels (the fast level), and the claims, one per fact of the prompt
+(objects, counts, colours, positions, text), each with whether it held and what the check saw.
+Failed claims are written into the prompt by kind (a count as "exactly N", text in quotes "in large
+clear letters", the rest named first) and the seed is kept (same composition, stronger wording);
+when every claim held but the CLIP score is low, the guidance is raised and the next seed tried. The
+loop stops when an image passes or the budget (rounds, seconds) runs out, then compares the first and
+the last image with compare_images.
 
-Meant for the `default` profile (SDXL with CLIP ViT-L/14, on a GPU), where the scores mean something.
-On `tiny` (random weights) they are noise: the loop runs until its budget ends, as it must.
+Meant for the `default` profile (SDXL, OWLv2, LLaVA, CLIP ViT-L/14 on a GPU), where the claims mean
+something. On `tiny` (random weights) they are noise: the loop runs until its budget ends, as it must.
 
     python examples/agent_loop.py                         # tiny offline models
     python examples/agent_loop.py --profile default --rounds 5 --seconds 600
@@ -24,7 +27,7 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 
-SUBJECT = "A lighthouse on a rocky coast at sunset, oil painting"
+SUBJECT = "A lighthouse left of two small boats at sunset, a sign that says KEEP OUT, oil painting"
 MUST_SHOW = ["a lighthouse", "rocks", "a sunset"]
 MAX_GUIDANCE = 12.0
 
@@ -44,8 +47,30 @@ async def call(client: Client, tool: str, arguments: dict[str, Any]) -> tuple[di
         result = await client.call_tool("get_job", {"job_id": out["job"]["id"], "wait_seconds": 30})
 
 
+def from_claims(prompt: str, failed: list[dict[str, Any]]) -> str:
+    """``prompt`` with each failed claim said more plainly, by its kind."""
+    said = []
+    for claim in failed:
+        if claim["kind"] == "text":
+            text = claim["claim"].split('"')[1] if '"' in claim["claim"] else claim["claim"]
+            said.append(f'the text "{text}" in large clear letters')
+        elif claim["kind"] == "count":
+            said.append(f"exactly {claim['claim'].removeprefix('there are ')}")
+        else:
+            said.append(claim["claim"].removeprefix("there is ").removeprefix("there are "))
+    return f"{', '.join(said)}; {prompt}"
+
+
 def revise(prompt: str, check: dict[str, Any], seed: int, guidance: float) -> tuple[str, int, float, str]:
     """The next prompt, seed and guidance from a failed check, and why."""
+    failed = [c for c in check.get("claims") or [] if c["supported"] is False]
+    if failed:
+        return (
+            from_claims(SUBJECT, failed),
+            seed,
+            guidance,
+            f"restated {len(failed)} failed claim(s), kept the seed",
+        )
     missing = [label for label in check["missing_labels"] if label.lower() not in prompt.lower()]
     if missing:
         return f"{', '.join(missing)}, {prompt}", seed, guidance, f"named {missing} first, kept the seed"
@@ -71,7 +96,7 @@ async def main(profile: str, rounds: int, seconds: float) -> None:
             arguments: dict[str, Any] = {
                 "prompt": prompt,
                 "seed": seed,
-                "verify": True,
+                "verify": "thorough",
                 "verify_labels": MUST_SHOW,
                 "delivery": "none",  # this script reads no pixels: text and ids are enough
             }
@@ -91,6 +116,13 @@ async def main(profile: str, rounds: int, seconds: float) -> None:
                 f"{'PASSED' if check['passed'] else 'failed'}"
             )
             print(f"  prompt: {prompt}")
+            claims = check.get("claims") or []
+            held = sum(c["supported"] is True for c in claims)
+            print(f"  {held} of {len(claims)} claims held (facts from {check.get('facts_source')})")
+            for claim in claims:
+                verdict = {True: "held", False: "FAILED", None: "unchecked"}[claim["supported"]]
+                seen = f"{claim['checked_by']}: {claim['evidence']}"
+                print(f"    [{claim['kind']}] {claim['claim']}: {verdict} ({seen})")
             if check["passed"]:
                 break
             if round_number == rounds or time.monotonic() - started > seconds:

@@ -3,7 +3,9 @@
 The receipt is drawn here with PIL, so we know what it says. A vision-language model answers
 "Extract the total amount and date from this receipt."; when the server's describe_image takes a
 `response_schema` (a JSON Schema for the answer), the example first asks for JSON and prints the
-validated value (a model that cannot comply, like the tiny one, gets an error instead).
+validated value (a model that cannot comply, like the tiny one, gets an error instead). Then it asks
+again with ground=True: every number and quoted string in the answer is checked against what OCR
+reads on the receipt, and the ones it does not find are flagged.
 Meant for LLaVA 1.6 (llava-hf/llava-v1.6-mistral-7b-hf, model `llava-1.6-mistral-7b`) on a GPU.
 On the offline `tiny` profile the VLM has random weights and answers word salad. Either way,
 check what matters against the source: VLMs misread text and invent numbers.
@@ -63,7 +65,14 @@ async def main() -> None:
                 print("structured:", json.dumps(answer["data"], indent=2))
         if not answer:
             answer = await call(client, "describe_image", arguments)
+        # ground=True checks every number and quoted string of the answer against the receipt's OCR.
+        grounded = await call(client, "describe_image", {**arguments, "ground": True})
     print("answer:", answer["text"])
+    read = [c for c in (grounded.get("grounding") or {}).get("claims", []) if c["kind"] in ("number", "text")]
+    for claim in read:
+        verdict = {True: "found", False: "NOT FOUND", None: "unchecked"}[claim["supported"]]
+        print(f"OCR check of {claim['claim']!r}: {verdict} ({claim['evidence']})")
+    print(f"OCR checked {len(read)} number(s) and quote(s) of the grounded answer")
     print(f"the receipt says: total {TOTAL}, date {DATE} (check the answer against it)")
     hint(args, "llava-hf/llava-v1.6-mistral-7b-hf")
 

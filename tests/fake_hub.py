@@ -39,6 +39,7 @@ from multimodal_mcp.handles import (
     Handle,
     ImageRequest,
     Progress,
+    TextReader,
     Usage,
 )
 from multimodal_mcp.hub import ModelHub
@@ -188,8 +189,11 @@ class FakeHub(ModelHub):
     """The hub over fake handles: capabilities are each handle's (with the config's overrides), the
     handles are the given objects, and no model is ever loaded."""
 
-    def __init__(self, config: Config, pool: ModelPool, handles: Iterable[Handle]) -> None:
+    def __init__(
+        self, config: Config, pool: ModelPool, handles: Iterable[Handle], reader: TextReader | None = None
+    ) -> None:
         super().__init__(config, pool, HostedConnections(config.hosted))
+        self.reader = reader
         self.fakes: dict[str, Handle] = {handle.name: handle for handle in handles}
         unknown = sorted(set(self.fakes) - set(config.models))
         assert not unknown, f"fake handles for models the config does not have: {unknown}"
@@ -199,6 +203,10 @@ class FakeHub(ModelHub):
         fake = self.fakes.get(name)
         declared = fake.capabilities if fake is not None else Capabilities()
         return declared.merged(spec.capabilities)
+
+    def text_reader(self) -> TextReader:
+        """The given OCR reader; without one, the real hub's (RapidOCR)."""
+        return self.reader if self.reader is not None else super().text_reader()
 
     def handle(self, name: str) -> Handle:
         self.spec(name)  # an unknown name is the real hub's error
@@ -294,11 +302,13 @@ def fake_config(
     )
 
 
-def fake_services_for(config: Config, handles: Iterable[Handle]) -> Services:
+def fake_services_for(
+    config: Config, handles: Iterable[Handle], reader: TextReader | None = None
+) -> Services:
     """The real services over ``config`` (store, resolver, jobs, a pool that loads nothing) with a
-    FakeHub over ``handles``."""
+    FakeHub over ``handles`` (and ``reader`` as its OCR engine, if given)."""
     services = create_services(config, devices=cpu_only())
-    return dataclasses.replace(services, hub=FakeHub(config, services.pool, handles))
+    return dataclasses.replace(services, hub=FakeHub(config, services.pool, handles, reader))
 
 
 @pytest.fixture

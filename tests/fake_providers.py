@@ -142,6 +142,8 @@ class OpenAIFake(FakeProvider):
 
     def __init__(self) -> None:
         self.chat_answer = "A cat sits on a red sofa."
+        self.chat_top_logprobs: list[tuple[str, float]] | None = None
+        """When set, chat answers carry these (token, logprob) pairs as the first token's top_logprobs."""
         super().__init__(self._respond)
 
     def _images(self, model: str, size: str, n: int) -> dict[str, Any]:
@@ -173,6 +175,11 @@ class OpenAIFake(FakeProvider):
             n = int(form["n"][0][1]) if "n" in form else 1
             return Scripted(body=self._images(model, size, n))
         if request.path.endswith("/chat/completions"):
+            logprobs = None
+            if self.chat_top_logprobs is not None and request.json.get("logprobs"):
+                top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in self.chat_top_logprobs]
+                first = {"token": top[0]["token"], "logprob": top[0]["logprob"], "bytes": None}
+                logprobs = {"content": [{**first, "top_logprobs": top}], "refusal": None}
             return Scripted(
                 body={
                     "id": "chatcmpl-1",
@@ -183,6 +190,7 @@ class OpenAIFake(FakeProvider):
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": self.chat_answer, "refusal": None},
+                            "logprobs": logprobs,
                             "finish_reason": "stop",
                         }
                     ],

@@ -29,7 +29,9 @@ TOOL_MODULES = frozenset(
     }
 )
 """One module per MCP tool; none imports another."""
-SHARED_MODULES = frozenset({"common", "generation", "prompting", "verification", "json_answer", "phrases"})
+SHARED_MODULES = frozenset(
+    {"common", "generation", "prompting", "verification", "json_answer", "phrases", "facts", "claims"}
+)
 """What the tools share; any tools module may import these."""
 
 BYPASSING = (

@@ -132,6 +132,11 @@ class Capabilities(_Frozen):
         description="response_schema: 'native' (the model's own structured output), 'prompted' (asked for "
         "JSON and validated), 'none'.",
     )
+    yes_probability: bool = Field(
+        default=False,
+        description="Scores a yes/no question by the probability of 'yes' (token probabilities); "
+        "without it verify='thorough' parses the answer (score 1 or 0).",
+    )
     # --- image-text embedding (task clip) ---
     sigmoid_scores: bool = Field(
         default=False, description="Trained with a sigmoid loss (SigLIP): has a logit bias."

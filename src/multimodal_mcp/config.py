@@ -43,7 +43,7 @@ from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importe
     VerificationSettings,
 )
 
-Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text"]
+Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text", "detector"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
@@ -54,16 +54,18 @@ when it fits the client's limits, else a preview), ``none`` (text and links only
 plus the stored PNG's local absolute path)."""
 ClientLimitsPreset = Literal["claude-desktop", "claude-code", "generic"]
 
-DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm", "prompt_rewrite"]
+DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm", "prompt_rewrite", "detector"]
 """Keys of ``[defaults]``: the model a tool uses when its ``model`` argument is omitted.
 ``controlled`` names the *base* text-to-image model for ``controlled_generate``; ``prompt_rewrite``
-the text model that ``enhance_prompt=True`` rewrites prompts with."""
+the text model that ``enhance_prompt=True`` rewrites prompts with (and verify="thorough" lists facts
+with); ``detector`` the zero-shot object detector verify="thorough" counts and places objects with."""
 _DEFAULT_TASK: dict[str, Task] = {
     "text_to_image": "text_to_image",
     "controlled": "text_to_image",
     "clip": "clip",
     "vlm": "vlm",
     "prompt_rewrite": "text",
+    "detector": "detector",
 }
 TINY_SOURCE_PREFIX = "tiny:"
 

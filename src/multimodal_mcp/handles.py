@@ -200,6 +200,24 @@ class VisionChat(Protocol):
 
 
 @runtime_checkable
+class YesNoJudge(Protocol):
+    """A vision-language model that scores a yes/no question by its token probabilities.
+
+    Handles offer it where ``capabilities.yes_probability`` is true (local transformers VLMs: the
+    answer's likelihood; hosted models with log-probabilities). Others are asked and their answer
+    parsed.
+    """
+
+    name: str
+    capabilities: Capabilities
+
+    async def p_yes(self, image: Image.Image, question: str) -> float:
+        """P("yes") for ``question`` about ``image`` (RGB), normalised over the answers yes and no:
+        a float in [0, 1]."""
+        ...
+
+
+@runtime_checkable
 class TextChat(Protocol):
     """A text-only chat model (prompt rewriting, fact extraction)."""
 
@@ -242,6 +260,58 @@ class ImageTextEmbedder(Protocol):
         ...
 
 
+# --- text reading and object detection -------------------------------------------------------
+
+Box = tuple[float, float, float, float]
+"""An axis-aligned box in pixels of the image it was found in: (left, top, right, bottom)."""
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of text an OCR engine read: the text, its confidence (0-1) and its box."""
+
+    text: str
+    score: float
+    box: Box
+
+
+@runtime_checkable
+class TextReader(Protocol):
+    """Optical character recognition: the lines of text in an image."""
+
+    name: str
+
+    async def read(self, image: Image.Image) -> list[TextLine]:
+        """Every line of text found in ``image`` (RGB), top to bottom, with a confidence each.
+
+        Raises:
+            BackendError: the engine failed or is not installed (the message says how to install it).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object a detector found: which query it matched, its confidence (0-1) and its box."""
+
+    label: str
+    score: float
+    box: Box
+
+
+@runtime_checkable
+class ObjectDetector(Protocol):
+    """Zero-shot (open-vocabulary) object detection: boxes for objects named in words."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def detect(self, image: Image.Image, labels: Sequence[str], threshold: float) -> list[Detection]:
+        """The boxes in ``image`` (RGB) matching any of ``labels`` scoring above ``threshold``,
+        best first; each detection's ``label`` is one of ``labels``."""
+        ...
+
+
 # --- the rest the tools need ------------------------------------------------------------------
 
 
@@ -280,4 +350,4 @@ class ControlPreprocessor(Protocol):
         ...
 
 
-Handle = ImageGenerator | VisionChat | TextChat | ImageTextEmbedder
+Handle = ImageGenerator | VisionChat | TextChat | ImageTextEmbedder | ObjectDetector

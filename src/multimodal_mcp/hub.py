@@ -21,24 +21,34 @@ from multimodal_mcp.handles import (
     Handle,
     ImageGenerator,
     ImageTextEmbedder,
+    ObjectDetector,
     TextChat,
+    TextReader,
     VisionChat,
 )
 from multimodal_mcp.imaging.analysis import CannyEdges
 from multimodal_mcp.pool.core import ModelPool
-from multimodal_mcp.pool.handles import PooledEmbedder, PooledImageGenerator, PooledTextChat, PooledVisionChat
+from multimodal_mcp.pool.handles import (
+    PooledDetector,
+    PooledEmbedder,
+    PooledImageGenerator,
+    PooledTextChat,
+    PooledVisionChat,
+)
 
 _POOLED: dict[str, Callable[[ModelPool, str, Capabilities], Handle]] = {
     "text_to_image": PooledImageGenerator,
     "vlm": PooledVisionChat,
     "text": PooledTextChat,
     "clip": PooledEmbedder,
+    "detector": PooledDetector,
 }
 _KINDS: dict[str, type[Handle]] = {
     "text_to_image": ImageGenerator,
     "vlm": VisionChat,
     "text": TextChat,
     "clip": ImageTextEmbedder,
+    "detector": ObjectDetector,
 }
 
 
@@ -68,6 +78,7 @@ class ModelHub:
         self._capabilities: dict[str, Capabilities] = {}
         self._handles: dict[str, Handle] = {}
         self._preprocessors: dict[str, ControlPreprocessor] = {"canny": CannyEdges()}
+        self._reader: TextReader | None = None
 
     # --- names and specs ------------------------------------------------------------------------
 
@@ -193,6 +204,19 @@ class ModelHub:
         handle = self._for_task(name, "clip")
         assert isinstance(handle, ImageTextEmbedder)
         return handle
+
+    def object_detector(self, name: str) -> ObjectDetector:
+        handle = self._for_task(name, "detector")
+        assert isinstance(handle, ObjectDetector)
+        return handle
+
+    def text_reader(self) -> TextReader:
+        """The server's OCR engine (RapidOCR, on the CPU; it loads on first use, not here)."""
+        if self._reader is None:
+            from multimodal_mcp.backends.ocr import RapidOcrReader
+
+            self._reader = RapidOcrReader()
+        return self._reader
 
     # --- components a generator attaches by name ------------------------------------------------
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "multimodal_mcp.backends"
-TASKS = ("text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text")
-"""Every task a model may have. Handles exist for text_to_image, vlm, text and clip; controlnet and
+TASKS = ("text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text", "detector")
+"""Every task a model may have. Handles exist for text_to_image, vlm, text, clip and detector; controlnet and
 ip_adapter models are components a text_to_image handle attaches by name."""
 
 

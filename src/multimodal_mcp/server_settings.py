@@ -168,6 +168,38 @@ class VerificationSettings(_Frozen):
     max_phrases: int = Field(
         default=16, ge=1, le=64, description="Most phrases describe_image(ground=True) checks."
     )
+    # verify="thorough" and the OCR checks of describe_image(ground=True). Starting points, not yet
+    # measured on real models: tune them on your models with bench/adherence.py.
+    yes_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="A fact the vision model checks is supported when P(yes) is at least this.",
+    )
+    detector_threshold: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Detector boxes scoring under this are ignored when counting and placing objects.",
+    )
+    text_threshold: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Text asked for counts as shown when its best match in the OCR'd text is at least "
+        "this similar (0-1, difflib's ratio on case-folded text).",
+    )
+    ocr_min_score: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="OCR lines read with less confidence than this are ignored."
+    )
+    ocr: Literal["rapidocr", "off"] = Field(
+        default="rapidocr",
+        description="The OCR engine for text checks ('rapidocr': pip install 'multimodal-mcp[ocr]').",
+    )
+    max_facts: int = Field(default=12, ge=1, le=32, description="Most facts verify='thorough' checks.")
+    fact_tokens: int = Field(
+        default=512, ge=64, le=4096, description="Tokens the text model may spend listing a prompt's facts."
+    )
 
 
 _PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")

@@ -439,3 +439,30 @@ async def test_a_missing_sdk_names_the_extra_to_install(
         BackendError, match=r"needs the 'openai' package: pip install 'multimodal-mcp\[openai\]'"
     ):
         await hosted_services.hub.text_chat("gpt-4o").complete("s", "p", max_tokens=5)
+
+
+async def test_p_yes_comes_from_the_first_tokens_top_logprobs_of_yes_and_no(
+    hosted_services: Services, openai_fake: OpenAIFake
+) -> None:
+    import math
+
+    from multimodal_mcp.handles import YesNoJudge
+
+    chat = hosted_services.hub.vision_chat("gpt-4o")
+    assert isinstance(chat, YesNoJudge) and chat.capabilities.yes_probability
+    openai_fake.chat_answer = "Yes"
+    openai_fake.chat_top_logprobs = [("Yes", math.log(0.6)), (" yes", math.log(0.1)), ("No", math.log(0.2))]
+    p = await chat.p_yes(photo(size=32), "Is there a person? Answer yes or no.")
+    assert math.isclose(p, 0.7 / 0.9)
+    (request,) = openai_fake.requests
+    body = request.json
+    assert (body["logprobs"], body["top_logprobs"], body["max_completion_tokens"]) == (True, 20, 1)
+    assert body["messages"][0]["content"][0] == {
+        "type": "text",
+        "text": "Is there a person? Answer yes or no.",
+    }
+
+    # Without log-probabilities in the answer, the answer's first word decides.
+    openai_fake.chat_top_logprobs = None
+    openai_fake.chat_answer = "No."
+    assert await chat.p_yes(photo(size=32), "Is there a cat?") == 0.0

@@ -245,6 +245,21 @@ async def test_open_world_hints_say_which_tools_may_reach_a_hosted_model(hosted_
     assert reaching == {"generate_image", "controlled_generate", "describe_image", "compare_images"}
 
 
+async def test_a_hosted_default_vlm_opens_generation_to_the_world_for_thorough_verification(
+    config: Config,
+) -> None:
+    from multimodal_mcp.config import ModelSpec
+
+    hosted_vlm = ModelSpec.model_validate({"task": "vlm", "backend": "openai", "source": "gpt-4o"})
+    models = {**config.models, "gpt-4o": hosted_vlm}
+    opened = config.model_copy(update={"models": models, "defaults": {**config.defaults, "vlm": "gpt-4o"}})
+    async with Client(build_server(opened, create_services(opened, devices=cpu_only()))) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    reaching = {name for name, t in tools.items() if t.annotations and t.annotations.open_world_hint}
+    # verify="thorough" asks the default VLM; describe_image and compare_images may pick it anyway.
+    assert reaching == {"generate_image", "controlled_generate", "describe_image", "compare_images"}
+
+
 async def test_fetching_urls_opens_every_tool_that_takes_images_to_the_world(config: Config) -> None:
     urls = config.server.model_copy(update={"urls": config.server.urls.model_copy(update={"enabled": True})})
     opened = config.model_copy(update={"server": urls})

@@ -206,3 +206,38 @@ async def test_the_batcher_similarities_are_the_models_cosines(services: Service
             )
     assert np.allclose(rows[0], text_emb @ image_emb[0], atol=1e-5)
     assert math.isclose(scale, logit_scale, rel_tol=1e-6)
+
+
+async def test_thorough_verification_on_tiny_models_checks_each_fact_with_the_model_its_kind_needs(
+    client: Client, services: Services
+) -> None:
+    prompt = "a photo of two cats left of a dog, a sign that says OPEN"
+    out = await call_ok(client, "generate_image", {"prompt": prompt, "seed": 3, "verify": "thorough"})
+    (check,) = out["verification"]
+    assert check["level"] == "thorough"
+    assert [c["claim"] for c in check["claims"]] == [f["claim"] for f in check["facts"]]
+    checked_by = {c["kind"]: c["checked_by"] for c in check["claims"]}
+    assert checked_by == {
+        "text": "rapidocr",
+        "count": "tiny-owlv2",
+        "relation": "tiny-owlv2",
+        "object": "tiny-vlm",
+    }
+    for claim in check["claims"]:
+        assert set(claim) == {"claim", "kind", "supported", "score", "evidence", "checked_by"}
+        if claim["checked_by"] == "tiny-vlm":
+            assert claim["supported"] == (claim["score"] >= 0.5)
+    # The 64 px noise image has no text, and the tiny detector's boxes are noise (but real boxes).
+    (text,) = [c for c in check["claims"] if c["kind"] == "text"]
+    assert (text["supported"], text["score"]) == (False, 0.0)
+    (count,) = [c for c in check["claims"] if c["kind"] == "count"]
+    cats = [b for b in check["boxes"] if b["label"] == "cat"]
+    assert count["supported"] == (len(cats) == 2) and f"{len(cats)} 'cat' box(es)" in count["evidence"]
+    assert set(check["seconds"]) >= {"clip", "facts", "vlm", "ocr", "detector"}
+    stored = services.store.record(out["images"][0]["id"]).parameters["verification"]
+    assert stored == {k: v for k, v in check.items() if k != "image_id"}
+    if check["boxes"]:
+        assert services.store.record(check["overlay_id"]).kind == "overlay"
+    assert "facts held" in text_of(
+        await client.call_tool("generate_image", {"prompt": prompt, "seed": 3, "verify": "thorough"})
+    )

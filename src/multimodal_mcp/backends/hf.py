@@ -75,10 +75,11 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
 
 
 class TransformersBackend(LocalBackend):
-    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text) and text chat models."""
+    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text), text chat models and
+    zero-shot object detectors."""
 
     title = "transformers"
-    tasks = frozenset({"clip", "vlm", "text"})
+    tasks = frozenset({"clip", "vlm", "text", "detector"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
         if spec.task == "clip":
@@ -89,6 +90,10 @@ class TransformersBackend(LocalBackend):
             from multimodal_mcp.backends.vlm import load_vlm
 
             return load_vlm(name, spec, ctx)
+        if spec.task == "detector":
+            from multimodal_mcp.backends.detector import load_detector
+
+            return load_detector(name, spec, ctx)
         from multimodal_mcp.backends.text import load_text
 
         return load_text(name, spec, ctx)
@@ -98,7 +103,8 @@ class TransformersBackend(LocalBackend):
             return Capabilities(sigmoid_scores="siglip" in spec.source.lower())
         if spec.task == "vlm":
             # One image per question (LLaVA-style processors); answers as JSON by asking for it.
-            return Capabilities(images_per_request=1, structured_output="prompted")
+            # Yes/no questions are scored by the answer's likelihood (verify="thorough").
+            return Capabilities(images_per_request=1, structured_output="prompted", yes_probability=True)
         return Capabilities()
 
 

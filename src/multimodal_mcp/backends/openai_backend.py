@@ -10,6 +10,7 @@ the agent. The SDK is imported when the first client is made, not with this modu
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -101,6 +102,9 @@ def _capabilities(spec: ModelSpec) -> Capabilities:
             images_per_request=MAX_EDIT_IMAGES,
             detail_levels=("low", "high", "auto"),
             structured_output="native",
+            # Chat completions return log-probabilities (reasoning models do not: set
+            # capabilities = { yes_probability = false } for those).
+            yes_probability=True,
         )
     return Capabilities()
 
@@ -253,16 +257,33 @@ class OpenAIChat(_Calls):
     class) and a :class:`~multimodal_mcp.handles.TextChat`."""
 
     async def _chat(
-        self, messages: list[dict[str, Any]], max_tokens: int, response_format: dict[str, Any] | None
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        response_format: dict[str, Any] | None,
+        **extra: Any,
     ) -> ChatAnswer:
+        response = await self._create(messages, max_tokens, response_format, **extra)
+        return self._answer(response)
+
+    async def _create(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        response_format: dict[str, Any] | None,
+        **extra: Any,
+    ) -> Any:
         kwargs: dict[str, Any] = {
             "model": self.spec.source,
             "messages": messages,
             "max_completion_tokens": max_tokens,
+            **extra,
         }
         if response_format is not None:
             kwargs["response_format"] = response_format
-        response = await self.call(lambda client: client.chat.completions.create(**kwargs))
+        return await self.call(lambda client: client.chat.completions.create(**kwargs))
+
+    def _answer(self, response: Any) -> ChatAnswer:
         try:
             choice = response.choices[0]
             message = choice.message
@@ -284,6 +305,28 @@ class OpenAIChat(_Calls):
         )
         return ChatAnswer(text.strip(), counted.completion_tokens or 0, counted)
 
+    async def p_yes(self, image: Image.Image, question: str) -> float:
+        """P("yes") from the first answer token's top log-probabilities: the probability mass of
+        tokens reading "yes" over that of "yes" and "no" (case and spaces ignored). When neither is
+        among the top 20, the answer itself decides: 1.0 for yes, 0.0 otherwise."""
+        content = _content([image], question, None)
+        response = await self._create(
+            [{"role": "user", "content": content}], 1, None, logprobs=True, top_logprobs=20
+        )
+        text = self._answer(response).text
+        mass = {"yes": 0.0, "no": 0.0}
+        try:
+            top = response.choices[0].logprobs.content[0].top_logprobs
+        except (AttributeError, IndexError, TypeError):
+            top = []
+        for candidate in top or []:
+            word = str(getattr(candidate, "token", "")).strip().lower()
+            if word in mass:
+                mass[word] += math.exp(float(candidate.logprob))
+        if mass["yes"] + mass["no"] > 0:
+            return mass["yes"] / (mass["yes"] + mass["no"])
+        return 1.0 if text.strip().lower().startswith("yes") else 0.0
+
     async def answer(
         self,
         images: Sequence[Image.Image],
@@ -294,12 +337,7 @@ class OpenAIChat(_Calls):
         schema: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> ChatAnswer:
-        content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
-        for image in images:
-            part: dict[str, Any] = {"url": data_uri(picture(image))}
-            if detail is not None:
-                part["detail"] = detail
-            content.append({"type": "image_url", "image_url": part})
+        content = _content(images, prompt, detail)
         response_format = None
         if schema is not None:
             # Not strict: strict mode needs every property required and no additional properties;
@@ -315,6 +353,16 @@ class OpenAIChat(_Calls):
     ) -> ChatAnswer:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
         return await self._chat(messages, max_tokens, None)
+
+
+def _content(images: Sequence[Image.Image], prompt: str, detail: Detail | None) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+    for image in images:
+        part: dict[str, Any] = {"url": data_uri(picture(image))}
+        if detail is not None:
+            part["detail"] = detail
+        content.append({"type": "image_url", "image_url": part})
+    return content
 
 
 class OpenAIBackend(HostedBackend):

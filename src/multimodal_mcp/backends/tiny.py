@@ -30,7 +30,7 @@ from multimodal_mcp.backends import tiny_diffusion, tiny_transformers
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "5"
+TINY_BUILD_VERSION: str = "6"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -43,6 +43,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "clip": "clip",
     "vlm": "vlm",
     "text": "text",
+    "detector": "detector",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -82,6 +83,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": tiny_transformers.build_clip,
     "vlm": tiny_transformers.build_vlm,
     "text": tiny_transformers.build_text,
+    "detector": tiny_transformers.build_detector,
 }
 
 

@@ -1,5 +1,5 @@
 """Tiny random-weight transformers pieces: hand-written tokenizers, CLIP/Llama configs, and the CLIP,
-VLM (LLaVA) and text (Llama chat) checkpoints.
+VLM (LLaVA), text (Llama chat) and detector (OWLv2) checkpoints.
 
 The diffusion builders in :mod:`multimodal_mcp.backends.tiny_diffusion` reuse the tokenizers and CLIP text
 encoders from here. All tokenizers are built from hand-written vocabularies, so nothing is ever downloaded.
@@ -319,3 +319,28 @@ def build_text(target: Path) -> None:
     )
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+
+
+def build_detector(target: Path) -> None:
+    """An OWLv2 zero-shot object detector (CLIP-style text and vision towers, box and class heads) on
+    64 px square inputs: 16 patches, so at most 16 boxes per image."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
+
+    tokenizer = make_clip_tokenizer()
+    config = Owlv2Config(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 64,
+            "patch_size": 16,
+        },
+        projection_dim=32,
+    )
+    seed_torch(8001)
+    model = Owlv2ForObjectDetection(config).eval()
+    model.save_pretrained(target, safe_serialization=True)
+    image_processor = Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)

@@ -41,6 +41,34 @@ class VisionLanguageModel(TransformersModel):
         text = self.processor.decode(new_tokens, skip_special_tokens=True)
         return text.strip(), int(new_tokens.shape[0])
 
+    def yes_probability(self, image: Image.Image, question: str) -> float:
+        """P("Yes") for a yes/no ``question`` about ``image``, normalised over the two answers.
+
+        Each answer's likelihood is the product of its tokens' probabilities after the prompt
+        (teacher forcing), so it works whatever the tokenizer splits "Yes" into; the result is
+        ``L(Yes) / (L(Yes) + L(No))``, a float in [0, 1].
+        """
+        import torch
+
+        inputs = self.processor(images=self.fit(image), text=self._prompt(question, 1), return_tensors="pt")
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        prompt_ids, prompt_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        log_likelihoods = []
+        for answer in ("Yes", "No"):
+            ids = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"]], device=self.device)
+            input_ids = torch.cat([prompt_ids, ids], dim=1)
+            mask = torch.cat([prompt_mask, torch.ones_like(ids)], dim=1)
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask, **inputs).logits
+            start = prompt_ids.shape[1]
+            # The logits at position t predict token t + 1.
+            steps = torch.log_softmax(logits[0, start - 1 : -1].float(), dim=-1)
+            log_likelihoods.append(steps.gather(1, ids[0].unsqueeze(1)).sum())
+        return float(torch.softmax(torch.stack(log_likelihoods), dim=0)[0])
+
 
 def load_vlm(name: str, spec: ModelSpec, ctx: LoadContext) -> VisionLanguageModel:
     model, processor = load_pretrained(name, spec, ctx, "AutoModelForImageTextToText")

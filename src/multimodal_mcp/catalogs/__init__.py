@@ -41,6 +41,7 @@ SERVES: dict[str, tuple[str, ...]] = {
     "clip": ("clip_classify",),
     "vlm": ("describe_image", "compare_images(describe=True)"),
     "prompt_rewrite": ("enhance_prompt",),
+    "detector": ("verify='thorough'",),
 }
 """What the model of each ``[defaults]`` key serves: the words the ``auto`` profile's reasons use."""
 _REWRITER = "prompt_rewrite"

@@ -66,7 +66,7 @@ from multimodal_mcp.principals import SINGLE_USER, current_principal
 
 logger = logging.getLogger(__name__)
 
-ImageKind = Literal["generated", "input", "control", "diff"]
+ImageKind = Literal["generated", "input", "control", "diff", "overlay"]
 ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 URI_SCHEME = "image://"
 CACHE_BYTES = 256 * 1024 * 1024

@@ -31,6 +31,7 @@ from multimodal_mcp.handles import (
     Adjustment,
     ChatAnswer,
     Detail,
+    Detection,
     Embedding,
     GeneratedImages,
     ImageRequest,
@@ -143,6 +144,14 @@ class PooledVisionChat(_PooledChat):
         pictures = [picture(image) for image in images]
         return await self._run(lambda m: m.answer(pictures, asked, max_tokens), progress)
 
+    async def p_yes(self, image: Image.Image, question: str) -> float:
+        """P("yes") from the model's token probabilities (a :class:`~multimodal_mcp.handles.YesNoJudge`)."""
+        shown = picture(image)
+        async with self.pool.use(self.name) as model:
+            return float(
+                await self.pool.run(model, lambda m, _step, _cancel: m.yes_probability(shown, question))
+            )
+
 
 class PooledTextChat(_PooledChat):
     """A local text chat model (a :class:`~multimodal_mcp.handles.TextChat`)."""
@@ -151,6 +160,16 @@ class PooledTextChat(_PooledChat):
         self, system: str, prompt: str, *, max_tokens: int, progress: Progress | None = None
     ) -> ChatAnswer:
         return await self._run(lambda m: m.complete(system, prompt, max_tokens), progress)
+
+
+class PooledDetector(_Pooled):
+    """A local zero-shot object detector (an :class:`~multimodal_mcp.handles.ObjectDetector`)."""
+
+    async def detect(self, image: Image.Image, labels: Sequence[str], threshold: float) -> list[Detection]:
+        shown, asked = picture(image), list(labels)
+        async with self.pool.use(self.name) as model:
+            found = await self.pool.run(model, lambda m, _step, _cancel: m.detect(shown, asked, threshold))
+        return list(found)
 
 
 class PooledEmbedder(_Pooled):

@@ -100,22 +100,24 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
     )
 
 
-_GEN = ("text_to_image", "prompt_rewrite")
+_GEN = ("text_to_image", "prompt_rewrite", "verify")
 _SEE = ("vlm", "clip")
 _TAKES_IMAGES = frozenset({"controlled_generate", "clip_classify", "describe_image", "compare_images"})
 
 
 def _reaches_out(config: Config, tasks: tuple[str, ...], takes_images: bool) -> bool:
     """Whether a tool may talk to the world beyond this server (MCP's ``openWorldHint``): a hosted
-    model of a task it uses can be chosen (for ``prompt_rewrite``: the configured rewriter), or it
+    model of a task it uses can be chosen (for ``prompt_rewrite``: the configured rewriter; for
+    ``verify``, verify="thorough": the default VLM and the rewriter, which lists the facts), or it
     fetches the image URLs named in its arguments (``[server.urls]``)."""
     if takes_images and config.server.urls.enabled:
         return True
     rewriter = config.defaults.get("prompt_rewrite")
+    verifiers = {config.defaults.get("vlm"), rewriter} if "verify" in tasks else set()
     return any(
         spec.hosted
         for name, spec in config.models.items()
-        if spec.task in tasks or (name == rewriter and "prompt_rewrite" in tasks)
+        if spec.task in tasks or (name == rewriter and "prompt_rewrite" in tasks) or name in verifiers
     )
 
 

@@ -24,9 +24,10 @@ validates every call with the params model itself, so nothing looser gets throug
   the object itself.
 
 Output schemas (``lean_output_schema``) keep their shape (types, properties, required keys, items,
-enums) and their ``$defs``, which a repeated part (an image reference) is written once in. They lose
-their descriptions, defaults and bounds: clients validate results with them, and models rarely see
-them (the result's text and field names say what a model needs).
+enums) and their ``$defs``, which a repeated part (an image reference) is written once in, down to
+the parts of the result's own parts: deeper definitions (one claim of one image's verification) are
+objects of any shape. They lose their descriptions, defaults and bounds: clients validate results
+with them, and models rarely see them (the result's text and field names say what a model needs).
 """
 
 from __future__ import annotations
@@ -169,5 +170,24 @@ def portable_input_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def lean_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` (a tool's output schema) as its shape: no titles, descriptions, defaults or bounds,
-    nullable types as type lists; ``$defs`` are kept. It accepts at least what ``schema`` accepts."""
-    return _rewrite(copy.deepcopy(schema), inputs=False, descriptions=False)
+    nullable types as type lists; ``$defs`` are kept, except that a definition only other
+    definitions use (a part of a part, e.g. one claim of one image's verification) is an object of
+    any shape. It accepts at least what ``schema`` accepts."""
+    lean = _rewrite(copy.deepcopy(schema), inputs=False, descriptions=False)
+    defs = lean.get("$defs")
+    if isinstance(defs, dict):
+        top = _refs({key: value for key, value in lean.items() if key != "$defs"})
+        for name in list(defs):
+            if f"#/$defs/{name}" not in top:
+                defs[name] = {"type": "object"}
+    return lean
+
+
+def _refs(node: Any) -> set[str]:
+    """Every ``$ref`` value in ``node``."""
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(value) for value in node))
+    return set()

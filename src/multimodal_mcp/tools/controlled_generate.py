@@ -150,7 +150,7 @@ class ControlledGenerateParams(Params):
     ] = None
     reference_scale: Annotated[float, Field(ge=0.0, le=2.0, description="Weight of reference_image.")] = 0.6
     resize_mode: ResizeModeArg = DEFAULT_RESIZE_MODE
-    verify: Verify = False
+    verify: Verify = None
     verify_labels: VerifyLabels = None
 
     @model_validator(mode="after")

@@ -55,7 +55,7 @@ class DescribeImageParams(Params):
     ground: Annotated[
         bool,
         Field(
-            description="Check the things the answer names against the image with CLIP.",
+            description="Check the answer: named things with CLIP, numbers and quoted text with OCR.",
         ),
     ] = False
     detail: DetailArg = None

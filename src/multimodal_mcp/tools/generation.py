@@ -43,7 +43,10 @@ from multimodal_mcp.tools.common import (
 from multimodal_mcp.tools.prompting import PromptRewrite, pick_rewriter, rewrite_prompt, rewrite_purchase
 from multimodal_mcp.tools.verification import (
     ImageVerification,
+    Level,
     check_labels,
+    check_level,
+    level_of,
     verification_summary,
     verify_images,
 )
@@ -172,7 +175,7 @@ class GenerationResult(Result):
     )
     timings: Timings
     verification: list[ImageVerification] | None = Field(
-        default=None, description="With verify=True: one check per image, in the order of images."
+        default=None, description="With verify: one check per image, in the order of images."
     )
     prompt_rewrite: PromptRewrite | None = Field(
         default=None,
@@ -258,7 +261,7 @@ class Plan:
     seed: int | None
     seeds: tuple[int, ...] | None
     quality: str | None
-    verify: bool
+    verify: Level | None
     verify_labels: list[str] | None
     enhance_prompt: bool
     clock: Clock
@@ -344,7 +347,7 @@ def plan(
         seed=base_seed,
         seeds=tuple((base_seed + i) % 2**32 for i in range(num_images)) if base_seed is not None else None,
         quality=field("quality"),
-        verify=bool(field("verify", False)),
+        verify=level_of(field("verify", False)),
         verify_labels=verify_labels,
         enhance_prompt=bool(field("enhance_prompt", False)),
         clock=Clock(),
@@ -366,6 +369,7 @@ def check_arguments(services: Services, model: str, params: Params) -> None:
         "num_images", getattr(params, "num_images", 1), limits.max_images, "make fewer images per call"
     )
     check_labels(services, getattr(params, "verify_labels", None))
+    check_level(services, getattr(params, "verify", None))
     services.hub.check(model, given_arguments(params))
 
 
@@ -504,7 +508,8 @@ async def run(
     if planned.verify or planned.verify_labels:
         async with clock.infer():
             asked = planned.rewrite.original if planned.rewrite else p.prompt
-            checks = await verify_images(services, made.images, asked, planned.verify_labels)
+            level = planned.verify or "fast"
+            checks = await verify_images(services, made.images, asked, planned.verify_labels, level)
 
     extra = {**(extra_parameters or {}), **(planned.rewrite.stored() if planned.rewrite else {})}
     if made.sent:
