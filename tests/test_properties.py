@@ -204,7 +204,20 @@ def _branches(schema: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, An
         return _branches(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
     if "anyOf" in schema:
         return [b for s in schema["anyOf"] for b in _branches(s, defs)]
+    if isinstance(schema.get("type"), list):  # {"type": ["string", "null"], "enum": [...]}: one per type
+        return [_of_type(schema, kind) for kind in schema["type"]]
     return [schema]
+
+
+def _of_type(schema: dict[str, Any], kind: str) -> dict[str, Any]:
+    branch = {**schema, "type": kind}
+    if "enum" in schema:
+        python = {"string": str, "null": type(None), "boolean": bool, "integer": int, "number": float}[kind]
+        values = [v for v in schema["enum"] if type(v) is python]
+        branch["enum"] = values
+        if not values or kind == "null":
+            del branch["enum"]
+    return branch
 
 
 def _valid(schema: dict[str, Any], defs: dict[str, Any], name: str, stored_id: str) -> st.SearchStrategy[Any]:

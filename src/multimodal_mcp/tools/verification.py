@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, Field, StrictBool, StringConstraints, WithJsonSchema
 
 from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 from multimodal_mcp.imaging.normalize import picture
@@ -50,7 +50,7 @@ LABEL_TEMPLATE = "a photo of {}"
 VerifyLabel = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Level = Literal["fast", "thorough"]
 Verify = Annotated[
-    bool | Level | None,
+    StrictBool | Level | None,
     # Advertised as a nullable string enum, the form every converter keeps with its description;
     # true (= 'fast') and false (= null) are still accepted.
     WithJsonSchema({"type": ["string", "null"], "enum": ["fast", "thorough", None]}),
