@@ -29,6 +29,7 @@ from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.server.http import auth_for
+from multimodal_mcp.server.views import apps_extension, register_view_tools, tool_meta
 from multimodal_mcp.server.registration import (
     IMAGE_RESOURCE_MIME,
     Implementation,
@@ -161,6 +162,7 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
         lifespan=lifespan,
         auth=auth,
         token_verifier=token_verifier,
+        extensions=[apps_extension()],  # MCP Apps views: multimodal_mcp.views
     )
 
     def services_of(ctx: Context) -> Services:
@@ -213,7 +215,9 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             read_only=read_only,
             as_job=as_job,
             open_world=_reaches_out(config, tasks, implementation.__name__ in _TAKES_IMAGES),
+            meta=tool_meta(implementation.__name__),
         )
+    register_view_tools(server, config, services_of)
 
     @server.resource(
         "image://{image_id}",
