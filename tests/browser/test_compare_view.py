@@ -28,7 +28,12 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     result = await host.show("compare_images", {"image_a": data_uri(before), "image_b": data_uri(after)})
     compared = result.structured_content
     (region,) = compared["changed_regions"]
-    assert (region["x"], region["y"], region["x"] + region["width"], region["y"] + region["height"]) == CHANGED
+    assert (
+        region["x"],
+        region["y"],
+        region["x"] + region["width"],
+        region["y"] + region["height"],
+    ) == CHANGED
 
     # 1. The images render: at 50% the left half is the before image, the right half the after image
     centre = (CHANGED[0] + CHANGED[2]) / 2 / 160, (CHANGED[1] + CHANGED[3]) / 2 / 160
@@ -38,7 +43,10 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     left = (0.25, 0.5)
     expected = np.asarray(before.resize(seen.size)).astype(float)
     x, y = int(left[0] * seen.width), int(left[1] * seen.height)
-    assert np.abs(_patch(seen, *left) - expected[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(axis=0)).max() < 30
+    assert (
+        np.abs(_patch(seen, *left) - expected[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(axis=0)).max()
+        < 30
+    )
 
     # 2. Moving the slider past the change shows the before image there; dragging back shows after
     await host.view.locator("#split").fill("95")

@@ -82,7 +82,9 @@ class Host:
         )
         result = await self.client.call_tool(tool, arguments)
         assert not result.is_error
-        await self.page.evaluate("([html, input, result]) => showView(html, input, result)", [html, arguments, wire(result)])
+        await self.page.evaluate(
+            "([html, input, result]) => showView(html, input, result)", [html, arguments, wire(result)]
+        )
         await self.view.locator("body[data-ready=true]").wait_for(timeout=15_000)
         return result
 

@@ -532,7 +532,8 @@ class ImageStore:
         """The current principal's newest images (of ``kinds``; empty: any), newest first, at most
         ``limit``; only the ``scan`` newest images of the store are looked at."""
         with self._write_lock:
-            newest = sorted(self._index.items(), key=lambda item: item[1].created, reverse=True)[:scan]
+            # Creation times are in whole seconds: of two in the same second, the later written first.
+            newest = sorted(self._index.items(), key=lambda item: item[1].created)[::-1][:scan]
         wanted, principal, found = set(kinds), current_principal(), []
         for image_id, _ in newest:
             record = self._read_record(image_id)

@@ -29,13 +29,13 @@ from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
 from multimodal_mcp.server.http import auth_for
-from multimodal_mcp.server.views import apps_extension, register_view_tools, tool_meta
 from multimodal_mcp.server.registration import (
     IMAGE_RESOURCE_MIME,
     Implementation,
     MultimodalServer,
     register_tool,
 )
+from multimodal_mcp.server.views import apps_extension, register_view_tools, tool_meta
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
 from multimodal_mcp.tools.common import Params, Result, Services, in_thread
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images

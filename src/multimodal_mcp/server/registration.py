@@ -135,7 +135,11 @@ class MultimodalServer(MCPServer[Services]):
         # Tools only an MCP Apps view calls are listed to clients that render views, and to no other.
         tools = await self.list_tools()
         if not client_supports_apps(ctx):
-            tools = [tool for tool in tools if "model" in ((tool.meta or {}).get("ui") or {}).get("visibility", ["model"])]
+            tools = [
+                tool
+                for tool in tools
+                if "model" in ((tool.meta or {}).get("ui") or {}).get("visibility", ["model"])
+            ]
         return ListToolsResult(tools=tools)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:

@@ -35,7 +35,11 @@ def apps_extension() -> Apps:
     apps = Apps()
     for view in VIEWS:
         apps.add_html_resource(
-            view.uri, page(view), name=view.uri.rsplit("/", 1)[-1], title=view.title, description=view.description
+            view.uri,
+            page(view),
+            name=view.uri.rsplit("/", 1)[-1],
+            title=view.title,
+            description=view.description,
         )
     return apps
 
@@ -51,7 +55,14 @@ def register_view_tools(
 ) -> None:
     """Registers the tools only the views call (hidden from the model)."""
     for implementation, params_model, result_model, title, read_only, view in (
-        (gallery_images, GalleryImagesParams, GalleryImagesResult, "Your recent images", True, "gallery.html"),
+        (
+            gallery_images,
+            GalleryImagesParams,
+            GalleryImagesResult,
+            "Your recent images",
+            True,
+            "gallery.html",
+        ),
         (save_mask, SaveMaskParams, SaveMaskResult, "Save a painted mask", False, "gallery.html"),
     ):
         register_tool(

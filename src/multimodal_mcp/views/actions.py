@@ -117,7 +117,9 @@ class SaveMaskResult(Result):
         )
 
 
-async def save_mask(params: SaveMaskParams, services: Services, progress: Progress | None = None) -> SaveMaskResult:
+async def save_mask(
+    params: SaveMaskParams, services: Services, progress: Progress | None = None
+) -> SaveMaskResult:
     """Store a mask painted over an image as a black and white PNG with its own image:// id."""
     # 1. Check inputs: both readable by the caller, the same size, something painted
     image = await resolve_image(services, params.image, "image")

@@ -1,0 +1,124 @@
+"""The gallery view and its mask painter in Chromium: real generate_image results, and the tool calls
+its buttons make reaching the server, their results appearing."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from fake_hub import solid_colour
+
+
+def _centre(image: Image.Image) -> np.ndarray:
+    w, h = image.size
+    return np.asarray(image)[h // 2 - 3 : h // 2 + 3, w // 2 - 3 : w // 2 + 3].reshape(-1, 3).mean(axis=0)
+
+
+def _shows(image: Image.Image, colour: tuple[int, int, int]) -> bool:
+    return bool(np.abs(_centre(image) - np.array(colour)).max() <= 6)
+
+
+async def test_gallery_shows_the_result_and_earlier_images_and_its_buttons_call_tools(host) -> None:  # type: ignore[no-untyped-def]
+    earlier = await host.client.call_tool("generate_image", {"prompt": "a blue square", "seed": 5})
+    (old,) = earlier.structured_content["images"]
+    result = await host.show(
+        "generate_image", {"prompt": "a red square", "seed": 3, "width": 96, "height": 64}
+    )
+    (new,) = result.structured_content["images"]
+
+    # 1. The result's image, with its seed; the earlier image under "Earlier"
+    card = host.view.locator(f'#result .card[data-id="{new["id"]}"]')
+    assert _shows(
+        await host.pixels(f'#result .card[data-id="{new["id"]}"] img', "gallery-result"), solid_colour(3)
+    )
+    assert "seed3" in (await card.locator("dl").inner_text()).replace("\n", "").replace(" ", "")
+    earlier_cards = host.view.locator("#earlier .card")
+    assert await earlier_cards.count() == 1
+    assert await earlier_cards.first.get_attribute("data-id") == old["id"]
+    assert _shows(await host.pixels("#earlier .card img"), solid_colour(5))
+
+    # 2. Variation: generate_image with the same prompt and size, a new seed; its image appears first
+    await card.click()
+    calls = len(host.calls)
+    await host.view.locator("#variation").click()
+    variation = await host.next_call("generate_image", calls)
+    assert variation.arguments["prompt"] == "a red square"
+    assert (variation.arguments["width"], variation.arguments["height"]) == (96, 64)
+    assert variation.arguments["seed"] != 3
+    (made,) = variation.result.structured_content["images"]
+    first = host.view.locator("#result .card").first
+    await host.view.locator(f'#result .card[data-id="{made["id"]}"]').wait_for()
+    assert await first.get_attribute("data-id") == made["id"]
+    assert _shows(
+        await host.pixels("#result .card >> nth=0 >> img"), solid_colour(variation.arguments["seed"])
+    )
+
+    # 3. Compare two selected images: compare_images of both; its metrics appear
+    await host.view.locator(f'.card[data-id="{old["id"]}"]').click()
+    calls = len(host.calls)
+    await host.view.locator("#compare").click()
+    compared = await host.next_call("compare_images", calls)
+    assert {compared.arguments["image_a"], compared.arguments["image_b"]} == {old["uri"], new["uri"]}
+    panel = host.view.locator("#comparison")
+    await panel.wait_for()
+    share = compared.result.structured_content["pixel_difference"]
+    assert f"{100 * share:.1f}%" in await panel.inner_text()
+    await host.screenshot("gallery")
+    assert not host.problems
+
+
+async def test_mask_painter_stores_the_painted_pixels_and_inpaints_with_them(host, view_services) -> None:  # type: ignore[no-untyped-def]
+    result = await host.show(
+        "generate_image", {"prompt": "a red square", "seed": 3, "width": 128, "height": 64}
+    )
+    (image,) = result.structured_content["images"]
+    await host.view.locator(f'.card[data-id="{image["id"]}"]').click()
+    await host.view.locator("#paint").click()
+    canvas = host.view.locator("#paint-canvas")
+    await canvas.wait_for()
+
+    # 1. Brush a horizontal stroke across the middle, then erase its middle part
+    box = await canvas.bounding_box()
+    mouse = host.page.mouse
+
+    async def drag(x0: float, x1: float) -> None:
+        y = box["y"] + box["height"] * 0.5
+        await mouse.move(box["x"] + box["width"] * x0, y)
+        await mouse.down()
+        for step in range(1, 11):
+            await mouse.move(box["x"] + box["width"] * (x0 + (x1 - x0) * step / 10), y)
+        await mouse.up()
+
+    await host.view.locator("#brush-size").fill("40")
+    await drag(0.2, 0.8)
+    await host.view.locator("#eraser").click()
+    await drag(0.45, 0.55)
+    await host.pixels(".canvas-wrap", "mask-painter")
+
+    # 2. Save: save_mask stores a mask, white where painted, black where erased or never painted
+    calls = len(host.calls)
+    await host.view.locator("#save-mask").click()
+    saved = await host.next_call("save_mask", calls)
+    assert saved.arguments["image"] == image["uri"]
+    mask_ref = saved.result.structured_content["mask"]
+    mask = np.asarray(view_services.store.open(mask_ref["id"]).convert("L"))
+    assert mask.shape == (64, 128)
+    row = mask[32]
+    assert (row[int(0.25 * 128) : int(0.4 * 128)] == 255).all()  # brushed
+    assert (row[int(0.6 * 128) : int(0.75 * 128)] == 255).all()  # brushed
+    assert (row[int(0.48 * 128) : int(0.52 * 128)] == 0).all()  # erased
+    assert (row[: int(0.1 * 128)] == 0).all() and (mask[:5] == 0).all()  # never painted
+    assert saved.result.structured_content["painted_fraction"] == round(float((mask == 255).mean()), 6)
+    await host.view.locator("#status").filter(has_text=mask_ref["uri"]).wait_for()
+
+    # 3. Inpaint: controlled_generate with the image and the stored mask; its result appears
+    calls = len(host.calls)
+    await host.view.locator("#inpaint").click()
+    inpainted = await host.next_call("controlled_generate", calls)
+    assert inpainted.arguments["init_image"] == image["uri"]
+    assert inpainted.arguments["mask_image"] == mask_ref["uri"]
+    (made,) = inpainted.result.structured_content["images"]
+    assert inpainted.result.structured_content["mode"] == "inpaint"
+    await host.view.locator(f'#result .card[data-id="{made["id"]}"]').wait_for()
+    await host.screenshot("mask-painter-page")
+    assert not host.problems
