@@ -65,6 +65,8 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     assert heat.contents[0].mime_type == "image/png"
     assert _patch(heat_seen, *centre).mean() > _patch(heat_seen, *left).mean() + 100  # changed: bright
     assert not _is_green(_patch(heat_seen, *centre))
+    await host.view.locator("#opacity").fill("50")
+    await host.screenshot("compare-page-heat")
     await host.view.locator("#opacity").fill("0")
     assert _is_green(_patch(await host.pixels("#stage"), *centre))
 
@@ -81,6 +83,8 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     # 5. The metrics are the result's
     ssim = host.view.locator('[data-metric="SSIM"]')
     assert await ssim.inner_text() == f"{compared['ssim']:.3f}"
+    changed = await host.view.locator('[data-metric="pixels changed"]').inner_text()
+    assert changed == f"{100 * compared['pixel_difference']:.2f}%"
     assert await host.view.locator('[data-metric="changed regions"]').inner_text() == "1"
 
     # 6. Side by side: both images at once

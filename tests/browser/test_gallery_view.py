@@ -21,23 +21,32 @@ def _shows(image: Image.Image, colour: tuple[int, int, int]) -> bool:
 async def test_gallery_shows_the_result_and_earlier_images_and_its_buttons_call_tools(host) -> None:  # type: ignore[no-untyped-def]
     earlier = await host.client.call_tool("generate_image", {"prompt": "a blue square", "seed": 5})
     (old,) = earlier.structured_content["images"]
-    result = await host.show(
-        "generate_image", {"prompt": "a red square", "seed": 3, "width": 96, "height": 64}
-    )
+    arguments = {"prompt": "a red square", "seed": 3, "width": 96, "height": 64, "verify": True}
+    result = await host.show("generate_image", arguments)
     (new,) = result.structured_content["images"]
+    (check,) = result.structured_content["verification"]
 
-    # 1. The result's image, with its seed; the earlier image under "Earlier"
+    # 1. The result's image, with its seed and verdict; the earlier image under "Earlier"
     card = host.view.locator(f'#result .card[data-id="{new["id"]}"]')
-    assert _shows(
-        await host.pixels(f'#result .card[data-id="{new["id"]}"] img', "gallery-result"), solid_colour(3)
-    )
-    assert "seed3" in (await card.locator("dl").inner_text()).replace("\n", "").replace(" ", "")
+    seen = await host.pixels(f'#result .card[data-id="{new["id"]}"] img', "gallery-result")
+    assert _shows(seen, solid_colour(3))
+    facts = " ".join((await card.locator("dl").inner_text()).split())
+    assert "seed 3" in facts
+    assert f"verified {'passed' if check['passed'] else 'failed'} (score {check['prompt_score']:.3f}" in facts
     earlier_cards = host.view.locator("#earlier .card")
     assert await earlier_cards.count() == 1
     assert await earlier_cards.first.get_attribute("data-id") == old["id"]
     assert _shows(await host.pixels("#earlier .card img"), solid_colour(5))
 
-    # 2. Variation: generate_image with the same prompt and size, a new seed; its image appears first
+    # 2. Full size: the stored image read through the host, with its prompt
+    await card.locator("button.open").click()
+    full = host.view.locator("#full")
+    await full.wait_for()
+    assert await full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 64]
+    assert "a red square" in await host.view.locator("#full-facts").inner_text()
+    await host.view.locator("#close-full").click()
+
+    # 3. Variation: generate_image with the same prompt and size, a new seed; its image appears first
     await card.click()
     calls = len(host.calls)
     await host.view.locator("#variation").click()
@@ -53,7 +62,7 @@ async def test_gallery_shows_the_result_and_earlier_images_and_its_buttons_call_
         await host.pixels("#result .card >> nth=0 >> img"), solid_colour(variation.arguments["seed"])
     )
 
-    # 3. Compare two selected images: compare_images of both; its metrics appear
+    # 4. Compare two selected images: compare_images of both; its metrics appear
     await host.view.locator(f'.card[data-id="{old["id"]}"]').click()
     calls = len(host.calls)
     await host.view.locator("#compare").click()
@@ -62,8 +71,17 @@ async def test_gallery_shows_the_result_and_earlier_images_and_its_buttons_call_
     panel = host.view.locator("#comparison")
     await panel.wait_for()
     share = compared.result.structured_content["pixel_difference"]
-    assert f"{100 * share:.1f}%" in await panel.inner_text()
+    assert f"{100 * share:.2f}%" in await panel.inner_text()
     await host.screenshot("gallery")
+
+    # 5. Use as init_image: controlled_generate starting from the last selected image
+    calls = len(host.calls)
+    await host.view.locator("#init").click()
+    started = await host.next_call("controlled_generate", calls)
+    assert started.arguments == {"prompt": "a blue square", "init_image": old["uri"]}
+    assert started.result.structured_content["mode"] == "img2img"
+    (made,) = started.result.structured_content["images"]
+    await host.view.locator(f'#result .card[data-id="{made["id"]}"]').wait_for()
     assert not host.problems
 
 

@@ -39,7 +39,7 @@ function mode(name) {
 function metrics(c) {
   const rows = [
     ["SSIM", c.ssim.toFixed(3)],
-    ["pixels changed", `${(100 * c.pixel_difference).toFixed(1)}%`],
+    ["pixels changed", `${(100 * c.pixel_difference).toFixed(2)}%`],
     ["CLIP similarity", `${c.clip_similarity.toFixed(3)} (${c.clip_model})`],
     ["changed regions", String(c.changed_regions.length)],
     ["before", `${c.image_a.uri} (${c.image_a.width}x${c.image_a.height})`],

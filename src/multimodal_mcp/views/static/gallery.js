@@ -110,7 +110,7 @@ async function compareSelected() {
   const heat = (result.content || []).find((x) => x.type === "image");
   $("comparison").replaceChildren(
     el("h2", {}, "Comparison"),
-    factList([["SSIM", c.ssim.toFixed(3)], ["pixels changed", `${(100 * c.pixel_difference).toFixed(1)}%`],
+    factList([["SSIM", c.ssim.toFixed(3)], ["pixels changed", `${(100 * c.pixel_difference).toFixed(2)}%`],
       ["CLIP similarity", c.clip_similarity.toFixed(3)], ["changed regions", String(c.changed_regions.length)]]),
     heat ? el("img", { src: `data:${heat.mimeType};base64,${heat.data}`, alt: "difference heat map" }) : null);
   $("comparison").hidden = false;
