@@ -21,7 +21,7 @@ from mcp.client.extension import advertise
 from multimodal_mcp.server.app import build_server
 from multimodal_mcp.tools.common import Services
 
-from fake_hub import DIFFUSION, FakeImageGenerator, fake_config, fake_handles, fake_services_for
+from browser_fakes import steerable_services
 
 APPS = advertise("io.modelcontextprotocol/ui", {"mimeTypes": ["text/html;profile=mcp-app"]})
 _screenshot_dirs: list[Path] = []
@@ -63,13 +63,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture
 def view_services(tmp_path: Path, allowed_root: Path) -> Services:
-    """The fake hub, its diffusion model also inpainting (for the mask painter's last step)."""
-    inpainting = DIFFUSION.model_copy(update={"edit_modes": ("img2img", "inpaint")})
-    handles = [
-        FakeImageGenerator("fake-sd", inpainting) if getattr(handle, "name", None) == "fake-sd" else handle
-        for handle in fake_handles()
-    ]
-    return fake_services_for(fake_config(tmp_path, allowed_root), handles)
+    return steerable_services(tmp_path, allowed_root)
 
 
 @pytest.fixture

@@ -82,6 +82,14 @@ async def test_gallery_shows_the_result_and_earlier_images_and_its_buttons_call_
     assert started.result.structured_content["mode"] == "img2img"
     (made,) = started.result.structured_content["images"]
     await host.view.locator(f'#result .card[data-id="{made["id"]}"]').wait_for()
+
+    # 6. Use as reference: controlled_generate keeping its edges (canny)
+    calls = len(host.calls)
+    await host.view.locator("#reference").click()
+    steered = await host.next_call("controlled_generate", calls)
+    assert steered.arguments == {"prompt": "a blue square", "control_image": old["uri"]}
+    (made,) = steered.result.structured_content["images"]
+    await host.view.locator(f'#result .card[data-id="{made["id"]}"]').wait_for()
     assert not host.problems
 
 
