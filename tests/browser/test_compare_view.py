@@ -25,7 +25,8 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     before = photo("astronaut", 160)
     after = before.copy()
     ImageDraw.Draw(after).rectangle((CHANGED[0], CHANGED[1], CHANGED[2] - 1, CHANGED[3] - 1), fill=GREEN)
-    result = await host.show("compare_images", {"image_a": data_uri(before), "image_b": data_uri(after)})
+    arguments = {"image_a": data_uri(before), "image_b": data_uri(after), "describe": True}
+    result = await host.show("compare_images", arguments)
     compared = result.structured_content
     (region,) = compared["changed_regions"]
     assert (
@@ -86,6 +87,9 @@ async def test_compare_view_shows_the_images_swipes_overlays_the_heat_map_and_bo
     changed = await host.view.locator('[data-metric="pixels changed"]').inner_text()
     assert changed == f"{100 * compared['pixel_difference']:.2f}%"
     assert await host.view.locator('[data-metric="changed regions"]').inner_text() == "1"
+    assert (
+        compared["narrative"] and compared["narrative"] in await host.view.locator("#narrative").inner_text()
+    )
 
     # 6. Side by side: both images at once
     await host.view.locator("#mode-side").click()
