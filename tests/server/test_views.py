@@ -141,3 +141,10 @@ async def test_gallery_images_lists_only_the_callers_images_newest_first(fake_se
     assert alices.images[0].thumbnail.startswith("data:image/jpeg;base64,")
     assert [image.prompt for image in bobs.images] == ["bob's"]
     assert [image.id for image in one.images] == [second.id]
+
+
+async def test_gallery_images_checks_its_arguments_like_every_tool(apps: Client) -> None:
+    too_many = await call_error(apps, "gallery_images", {"limit": 1000})
+    assert "limit" in too_many and "48" in too_many
+    wrong_kind = await call_error(apps, "gallery_images", {"kinds": ["everything"]})
+    assert "kinds" in wrong_kind
