@@ -1,4 +1,4 @@
-.PHONY: test test-fast lint format typecheck ci demo clients
+.PHONY: test test-fast lint format typecheck ci demo clients browser
 
 # Everything, the Node client tests included when `npm ci --prefix clients` has been run (else they skip).
 test:
@@ -7,7 +7,7 @@ test:
 # The tests that need no model (markers: see Development in the README): under a minute, and
 # --torch-free fails any of them that imports torch.
 test-fast:
-	python -m pytest -m "not model and not node and not slow" --torch-free
+	python -m pytest -m "not model and not node and not browser and not slow" --torch-free
 
 lint:
 	ruff check src tests examples
@@ -30,3 +30,7 @@ clients:
 
 ci:
 	bash .ci/run
+
+# The views in headless Chromium: Debian's `chromium` (apt-get install chromium) and the browser extra.
+browser:
+	MMCP_REQUIRE_BROWSER=1 python -m pytest tests/browser

@@ -22,13 +22,15 @@ import anyio
 
 from multimodal_mcp.config import load_config
 from multimodal_mcp.server.app import build_server
+from multimodal_mcp.server.registration import model_visible
 
 MODEL_READ_TARGET = 3000
 WHOLE_TARGET = 8000
 
 
 def listed_tools(profile: str) -> list[dict[str, Any]]:
-    """tools/list of a server on ``profile`` as JSON-ready dicts (no model is loaded)."""
+    """tools/list of a server on ``profile`` as JSON-ready dicts, the tools a model may see (no model
+    is loaded)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = load_config(
@@ -38,7 +40,13 @@ def listed_tools(profile: str) -> list[dict[str, Any]]:
             overrides={"store_dir": root / "store", "tiny_dir": root / "tiny"},
         )
         tools = anyio.run(build_server(config).list_tools)
-    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
+    # What a client gets: the tools only an MCP Apps view calls are neither listed to other clients
+    # nor shown to a model by a host that renders views.
+    return [
+        tool.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for tool in tools
+        if model_visible(tool)
+    ]
 
 
 def tokens(value: Any) -> int:

@@ -8,11 +8,12 @@ Markers (see pyproject.toml), applied here so that no test has to remember them:
   that also runs a local model, a test that imports torch). torch is imported when the first such
   test is set up, never when the suite is collected.
 - ``node``: the third-party Node.js client tests (tests/clients).
+- ``browser``: the views in headless Chromium (tests/browser).
 - ``slow``: long-running tests (real checkpoints, big sizes).
 
-``make test-fast`` runs the rest (``-m "not model and not node and not slow"``) with ``--torch-free``
-(tests/torch_free.py), which fails a test of that subset that imports torch. Tool logic is tested
-there against tests/fake_hub.py.
+``make test-fast`` runs the rest (``-m "not model and not node and not browser and not slow"``) with
+``--torch-free`` (tests/torch_free.py), which fails a test of that subset that imports torch. Tool
+logic is tested there against tests/fake_hub.py.
 """
 
 from __future__ import annotations
@@ -91,13 +92,16 @@ async def client(server: MultimodalServer) -> AsyncIterator[Client]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run every ``async def`` test on anyio (asyncio backend) without marking each one, and apply
-    the ``model`` and ``node`` markers (tryfirst: before ``-m`` deselects by them)."""
+    the ``model``, ``node`` and ``browser`` markers (tryfirst: before ``-m`` deselects by them)."""
     clients = Path(__file__).parent / "clients"
+    browser = Path(__file__).parent / "browser"
     for item in items:
         if inspect.iscoroutinefunction(getattr(item, "function", None)):
             item.add_marker(pytest.mark.anyio)
         if clients in item.path.parents:
             item.add_marker(pytest.mark.node)
+        if browser in item.path.parents:
+            item.add_marker(pytest.mark.browser)
         if MODEL_FIXTURE in getattr(item, "fixturenames", ()) or item.get_closest_marker("gpu"):
             item.add_marker(pytest.mark.model)
 

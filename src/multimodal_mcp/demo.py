@@ -18,6 +18,8 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.types import BlobResourceContents, CallToolResult, TextContent
 
+from multimodal_mcp.views import stylesheet
+
 PROMPT = "A lighthouse on a rocky coast at dusk, watercolor"
 REVISED = "A red and white lighthouse on a rocky coast at dusk, watercolor, warm light"
 LABELS = ["a lighthouse", "a cat", "a city street at night"]
@@ -95,21 +97,17 @@ async def _run(output_dir: Path, server_args: list[str]) -> Path:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;padding:0 1em;color:#222}
-.chain{color:#555}.sheet{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
-.card{border:1px solid #ccc;border-radius:6px;padding:.6em;width:272px;font-size:13px}
-.card h2{font-size:14px;margin:0 0 .4em}.thumb{position:relative;width:256px;margin:0 auto .4em}
-.thumb img{display:block;width:256px;height:auto;image-rendering:pixelated;background:#eee}
-.box{position:absolute;border:2px solid #e0245e;box-sizing:border-box;pointer-events:none}
-dl{display:grid;grid-template-columns:auto 1fr;gap:.1em .6em;margin:.3em 0}dt{color:#666}dd{margin:0}
-code{font-size:12px;word-break:break-all}.bar{background:#eee;height:.5em;border-radius:2px}
-.bar span{display:block;height:100%;background:#3b7dd8;border-radius:2px}
-ul{list-style:none;padding:0;margin:.3em 0}li{margin:.15em 0}
-.pass{color:#187a3b}.fail{color:#b3261e}.random{color:#666}
-blockquote{margin:.3em 0;color:#444;font-style:italic}
-.meaning{color:#555;font-size:12px;margin:.2em 0 .6em}
+body{max-width:72em;margin:2em auto;padding:0 1em}
+.chain{color:var(--muted)}.sheet{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.card{border:1px solid var(--line);border-radius:6px;padding:.6em;width:272px;font-size:13px}
+.card h2{font-size:14px;margin:0 0 .4em}.thumb{display:block;width:256px;margin:0 auto .4em}
+.thumb img{width:256px;height:auto;image-rendering:pixelated}
+code{word-break:break-all}ul{list-style:none;padding:0;margin:.3em 0}li{margin:.15em 0}
+blockquote{margin:.3em 0;color:var(--muted);font-style:italic}
+.random{color:var(--muted)}.meaning{color:var(--muted);font-size:12px;margin:.2em 0 .6em}
 .notice{background:#fff8e1;border:1px solid #e8c36a;border-radius:6px;padding:.6em .8em}
 """
+"""The report's own layout, on top of the views' stylesheet (boxes, bars, verdicts, fonts, colours)."""
 
 
 def _e(value: object) -> str:
@@ -253,7 +251,7 @@ def _html(steps: dict[str, Any]) -> str:
     ]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>multimodal-mcp demo</title>
-<style>{_CSS}</style></head><body>
+<style>{stylesheet()}{_CSS}</style></head><body>
 <h1>multimodal-mcp demo</h1>
 <p class="chain">generate &rarr; classify &rarr; describe &rarr; regenerate &rarr; compare,
 through an MCP client over stdio. Click a thumbnail for the full-size PNG.</p>

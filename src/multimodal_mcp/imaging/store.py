@@ -528,6 +528,21 @@ class ImageStore:
         _touch(image_id)
         return record
 
+    def recent(self, limit: int, kinds: Iterable[str] = (), *, scan: int = 2_000) -> list[ImageRecord]:
+        """The current principal's newest images (of ``kinds``; empty: any), newest first, at most
+        ``limit``; only the ``scan`` newest images of the store are looked at."""
+        with self._write_lock:
+            # Creation times are in whole seconds: of two in the same second, the later written first.
+            newest = sorted(self._index.items(), key=lambda item: item[1].created)[::-1][:scan]
+        wanted, principal, found = set(kinds), current_principal(), []
+        for image_id, _ in newest:
+            record = self._read_record(image_id)
+            if record is not None and record.visible_to(principal) and (not wanted or record.kind in wanted):
+                found.append(record)
+                if len(found) == limit:
+                    break
+        return found
+
     def path(self, image_id: str) -> Path:
         """The absolute path of a stored image's file (``.png``, ``.jpg`` or ``.webp``), for clients
         sharing the server's disk.

@@ -37,6 +37,7 @@ from multimodal_mcp.server.registration import (
     register_prompt,
     register_tool,
 )
+from multimodal_mcp.server.views import apps_extension, register_view_tools, tool_meta
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
 from multimodal_mcp.tools.common import Params, Result, Services, in_thread
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
@@ -165,6 +166,7 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
         lifespan=lifespan,
         auth=auth,
         token_verifier=token_verifier,
+        extensions=[apps_extension()],  # MCP Apps views: multimodal_mcp.views
     )
 
     def services_of(ctx: Context) -> Services:
@@ -217,7 +219,9 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
             read_only=read_only,
             as_job=as_job,
             open_world=_reaches_out(config, tasks, implementation.__name__ in _TAKES_IMAGES),
+            meta=tool_meta(implementation.__name__),
         )
+    register_view_tools(server, config, services_of)
 
     for function, prompt_title in PROMPTS:
         register_prompt(server, function, title=prompt_title)

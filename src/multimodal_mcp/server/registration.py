@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
+from mcp.server.apps import client_supports_apps
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts import Prompt
@@ -24,6 +25,7 @@ from mcp.types import (
     CallToolResult,
     GetPromptResult,
     InputRequiredResult,
+    ListToolsResult,
     PromptMessage,
     TextContent,
     ToolAnnotations,
@@ -118,6 +120,12 @@ def _as_sent(arguments: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in arguments.items() if key in sent}
 
 
+def model_visible(tool: MCPTool) -> bool:
+    """Whether a model may see ``tool``: every tool but those an MCP Apps view alone calls
+    (``_meta.ui.visibility`` without "model")."""
+    return "model" in ((tool.meta or {}).get("ui") or {}).get("visibility", ["model"])
+
+
 class MultimodalServer(MCPServer[Services]):
     """MCPServer that refuses unknown arguments and whose argument errors read as sentences,
     without echoing the caller's data. Each call and resource read runs as its caller's principal,
@@ -154,6 +162,13 @@ class MultimodalServer(MCPServer[Services]):
             else item
             for item in contents
         ]
+
+    async def _handle_list_tools(self, ctx: Any, params: Any) -> ListToolsResult:
+        # Tools only an MCP Apps view calls are listed to clients that render views, and to no other.
+        tools = await self.list_tools()
+        if not client_supports_apps(ctx):
+            tools = [tool for tool in tools if model_visible(tool)]
+        return ListToolsResult(tools=tools)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         with acting_as(_principal(context)), _sending(arguments):
@@ -224,10 +239,12 @@ def register_tool(
     read_only: bool,
     as_job: bool,
     open_world: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> None:
     """Registers ``implementation`` (named by its function name, described by its docstring) on
     ``server``, with an input schema from ``params_model`` (plus ``delivery`` when its results show
-    images) and an output schema from ``result_model`` (or a job handle, ``as_job``).
+    images) and an output schema from ``result_model`` (or a job handle, ``as_job``). ``meta``: the
+    tool's ``_meta`` (an MCP Apps view it declares, see server/views.py).
 
     A call validates the arguments the client sent into ``params_model`` (errors read as sentences),
     runs the implementation with the call's services, asking for spending consent when it makes paid
@@ -337,6 +354,7 @@ def register_tool(
             idempotent_hint=False,
             open_world_hint=open_world,
         ),
+        meta=meta,
     )
 
 
