@@ -20,6 +20,7 @@ from mcp.types import Tool
 
 from multimodal_mcp.config import load_config
 from multimodal_mcp.server.app import build_server
+from multimodal_mcp.server.registration import model_visible
 
 
 @pytest.fixture(params=["default", "tiny"])
@@ -30,7 +31,8 @@ def tools(request: pytest.FixtureRequest, tmp_path: Path) -> list[Tool]:
         home=tmp_path,
         overrides={"store_dir": tmp_path / "store", "tiny_dir": tmp_path / "no-tiny-models"},
     )
-    listed = anyio.run(build_server(config).list_tools)
+    # What an agent framework's MCP client lists: the tools a model may see (not the view-only ones).
+    listed = [tool for tool in anyio.run(build_server(config).list_tools) if model_visible(tool)]
     assert len(listed) == 8
     return listed
 
