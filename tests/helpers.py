@@ -24,6 +24,40 @@ def photo(name: str = "astronaut", size: int | None = 128) -> Image.Image:
     return img.resize((size, size), Image.Resampling.LANCZOS) if size else img
 
 
+def encoded(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    """``img`` saved as ``fmt`` with Pillow's save options ``kwargs`` (icc_profile, exif, ...)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def transparent_disc(hidden: tuple[int, int, int], size: int = 64) -> Image.Image:
+    """A dark disc on a fully transparent background whose hidden colour is ``hidden``."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGBA", (size, size), (*hidden, 0))
+    ImageDraw.Draw(img).ellipse((16, 16, size - 16, size - 16), fill=(20, 20, 20, 255))
+    return img
+
+
+def swapped_profile(padding: int = 0) -> bytes:
+    """An RGB ICC profile whose red and blue primaries are exchanged (the file's red is sRGB blue),
+    optionally padded with ``padding`` bytes at its end (the header's size updated)."""
+    import struct
+
+    from PIL import ImageCms
+
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", profile[128:132])[0]
+    entries = {bytes(profile[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
+    profile[r + 4 : r + 12], profile[b + 4 : b + 12] = profile[b + 4 : b + 12], profile[r + 4 : r + 12]
+    if padding:
+        profile += b"\0" * padding
+        profile[0:4] = struct.pack(">I", len(profile))
+    return bytes(profile)
+
+
 def b64_png(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

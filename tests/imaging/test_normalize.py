@@ -6,7 +6,6 @@ Inputs are built in code; each example from the issue that reported it is a test
 from __future__ import annotations
 
 import io
-import struct
 import threading
 
 import anyio
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageCms, ImageDraw
+from PIL import Image, ImageDraw
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, call_pixel_budget
@@ -29,28 +28,14 @@ from multimodal_mcp.imaging.normalize import (
     to_8bit,
 )
 
-from helpers import photo
-
-
-def _encoded(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _disc(hidden: tuple[int, int, int], size: int = 64) -> Image.Image:
-    """A dark disc on a fully transparent background whose hidden colour is ``hidden``."""
-    img = Image.new("RGBA", (size, size), (*hidden, 0))
-    ImageDraw.Draw(img).ellipse((16, 16, size - 16, size - 16), fill=(20, 20, 20, 255))
-    return img
-
+from helpers import encoded, photo, swapped_profile, transparent_disc
 
 # --- bit depth ---------------------------------------------------------------------------------------
 
 
 def test_a_16_bit_grey_ramp_keeps_its_levels() -> None:
     ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (8, 1))
-    data = _encoded(Image.fromarray(ramp), "PNG")
+    data = encoded(Image.fromarray(ramp), "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     decoded = decode_image(data, max_pixels=10_000)
     grey = np.asarray(decoded.image)[..., 0]
@@ -76,7 +61,7 @@ def test_integer_and_float_samples_are_scaled_by_their_depth() -> None:
 
 
 def test_the_colour_hidden_under_transparent_pixels_never_matters() -> None:
-    on_black, on_red = _disc((0, 0, 0)), _disc((255, 0, 0))
+    on_black, on_red = transparent_disc((0, 0, 0)), transparent_disc((255, 0, 0))
     assert np.array_equal(np.asarray(picture(on_black)), np.asarray(picture(on_red)))
     corner = picture(on_black).getpixel((0, 0))
     assert corner == (255, 255, 255)  # a picture's transparency is white for every model
@@ -93,7 +78,7 @@ def test_a_gif_s_transparent_palette_colour_does_not_show() -> None:
     frame = Image.new("P", (32, 32), 1)
     frame.putpalette([0, 255, 0, 200, 30, 30] + [0] * (256 * 3 - 6))
     ImageDraw.Draw(frame).rectangle((8, 8, 23, 23), fill=0)  # index 0: green, declared transparent
-    data = _encoded(frame, "GIF", transparency=0)
+    data = encoded(frame, "GIF", transparency=0)
     decoded = decode_image(data, max_pixels=10_000)
     assert decoded.image.mode == "RGBA"
     assert picture(decoded.image).getpixel((16, 16)) == (255, 255, 255)
@@ -103,7 +88,7 @@ def test_a_gif_s_transparent_palette_colour_does_not_show() -> None:
 def test_a_png_transparent_colour_chunk_is_alpha() -> None:
     img = Image.new("RGB", (8, 8), (10, 200, 10))
     img.putpixel((0, 0), (1, 2, 3))
-    decoded = decode_image(_encoded(img, "PNG", transparency=(1, 2, 3)), max_pixels=10_000)
+    decoded = decode_image(encoded(img, "PNG", transparency=(1, 2, 3)), max_pixels=10_000)
     assert picture(decoded.image).getpixel((0, 0)) == (255, 255, 255)
     assert picture(decoded.image).getpixel((1, 1)) == (10, 200, 10)
 
@@ -142,23 +127,9 @@ def test_a_black_and_white_mask_is_read_as_before_and_a_colour_picture_is_refuse
 # --- colour --------------------------------------------------------------------------------------------
 
 
-def _swapped_profile(padding: int = 0) -> bytes:
-    """An RGB ICC profile whose red and blue primaries are exchanged (so the file's red is blue in
-    sRGB), optionally padded with ``padding`` bytes of a private tag."""
-    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    count = struct.unpack(">I", data[128:132])[0]
-    entries = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
-    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
-    data[r + 4 : r + 12], data[b + 4 : b + 12] = data[b + 4 : b + 12], data[r + 4 : r + 12]
-    if padding:
-        data += b"\0" * padding
-        data[0:4] = struct.pack(">I", len(data))
-    return bytes(data)
-
-
 def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
     red = Image.new("RGB", (16, 16), (255, 0, 0))
-    decoded = decode_image(_encoded(red, "PNG", icc_profile=_swapped_profile()), max_pixels=10_000)
+    decoded = decode_image(encoded(red, "PNG", icc_profile=swapped_profile()), max_pixels=10_000)
     r, g, b = decoded.image.getpixel((0, 0))
     assert b > 240 and r < 15 and g < 15  # the profile says this red is blue
     assert "icc_profile" not in decoded.image.info
@@ -167,12 +138,12 @@ def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
 
 def test_a_huge_profile_is_not_kept_with_the_pixels() -> None:
     img = Image.new("RGB", (16, 16), (90, 120, 200))
-    data = _encoded(img, "JPEG", icc_profile=_swapped_profile(padding=4 * 2**20))
+    data = encoded(img, "JPEG", icc_profile=swapped_profile(padding=4 * 2**20))
     assert len(data) > 4 * 2**20  # JPEG carries it in 65 APP2 segments
     decoded = decode_image(data, max_pixels=10_000)
     assert decoded.image.getpixel((8, 8))[2] < 120  # converted: blue and red exchanged
     assert decoded.image.info == {}
-    assert len(_encoded(decoded.image, "PNG")) < 2000
+    assert len(encoded(decoded.image, "PNG")) < 2000
 
 
 def test_an_unreadable_profile_is_ignored_and_said() -> None:
@@ -190,7 +161,7 @@ def test_exif_orientation_is_still_applied() -> None:
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    decoded = decode_image(_encoded(img, "JPEG", exif=exif), max_pixels=10_000)
+    decoded = decode_image(encoded(img, "JPEG", exif=exif), max_pixels=10_000)
     assert decoded.image.size == (20, 40) and decoded.full_size == (20, 40)
 
 
@@ -253,14 +224,14 @@ def test_every_mode_follows_the_documented_policy_for_every_use(mode: str, value
 
 
 def test_a_thin_strip_is_refused_by_its_aspect_ratio_before_decoding() -> None:
-    data = _encoded(Image.new("L", (100_000, 1), 128), "PNG")
+    data = encoded(Image.new("L", (100_000, 1), 128), "PNG")
     assert len(data) < 1000
     with pytest.raises(ImageInputError, match=r"100000x1.*32:1"):
         decode_image(data, max_pixels=40_000_000)
 
 
 def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
-    base = _encoded(photo("astronaut", 32), "JPEG", progressive=True)
+    base = encoded(photo("astronaut", 32), "JPEG", progressive=True)
     hostile = base[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * (MAX_JPEG_SCANS + 1) + b"\xff\xd9"
     with pytest.raises(ImageInputError, match=f"the limit is {MAX_JPEG_SCANS}"):
         decode_image(hostile, max_pixels=10_000)
@@ -268,7 +239,7 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
 
 
 def test_a_large_jpeg_decodes_at_reduced_scale_when_the_use_needs_fewer_pixels() -> None:
-    data = _encoded(photo("astronaut", 512).resize((2048, 1536)), "JPEG", quality=90)
+    data = encoded(photo("astronaut", 512).resize((2048, 1536)), "JPEG", quality=90)
     decoded = decode_image(data, max_pixels=40_000_000, min_side=224)
     assert decoded.full_size == (2048, 1536)
     assert decoded.image.size == (512, 384) and decoded.reduced
@@ -276,7 +247,7 @@ def test_a_large_jpeg_decodes_at_reduced_scale_when_the_use_needs_fewer_pixels()
 
 
 def test_the_images_of_one_call_share_a_pixel_budget() -> None:
-    data = _encoded(Image.new("RGB", (100, 100)), "PNG")
+    data = encoded(Image.new("RGB", (100, 100)), "PNG")
     with call_pixel_budget(25_000) as budget:
         decode_image(data, max_pixels=10**6)
         decode_image(data, max_pixels=10**6)
@@ -321,11 +292,11 @@ def test_concurrent_decodes_wait_for_room_in_the_memory_budget() -> None:
 def test_a_decode_waits_no_longer_than_its_budget_allows() -> None:
     budget = DecodeBudget(100, wait_seconds=0.05)
     with budget.admit(90), pytest.raises(ImageInputError, match="busy decoding"):
-        decode_image(_encoded(Image.new("RGB", (8, 8)), "PNG"), max_pixels=100, budget=budget)
+        decode_image(encoded(Image.new("RGB", (8, 8)), "PNG"), max_pixels=100, budget=budget)
 
 
 def test_cancelling_the_call_stops_its_decode() -> None:
-    data = _encoded(photo("astronaut", 64), "PNG")
+    data = encoded(photo("astronaut", 64), "PNG")
     started, go = threading.Event(), threading.Event()
     outcome: list[str] = []
 

@@ -9,14 +9,17 @@ import numpy as np
 from mcp import Client
 from PIL import Image, ImageDraw
 
-from helpers import call_error, call_ok, data_uri, open_png, photo, read_image, read_png
-
-
-def _disc(hidden: tuple[int, int, int], size: int = 64) -> Image.Image:
-    """A dark disc on a fully transparent background whose hidden colour is ``hidden``."""
-    img = Image.new("RGBA", (size, size), (*hidden, 0))
-    ImageDraw.Draw(img).ellipse((16, 16, size - 16, size - 16), fill=(20, 20, 20, 255))
-    return img
+from helpers import (
+    call_error,
+    call_ok,
+    data_uri,
+    open_png,
+    photo,
+    read_image,
+    read_png,
+    swapped_profile,
+    transparent_disc,
+)
 
 
 def _on(colour: tuple[int, int, int], img: Image.Image) -> Image.Image:
@@ -29,21 +32,27 @@ async def test_clip_sees_a_transparent_background_as_white_whatever_colour_hides
 ) -> None:
     labels = ["a disc", "a square", "a photo of a cat"]
     scores = []
-    for img in (_disc((0, 0, 0)), _disc((255, 0, 0)), _on((255, 255, 255), _disc((0, 0, 0)))):
+    for img in (
+        transparent_disc((0, 0, 0)),
+        transparent_disc((255, 0, 0)),
+        _on((255, 255, 255), transparent_disc((0, 0, 0))),
+    ):
         out = await call_ok(client, "clip_classify", {"image": data_uri(img), "labels": labels})
         scores.append([round(r["score"], 6) for r in sorted(out["labels"], key=lambda r: r["label"])])
     on_black = await call_ok(
-        client, "clip_classify", {"image": data_uri(_on((0, 0, 0), _disc((0, 0, 0)))), "labels": labels}
+        client,
+        "clip_classify",
+        {"image": data_uri(_on((0, 0, 0), transparent_disc((0, 0, 0)))), "labels": labels},
     )
     assert scores[0] == scores[1] == scores[2]  # hidden black, hidden red, and the disc on white
     assert [round(r["score"], 6) for r in sorted(on_black["labels"], key=lambda r: r["label"])] != scores[0]
 
 
 async def test_the_vlm_and_the_comparison_agree_on_transparency(client: Client) -> None:
-    black, red = data_uri(_disc((0, 0, 0))), data_uri(_disc((255, 0, 0)))
+    black, red = data_uri(transparent_disc((0, 0, 0))), data_uri(transparent_disc((255, 0, 0)))
     answers = [
         (await call_ok(client, "describe_image", {"image": image, "prompt": "What is this?"}))["text"]
-        for image in (black, red, data_uri(_on((255, 255, 255), _disc((0, 0, 0)))))
+        for image in (black, red, data_uri(_on((255, 255, 255), transparent_disc((0, 0, 0)))))
     ]
     assert answers[0] == answers[1] == answers[2]
     compared = await call_ok(client, "compare_images", {"image_a": black, "image_b": red})
@@ -53,7 +62,9 @@ async def test_the_vlm_and_the_comparison_agree_on_transparency(client: Client) 
 async def test_the_ip_adapter_reference_ignores_the_hidden_colour(client: Client) -> None:
     base = {"prompt": "a coin", "seed": 5}
     made = [
-        await call_ok(client, "controlled_generate", {**base, "reference_image": data_uri(_disc(hidden))})
+        await call_ok(
+            client, "controlled_generate", {**base, "reference_image": data_uri(transparent_disc(hidden))}
+        )
         for hidden in ((0, 0, 0), (255, 0, 0))
     ]
     pixels = [np.asarray(open_png(await read_png(client, out["images"][0]["uri"]))) for out in made]
@@ -131,26 +142,12 @@ async def test_a_thin_strip_is_refused_with_the_limit_before_any_model_runs(clie
     assert "1x100000" in message and "32:1" in message
 
 
-def _swapped_profile() -> bytes:
-    """An RGB ICC profile with the red and blue primaries exchanged: the file's red is sRGB blue."""
-    import struct
-
-    from PIL import ImageCms
-
-    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    count = struct.unpack(">I", data[128:132])[0]
-    entries = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
-    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
-    data[r + 4 : r + 12], data[b + 4 : b + 12] = data[b + 4 : b + 12], data[r + 4 : r + 12]
-    return bytes(data)
-
-
 async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outside_the_mask(
     client: Client,
 ) -> None:
     init = Image.new("RGB", (64, 64), (200, 40, 40))  # shown as blue by its profile
     buf = io.BytesIO()
-    init.save(buf, format="PNG", icc_profile=_swapped_profile())
+    init.save(buf, format="PNG", icc_profile=swapped_profile())
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 15, 15), fill=255)
     out = await call_ok(
