@@ -166,16 +166,17 @@ class OpenAIFake(FakeProvider):
         return body
 
     def _respond(self, request: Recorded) -> Scripted:
-        if request.path.endswith("/images/generations"):
+        path = request.path.partition("?")[0]  # Azure adds ?api-version=...
+        if path.endswith("/images/generations"):
             body = request.json
             return Scripted(body=self._images(body["model"], body.get("size", "1024x1024"), body.get("n", 1)))
-        if request.path.endswith("/images/edits"):
+        if path.endswith("/images/edits"):
             form = request.form
             model = form["model"][0][1].decode()
             size = form["size"][0][1].decode() if "size" in form else "auto"
             n = int(form["n"][0][1]) if "n" in form else 1
             return Scripted(body=self._images(model, size, n))
-        if request.path.endswith("/chat/completions"):
+        if path.endswith("/chat/completions"):
             logprobs = None
             if self.chat_top_logprobs is not None and request.json.get("logprobs"):
                 top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in self.chat_top_logprobs]

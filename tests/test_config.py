@@ -243,6 +243,14 @@ def test_invalid_hosted_configuration_is_reported(tmp_path: Path, text: str, mes
         ),
         (
             False,
+            {"ANTHROPIC_API_KEY": "k"},
+            "tiny-sd15",
+            "claude-sonnet-5-5",
+            "ANTHROPIC_API_KEY set -> hosted Anthropic models (claude-sonnet-5-5) for describe_image and "
+            "compare_images(describe=True); claude-haiku-5-5 rewrites prompts",
+        ),
+        (
+            False,
             {},
             "tiny-sd15",
             "tiny-vlm",

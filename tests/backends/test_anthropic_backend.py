@@ -33,7 +33,7 @@ async def test_describe_image_sends_the_image_as_a_base64_block_and_reports_usag
     out = await call_ok(
         hosted_client,
         "describe_image",
-        {"image": data_uri(image), "prompt": "What is on the receipt?", "model": "claude-sonnet-4-5"},
+        {"image": data_uri(image), "prompt": "What is on the receipt?", "model": "claude-sonnet-5-5"},
     )
     (request,) = anthropic_fake.requests
     assert request.path == "/v1/messages"
@@ -41,7 +41,7 @@ async def test_describe_image_sends_the_image_as_a_base64_block_and_reports_usag
     sent_key = request.headers.get("x-api-key") or request.headers["authorization"].removeprefix("Bearer ")
     assert sent_key == ANTHROPIC_KEY and "anthropic-version" in request.headers
     body = request.json
-    assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 512
+    assert body["model"] == "claude-sonnet-5-5" and body["max_tokens"] == 512
     (message,) = body["messages"]
     image_block, text_block = message["content"]
     assert _image(image_block).tobytes() == image.convert("RGB").tobytes()
@@ -62,7 +62,7 @@ async def test_compare_images_sends_both_images_in_one_message(
             "image_a": data_uri(first),
             "image_b": data_uri(second),
             "describe": True,
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-5-5",
         },
     )
     (request,) = anthropic_fake.requests
@@ -70,7 +70,7 @@ async def test_compare_images_sends_both_images_in_one_message(
     images = [_image(b) for b in blocks if b["type"] == "image"]
     assert [i.tobytes() for i in images] == [first.tobytes(), second.tobytes()]
     assert blocks[-1]["type"] == "text"
-    assert out["narrative"] == anthropic_fake.answer and out["model"] == "claude-sonnet-4-5"
+    assert out["narrative"] == anthropic_fake.answer and out["model"] == "claude-sonnet-5-5"
 
 
 async def test_a_response_schema_is_answered_through_a_forced_tool_call(
@@ -81,7 +81,7 @@ async def test_a_response_schema_is_answered_through_a_forced_tool_call(
     out = await call_ok(
         hosted_client,
         "describe_image",
-        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-4-5", "response_schema": schema},
+        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-5-5", "response_schema": schema},
     )
     body = anthropic_fake.requests[0].json
     assert body["tools"] == [
@@ -96,7 +96,7 @@ async def test_a_response_schema_is_answered_through_a_forced_tool_call(
     out = await call_ok(
         hosted_client,
         "describe_image",
-        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-4-5", "response_schema": listed},
+        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-5-5", "response_schema": listed},
     )
     wrapped = anthropic_fake.requests[1].json["tools"][0]["input_schema"]
     assert wrapped == {"type": "object", "properties": {"value": listed}, "required": ["value"]}
@@ -109,9 +109,9 @@ async def test_detail_is_refused_by_capability_before_any_request(
     message = await call_error(
         hosted_client,
         "describe_image",
-        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-4-5", "detail": "high"},
+        {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-5-5", "detail": "high"},
     )
-    assert "model 'claude-sonnet-4-5' does not take detail='high'; models that do: gpt-4o" in message
+    assert "model 'claude-sonnet-5-5' does not take detail='high'; models that do: gpt-4o" in message
     assert "Anthropic" not in message  # a message about a model names models, not providers
     assert anthropic_fake.requests == []
 
@@ -119,10 +119,10 @@ async def test_detail_is_refused_by_capability_before_any_request(
 async def test_a_refusal_and_errors_reach_the_agent_in_plain_words(
     hosted_client: Client, anthropic_fake: AnthropicFake
 ) -> None:
-    arguments = {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-4-5"}
+    arguments = {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-5-5"}
     anthropic_fake.stop_reason = "refusal"
     refused = await call_error(hosted_client, "describe_image", arguments)
-    assert "Anthropic refused the request (model 'claude-sonnet-4-5' declined to answer)" in refused
+    assert "Anthropic refused the request (model 'claude-sonnet-5-5' declined to answer)" in refused
     anthropic_fake.stop_reason = "end_turn"
 
     anthropic_fake.queue(anthropic_error(401, f"invalid x-api-key {ANTHROPIC_KEY}", "authentication_error"))
@@ -134,7 +134,7 @@ async def test_a_refusal_and_errors_reach_the_agent_in_plain_words(
     anthropic_fake.queue(overloaded, overloaded, overloaded)
     busy = await call_error(hosted_client, "describe_image", arguments)
     assert (
-        "Anthropic is rate-limiting model 'claude-sonnet-4-5' (HTTP 429 after 2 retries): Overloaded" in busy
+        "Anthropic is rate-limiting model 'claude-sonnet-5-5' (HTTP 429 after 2 retries): Overloaded" in busy
     )
     assert len(anthropic_fake.requests) == 2 + 3  # the refusal, the 401, then 1 try + 2 retries
 
@@ -142,7 +142,7 @@ async def test_a_refusal_and_errors_reach_the_agent_in_plain_words(
 async def test_prompt_rewriting_sends_the_system_prompt_apart(
     hosted_services: Services, anthropic_fake: AnthropicFake
 ) -> None:
-    handle = hosted_services.hub.text_chat("claude-haiku-4-5")
+    handle = hosted_services.hub.text_chat("claude-haiku-5-5")
     try:
         answer = await handle.complete("Rewrite prompts.", "a cat", max_tokens=50)
     finally:
@@ -168,8 +168,8 @@ async def test_claude_calls_are_confirmed_like_other_paid_calls(
     services = create_services(config, devices=cpu_only())
     async with Client(build_server(config, services), elicitation_callback=user) as client:
         error = await call_error(
-            client, "describe_image", {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-4-5"}
+            client, "describe_image", {"image": data_uri(photo("coffee", 32)), "model": "claude-sonnet-5-5"}
         )
     assert "declined" in error and "nothing was spent" in error
-    assert len(questions) == 1 and "claude-sonnet-4-5" in questions[0]
+    assert len(questions) == 1 and "claude-sonnet-5-5" in questions[0]
     assert anthropic_fake.requests == []

@@ -80,7 +80,7 @@ class ClaudeChat:
             ) from None
         except anthropic.APIConnectionError:
             raise ProviderError(
-                f"could not reach {self.title} ({self.settings.base_url}) for model {self.name!r} "
+                f"could not reach {self.connection.place} for model {self.name!r} "
                 f"(tried {self.settings.max_retries + 1} time(s)); check the network or "
                 f"{self.connection.setting(self.name, 'base_url')}"
             ) from None

@@ -97,6 +97,12 @@ class Connection:
         return self.backend.title or self.backend.name
 
     @property
+    def place(self) -> str:
+        """Who answers and where, mid-sentence: 'OpenAI at <base_url>' or 'the server at <base_url>'."""
+        title = self.title
+        return title if self.settings.base_url in title else f"{title} at {self.settings.base_url}"
+
+    @property
     def needs_key(self) -> bool:
         """False for an endpoint configured without a key (a model's base_url and no api_key_env)."""
         return bool(self.settings.api_key_env)

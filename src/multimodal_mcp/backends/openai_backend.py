@@ -37,6 +37,9 @@ from multimodal_mcp.registry import HostedBackend
 T = TypeVar("T")
 REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
 MAX_OUTPUT_PIXELS = 4096 * 4096
+NO_KEY = "no-key"
+"""Sent as the key to an endpoint configured without one (the SDK insists on a key; local servers such
+as Ollama, LM Studio and llama.cpp's ignore it)."""
 MAX_EDIT_IMAGES = 16
 """GPT Image edits take up to 16 input pictures."""
 
@@ -142,7 +145,7 @@ class _Calls:
             ) from None
         except openai.APIConnectionError:
             raise ProviderError(
-                f"could not reach {self.title} ({self.settings.base_url}) for model {self.name!r} "
+                f"could not reach {self.connection.place} for model {self.name!r} "
                 f"(tried {self.settings.max_retries + 1} time(s)); check the network, that the server "
                 f"runs, or {self.connection.setting(self.name, 'base_url')}"
             ) from None
@@ -391,8 +394,7 @@ class OpenAIBackend(HostedBackend):
         import openai
 
         return openai.AsyncOpenAI(
-            # The SDK insists on a key; a keyless endpoint (a local server) gets an empty one.
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else "",
+            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY,
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
             max_retries=settings.max_retries,
@@ -437,7 +439,7 @@ class AzureOpenAIBackend(OpenAIBackend):
                 f"environment (or hosted.{self.name}.base_url in its config file) and restart it"
             )
         return openai.AsyncAzureOpenAI(
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else "",
+            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY,
             azure_endpoint=settings.base_url,
             api_version=settings.api_version or self.API_VERSION,
             timeout=settings.timeout_seconds,
