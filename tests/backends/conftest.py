@@ -12,7 +12,17 @@ from multimodal_mcp import registry
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
 
-from fake_providers import GEMINI_KEY, OPENAI_KEY, FakeProvider, GeminiFake, OpenAIFake, Recorded, Scripted
+from fake_providers import (
+    ANTHROPIC_KEY,
+    GEMINI_KEY,
+    OPENAI_KEY,
+    AnthropicFake,
+    FakeProvider,
+    GeminiFake,
+    OpenAIFake,
+    Recorded,
+    Scripted,
+)
 from fake_providers import hosted_config as make_hosted_config
 from helpers import cpu_only
 
@@ -61,6 +71,13 @@ description = "Seeded noise over a gradient (a test plugin)."
 pipeline_kwargs = {{ seconds_per_step = 0.01 }}
 defaults = {{ steps = 2, width = 64, height = 64 }}
 
+[models.compatible-vlm]
+task = "vlm"
+backend = "openai"
+source = "llava:13b"
+base_url = "{compatible_url}/v1"
+description = "A VLM on an OpenAI-compatible server of its own (the OpenAI fake, keyless)."
+
 [models.echo-vlm]
 task = "vlm"
 backend = "echo"
@@ -78,6 +95,7 @@ def contract_services(
     openai_fake: OpenAIFake,
     gemini_fake: GeminiFake,
     echo_fake: FakeProvider,
+    anthropic_fake: AnthropicFake,
 ) -> Services:
     """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
     Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
@@ -87,7 +105,13 @@ def contract_services(
         allowed_root,
         openai_url=f"{openai_fake.url}/v1",
         gemini_url=f"{gemini_fake.url}/",
-        environ={"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY, "ECHO_API_KEY": ECHO_KEY},
-        extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url),
+        anthropic_url=anthropic_fake.url,
+        environ={
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "GEMINI_API_KEY": GEMINI_KEY,
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "ECHO_API_KEY": ECHO_KEY,
+        },
+        extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url, compatible_url=openai_fake.url),
     )
     return create_services(config, devices=cpu_only())

@@ -38,8 +38,8 @@ GENERATORS = [
     "gemini-2.5-flash-image",
     "painter",
 ]
-VISION_CHATS = ["tiny-vlm", "gpt-4o", "gemini-2.5-flash", "echo-vlm"]
-TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite"]
+VISION_CHATS = ["tiny-vlm", "gpt-4o", "gemini-2.5-flash", "claude-sonnet-5-5", "compatible-vlm", "echo-vlm"]
+TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-5-5"]
 EMBEDDERS = ["tiny-clip"]
 
 # A value for each argument that only some models take, as a tool would pass it.
