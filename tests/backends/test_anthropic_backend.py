@@ -51,6 +51,7 @@ async def test_describe_image_sends_the_image_as_a_base64_block_and_reports_usag
     assert out["usage"] == {"prompt_tokens": 1530, "completion_tokens": 17, "images": 0}
 
 
+@pytest.mark.model  # compare_images' clip_similarity comes from the local tiny CLIP
 async def test_compare_images_sends_both_images_in_one_message(
     hosted_client: Client, anthropic_fake: AnthropicFake
 ) -> None:

@@ -11,11 +11,11 @@ import pytest
 from mcp import Client
 from mcp.types import ElicitResult
 
-from multimodal_mcp.backends.openai_backend import NO_KEY
+from multimodal_mcp.backends.hosted import NO_KEY
 from multimodal_mcp.config import Config, ConfigError, SpendingSettings, load_config
 from multimodal_mcp.server.app import build_server, create_services
 
-from fake_providers import OPENAI_KEY, OpenAIFake, hosted_config
+from fake_providers import GEMINI_KEY, OPENAI_KEY, GeminiFake, OpenAIFake, hosted_config
 from helpers import call_error, call_ok, cpu_only, data_uri, photo
 
 pytest.importorskip("openai")
@@ -43,6 +43,7 @@ def _endpoints_config(
     provider: OpenAIFake,
     ollama: OpenAIFake,
     proxy: OpenAIFake,
+    tiny_dir: Path | None = None,
     **env: str,
 ) -> Config:
     """The provider's own models on ``provider``, plus an Ollama-like keyless endpoint serving a VLM
@@ -74,7 +75,7 @@ prompt_rewrite = "llama-local"
 """
     return hosted_config(
         tmp_path,
-        tmp_path / "no-tiny-models",
+        tiny_dir or tmp_path / "no-tiny-models",
         allowed_root,
         openai_url=f"{provider.url}/v1",
         gemini_url="http://127.0.0.1:9/",
@@ -83,15 +84,19 @@ prompt_rewrite = "llama-local"
     )
 
 
+@pytest.mark.model  # compare_images' clip_similarity comes from the local tiny CLIP
 async def test_two_compatible_endpoints_and_the_provider_serve_one_chain_in_one_server(
     tmp_path: Path,
+    tiny_dir: Path,
     allowed_root: Path,
     openai_fake: OpenAIFake,
     second_fake: OpenAIFake,
     third_fake: OpenAIFake,
 ) -> None:
     ollama, proxy = second_fake, third_fake
-    config = _endpoints_config(tmp_path, allowed_root, openai_fake, ollama, proxy, LITELLM_KEY=LOCAL_KEY)
+    config = _endpoints_config(
+        tmp_path, allowed_root, openai_fake, ollama, proxy, tiny_dir=tiny_dir, LITELLM_KEY=LOCAL_KEY
+    )
     server = config.server.model_copy(update={"spending": SpendingSettings(confirm="ask")})
     config = config.model_copy(update={"server": server})
     services = create_services(config, devices=cpu_only())
@@ -282,3 +287,30 @@ def test_the_readme_recipes_load_as_written(tmp_path: Path) -> None:
     assert models["azure-gpt4o"][0].is_paid and models["claude-opus"][0].is_paid
     vllm, config = models["qwen-vllm"]
     assert config.hosted.for_model("qwen-vllm", vllm).timeout_seconds == 300
+
+
+async def test_a_gemini_model_may_name_its_own_endpoint_with_headers_and_no_provider_key(
+    tmp_path: Path, gemini_fake: GeminiFake
+) -> None:
+    text = f"""
+[models.gemini-proxy]
+task = "vlm"
+backend = "gemini"
+source = "gemini-2.5-flash"
+base_url = "{gemini_fake.url}/"
+headers = {{ x-route = "eu" }}
+"""
+    config = _load(tmp_path, text, {"GEMINI_API_KEY": GEMINI_KEY})
+    assert not config.models["gemini-proxy"].is_paid
+    services = create_services(config, devices=cpu_only())
+    try:
+        answer = await services.hub.vision_chat("gemini-proxy").answer(
+            [photo("coffee", 16)], "what?", max_tokens=9
+        )
+    finally:
+        await services.hub.aclose()
+    (request,) = gemini_fake.requests
+    assert request.path.endswith("models/gemini-2.5-flash:generateContent")
+    assert request.headers["x-route"] == "eu"
+    assert GEMINI_KEY not in str(request.headers) and request.headers["x-goog-api-key"] == NO_KEY
+    assert answer.text == gemini_fake.answer

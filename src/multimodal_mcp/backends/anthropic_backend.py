@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import Connection, clean_message, png_bytes
+from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
 from multimodal_mcp.errors import ProviderError
@@ -201,7 +201,7 @@ class AnthropicBackend(HostedBackend):
         import anthropic
 
         return anthropic.AsyncAnthropic(
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else "",
+            api_key=api_key(settings),
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
             max_retries=settings.max_retries,

@@ -30,15 +30,20 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 __all__ = [
+    "NO_KEY",
     "Connection",
     "Detail",
     "HostedConnections",
     "Usage",
+    "api_key",
     "clean_message",
     "data_uri",
     "endpoint_key",
     "png_bytes",
 ]
+NO_KEY = "no-key"
+"""Sent as the key to an endpoint configured without one: the SDKs insist on a key, and local servers
+(Ollama, LM Studio, llama.cpp's) ignore it. The provider's real key never goes there."""
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """Largest encoded image sent to a provider (the major ones cap inline images at about 20 MB)."""
 
@@ -71,6 +76,11 @@ def clean_message(message: object, settings: HostedSettings, limit: int = 400) -
             text = text.replace(secret, "[key]")
     text = _LONG_TOKEN.sub("[...]", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def api_key(settings: HostedSettings) -> str:
+    """The key to hand an SDK: the resolved one, or :data:`NO_KEY` for a keyless endpoint."""
+    return settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY
 
 
 class Connection:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import Connection, clean_message, data_uri, png_bytes
+from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, data_uri, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
 from multimodal_mcp.errors import BackendError, ProviderError
@@ -37,9 +37,6 @@ from multimodal_mcp.registry import HostedBackend
 T = TypeVar("T")
 REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
 MAX_OUTPUT_PIXELS = 4096 * 4096
-NO_KEY = "no-key"
-"""Sent as the key to an endpoint configured without one (the SDK insists on a key; local servers such
-as Ollama, LM Studio and llama.cpp's ignore it)."""
 MAX_EDIT_IMAGES = 16
 """GPT Image edits take up to 16 input pictures."""
 
@@ -394,7 +391,7 @@ class OpenAIBackend(HostedBackend):
         import openai
 
         return openai.AsyncOpenAI(
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY,
+            api_key=api_key(settings),
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
             max_retries=settings.max_retries,
@@ -439,7 +436,7 @@ class AzureOpenAIBackend(OpenAIBackend):
                 f"environment (or hosted.{self.name}.base_url in its config file) and restart it"
             )
         return openai.AsyncAzureOpenAI(
-            api_key=settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY,
+            api_key=api_key(settings),
             azure_endpoint=settings.base_url,
             api_version=settings.api_version or self.API_VERSION,
             timeout=settings.timeout_seconds,
