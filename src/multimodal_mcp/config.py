@@ -153,9 +153,7 @@ class ModelSpec(_Frozen):
     timeout: float | None = Field(
         default=None, gt=0, le=3600, description="Hosted models: seconds per request and attempt."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="Hosted models: extra HTTP headers sent with every request."
-    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Hosted models: extra HTTP headers.")
     architecture: str | None = Field(
         default=None,
         max_length=32,
@@ -366,9 +364,7 @@ class HostedSettings(_Frozen):
         description="Settings read from environment variables (first one set) when the file does not set "
         "them, following the SDK's own conventions (a base URL variable, an API version variable).",
     )
-    own_endpoint: bool = Field(
-        default=False, description="A model's own endpoint (models.<name>.base_url ...); set by load_config."
-    )
+    own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
 
 
 class HostedConfig(_Frozen):
@@ -402,15 +398,13 @@ def _endpoints(
             continue
         base = hosted.for_backend(spec.backend)
         update: dict[str, Any] = {"own_endpoint": True, "headers": {**base.headers, **spec.headers}}
-        if spec.base_url is not None:
-            update.update(base_url=spec.base_url, api_key_env="", api_key_env_fallbacks=(), api_key=None)
-            update["key_from"] = None
-        if spec.api_key_env is not None:
-            value = environ.get(spec.api_key_env, "").strip()
-            update.update(api_key_env=spec.api_key_env, api_key_env_fallbacks=())
+        if spec.base_url is not None or spec.api_key_env is not None:
+            variable = spec.api_key_env or ""
+            value = environ.get(variable, "").strip() if variable else ""
             update.update(
-                api_key=SecretStr(value) if value else None, key_from=spec.api_key_env if value else None
+                api_key_env=variable, api_key_env_fallbacks=(), api_key=SecretStr(value) if value else None
             )
+            update.update(base_url=spec.base_url or base.base_url, key_from=variable if value else None)
         if spec.timeout is not None:
             update["timeout_seconds"] = spec.timeout
         endpoints[name] = base.model_copy(update=update)

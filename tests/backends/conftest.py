@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fake_comfyui import ComfyFake
 from multimodal_mcp import registry
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
@@ -27,6 +29,12 @@ from fake_providers import hosted_config as make_hosted_config
 from helpers import cpu_only
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+COMFY_TEMPLATE = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "steps": "{{steps}}", "cfg": "{{cfg}}"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}"}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "mmcp", "images": ["8", 0]}},
+}
 ECHO_KEY = "echo-test-0123456789"
 
 
@@ -78,12 +86,28 @@ source = "llava:13b"
 base_url = "{compatible_url}/v1"
 description = "A VLM on an OpenAI-compatible server of its own (the OpenAI fake, keyless)."
 
+[hosted.comfyui]
+base_url = "{comfy_url}"
+
+[models.comfy-sdxl]
+task = "text_to_image"
+backend = "comfyui"
+source = "{comfy_template}"
+description = "A ComfyUI workflow template (the ComfyUI fake)."
+
 [models.echo-vlm]
 task = "vlm"
 backend = "echo"
 source = "echo-1"
 description = "Says what it was sent (a test plugin)."
 """
+
+
+@pytest.fixture
+def comfy_fake() -> Iterator[ComfyFake]:
+    fake = ComfyFake()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
@@ -96,9 +120,12 @@ def contract_services(
     gemini_fake: GeminiFake,
     echo_fake: FakeProvider,
     anthropic_fake: AnthropicFake,
+    comfy_fake: ComfyFake,
 ) -> Services:
     """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
     Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
+    template = tmp_path / "comfy.json"
+    template.write_text(json.dumps(COMFY_TEMPLATE))
     config = make_hosted_config(
         tmp_path,
         tiny_dir,
@@ -112,6 +139,11 @@ def contract_services(
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
             "ECHO_API_KEY": ECHO_KEY,
         },
-        extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url, compatible_url=openai_fake.url),
+        extra_toml=PLUGIN_MODELS.format(
+            echo_url=echo_fake.url,
+            compatible_url=openai_fake.url,
+            comfy_url=comfy_fake.url,
+            comfy_template=template,
+        ),
     )
     return create_services(config, devices=cpu_only())
