@@ -277,7 +277,7 @@ def test_the_readme_recipes_load_as_written(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("### Recipes:", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```toml\n")[1:]]
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     configs = [_load(tmp_path, block, {}) for block in blocks]
     assert configs[0].defaults["vlm"] == "qwen-vl-local"
     models = {n: (s, c) for c in configs for n, s in c.models.items() if s.hosted}
@@ -285,6 +285,7 @@ def test_the_readme_recipes_load_as_written(tmp_path: Path) -> None:
     assert own == ["llava-local", "qwen-vl-local", "qwen-vllm", "lmstudio-vlm", "llamacpp-vlm", "team-gpt4o"]
     assert [models[n][0].is_paid for n in own] == [False] * 5 + [True]
     assert models["azure-gpt4o"][0].is_paid and models["claude-opus"][0].is_paid
+    assert not models["comfy-sdxl"][0].is_paid
     vllm, config = models["qwen-vllm"]
     assert config.hosted.for_model("qwen-vllm", vllm).timeout_seconds == 300
 
