@@ -235,3 +235,30 @@ def test_a_template_without_a_prompt_or_with_an_unknown_placeholder_is_refused(t
     with pytest.raises(BackendError, match=r"unknown placeholders \['lora'\]"):
         read_template(str(unknown))
     assert not issubclass(BackendError, ProviderError)
+
+
+async def test_controlled_generate_runs_an_inpainting_template_through_the_tool(
+    comfy_services: Services, comfy: ComfyFake
+) -> None:
+    init = photo("astronaut", 64)
+    mask = Image.new("RGB", (64, 64), "black")
+    mask.paste((255, 255, 255), (8, 8, 40, 40))
+    async with Client(build_server(comfy_services.config, comfy_services)) as client:
+        out = await call_ok(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "a golden helmet",
+                "model": "comfy-inpaint",
+                "init_image": data_uri(init),
+                "mask_image": data_uri(mask),
+                "strength": 0.8,
+                "seed": 5,
+            },
+        )
+    (graph,) = comfy.graphs
+    assert graph["6"]["inputs"]["text"] == "a golden helmet" and graph["3"]["inputs"]["seed"] == 5
+    assert graph["3"]["inputs"]["denoise"] == 0.8
+    sent_mask = Image.open(io.BytesIO(comfy.uploads[graph["11"]["inputs"]["image"]]))
+    assert sent_mask.mode == "L" and sent_mask.getpixel((20, 20)) == 255 and sent_mask.getpixel((50, 50)) == 0
+    assert len(out["images"]) == 1 and out["seed"] == 5
