@@ -2,7 +2,7 @@
 ``base_url``), shared by every handle of the models it serves.
 
 Hosted calls never touch the model pool's device lanes: they are network I/O on the event loop,
-through each SDK's async client. A :class:`Connection` per hosted backend creates its client on first
+through each SDK's async client. A :class:`Connection` per endpoint creates its client on first
 use (so a server with no keys never imports an SDK) and closes it at shutdown; its semaphore caps
 the requests in flight. A missing SDK is an error naming the extra to install; a missing key names
 the environment variables to set.
@@ -84,7 +84,7 @@ def api_key(settings: HostedSettings) -> str:
 
 
 class Connection:
-    """One hosted backend's client, concurrency limit and settings, shared by its models' handles."""
+    """One endpoint's client, concurrency limit and settings, shared by the handles of its models."""
 
     def __init__(self, backend: HostedBackend, settings: HostedSettings) -> None:
         self.backend = backend
