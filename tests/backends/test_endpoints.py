@@ -315,3 +315,33 @@ headers = {{ x-route = "eu" }}
     assert request.headers["x-route"] == "eu"
     assert GEMINI_KEY not in str(request.headers) and request.headers["x-goog-api-key"] == NO_KEY
     assert answer.text == gemini_fake.answer
+
+
+async def test_vertex_ai_express_mode_takes_the_google_api_key_and_speaks_vertex_paths(
+    tmp_path: Path, gemini_fake: GeminiFake
+) -> None:
+    text = f"""
+[hosted.vertex_ai]
+base_url = "{gemini_fake.url}/"
+
+[models.gemini-vertex]
+task = "vlm"
+backend = "vertex_ai"
+source = "gemini-2.5-flash"
+"""
+    config = _load(tmp_path, text, {"GOOGLE_API_KEY": "vx-test-0123456789"})
+    assert config.models["gemini-vertex"].is_paid
+    services = create_services(config, devices=cpu_only())
+    try:
+        answer = await services.hub.vision_chat("gemini-vertex").answer(
+            [photo("coffee", 16)], "what?", max_tokens=9
+        )
+    finally:
+        await services.hub.aclose()
+    (request,) = gemini_fake.requests
+    assert request.path == "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert request.headers["x-goog-api-key"] == "vx-test-0123456789"
+    assert answer.text == gemini_fake.answer
+    missing = create_services(_load(tmp_path, text, {}), devices=cpu_only())
+    with pytest.raises(Exception, match="needs a Vertex AI API key: set GOOGLE_API_KEY"):
+        await missing.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)

@@ -332,6 +332,8 @@ class GeminiBackend(HostedBackend):
     tasks = frozenset({"text_to_image", "vlm", "text"})
     sdk = "google.genai"
     extra = "gemini"
+    vertexai: bool = False
+    """Whether the client speaks Vertex AI's API rather than the Gemini Developer API."""
 
     def default_settings(self) -> HostedSettings:
         return HostedSettings(
@@ -344,7 +346,7 @@ class GeminiBackend(HostedBackend):
         sdk = _sdk()
         client = sdk.genai.Client(
             api_key=api_key(settings),
-            vertexai=False,
+            vertexai=self.vertexai,
             http_options=sdk.types.HttpOptions(
                 base_url=settings.base_url,
                 headers=settings.headers or None,
@@ -367,3 +369,18 @@ class GeminiBackend(HostedBackend):
 
 
 backend = GeminiBackend()
+
+
+class VertexExpressBackend(GeminiBackend):
+    """Gemini models on Vertex AI in express mode: an API key bound to a Google Cloud project
+    (google-genai's ``vertexai=True`` with a key), read from ``GOOGLE_API_KEY`` as the SDK does.
+    Project-and-location access through application default credentials is not offered here."""
+
+    title = "Vertex AI"
+    vertexai = True
+
+    def default_settings(self) -> HostedSettings:
+        return HostedSettings(api_key_env="GOOGLE_API_KEY", base_url="https://aiplatform.googleapis.com/")
+
+
+vertex_backend = VertexExpressBackend()
