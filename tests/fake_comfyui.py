@@ -47,6 +47,7 @@ class ComfyFake:
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or form field names)
         self.uploads: dict[str, bytes] = {}
         self.graphs: list[dict[str, Any]] = []
+        self.prompt_ids: list[str] = []
         self.history: dict[str, Any] = {}
         self.outputs: dict[str, bytes] = {}
         self.sockets: dict[str, socket.socket] = {}
@@ -130,6 +131,7 @@ class ComfyFake:
                         return self._reply(400, json.dumps(rejected).encode())
                     pid = str(uuid.uuid4())
                     fake.graphs.append(payload["prompt"])
+                    fake.prompt_ids.append(pid)
                     threading.Thread(target=fake._run, args=(pid, payload), daemon=True).start()
                     return self._reply(
                         200, json.dumps({"prompt_id": pid, "number": 1, "node_errors": {}}).encode()

@@ -13,6 +13,7 @@ from mcp.types import ElicitResult
 
 from multimodal_mcp.backends.hosted import NO_KEY
 from multimodal_mcp.config import Config, ConfigError, SpendingSettings, load_config
+from multimodal_mcp.errors import BackendError
 from multimodal_mcp.server.app import build_server, create_services
 
 from fake_providers import GEMINI_KEY, OPENAI_KEY, GeminiFake, OpenAIFake, hosted_config
@@ -258,7 +259,7 @@ async def test_azure_openai_takes_its_endpoint_key_and_api_version_from_the_sdk_
     assert answer.text == openai_fake.chat_answer
 
     unset = create_services(_load(tmp_path, text, {"AZURE_OPENAI_API_KEY": "k"}), devices=cpu_only())
-    with pytest.raises(Exception, match="set AZURE_OPENAI_ENDPOINT"):
+    with pytest.raises(BackendError, match="set AZURE_OPENAI_ENDPOINT"):
         await unset.hub.vision_chat("az").answer([photo("coffee", 16)], "what?", max_tokens=20)
 
 
@@ -343,5 +344,5 @@ source = "gemini-2.5-flash"
     assert request.headers["x-goog-api-key"] == "vx-test-0123456789"
     assert answer.text == gemini_fake.answer
     missing = create_services(_load(tmp_path, text, {}), devices=cpu_only())
-    with pytest.raises(Exception, match="needs a Vertex AI API key: set GOOGLE_API_KEY"):
+    with pytest.raises(BackendError, match="needs a Vertex AI API key: set GOOGLE_API_KEY"):
         await missing.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)
