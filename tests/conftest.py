@@ -30,7 +30,7 @@ from multimodal_mcp.server.app import build_server, create_services
 from multimodal_mcp.server.registration import MultimodalServer
 from multimodal_mcp.tools.common import Services
 
-from fake_providers import GeminiFake, OpenAIFake, hosted_config
+from fake_providers import AnthropicFake, GeminiFake, OpenAIFake, hosted_config
 from helpers import cpu_only, make_config
 
 pytest_plugins = ["torch_free", "fake_hub"]
@@ -134,12 +134,20 @@ def gemini_fake() -> Iterator[GeminiFake]:
 
 
 @pytest.fixture
+def anthropic_fake() -> Iterator[AnthropicFake]:
+    fake = AnthropicFake()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
 def hosted_services(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     allowed_root: Path,
     openai_fake: OpenAIFake,
     gemini_fake: GeminiFake,
+    anthropic_fake: AnthropicFake,
 ) -> Services:
     """The hosted models on the loopback fakes, beside the tiny profile's local ones. Only a test
     marked ``model`` gets the session's tiny models: the others run no local model (one that did
@@ -147,7 +155,12 @@ def hosted_services(
     local = request.node.get_closest_marker("model") is not None
     tiny = request.getfixturevalue(MODEL_FIXTURE) if local else tmp_path / "no-tiny-models"
     config = hosted_config(
-        tmp_path, tiny, allowed_root, openai_url=f"{openai_fake.url}/v1", gemini_url=f"{gemini_fake.url}/"
+        tmp_path,
+        tiny,
+        allowed_root,
+        openai_url=f"{openai_fake.url}/v1",
+        gemini_url=f"{gemini_fake.url}/",
+        anthropic_url=anthropic_fake.url,
     )
     return create_services(config, devices=cpu_only())
 

@@ -1,4 +1,4 @@
-"""Loopback fakes of the OpenAI and Gemini HTTP APIs, for the hosted backends' tests.
+"""Loopback fakes of the OpenAI, Gemini and Anthropic HTTP APIs, for the hosted backends' tests.
 
 Each fake is a real HTTP server on 127.0.0.1 (``http.server`` in a thread) speaking the provider's
 wire format, so the real SDKs send real requests; every request is recorded (path, headers, JSON
@@ -28,6 +28,7 @@ from multimodal_mcp.config import Config, load_config
 
 OPENAI_KEY = "sk-test-0123456789abcdef"
 GEMINI_KEY = "gm-test-0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-test-0123456789abcdef"
 
 
 @dataclass
@@ -165,16 +166,17 @@ class OpenAIFake(FakeProvider):
         return body
 
     def _respond(self, request: Recorded) -> Scripted:
-        if request.path.endswith("/images/generations"):
+        path = request.path.partition("?")[0]  # Azure adds ?api-version=...
+        if path.endswith("/images/generations"):
             body = request.json
             return Scripted(body=self._images(body["model"], body.get("size", "1024x1024"), body.get("n", 1)))
-        if request.path.endswith("/images/edits"):
+        if path.endswith("/images/edits"):
             form = request.form
             model = form["model"][0][1].decode()
             size = form["size"][0][1].decode() if "size" in form else "auto"
             n = int(form["n"][0][1]) if "n" in form else 1
             return Scripted(body=self._images(model, size, n))
-        if request.path.endswith("/chat/completions"):
+        if path.endswith("/chat/completions"):
             logprobs = None
             if self.chat_top_logprobs is not None and request.json.get("logprobs"):
                 top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in self.chat_top_logprobs]
@@ -246,6 +248,50 @@ def gemini_error(status: int, message: str, state: str, **headers: str) -> Scrip
     )
 
 
+# --- Anthropic ------------------------------------------------------------------------------------
+
+
+class AnthropicFake(FakeProvider):
+    """``POST /v1/messages`` as api.anthropic.com answers it: text blocks, or a ``tool_use`` block
+    whose input is ``tool_input`` when the request forces a tool."""
+
+    def __init__(self) -> None:
+        self.answer = "A receipt from a coffee shop; the total is 4.20."
+        self.tool_input: dict[str, Any] = {"total": 4.2}
+        self.stop_reason = "end_turn"
+        super().__init__(self._respond)
+
+    def _respond(self, request: Recorded) -> Scripted:
+        if request.path != "/v1/messages":
+            return anthropic_error(404, f"no route {request.path}", "not_found_error")
+        body = request.json
+        forced = (body.get("tool_choice") or {}).get("name")
+        if forced:
+            content: list[dict[str, Any]] = [
+                {"type": "tool_use", "id": "toolu_1", "name": forced, "input": self.tool_input}
+            ]
+        else:
+            content = [{"type": "text", "text": self.answer}]
+        return Scripted(
+            body={
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": content,
+                "stop_reason": "tool_use" if forced else self.stop_reason,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 1530, "output_tokens": 17},
+            }
+        )
+
+
+def anthropic_error(status: int, message: str, kind: str, **headers: str) -> Scripted:
+    return Scripted(
+        status=status, body={"type": "error", "error": {"type": kind, "message": message}}, headers=headers
+    )
+
+
 # --- configuration --------------------------------------------------------------------------------
 
 
@@ -265,12 +311,18 @@ def hosted_config(
     environ: dict[str, str] | None = None,
     openai: dict[str, Any] | None = None,
     gemini: dict[str, Any] | None = None,
+    anthropic_url: str = "http://127.0.0.1:9",
     extra_toml: str = "",
 ) -> Config:
-    """The tiny profile plus the hosted models, with both providers pointed at loopback fakes
+    """The tiny profile plus the hosted models, with the providers pointed at loopback fakes
     (and ``extra_toml`` appended to the config file: more models, more hosted tables)."""
     lines = []
-    for backend, url, extra in (("openai", openai_url, openai), ("gemini", gemini_url, gemini)):
+    providers = (
+        ("openai", openai_url, openai),
+        ("gemini", gemini_url, gemini),
+        ("anthropic", anthropic_url, None),
+    )
+    for backend, url, extra in providers:
         lines.append(f"[hosted.{backend}]")
         settings = {"base_url": url, "timeout_seconds": 20, "max_retries": 2, **(extra or {})}
         lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
@@ -285,5 +337,9 @@ def hosted_config(
         home=tmp_path,
         default_allowed_roots=[allowed_root],
         overrides={"store_dir": tmp_path / "store", "tiny_dir": tiny_dir},
-        environ={"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY} if environ is None else environ,
+        environ=(
+            {"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+            if environ is None
+            else environ
+        ),
     )

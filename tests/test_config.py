@@ -204,7 +204,7 @@ api_key_env = "MY_GEMINI"
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[hosted.anthropic]\nbase_url = 'x'", "unknown [hosted] tables ['anthropic']"),
+        ("[hosted.mistral]\nbase_url = 'x'", "unknown [hosted] tables ['mistral']"),
         ("[hosted.openai]\nkey_from = 'x'", "hosted.openai.key_from is set by the server"),
         ("[hosted.openai]\ntimeout_seconds = 0", "hosted.openai.timeout_seconds"),
         ("[models.x]\ntask='clip'\nbackend='openai'\nsource='s'", "a openai model's task must be one of"),
@@ -243,10 +243,18 @@ def test_invalid_hosted_configuration_is_reported(tmp_path: Path, text: str, mes
         ),
         (
             False,
+            {"ANTHROPIC_API_KEY": "k"},
+            "tiny-sd15",
+            "claude-sonnet-5-5",
+            "ANTHROPIC_API_KEY set -> hosted Anthropic models (claude-sonnet-5-5) for describe_image and "
+            "compare_images(describe=True); claude-haiku-5-5 rewrites prompts",
+        ),
+        (
+            False,
             {},
             "tiny-sd15",
             "tiny-vlm",
-            "no OPENAI_API_KEY, GEMINI_API_KEY or GOOGLE_API_KEY set -> 'tiny'",
+            "no OPENAI_API_KEY, GEMINI_API_KEY, GOOGLE_API_KEY or ANTHROPIC_API_KEY set -> 'tiny'",
         ),
     ],
 )

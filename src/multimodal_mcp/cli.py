@@ -205,7 +205,11 @@ def _models(args: argparse.Namespace) -> int:
     for backend in sorted(registry.hosted_backends()):
         settings = config.hosted.for_backend(backend)
         status = (
-            f"key from {settings.key_from}" if settings.key_from else f"no key (set {settings.api_key_env})"
+            f"key from {settings.key_from}"
+            if settings.key_from
+            else f"no key (set {settings.api_key_env})"
+            if settings.api_key_env
+            else "no key needed"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
     from multimodal_mcp.pull import presence

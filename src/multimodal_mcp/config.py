@@ -135,9 +135,25 @@ class ModelSpec(_Frozen):
 
     paid: bool | None = Field(
         default=None,
-        description="Whether a call costs money (see server.spending); default: the backend's own "
-        "(true for hosted providers, false for local models).",
+        description="Whether a call costs money (see server.spending); default: false for a model with "
+        "its own base_url, else the backend's own (true for hosted providers, false for local models).",
     )
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Hosted models: this model's own endpoint (a server speaking the backend's API, local "
+        "or a proxy) instead of [hosted.<backend>].base_url. Sends no key unless api_key_env is set.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Hosted models: the environment variable holding this model's API key (default: the "
+        "provider's key, or none with base_url).",
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, le=3600, description="Hosted models: seconds per request and attempt."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Hosted models: extra HTTP headers.")
     architecture: str | None = Field(
         default=None,
         max_length=32,
@@ -161,7 +177,14 @@ class ModelSpec(_Frozen):
 
     @property
     def is_paid(self) -> bool:
-        return self.paid if self.paid is not None else _backend(self.backend).paid
+        if self.paid is not None:
+            return self.paid
+        return False if self.base_url is not None else bool(_backend(self.backend).paid)
+
+    @property
+    def own_endpoint(self) -> bool:
+        """True when the model sets where or how its requests go (base_url, api_key_env, timeout, headers)."""
+        return bool(self.base_url or self.api_key_env or self.timeout or self.headers)
 
     @model_validator(mode="after")
     def _controlnet_fields(self) -> ModelSpec:
@@ -183,6 +206,10 @@ class ModelSpec(_Frozen):
         if self.task not in backend.tasks:
             raise ValueError(
                 f"a {self.backend} model's task must be one of {sorted(backend.tasks)}, not {self.task!r}"
+            )
+        if self.own_endpoint and not backend.hosted:
+            raise ValueError(
+                "'base_url', 'api_key_env', 'timeout' and 'headers' apply to hosted backends only"
             )
         if self.capabilities:
             from multimodal_mcp.capabilities import Capabilities
@@ -328,12 +355,24 @@ class HostedSettings(_Frozen):
     max_concurrency: int = Field(
         default=4, ge=1, le=256, description="Requests to this provider in flight at once."
     )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
+    api_version: str | None = Field(
+        default=None, description="The API version a provider wants with each request, where it asks for one."
+    )
+    from_env: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Settings read from environment variables (first one set) when the file does not set "
+        "them, following the SDK's own conventions (a base URL variable, an API version variable).",
+    )
+    own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
 
 
 class HostedConfig(_Frozen):
-    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved."""
+    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved;
+    ``endpoints``: the settings of each model that names its own endpoint."""
 
     providers: dict[str, HostedSettings] = Field(default_factory=dict)
+    endpoints: dict[str, HostedSettings] = Field(default_factory=dict)
 
     def for_backend(self, backend: str) -> HostedSettings:
         """The settings of hosted backend ``backend`` (its defaults when the file has no table)."""
@@ -341,6 +380,35 @@ class HostedConfig(_Frozen):
         if settings is None:
             settings = _backend(backend).default_settings()
         return settings
+
+    def for_model(self, name: str, spec: ModelSpec) -> HostedSettings:
+        """Where model ``name``'s requests go: its own endpoint, else its backend's settings."""
+        return self.endpoints.get(name) or self.for_backend(spec.backend)
+
+
+def _endpoints(
+    hosted: HostedConfig, models: Mapping[str, ModelSpec], environ: Mapping[str, str]
+) -> HostedConfig:
+    """Resolve each model's own endpoint (base_url, api_key_env, timeout, headers) over its backend's
+    settings. With base_url and no api_key_env the model sends no key: the provider's key never goes
+    to another server."""
+    endpoints: dict[str, HostedSettings] = {}
+    for name, spec in models.items():
+        if not (spec.hosted and spec.own_endpoint):
+            continue
+        base = hosted.for_backend(spec.backend)
+        update: dict[str, Any] = {"own_endpoint": True, "headers": {**base.headers, **spec.headers}}
+        if spec.base_url is not None or spec.api_key_env is not None:
+            variable = spec.api_key_env or ""
+            value = environ.get(variable, "").strip() if variable else ""
+            update.update(
+                api_key_env=variable, api_key_env_fallbacks=(), api_key=SecretStr(value) if value else None
+            )
+            update.update(base_url=spec.base_url or base.base_url, key_from=variable if value else None)
+        if spec.timeout is not None:
+            update["timeout_seconds"] = spec.timeout
+        endpoints[name] = base.model_copy(update=update)
+    return hosted.model_copy(update={"endpoints": endpoints})
 
 
 class Config(_Frozen):
@@ -477,10 +545,13 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
         table = dict(data.get(backend, {}))
         if "key_from" in table:
             raise ConfigError(f"{where}: hosted.{backend}.key_from is set by the server, not the file")
+        defaults = plugin.default_settings().model_dump(exclude={"api_key", "key_from"})
+        for field, variables in defaults.get("from_env", {}).items():
+            found = next((environ[v].strip() for v in variables if environ.get(v, "").strip()), None)
+            if field not in table and found is not None:
+                table[field] = found
         try:
-            settings = HostedSettings.model_validate(
-                {**plugin.default_settings().model_dump(exclude={"api_key", "key_from"}), **table}
-            )
+            settings = HostedSettings.model_validate({**defaults, **table})
         except ValidationError as exc:
             problems = "; ".join(
                 f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
@@ -599,7 +670,7 @@ def load_config(
         server["safety"] = safety
 
     try:
-        return Config.model_validate(
+        config = Config.model_validate(
             {
                 "profile": chosen,
                 "server": server,
@@ -609,6 +680,7 @@ def load_config(
                 "profile_reasons": reasons,
             }
         )
+        return config.model_copy(update={"hosted": _endpoints(hosted, config.models, environ or {})})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"

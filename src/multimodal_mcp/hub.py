@@ -161,7 +161,8 @@ class ModelHub:
         if isinstance(backend, registry.LocalBackend):
             made: Handle = _POOLED[spec.task](self.pool, name, self.capabilities(name))
         elif isinstance(backend, registry.HostedBackend):
-            made = backend.handle(name, spec, self.connections.connection(backend))
+            settings = self.config.hosted.for_model(name, spec)
+            made = backend.handle(name, spec, self.connections.connection(backend, settings))
         else:  # pragma: no cover - the registry only holds the two kinds
             raise UnsupportedOperation(f"backend {backend.name!r} has no way to run model {name!r}")
         if not isinstance(made, _KINDS[spec.task]):
@@ -276,12 +277,16 @@ class ModelHub:
             status="not loaded",
         )
         if isinstance(backend, registry.HostedBackend):
-            settings = self.config.hosted.for_backend(backend.name)
+            settings = self.config.hosted.for_model(name, self.spec(name))
             key = settings.key_from is not None
-            key_status = "key set" if key else f"no key: set {settings.api_key_env}"
+            if settings.api_key_env:
+                key_status = "key set" if key else f"no key: set {settings.api_key_env}"
+            else:
+                key_status = "no key needed"
             found["api_key_set"] = key
-            found["api_key_env"] = settings.api_key_env
-            found["status"] = f"hosted ({backend.name}, {key_status})"
+            found["api_key_env"] = settings.api_key_env or None
+            at = f" at {settings.base_url}" if settings.own_endpoint else ""
+            found["status"] = f"hosted ({backend.name}{at}, {key_status})"
             return found
         state = {s.name: s for s in self.pool.states()}.get(name)
         if state is None:

@@ -13,8 +13,9 @@ Two kinds exist:
 - :class:`LocalBackend`: loads weights into the model pool (``load`` runs in a worker thread and
   returns a loaded model with the engine interface of :mod:`multimodal_mcp.backends.base`); the pool
   places, evicts and runs it on a device lane.
-- :class:`HostedBackend`: calls a provider's API. It makes one client per server from its
-  ``[hosted.<name>]`` settings and returns async handles (:mod:`multimodal_mcp.handles`).
+- :class:`HostedBackend`: calls a provider's API. It makes one client per endpoint: its
+  ``[hosted.<name>]`` settings, or a model's own ``base_url``/``api_key_env``/``timeout``/``headers``
+  over them, and returns async handles (:mod:`multimodal_mcp.handles`).
 
 A backend module must be cheap to import: no torch, no provider SDK at module level (import them in
 ``load`` or ``make_client``), since the registry loads every backend a configuration names.
@@ -82,7 +83,7 @@ class LocalBackend(Backend):
 
 
 class HostedBackend(Backend):
-    """Models behind a provider's API, reached through one client per server."""
+    """Models behind a provider's API, reached through one client per endpoint."""
 
     hosted: ClassVar[bool] = True
     paid: ClassVar[bool] = True
@@ -97,7 +98,10 @@ class HostedBackend(Backend):
 
     @abstractmethod
     def make_client(self, settings: HostedSettings) -> Any:
-        """A client for the provider (created on first use; ``settings.api_key`` is set)."""
+        """A client for the endpoint ``settings`` describes (created on first use). ``settings.api_key``
+        is set unless the endpoint takes no key (``settings.api_key_env`` empty): then pass
+        :data:`multimodal_mcp.backends.hosted.NO_KEY` or none, never another endpoint's key. Send
+        ``settings.headers`` with every request."""
 
     async def close_client(self, client: Any) -> None:
         """Release the client at shutdown."""
@@ -110,7 +114,8 @@ class HostedBackend(Backend):
     @abstractmethod
     def handle(self, name: str, spec: ModelSpec, connection: Connection) -> Handle:
         """The handle for model ``name`` (its task is ``spec.task``), calling through ``connection``
-        (the backend's client, concurrency limit and settings)."""
+        (the endpoint's client, concurrency limit and settings). Messages name ``connection.title``
+        (the provider, or 'the server at <url>' for a model's own endpoint)."""
 
 
 class UnknownBackend(LookupError):

@@ -3,20 +3,38 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fake_comfyui import ComfyFake
 from multimodal_mcp import registry
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
 
-from fake_providers import GEMINI_KEY, OPENAI_KEY, FakeProvider, GeminiFake, OpenAIFake, Recorded, Scripted
+from fake_providers import (
+    ANTHROPIC_KEY,
+    GEMINI_KEY,
+    OPENAI_KEY,
+    AnthropicFake,
+    FakeProvider,
+    GeminiFake,
+    OpenAIFake,
+    Recorded,
+    Scripted,
+)
 from fake_providers import hosted_config as make_hosted_config
 from helpers import cpu_only
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+COMFY_TEMPLATE = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": "{{seed}}", "steps": "{{steps}}", "cfg": "{{cfg}}"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": "{{width}}", "height": "{{height}}"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}"}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "mmcp", "images": ["8", 0]}},
+}
 ECHO_KEY = "echo-test-0123456789"
 
 
@@ -61,12 +79,35 @@ description = "Seeded noise over a gradient (a test plugin)."
 pipeline_kwargs = {{ seconds_per_step = 0.01 }}
 defaults = {{ steps = 2, width = 64, height = 64 }}
 
+[models.compatible-vlm]
+task = "vlm"
+backend = "openai"
+source = "llava:13b"
+base_url = "{compatible_url}/v1"
+description = "A VLM on an OpenAI-compatible server of its own (the OpenAI fake, keyless)."
+
+[hosted.comfyui]
+base_url = "{comfy_url}"
+
+[models.comfy-sdxl]
+task = "text_to_image"
+backend = "comfyui"
+source = "{comfy_template}"
+description = "A ComfyUI workflow template (the ComfyUI fake)."
+
 [models.echo-vlm]
 task = "vlm"
 backend = "echo"
 source = "echo-1"
 description = "Says what it was sent (a test plugin)."
 """
+
+
+@pytest.fixture
+def comfy_fake() -> Iterator[ComfyFake]:
+    fake = ComfyFake()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
@@ -78,16 +119,31 @@ def contract_services(
     openai_fake: OpenAIFake,
     gemini_fake: GeminiFake,
     echo_fake: FakeProvider,
+    anthropic_fake: AnthropicFake,
+    comfy_fake: ComfyFake,
 ) -> Services:
     """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
     Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
+    template = tmp_path / "comfy.json"
+    template.write_text(json.dumps(COMFY_TEMPLATE))
     config = make_hosted_config(
         tmp_path,
         tiny_dir,
         allowed_root,
         openai_url=f"{openai_fake.url}/v1",
         gemini_url=f"{gemini_fake.url}/",
-        environ={"OPENAI_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY, "ECHO_API_KEY": ECHO_KEY},
-        extra_toml=PLUGIN_MODELS.format(echo_url=echo_fake.url),
+        anthropic_url=anthropic_fake.url,
+        environ={
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "GEMINI_API_KEY": GEMINI_KEY,
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "ECHO_API_KEY": ECHO_KEY,
+        },
+        extra_toml=PLUGIN_MODELS.format(
+            echo_url=echo_fake.url,
+            compatible_url=openai_fake.url,
+            comfy_url=comfy_fake.url,
+            comfy_template=template,
+        ),
     )
     return create_services(config, devices=cpu_only())

@@ -36,10 +36,11 @@ GENERATORS = [
     "gpt-image-2",
     "dall-e-3",
     "gemini-2.5-flash-image",
+    "comfy-sdxl",
     "painter",
 ]
-VISION_CHATS = ["tiny-vlm", "gpt-4o", "gemini-2.5-flash", "echo-vlm"]
-TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite"]
+VISION_CHATS = ["tiny-vlm", "gpt-4o", "gemini-2.5-flash", "claude-sonnet-5-5", "compatible-vlm", "echo-vlm"]
+TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-5-5"]
 EMBEDDERS = ["tiny-clip"]
 
 # A value for each argument that only some models take, as a tool would pass it.
@@ -197,7 +198,9 @@ async def test_a_generator_makes_the_images_asked_for_as_rgb_of_a_declared_size(
     assert made.load_seconds >= 0
 
 
-@pytest.mark.parametrize("model_name", [n for n in GENERATORS if n.startswith("tiny-") or n == "painter"])
+@pytest.mark.parametrize(
+    "model_name", [n for n in GENERATORS if n.startswith("tiny-") or n in ("painter", "comfy-sdxl")]
+)
 async def test_a_seeded_generator_repeats_an_image_from_its_seed(
     contract_services: Services, model_name: str
 ) -> None:
@@ -249,13 +252,21 @@ async def test_cancelling_a_local_generation_stops_it_and_frees_its_lane(
         ("painter", {"prompt": "something forbidden"}, "does not paint 'forbidden'"),
         ("gpt-image-2", {}, "OpenAI failed (HTTP 500)"),
         ("gemini-2.5-flash-image", {}, "Gemini rejected the request (HTTP 400)"),
+        ("comfy-sdxl", {}, "refused the workflow (HTTP 400): Prompt outputs failed validation"),
     ],
 )
 async def test_a_generator_failure_is_a_curated_error(
-    contract_services: Services, model_name: str, request_overrides: dict[str, object], fragment: str, fakes
+    contract_services: Services,
+    model_name: str,
+    request_overrides: dict[str, object],
+    fragment: str,
+    fakes,
+    comfy_fake,
 ) -> None:  # type: ignore[no-untyped-def]
     openai_fake, gemini_fake = fakes
     from fake_providers import Scripted, gemini_error
+
+    comfy_fake.reject = {"error": {"message": "Prompt outputs failed validation"}, "node_errors": {}}
 
     openai_fake.queue(*[Scripted(status=500, body={"error": {"message": "boom"}})] * 3)
     gemini_fake.queue(gemini_error(400, "bad prompt", "INVALID_ARGUMENT"))

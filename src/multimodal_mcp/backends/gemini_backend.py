@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import anyio
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import Connection, clean_message, png_bytes
+from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
 from multimodal_mcp.errors import ProviderError
@@ -114,8 +114,13 @@ class _Calls:
         self.name = name
         self.spec = spec
         self.settings = connection.settings
-        self.table = f"hosted.{connection.backend.name}"
         self.capabilities = _capabilities(spec).merged(spec.capabilities)
+
+    @property
+    def title(self) -> str:
+        """Who answers, for messages: Gemini, or the server a model's base_url names."""
+        title = self.connection.title
+        return title[:1].upper() + title[1:]
 
     async def call(self, request: Callable[[Any], Awaitable[T]]) -> T:
         """``request(client)`` with retries (honouring Retry-After), its failures as curated errors."""
@@ -136,17 +141,18 @@ class _Calls:
                 if not last:
                     continue
                 raise ProviderError(
-                    f"Gemini did not answer model {self.name!r} within "
+                    f"{self.title} did not answer model {self.name!r} within "
                     f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
-                    f"or raise {self.table}.timeout_seconds"
+                    f"or raise {self.connection.setting(self.name, 'timeout_seconds')}"
                 ) from None
             except _http.TransportError:
                 if not last:
                     await anyio.sleep(min(0.5 * 2**attempt, 8.0))
                     continue
                 raise ProviderError(
-                    f"could not reach Gemini at {self.settings.base_url} for model {self.name!r} "
-                    f"(tried {attempts} time(s)); check the network or {self.table}.base_url"
+                    f"could not reach {self.connection.place} for model {self.name!r} "
+                    f"(tried {attempts} time(s)); check the network or "
+                    f"{self.connection.setting(self.name, 'base_url')}"
                 ) from None
             except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
                 raise self.malformed("a response that does not match the API's format") from None
@@ -156,7 +162,8 @@ class _Calls:
         message = clean_message(exc.message or exc.status or "", self.settings)
         if exc.code in (401, 403) or (exc.code == 400 and "api key" in message.lower()):
             return ProviderError(
-                f"Gemini rejected the API key or refused access (HTTP {exc.code}) for model {self.name!r}; "
+                f"{self.title} rejected the API key or refused access (HTTP {exc.code}) for model "
+                f"{self.name!r}; "
                 f"check {self.settings.key_from or self.settings.api_key_env} and the project's access"
             )
         return self.connection.status_error(self.name, int(exc.code), message)
@@ -171,7 +178,7 @@ class _Calls:
         if reason:
             said = clean_message(getattr(feedback, "block_reason_message", None) or "", self.settings)
             raise ProviderError(
-                f"Gemini refused the request: the prompt was blocked ({_name(reason)})"
+                f"{self.title} refused the request: the prompt was blocked ({_name(reason)})"
                 + (f": {said}" if said else "")
             )
         candidates = getattr(response, "candidates", None) or []
@@ -181,7 +188,7 @@ class _Calls:
         if finish in REFUSALS:
             said = clean_message(getattr(candidates[0], "finish_message", None) or "", self.settings)
             raise ProviderError(
-                f"Gemini refused the request: the answer was stopped ({finish})"
+                f"{self.title} refused the request: the answer was stopped ({finish})"
                 + (f": {said}" if said else "")
             )
 
@@ -279,7 +286,8 @@ class GeminiImageGenerator(_Calls):
         if image is None:
             said = clean_message(" ".join(text), self.settings)
             raise ProviderError(
-                f"Gemini returned no image for model {self.name!r}" + (f"; it said: {said}" if said else "")
+                f"{self.title} returned no image for model {self.name!r}"
+                + (f"; it said: {said}" if said else "")
             )
         return image, self.usage(response, 1)
 
@@ -324,6 +332,8 @@ class GeminiBackend(HostedBackend):
     tasks = frozenset({"text_to_image", "vlm", "text"})
     sdk = "google.genai"
     extra = "gemini"
+    vertexai: bool = False
+    """Whether the client speaks Vertex AI's API rather than the Gemini Developer API."""
 
     def default_settings(self) -> HostedSettings:
         return HostedSettings(
@@ -334,12 +344,12 @@ class GeminiBackend(HostedBackend):
 
     def make_client(self, settings: HostedSettings) -> Any:
         sdk = _sdk()
-        assert settings.api_key is not None
         client = sdk.genai.Client(
-            api_key=settings.api_key.get_secret_value(),
-            vertexai=False,
+            api_key=api_key(settings),
+            vertexai=self.vertexai,
             http_options=sdk.types.HttpOptions(
                 base_url=settings.base_url,
+                headers=settings.headers or None,
                 timeout=math.ceil(settings.timeout_seconds * 1000),
                 retry_options=sdk.types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
             ),
@@ -359,3 +369,18 @@ class GeminiBackend(HostedBackend):
 
 
 backend = GeminiBackend()
+
+
+class VertexExpressBackend(GeminiBackend):
+    """Gemini models on Vertex AI in express mode: an API key bound to a Google Cloud project
+    (google-genai's ``vertexai=True`` with a key), read from ``GOOGLE_API_KEY`` as the SDK does.
+    Project-and-location access through application default credentials is not offered here."""
+
+    title = "Vertex AI"
+    vertexai = True
+
+    def default_settings(self) -> HostedSettings:
+        return HostedSettings(api_key_env="GOOGLE_API_KEY", base_url="https://aiplatform.googleapis.com/")
+
+
+vertex_backend = VertexExpressBackend()

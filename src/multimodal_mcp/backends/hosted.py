@@ -1,7 +1,8 @@
-"""Hosted models: one connection per provider backend, shared by every handle of its models.
+"""Hosted models: one connection per endpoint (a provider backend's own, or one a model names with
+``base_url``), shared by every handle of the models it serves.
 
 Hosted calls never touch the model pool's device lanes: they are network I/O on the event loop,
-through each SDK's async client. A :class:`Connection` per hosted backend creates its client on first
+through each SDK's async client. A :class:`Connection` per endpoint creates its client on first
 use (so a server with no keys never imports an SDK) and closes it at shutdown; its semaphore caps
 the requests in flight. A missing SDK is an error naming the extra to install; a missing key names
 the environment variables to set.
@@ -28,7 +29,21 @@ from multimodal_mcp.registry import HostedBackend
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-__all__ = ["Connection", "Detail", "HostedConnections", "Usage", "clean_message", "data_uri", "png_bytes"]
+__all__ = [
+    "NO_KEY",
+    "Connection",
+    "Detail",
+    "HostedConnections",
+    "Usage",
+    "api_key",
+    "clean_message",
+    "data_uri",
+    "endpoint_key",
+    "png_bytes",
+]
+NO_KEY = "no-key"
+"""Sent as the key to an endpoint configured without one: the SDKs insist on a key, and local servers
+(Ollama, LM Studio, llama.cpp's) ignore it. The provider's real key never goes there."""
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 """Largest encoded image sent to a provider (the major ones cap inline images at about 20 MB)."""
 
@@ -63,8 +78,13 @@ def clean_message(message: object, settings: HostedSettings, limit: int = 400) -
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def api_key(settings: HostedSettings) -> str:
+    """The key to hand an SDK: the resolved one, or :data:`NO_KEY` for a keyless endpoint."""
+    return settings.api_key.get_secret_value() if settings.api_key is not None else NO_KEY
+
+
 class Connection:
-    """One hosted backend's client, concurrency limit and settings, shared by its models' handles."""
+    """One endpoint's client, concurrency limit and settings, shared by the handles of its models."""
 
     def __init__(self, backend: HostedBackend, settings: HostedSettings) -> None:
         self.backend = backend
@@ -80,7 +100,31 @@ class Connection:
 
     @property
     def title(self) -> str:
+        """How messages name who answers: the provider, or 'the server at <base_url>' for a model's
+        own endpoint (never a provider's name for a server that is not the provider's)."""
+        if self.settings.own_endpoint and self.settings.base_url != self.backend.default_settings().base_url:
+            return f"the server at {self.settings.base_url}"
         return self.backend.title or self.backend.name
+
+    @property
+    def place(self) -> str:
+        """Who answers and where, mid-sentence: 'OpenAI at <base_url>' or 'the server at <base_url>'."""
+        title = self.title
+        return title if self.settings.base_url in title else f"{title} at {self.settings.base_url}"
+
+    @property
+    def needs_key(self) -> bool:
+        """False for an endpoint configured without a key (a model's base_url and no api_key_env)."""
+        return bool(self.settings.api_key_env)
+
+    def setting(self, model: str, field: str) -> str:
+        """The config key that sets ``field`` for ``model``: its own table's, or the backend's."""
+        own = self.settings.own_endpoint and field in ("base_url", "timeout_seconds")
+        return (
+            f"models.{model}.{field.replace('_seconds', '')}"
+            if own
+            else f"hosted.{self.backend.name}.{field}"
+        )
 
     def client(self, model: str) -> Any:
         """The provider's client, created on first use.
@@ -91,12 +135,17 @@ class Connection:
         """
         if self._client is None:
             settings = self.settings
-            if settings.api_key is None or not settings.api_key.get_secret_value():
+            if self.needs_key and (settings.api_key is None or not settings.api_key.get_secret_value()):
                 variables = " or ".join((settings.api_key_env, *settings.api_key_env_fallbacks))
-                article = "an" if self.title[:1].lower() in "aeiou" else "a"
+                if settings.own_endpoint:
+                    needs, where = f"an API key for {self.title}", f"models.{model}.api_key_env"
+                else:
+                    article = "an" if self.title[:1].lower() in "aeiou" else "a"
+                    needs = f"{article} {self.title} API key"
+                    where = f"hosted.{self.backend.name}.api_key in its config file"
                 raise BackendError(
-                    f"model {model!r} needs {article} {self.title} API key: set {variables} in the server's "
-                    f"environment (or hosted.{self.backend.name}.api_key in its config file) and restart it"
+                    f"model {model!r} needs {needs}: set {variables} in the server's "
+                    f"environment (or {where}) and restart it"
                 )
             sdk = self.backend.sdk
             if sdk is not None:
@@ -131,7 +180,7 @@ class Connection:
         """The error for an answer that is not what the API promises."""
         return ProviderError(
             f"{self.title} sent {what} for model {model!r}; try again, or check "
-            f"hosted.{self.backend.name}.base_url"
+            f"{self.setting(model, 'base_url')}"
         )
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
@@ -149,28 +198,40 @@ class Connection:
                 logger.warning("closing the %s client failed", self.title, exc_info=True)
 
 
+def endpoint_key(backend: str, settings: HostedSettings) -> str:
+    """What one connection serves: the backend's name, or ``backend@base_url`` for a model's own
+    endpoint (with a ``#n`` suffix when models share a URL but differ in key, timeout or headers)."""
+    return f"{backend}@{settings.base_url}" if settings.own_endpoint else backend
+
+
 class HostedConnections:
-    """The connections of every hosted backend, created on first use and closed at shutdown."""
+    """The connections of every hosted endpoint, created on first use and closed at shutdown: one per
+    hosted backend's own settings, and one per distinct endpoint that models name for themselves
+    (models with the same base_url, key, timeout and headers share it)."""
 
     def __init__(self, hosted: HostedConfig) -> None:
         self.settings = hosted
         self._connections: dict[str, Connection] = {}
 
-    def connection(self, backend: HostedBackend) -> Connection:
-        found = self._connections.get(backend.name)
+    def connection(self, backend: HostedBackend, settings: HostedSettings | None = None) -> Connection:
+        """The connection for ``settings`` (default: the backend's own)."""
+        settings = settings if settings is not None else self.settings.for_backend(backend.name)
+        key = endpoint_key(backend.name, settings)
+        n = 1
+        while (found := self._connections.get(key)) is not None and found.settings != settings:
+            n += 1
+            key = f"{endpoint_key(backend.name, settings)}#{n}"
         if found is None:
-            found = self._connections[backend.name] = Connection(
-                backend, self.settings.for_backend(backend.name)
-            )
+            found = self._connections[key] = Connection(backend, settings)
         return found
 
     def open_clients(self) -> list[str]:
-        """The backends whose client is open now."""
+        """The endpoints whose client is open now (see :func:`endpoint_key`)."""
         return [name for name, c in self._connections.items() if c.has_client]
 
     @property
     def requests(self) -> dict[str, int]:
-        """Requests sent per backend."""
+        """Requests sent per endpoint (see :func:`endpoint_key`)."""
         return {name: c.requests for name, c in self._connections.items()}
 
     async def aclose(self) -> None:

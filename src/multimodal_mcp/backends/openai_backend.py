@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from multimodal_mcp.backends.hosted import Connection, clean_message, data_uri, png_bytes
+from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, data_uri, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import ProviderError
+from multimodal_mcp.errors import BackendError, ProviderError
 from multimodal_mcp.handles import (
     ChatAnswer,
     Detail,
@@ -119,6 +119,12 @@ class _Calls:
         self.settings = connection.settings
         self.capabilities = _capabilities(spec).merged(spec.capabilities)
 
+    @property
+    def title(self) -> str:
+        """Who answers, for messages: the provider's name, or the server a model's base_url names."""
+        title = self.connection.title
+        return title[:1].upper() + title[1:]
+
     async def call(self, request: Callable[[Any], Awaitable[T]]) -> T:
         """``request(client)`` under the connection's limit, its failures as curated errors."""
         client = self.connection.client(self.name)  # first: it names the extra when the SDK is missing
@@ -130,15 +136,15 @@ class _Calls:
             raise self._status_error(exc) from None
         except openai.APITimeoutError:
             raise ProviderError(
-                f"OpenAI did not answer model {self.name!r} within {self.settings.timeout_seconds:g} s "
+                f"{self.title} did not answer model {self.name!r} within {self.settings.timeout_seconds:g} s "
                 f"(tried {self.settings.max_retries + 1} time(s)); try again later, or raise "
-                f"hosted.{self.connection.backend.name}.timeout_seconds"
+                f"{self.connection.setting(self.name, 'timeout_seconds')}"
             ) from None
         except openai.APIConnectionError:
             raise ProviderError(
-                f"could not reach OpenAI at {self.settings.base_url} for model {self.name!r} "
-                f"(tried {self.settings.max_retries + 1} time(s)); check the network or "
-                f"hosted.{self.connection.backend.name}.base_url"
+                f"could not reach {self.connection.place} for model {self.name!r} "
+                f"(tried {self.settings.max_retries + 1} time(s)); check the network, that the server "
+                f"runs, or {self.connection.setting(self.name, 'base_url')}"
             ) from None
         except (openai.APIResponseValidationError, ValueError):  # ValueError: a body that is not JSON
             raise self.malformed("a response that does not match the API's format") from None
@@ -151,11 +157,12 @@ class _Calls:
         if exc.status_code in (401, 403) and code not in REFUSAL_CODES:
             what = "rejected the API key" if exc.status_code == 401 else "refused access"
             return ProviderError(
-                f"OpenAI {what} (HTTP {exc.status_code}) for model {self.name!r}; check "
-                f"{self.settings.key_from or self.settings.api_key_env} and the account's access"
+                f"{self.title} {what} (HTTP {exc.status_code}) for model {self.name!r}; check "
+                f"{self.settings.key_from or self.settings.api_key_env or 'its api_key_env'} and the "
+                "account's access"
             )
         if code in REFUSAL_CODES or "safety system" in message.lower():
-            return ProviderError(f"OpenAI refused the request: {message}")
+            return ProviderError(f"{self.title} refused the request: {message}")
         return self.connection.status_error(self.name, int(exc.status_code), message)
 
     def malformed(self, what: str) -> ProviderError:
@@ -291,9 +298,9 @@ class OpenAIChat(_Calls):
             raise self.malformed("a response without choices") from None
         refusal = getattr(message, "refusal", None)
         if refusal:
-            raise ProviderError(f"OpenAI refused the request: {clean_message(refusal, self.settings)}")
+            raise ProviderError(f"{self.title} refused the request: {clean_message(refusal, self.settings)}")
         if getattr(choice, "finish_reason", None) == "content_filter":
-            raise ProviderError("OpenAI refused the request: its content filter stopped the answer")
+            raise ProviderError(f"{self.title} refused the request: its content filter stopped the answer")
         text = getattr(message, "content", None)
         if not isinstance(text, str):
             raise self.malformed("a response without text")
@@ -374,17 +381,21 @@ class OpenAIBackend(HostedBackend):
     extra = "openai"
 
     def default_settings(self) -> HostedSettings:
-        return HostedSettings(api_key_env="OPENAI_API_KEY", base_url="https://api.openai.com/v1")
+        return HostedSettings(
+            api_key_env="OPENAI_API_KEY",
+            base_url="https://api.openai.com/v1",
+            from_env={"base_url": ("OPENAI_BASE_URL",)},
+        )
 
     def make_client(self, settings: HostedSettings) -> Any:
         import openai
 
-        assert settings.api_key is not None
         return openai.AsyncOpenAI(
-            api_key=settings.api_key.get_secret_value(),
+            api_key=api_key(settings),
             base_url=settings.base_url,
             timeout=settings.timeout_seconds,
             max_retries=settings.max_retries,
+            default_headers=settings.headers or None,
         )
 
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
@@ -397,3 +408,41 @@ class OpenAIBackend(HostedBackend):
 
 
 backend = OpenAIBackend()
+
+
+class AzureOpenAIBackend(OpenAIBackend):
+    """Azure OpenAI: the same models and wire format, through the SDK's Azure client. A model's
+    ``source`` is its deployment name; the endpoint, key and API version follow the SDK's variables
+    (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``, ``OPENAI_API_VERSION``)."""
+
+    title = "Azure OpenAI"
+    API_VERSION = "2024-10-21"
+    """The API version sent when neither the config nor OPENAI_API_VERSION names one (Azure's GA release)."""
+
+    def default_settings(self) -> HostedSettings:
+        return HostedSettings(
+            api_key_env="AZURE_OPENAI_API_KEY",
+            base_url="https://YOUR-RESOURCE.openai.azure.com",
+            api_version=self.API_VERSION,
+            from_env={"base_url": ("AZURE_OPENAI_ENDPOINT",), "api_version": ("OPENAI_API_VERSION",)},
+        )
+
+    def make_client(self, settings: HostedSettings) -> Any:
+        import openai
+
+        if settings.base_url == self.default_settings().base_url:
+            raise BackendError(
+                "Azure OpenAI needs the resource's endpoint: set AZURE_OPENAI_ENDPOINT in the server's "
+                f"environment (or hosted.{self.name}.base_url in its config file) and restart it"
+            )
+        return openai.AsyncAzureOpenAI(
+            api_key=api_key(settings),
+            azure_endpoint=settings.base_url,
+            api_version=settings.api_version or self.API_VERSION,
+            timeout=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+            default_headers=settings.headers or None,
+        )
+
+
+azure_backend = AzureOpenAIBackend()
