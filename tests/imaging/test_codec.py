@@ -21,7 +21,7 @@ from multimodal_mcp.imaging.codec import (
     png_text,
 )
 
-from helpers import b64_png, photo
+from helpers import b64_png, photo, swapped_profile
 
 
 def _encoded(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -258,10 +258,11 @@ def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -
         "grayscale png": _encoded(img.convert("L"), "PNG"),
         "palette png with a colour key": _encoded(img.convert("P"), "PNG", transparency=3),
         "upright exif": _encoded(img, "JPEG", exif=upright.tobytes()),
+        "srgb icc profile": _encoded(img, "JPEG", icc_profile=srgb),  # nothing to convert
     }
     frames = [img, photo("coffee", 32)]
     not_kept = {
-        "icc profile": _encoded(img, "JPEG", icc_profile=srgb),
+        "another icc profile": _encoded(img, "JPEG", icc_profile=swapped_profile()),
         "rotated exif": _encoded(img, "JPEG", exif=rotated.tobytes()),
         "16-bit png": _encoded(Image.new("I;16", (8, 8), 40000), "PNG"),
         "cmyk jpeg": _encoded(img.convert("CMYK"), "JPEG"),

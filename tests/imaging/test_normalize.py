@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw
+from PIL import Image, ImageCms, ImageDraw
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, call_pixel_budget
@@ -21,6 +21,7 @@ from multimodal_mcp.imaging.codec import MAX_JPEG_SCANS, decode_image
 from multimodal_mcp.imaging.normalize import (
     MaskError,
     control_map,
+    is_srgb_profile,
     picture,
     read_mask,
     standardize,
@@ -325,3 +326,16 @@ def test_cancelling_the_call_stops_its_decode() -> None:
 
     assert anyio.run(main) is True
     assert outcome == ["CancelledError"]
+
+
+def test_an_srgb_profile_needs_no_conversion_and_the_original_is_kept() -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    picture_ = photo("astronaut", 64)
+    with_profile = encoded(picture_, "JPEG", quality=90, icc_profile=srgb)
+    without = encoded(picture_, "JPEG", quality=90)
+    decoded = decode_image(with_profile, max_pixels=10_000)
+    assert decoded.keeps_original and decoded.notes == ()  # its own bytes can be stored
+    assert decoded.image.tobytes() == decode_image(without, max_pixels=10_000).image.tobytes()
+    assert is_srgb_profile(srgb) and not is_srgb_profile(swapped_profile())
+    swapped = decode_image(encoded(picture_, "JPEG", icc_profile=swapped_profile()), max_pixels=10_000)
+    assert not swapped.keeps_original

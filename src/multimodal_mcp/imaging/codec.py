@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, current_call_pixels
-from multimodal_mcp.imaging.normalize import picture, standardize_with_notes
+from multimodal_mcp.imaging.normalize import is_srgb_profile, picture, standardize_with_notes
 
 # Formats whose decoders see heavy use and little CVE churn. Checked by content (the magic bytes,
 # then Pillow's identification limited to these plugins), never by a name or a MIME type the caller
@@ -260,8 +260,9 @@ def _keeps_original(img: Image.Image, data: bytes) -> bool:
     apng = getattr(img, "custom_mimetype", None) == "image/apng"
     if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
         return False  # 16 bits per sample (IHDR's bit depth), or an APNG
-    if img.info.get("icc_profile"):
-        return False
+    icc = img.info.get("icc_profile")
+    if icc and not (img.mode in ("RGB", "RGBA") and is_srgb_profile(icc)):
+        return False  # converted to sRGB: the pixels differ from the file's (an sRGB profile: same)
     try:
         return img.getexif().get(0x0112, 1) == 1  # EXIF orientation: none or "upright"
     except Exception:  # a hostile EXIF block: the decoder handles it, the original is not kept

@@ -28,6 +28,8 @@ decoder, before all of this.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -90,6 +92,8 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, ColourConversion]:
     icc = image.info.get("icc_profile")
     if not icc:
         return image, ColourConversion()
+    if image.mode in ("RGB", "RGBA") and is_srgb_profile(icc):
+        return _without_profile(image), ColourConversion(profile="sRGB")  # nothing to convert
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     base = image.convert({"RGBA": "RGB", "LA": "L"}.get(image.mode, image.mode))
     try:
@@ -122,6 +126,35 @@ def to_srgb(image: Image.Image) -> tuple[Image.Image, ColourConversion]:
         converted.putalpha(alpha)
     converted.info.clear()
     return converted, ColourConversion(profile=name, converted=True)
+
+
+def is_srgb_profile(icc: bytes) -> bool:
+    """Whether the ICC profile ``icc`` maps colours as sRGB does (within 1 of 255 on a set of probe
+    colours: primaries, secondaries, greys and mid tones). Such a profile (cameras and editors embed
+    one) needs no conversion, and dropping it changes nothing a colour-managed viewer shows."""
+    return _is_srgb(hashlib.sha256(icc).hexdigest(), icc)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_srgb(digest: str, icc: bytes) -> bool:
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space != "RGB ":
+            return False
+        probe = Image.frombytes("RGB", (len(_PROBES), 1), bytes(c for colour in _PROBES for c in colour))
+        out = ImageCms.profileToProfile(probe, profile, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return False
+    assert out is not None
+    a = np.asarray(probe, dtype=np.int16)
+    return bool(np.abs(np.asarray(out, dtype=np.int16) - a).max() <= 1)
+
+
+_PROBES = [
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
+    (0, 0, 0), (64, 64, 64), (128, 128, 128), (192, 192, 192), (255, 255, 255),
+    (200, 120, 40), (40, 160, 220), (90, 30, 150), (230, 200, 180), (20, 80, 30),
+]  # fmt: skip
 
 
 def _intent(profile: ImageCms.ImageCmsProfile) -> ImageCms.Intent:
