@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageDraw
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, call_pixel_budget
-from multimodal_mcp.imaging.codec import MAX_JPEG_SCANS, decode_image
+from multimodal_mcp.imaging.codec import MAX_JPEG_SCANS, decode_image, jpeg_scan_count
 from multimodal_mcp.imaging.normalize import (
     MaskError,
     control_map,
@@ -339,3 +339,15 @@ def test_an_srgb_profile_needs_no_conversion_and_the_original_is_kept() -> None:
     assert is_srgb_profile(srgb) and not is_srgb_profile(swapped_profile())
     swapped = decode_image(encoded(picture_, "JPEG", icc_profile=swapped_profile()), max_pixels=10_000)
     assert not swapped.keeps_original
+
+
+def test_scans_are_counted_by_the_jpeg_structure_not_by_bytes_in_its_metadata() -> None:
+    progressive = encoded(photo("astronaut", 64), "JPEG", progressive=True)
+    assert 2 <= jpeg_scan_count(progressive) <= 20
+    assert jpeg_scan_count(encoded(photo("astronaut", 64), "JPEG")) == 1  # baseline
+    # A profile full of 0xFFDA bytes is not scans: the file decodes.
+    noisy_profile = swapped_profile(padding=0) + b"\xff\xda" * 50_000
+    noisy_profile = len(noisy_profile).to_bytes(4, "big") + noisy_profile[4:]
+    data = encoded(photo("astronaut", 16), "JPEG", icc_profile=noisy_profile)
+    assert data.count(b"\xff\xda") > MAX_JPEG_SCANS and jpeg_scan_count(data) == 1
+    decode_image(data, max_pixels=10_000)

@@ -214,12 +214,48 @@ def _check_header(img: Image.Image, data: bytes, *, max_pixels: int, max_aspect:
             f"{max_aspect:g}:1; crop it, or pad its short side, to at most {max_aspect:g}:1 first"
         )
     if img.format == "JPEG":
-        scans = data.count(b"\xff\xda")  # SOS markers: 0xFF inside entropy-coded data is stuffed
+        scans = jpeg_scan_count(data)
         if scans > MAX_JPEG_SCANS:
             raise ImageInputError(
                 f"the JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS} (a standard progressive "
                 "JPEG has about 10). Re-encode it, e.g. as a baseline JPEG or a PNG."
             )
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """The number of scans (SOS segments) of a JPEG, found by walking its marker segments: the
+    lengths of header segments are skipped (a marker's bytes inside an ICC profile or EXIF block do
+    not count), and entropy-coded data is skipped to the next marker (0xFF00 is a stuffed byte,
+    0xFFD0-0xFFD7 are restart markers). Stops at EOI or at the end of the data."""
+    scans, i, end = 0, 2, len(data)
+    while i + 1 < end:
+        if data[i] != 0xFF:
+            return scans  # not at a marker: malformed; the decoder will say so
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # EOI
+            return scans
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if i + 4 > end:
+            return scans
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while True:  # entropy-coded data up to the next marker
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= end:
+                return scans
+            following = data[i + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i += 2
+                continue
+            break
+    return scans
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
