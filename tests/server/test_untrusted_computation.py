@@ -38,7 +38,7 @@ def test_a_pattern_that_backtracks_past_the_budget_ends_in_a_curated_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(json_answer, "VALIDATION_SECONDS", 0.2)
-    with pytest.raises(InvalidArgument, match="took over 0.2 s .*simplify its patterns"):
+    with pytest.raises(InvalidArgument, match=r"took over 0.2 s .*simplify its patterns"):
         parse_answer('"' + "a" * 60 + '!"', check_schema(ALTERNATION), "m")
 
 

@@ -149,7 +149,8 @@ def check_schema(schema: dict[str, Any]) -> Draft202012Validator:
     validator: Draft202012Validator = _Bounded(schema)
     # A reference cycle that consumes nothing ({"$ref": "#"}) recurses on any value: find it now.
     try:
-        _within_budget(lambda: [validator.is_valid(v) for v in (None, {}, [], "", 0)])
+        probes: tuple[Any, ...] = (None, {}, [], "", 0)
+        _within_budget(lambda: [validator.is_valid(v) for v in probes])
     except RecursionError:
         raise InvalidArgument(
             "response_schema refers to itself without end (a '$ref' cycle that never reaches a "
