@@ -129,6 +129,12 @@ class MultimodalServer(MCPServer[Services]):
         self.tool_parameters: dict[str, frozenset[str]] = {}
         self.prompt_functions: dict[str, Callable[..., str]] = {}
 
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio, answering malformed lines as JSON-RPC says (see ``server/stdio.py``)."""
+        from multimodal_mcp.server.stdio import serve_stdio
+
+        await serve_stdio(self._lowlevel_server)
+
     async def list_tools(self) -> list[MCPTool]:
         """The tools with their schemas as every converter takes them, lean (see schemas.py)."""
         return [
