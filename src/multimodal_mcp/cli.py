@@ -28,6 +28,10 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from multimodal_mcp.logs import install
+
+    for handler in logging.getLogger().handlers:
+        install(handler)  # long lines cut, repeated ones rate-limited, query strings redacted
     for noisy in ("httpx", "httpx2", "openai", "google_genai", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -3,21 +3,35 @@ or whole client string in any log line, and connections bounded (count, slow hea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from multimodal_mcp.config import Config, HttpSettings
-from multimodal_mcp.server.app import create_services
+from multimodal_mcp.logs import MAX_LOG_CHARS, install
+from multimodal_mcp.server.app import build_server, create_services
 from multimodal_mcp.server.http import HostOriginGuard, parse_authority, transport_security
+from multimodal_mcp.tools.common import Services
 
-from helpers import cpu_only, make_config
+from helpers import cpu_only, make_config, text_of
 from http_helpers import raw_post, serving
 
 pytestmark = pytest.mark.anyio
 REFUSED = (403, 421)  # what a request whose Host or Origin is not allowed gets
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 @pytest.fixture
@@ -82,3 +96,44 @@ def test_a_configured_host_with_a_port_allows_that_port_only() -> None:
     assert not guard.host_allowed("mcp.example.com")
     assert guard.host_allowed("localhost:8000")  # bound to every interface: loopback names too
     assert not guard.host_allowed("localhost:*")
+
+
+# --- item 3: nothing untrusted echoed whole; no credential in a log ------------------------------
+
+
+async def test_a_token_in_the_query_string_is_refused_and_redacted_from_the_access_log(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await raw_post(f"{url}?access_token=query-token-0123456789")
+    assert response.status_code not in (200, 202)
+    access = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/mcp?<redacted>" in line for line in access), access
+    server_side = [
+        r.getMessage() for r in caplog.records if not r.name.startswith("httpx")
+    ]  # not the client's
+    assert not any("query-token-0123456789" in line for line in server_side)
+
+
+async def test_a_huge_resource_uri_and_argument_name_are_answered_and_logged_by_prefix(
+    fake_services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the SDK logs a failed resource read, with its URI, at INFO
+    handler = Collect()
+    install(handler)
+    logging.getLogger().addHandler(handler)
+    try:
+        async with Client(build_server(fake_services.config, fake_services)) as client:
+            for uri in ("image://" + "a" * 5_000_000, "other://" + "b" * 1_000):
+                with pytest.raises(MCPError) as info:
+                    await client.read_resource(uri)
+                assert "Unknown resource" in str(info.value) and len(str(info.value)) < 300
+            result = await client.call_tool("list_models", {"x" * 100_000: 1, "y": 2})
+            assert result.is_error
+            text = text_of(result)
+            assert (
+                "unknown argument(s) 'xxxxxxxx" in text and "(100000 characters)" in text and len(text) < 300
+            )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.lines and max(len(line) for line in handler.lines) < MAX_LOG_CHARS + 200

@@ -30,6 +30,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from multimodal_mcp.config import AuthConfig, Config, ConfigError, HttpSettings, OAuthSettings
+from multimodal_mcp.logs import redact_access_log
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, oauth_principal, static_principal
 
 logger = logging.getLogger(__name__)
@@ -393,6 +394,7 @@ def http_app(server: Any, config: Config, *, host: str) -> Starlette:
         host=host,
     )
     app.add_middleware(HostOriginGuard, settings=transport_security(http, host))
+    redact_access_log()  # a token sent as ?access_token= must not reach the access log
     return app
 
 
