@@ -32,6 +32,7 @@ from starlette.responses import Response
 from multimodal_mcp.config import AuthConfig, Config, ConfigError, HttpSettings, OAuthSettings
 from multimodal_mcp.logs import redact_access_log
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, oauth_principal, static_principal
+from multimodal_mcp.server.connections import SessionRefusals, limit_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -391,8 +392,12 @@ def http_app(server: Any, config: Config, *, host: str) -> Starlette:
         # The SDK's own Host/Origin check matches by prefix; HostOriginGuard parses and compares.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=http.max_request_bytes,
+        max_sessions=http.max_sessions,
+        session_idle_timeout=http.session_idle_seconds,
         host=host,
     )
+    limit_sessions(server.session_manager, http)
+    app.add_middleware(SessionRefusals)
     app.add_middleware(HostOriginGuard, settings=transport_security(http, host))
     redact_access_log()  # a token sent as ?access_token= must not reach the access log
     return app

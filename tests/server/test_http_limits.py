@@ -1,0 +1,146 @@
+"""Issue 13, item 2 over a real loopback socket: connections capped and timed out, the open-file
+limit raised, sessions capped per principal."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from anyio.abc import SocketStream
+
+from multimodal_mcp.config import Config
+from multimodal_mcp.server.app import create_services
+from multimodal_mcp.server.connections import FD_RESERVE, connection_cap, raise_fd_limit
+
+from helpers import cpu_only, make_config
+from http_helpers import raw_post, serving
+
+pytestmark = pytest.mark.anyio
+
+ALICE = "alice-token-0123456789abcdef"
+BOB = "bob-token-fedcba9876543210xyz"
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+).encode()
+
+
+def _config(tmp_path: Path, tiny_dir: Path, **http: Any) -> Config:
+    return make_config(tmp_path, tiny_dir, tmp_path, http=http)
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+async def _closed_by_server(sock: SocketStream) -> bool:
+    """Waits (up to 30 s) for the server to close ``sock`` without having sent anything."""
+    with anyio.fail_after(30):
+        try:
+            data = await sock.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            return True
+    return not data
+
+
+async def test_idle_connections_past_the_cap_are_closed_at_once_and_the_rest_hold_only_the_cap(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    """The issue's 1,100 idle connections that used up every descriptor, at a scale for a test."""
+    config = _config(tmp_path, tiny_dir, max_connections=16, header_timeout_seconds=120)
+    async with serving(config, create_services(config, cpu_only())) as url:
+        port = _port(url)
+        held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(40)]
+        closed: list[SocketStream] = []
+        async with anyio.create_task_group() as tg:  # the 24 past the cap are closed without a request
+
+            async def watch(sock: SocketStream) -> None:
+                if await _closed_by_server(sock):
+                    closed.append(sock)
+                    if len(closed) == 24:
+                        tg.cancel_scope.cancel()
+
+            for sock in held:
+                tg.start_soon(watch, sock)
+        assert len(closed) == 24
+        open_ones = [s for s in held if s not in closed]
+        with pytest.raises(Exception):  # noqa: B017 - closed or reset: refused either way
+            await raw_post(url)
+        for sock in open_ones:
+            await sock.aclose()
+        with anyio.fail_after(30):  # served again once the server has seen them go
+            while True:
+                try:
+                    response = await raw_post(url)
+                    break
+                except Exception:
+                    await anyio.sleep(0.05)
+        assert response.status_code in (200, 400)
+        for sock in closed:
+            await sock.aclose()
+
+
+async def test_connections_that_send_no_whole_request_head_in_time_are_closed(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    config = _config(tmp_path, tiny_dir, header_timeout_seconds=0.5)
+    async with serving(config, create_services(config, cpu_only())) as url:
+        port = _port(url)
+        idle = await anyio.connect_tcp("127.0.0.1", port)
+        slow = await anyio.connect_tcp("127.0.0.1", port)
+        await slow.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and the rest never comes
+        assert await _closed_by_server(idle)
+        assert await _closed_by_server(slow)
+        response = await raw_post(url, content=INITIALIZE)  # a whole request in time is served
+        assert response.status_code == 200
+        await idle.aclose()
+        await slow.aclose()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_the_cap_stays_below_it() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip("needs a finite hard limit above 512")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        assert raise_fd_limit() == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert connection_cap(1000, 1024) == 1024 - FD_RESERVE
+    assert connection_cap(100, 1024) == 100
+    assert connection_cap(1000, 64) == 16  # a tiny limit still serves a few
+
+
+async def test_one_principal_cannot_take_every_session_and_the_refusal_names_the_limit(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    """The issue's 10,000 sessions in 25 s from one principal, at a scale for a test."""
+    tokens = [{"principal": "alice", "token": ALICE}, {"principal": "bob", "token": BOB}]
+    config = _config(tmp_path, tiny_dir, max_sessions_per_principal=3, auth={"tokens": tokens})
+    async with serving(config, create_services(config, cpu_only())) as url:
+        opened = [await raw_post(url, ALICE, content=INITIALIZE) for _ in range(3)]
+        assert [r.status_code for r in opened] == [200, 200, 200]
+        assert len({r.headers["mcp-session-id"] for r in opened}) == 3
+        refused = await raw_post(url, ALICE, content=INITIALIZE)
+        assert refused.status_code == 503
+        assert "server.http.max_sessions_per_principal" in refused.json()["error"]["message"]
+        assert (await raw_post(url, BOB, content=INITIALIZE)).status_code == 200  # others still get in
+        session = opened[0].headers["mcp-session-id"]
+        async with httpx2.AsyncClient(timeout=30) as client:  # ending a session frees its place
+            headers = {"Authorization": f"Bearer {ALICE}", "mcp-session-id": session}
+            deleted = await client.delete(url, headers=headers)
+        assert deleted.status_code == 200
+        assert (await raw_post(url, ALICE, content=INITIALIZE)).status_code == 200
