@@ -86,6 +86,14 @@ class PoolSettings(_Frozen):
         description="A call running longer returns a job handle (get_job) instead of waiting.",
     )
     job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
+    max_jobs_per_principal: int = Field(
+        default=64, ge=1, description="Finished jobs kept for each principal; the oldest go first."
+    )
+    max_job_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Finished jobs' results kept in all (bytes, as JSON); the oldest go first.",
+    )
 
 
 class StoreSettings(_Frozen):
