@@ -339,6 +339,9 @@ class HttpSettings(_Frozen):
     max_sessions_per_principal: int = Field(
         default=32, ge=1, description="Open MCP sessions of one principal (all anonymous callers are one)."
     )
+    max_requests_per_session: int = Field(
+        default=32, ge=1, description="Requests in flight at once in one MCP session; more get 429."
+    )
     session_idle_seconds: float = Field(
         default=600, gt=0, description="An MCP session with no request this long ends."
     )

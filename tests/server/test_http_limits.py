@@ -16,8 +16,10 @@ from anyio.abc import SocketStream
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.server.connections import FD_RESERVE, connection_cap, raise_fd_limit
+from multimodal_mcp.tools.common import Services
 
-from helpers import cpu_only, make_config
+from fake_hub import FakeHub, FakeVisionChat
+from helpers import cpu_only, data_uri, make_config, photo
 from http_helpers import raw_post, serving
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +38,9 @@ INITIALIZE = json.dumps(
         },
     }
 ).encode()
+
+
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
 def _config(tmp_path: Path, tiny_dir: Path, **http: Any) -> Config:
@@ -144,3 +149,64 @@ async def test_one_principal_cannot_take_every_session_and_the_refusal_names_the
             deleted = await client.delete(url, headers=headers)
         assert deleted.status_code == 200
         assert (await raw_post(url, ALICE, content=INITIALIZE)).status_code == 200
+
+
+async def _open_session(client: httpx2.AsyncClient, url: str) -> dict[str, str]:
+    opened = await client.post(url, content=INITIALIZE, headers=HEADERS)
+    headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    await client.post(url, content=json.dumps(note), headers=headers)
+    return headers
+
+
+def _call(request_id: int, method: str, params: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}).encode()
+
+
+async def test_a_duplicate_in_flight_id_gets_a_json_rpc_error_and_the_first_is_still_answered(
+    fake_services: Services, fake_hub: FakeHub
+) -> None:
+    started, release = anyio.Event(), anyio.Event()
+    vlm = fake_hub.fakes["fake-vlm"]
+    assert isinstance(vlm, FakeVisionChat)
+    plain_answer = vlm.answer
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await release.wait()
+        return await plain_answer(*args, **kwargs)
+
+    vlm.answer = slow_answer  # type: ignore[method-assign]
+    describe = _call(
+        5, "tools/call", {"name": "describe_image", "arguments": {"image": data_uri(photo(size=64))}}
+    )
+    async with serving(fake_services.config, fake_services) as url, httpx2.AsyncClient(timeout=60) as client:
+        headers = await _open_session(client, url)
+        replies: list[httpx2.Response] = []
+        async with anyio.create_task_group() as tg:
+
+            async def first() -> None:
+                replies.append(await client.post(url, content=describe, headers=headers))
+
+            tg.start_soon(first)
+            with anyio.fail_after(30):
+                await started.wait()
+            duplicate = await client.post(url, content=_call(5, "ping"), headers=headers)
+            other = await client.post(url, content=_call(6, "ping"), headers=headers)  # other ids go on
+            release.set()
+        assert duplicate.status_code == 409
+        error = duplicate.json()
+        assert (
+            error["id"] == 5
+            and error["error"]["code"] == -32600
+            and "already in flight" in error["error"]["message"]
+        )
+        assert other.status_code == 200 and '"id":6' in other.text.replace(" ", "")
+        (answer,) = replies
+        assert (
+            answer.status_code == 200
+            and '"id":5' in answer.text.replace(" ", "")
+            and '"result"' in answer.text
+        )
+        again = await client.post(url, content=_call(5, "ping"), headers=headers)  # the id is free again
+        assert again.status_code == 200 and '"result"' in again.text

@@ -6,6 +6,7 @@
   A connection that has not sent a whole request head within ``header_timeout_seconds`` (an idle
   socket, or one sending its headers a byte at a time) is closed; so is one idle between requests
   for ``idle_timeout_seconds``.
+- **Requests in flight**: per session, ``max_requests_per_session``, and one per JSON-RPC id.
 - **Sessions**: at most ``max_sessions`` in all and ``max_sessions_per_principal`` for each
   principal (anonymous callers are one principal); a session idle for ``session_idle_seconds``
   ends. A request past a limit gets 503 naming the limit.
@@ -14,11 +15,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from contextvars import ContextVar
 from typing import Any
 
+import anyio
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -187,20 +190,7 @@ class SessionRefusals:
             nonlocal replaced
             if message["type"] == "http.response.start" and message.get("status") == 503 and notes:
                 replaced = True
-                body = json.dumps(
-                    {"jsonrpc": "2.0", "id": None, "error": {"code": -32603, "message": notes[0]}}
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 503,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _json_rpc_error(send, 503, None, -32603, notes[0])
                 return
             if replaced:
                 return  # the SDK's own body for the refusal is dropped
@@ -210,3 +200,109 @@ class SessionRefusals:
             await self.app(scope, receive, send_named)
         finally:
             _refusal.reset(token)
+
+
+# --- requests in flight per session ---------------------------------------------------------------
+
+MCP_SESSION = "mcp-session-id"
+
+
+class InflightRequests:
+    """ASGI middleware: in one session, at most ``max_requests_per_session`` requests in flight, and
+    never two with one JSON-RPC id (the SDK keeps one reply stream per id: the first was never
+    answered, while keep-alive pings kept its client waiting). Either refusal is a JSON-RPC error
+    with the request's id and HTTP 409 or 429; the limit is named.
+    """
+
+    def __init__(self, app: Any, *, max_requests_per_session: int, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_requests_per_session
+        self.max_body = max_body_bytes
+        self.inflight: dict[tuple[str, str], set[Any]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        session = headers.get(MCP_SESSION.encode())
+        if scope["type"] != "http" or scope.get("method") != "POST" or session is None:
+            await self.app(scope, receive, send)
+            return
+        # Keyed by session and credential: someone who learnt a session id cannot block its ids.
+        key = (
+            session.decode("latin-1")[:128],
+            hashlib.sha256(headers.get(b"authorization", b"")).hexdigest(),
+        )
+        messages, body = await _read_body(receive, self.max_body)
+        request_id = await _request_id(body) if body is not None else None
+        replay = _replayer(messages, receive)
+        if request_id is None:  # a notification, a response, a batch or too big: the SDK answers it
+            await self.app(scope, replay, send)
+            return
+        ids = self.inflight.setdefault(key, set())
+        if request_id in ids or len(ids) >= self.limit:
+            duplicate = request_id in ids
+            message = (
+                f"Invalid Request: a request with id {str(request_id)[:40]!r} is already in flight in this "
+                "session; use a new id for each request"
+                if duplicate
+                else f"Too many requests in flight in this session: {self.limit} "
+                "(server.http.max_requests_per_session); wait for one to finish"
+            )
+            await _json_rpc_error(send, 409 if duplicate else 429, request_id, -32600, message)
+            return
+        ids.add(request_id)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            ids.discard(request_id)
+            if not ids:
+                self.inflight.pop(key, None)
+
+
+async def _read_body(receive: Any, limit: int) -> tuple[list[Any], bytes | None]:
+    """The request's messages as received, and its body (None past ``limit``: the body limit answers)."""
+    messages: list[Any] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, None
+        if not message.get("more_body", False):
+            return messages, b"".join(m.get("body", b"") for m in messages)
+
+
+async def _request_id(body: bytes) -> Any:
+    """The JSON-RPC id of a request body (None for anything else); big bodies parse off the loop."""
+    try:
+        value = json.loads(body) if len(body) < 65_536 else await anyio.to_thread.run_sync(json.loads, body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or "method" not in value:
+        return None
+    request_id = value.get("id")
+    if isinstance(request_id, str) or (isinstance(request_id, int) and not isinstance(request_id, bool)):
+        return request_id
+    return None
+
+
+def _replayer(messages: list[Any], receive: Any) -> Any:
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _json_rpc_error(send: Any, status: int, request_id: Any, code: int, message: str) -> None:
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from multimodal_mcp.config import AuthConfig, Config, ConfigError, HttpSettings, OAuthSettings
 from multimodal_mcp.logs import redact_access_log
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, oauth_principal, static_principal
-from multimodal_mcp.server.connections import SessionRefusals, limit_sessions
+from multimodal_mcp.server.connections import InflightRequests, SessionRefusals, limit_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +398,11 @@ def http_app(server: Any, config: Config, *, host: str) -> Starlette:
     )
     limit_sessions(server.session_manager, http)
     app.add_middleware(SessionRefusals)
+    app.add_middleware(
+        InflightRequests,
+        max_requests_per_session=http.max_requests_per_session,
+        max_body_bytes=http.max_request_bytes,
+    )
     app.add_middleware(HostOriginGuard, settings=transport_security(http, host))
     redact_access_log()  # a token sent as ?access_token= must not reach the access log
     return app
