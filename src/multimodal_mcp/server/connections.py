@@ -1,6 +1,7 @@
 """What an HTTP client can hold, bounded: connections, their header and idle time, and sessions.
 
-- **Connections**: at most ``max_connections`` open at once (a new one past it is closed at once),
+- **Connections**: at most ``max_connections`` open at once (past it, the oldest connection still
+  waiting for a request head is closed, or the new one if every connection is busy),
   and never more than the file-descriptor limit allows less a reserve for the store, models and
   logs (:func:`connection_cap`, after :func:`raise_fd_limit` raised the soft limit to the hard one).
   A connection that has not sent a whole request head within ``header_timeout_seconds`` (an idle
@@ -68,16 +69,32 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._opened = self.loop.time()
+        self._served = 0
         if len(self.connections) > self.max_connections:
+            # At the cap, a connection waiting for a request head (an idle socket, a slow sender)
+            # makes way, the oldest that never sent a request first; if every one is busy with a
+            # request, the new one is closed. Idle sockets cannot lock out a client that sends.
+            waiting = [c for c in self.connections if isinstance(c, BoundedH11Protocol) and c._waiting()]
             type(self).refused += 1
             logger.warning(
-                "refused a connection: %d open (server.http.max_connections)", self.max_connections
+                "connections at server.http.max_connections (%d): closed %s",
+                self.max_connections,
+                "an idle one" if waiting else "the new one",
             )
-            transport.abort()
-            return
+            victim = min(waiting, key=lambda c: (c._served > 0, c._opened)) if waiting else self
+            victim.transport.abort()
+            if victim is self:
+                return
         self._arm_header_deadline()
 
+    def _waiting(self) -> bool:
+        """Whether this connection is waiting for a request head (nothing in progress)."""
+        idle = self.cycle is None or self.cycle.response_complete
+        return idle and self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
     def on_response_complete(self) -> None:
+        self._served += 1
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_header_deadline()  # the next request's head has the same deadline
