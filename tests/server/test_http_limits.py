@@ -18,7 +18,7 @@ from multimodal_mcp.server.app import create_services
 from multimodal_mcp.server.connections import FD_RESERVE, connection_cap, raise_fd_limit
 from multimodal_mcp.tools.common import Services
 
-from fake_hub import FakeHub, FakeVisionChat
+from fake_hub import FakeHub, FakeVisionChat, fake_config, fake_handles, fake_services_for
 from helpers import cpu_only, data_uri, make_config, photo
 from http_helpers import raw_post, serving
 
@@ -204,3 +204,43 @@ async def test_a_duplicate_in_flight_id_gets_a_json_rpc_error_and_the_first_is_s
         )
         again = await client.post(url, content=_call(5, "ping"), headers=headers)  # the id is free again
         assert again.status_code == 200 and '"result"' in again.text
+
+
+async def test_requests_in_flight_in_one_session_are_capped_and_the_refusal_names_the_limit(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    config = fake_config(tmp_path, allowed_root, http={"max_requests_per_session": 1})
+    services = fake_services_for(config, fake_handles())
+    assert isinstance(services.hub, FakeHub)
+    started, release = anyio.Event(), anyio.Event()
+    vlm = services.hub.fakes["fake-vlm"]
+    assert isinstance(vlm, FakeVisionChat)
+    plain_answer = vlm.answer
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await release.wait()
+        return await plain_answer(*args, **kwargs)
+
+    vlm.answer = slow_answer  # type: ignore[method-assign]
+    describe = _call(
+        5, "tools/call", {"name": "describe_image", "arguments": {"image": data_uri(photo(size=64))}}
+    )
+    async with serving(config, services) as url, httpx2.AsyncClient(timeout=60) as client:
+        headers = await _open_session(client, url)
+        async with anyio.create_task_group() as tg:
+            first: list[httpx2.Response] = []
+
+            async def call() -> None:
+                first.append(await client.post(url, content=describe, headers=headers))
+
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                await started.wait()
+            refused = await client.post(url, content=_call(6, "ping"), headers=headers)
+            release.set()
+        assert refused.status_code == 429 and refused.json()["id"] == 6
+        assert "server.http.max_requests_per_session" in refused.json()["error"]["message"]
+        assert first[0].status_code == 200 and '"result"' in first[0].text
+        served = await client.post(url, content=_call(7, "ping"), headers=headers)  # room again
+        assert served.status_code == 200
