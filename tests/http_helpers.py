@@ -14,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import build_server
+from multimodal_mcp.server.connections import uvicorn_config
 from multimodal_mcp.server.http import http_app
 from multimodal_mcp.tools.common import Services
 
@@ -29,7 +30,7 @@ async def serving(config: Config, services: Services, *, host: str = "127.0.0.1"
     """The app the CLI serves, on a free loopback port; yields the MCP endpoint URL."""
     app = http_app(build_server(config, services), config, host=host)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(uvicorn_config(app, config.server.http, host="127.0.0.1", port=port))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(30):

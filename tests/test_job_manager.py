@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from pydantic import BaseModel
 
 from multimodal_mcp.errors import NotFound
 from multimodal_mcp.imaging.store import ImageStore
@@ -63,3 +64,47 @@ async def test_the_images_a_job_touches_are_held_while_it_runs_and_while_its_res
         assert jobs.held_images() == {job.result}  # retained: get_job may still render it
         clock[0] += 2
         assert jobs.held_images() == set()
+
+
+class _Labels(BaseModel):
+    labels: list[str]
+
+
+async def test_finished_jobs_are_kept_within_a_count_per_principal_and_a_total_of_bytes() -> None:
+    """The issue: finished jobs were kept an hour with no cap (about 55 KB each for 64 long labels)."""
+    big = _Labels(labels=["a long label " * 66] * 64)  # about 55 KB as JSON
+    size = len(big.model_dump_json())
+    async with anyio.create_task_group() as tg:
+        jobs = JobManager(
+            lambda fn: tg.start_soon(fn),
+            ttl_seconds=3600,
+            describe_failure=describe_failure,
+            max_retained_per_principal=3,
+            max_retained_bytes=5 * size,
+        )
+
+        async def work(progress: object) -> _Labels:
+            return big
+
+        async def run_as(principal: str) -> str:
+            with acting_as(principal):
+                job = jobs.start("clip_classify", work)
+                assert await jobs.wait(job, 10)
+            return job.id
+
+        alice = [await run_as("user:alice") for _ in range(10)]
+        bob = [await run_as("user:bob") for _ in range(2)]
+        assert jobs.retained() == (5, 5 * size)
+        with acting_as("user:alice"):
+            for job_id in alice[:7]:  # the oldest went first
+                with pytest.raises(NotFound, match=r"pool\.max_jobs_per_principal"):
+                    jobs.get(job_id)
+            assert [jobs.get(j).result for j in alice[7:]] == [big] * 3
+        with acting_as("user:bob"):  # alice's count never drops bob's jobs
+            assert all(jobs.get(j).status == "done" for j in bob)
+        carol = await run_as("user:carol")  # past the bytes: the oldest of anyone's goes
+        assert jobs.retained() == (5, 5 * size)
+        with acting_as("user:alice"), pytest.raises(NotFound):
+            jobs.get(alice[7])
+        with acting_as("user:carol"):
+            assert jobs.get(carol).status == "done"

@@ -28,6 +28,10 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from multimodal_mcp.logs import install
+
+    for handler in logging.getLogger().handlers:
+        install(handler)  # long lines cut, repeated ones rate-limited, query strings redacted
     for noisy in ("httpx", "httpx2", "openai", "google_genai", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -134,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     import anyio
     import uvicorn
 
+    from multimodal_mcp.server.connections import uvicorn_config
     from multimodal_mcp.server.http import check_binding, http_app
 
     http = config.server.http
@@ -152,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
         or "none",
     )
     app = http_app(build_server(config), config, host=host)
-    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False))
+    uv = uvicorn.Server(uvicorn_config(app, http, host=host, port=port))
     anyio.run(uv.serve)
     _exit_after_shutdown(0)
 

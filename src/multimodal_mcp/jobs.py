@@ -2,7 +2,9 @@
 
 Some clients give up on a tool call after about 60 seconds. Every call runs as a job; when it is not
 done after the configured wait, the call returns a job handle instead, the job keeps running, and
-``get_job`` / ``cancel_job`` reach it. Finished jobs stay retrievable for a configured time.
+``get_job`` / ``cancel_job`` reach it. Finished jobs stay retrievable for a configured time, within
+two bounds: each principal's newest ``max_retained_per_principal`` finished jobs, and
+``max_retained_bytes`` of results (as JSON) in all; the oldest finished ones go first.
 A job belongs to the principal that started it and runs as that principal; to anyone else it does not
 exist. Every image a job reads or writes is held (see :func:`~.imaging.store.holding`) while the job
 runs and while its result is retained, so the store's retention never removes what a result names.
@@ -70,6 +72,8 @@ class Job:
     listeners: list[Progress] = field(default_factory=list)
     images: set[str] = field(default_factory=set)
     """Ids of the images the job prepared, wrote or looked up (its inputs and results)."""
+    size: int = 0
+    """The finished job's result and error as JSON, in bytes (what retaining it costs)."""
 
     def info(self, now: float) -> JobInfo:
         return JobInfo(
@@ -93,9 +97,14 @@ class JobManager:
         *,
         ttl_seconds: float,
         describe_failure: Callable[[str, BaseException], str],
+        max_retained_per_principal: int = 64,
+        max_retained_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._spawn = spawn
         self._ttl = ttl_seconds
+        self._per_principal = max_retained_per_principal
+        self._max_bytes = max_retained_bytes
+        self._evicted = 0
         self._describe_failure = describe_failure
         self._jobs: dict[str, Job] = {}
         self._clock = time.monotonic
@@ -129,7 +138,9 @@ class JobManager:
                 if job.status == "running":
                     job.status = "cancelled"
                 job.finished = self._clock()
+                job.size = _size_of(job.result) + len(job.error or "")
                 job.done.set()
+                self._bound(job.owner)
 
         self._spawn(body)
         return job
@@ -139,7 +150,8 @@ class JobManager:
         job = self._jobs.get(job_id)
         if job is None or job.owner != current_principal():
             raise NotFound(
-                f"no job {job_id[:40]!r}: it never existed or finished more than {self._ttl:.0f} s ago"
+                f"no job {job_id[:40]!r}: it never existed, finished more than {self._ttl:.0f} s ago, or "
+                "was dropped as the oldest past pool.max_jobs_per_principal or pool.max_job_bytes"
             )
         return job
 
@@ -168,6 +180,37 @@ class JobManager:
                 held.update(job.images)
         return held
 
+    def _bound(self, owner: str) -> None:
+        """Drop the oldest finished jobs past the per-principal count and the total bytes."""
+        finished = sorted(
+            (j for j in self._jobs.values() if j.finished is not None), key=lambda j: j.finished or 0.0
+        )
+        mine = [j for j in finished if j.owner == owner]
+        drop = {j.id for j in mine[: max(0, len(mine) - self._per_principal)]}
+        total = sum(j.size for j in finished if j.id not in drop)
+        for job in finished:
+            if total <= self._max_bytes:
+                break
+            if job.id not in drop:
+                drop.add(job.id)
+                total -= job.size
+        for job_id in drop:
+            del self._jobs[job_id]
+        if drop:
+            self._evicted += len(drop)
+            logger.info(
+                "dropped %d finished job(s) to stay within pool.max_jobs_per_principal (%d) and "
+                "pool.max_job_bytes (%d)",
+                len(drop),
+                self._per_principal,
+                self._max_bytes,
+            )
+
+    def retained(self) -> tuple[int, int]:
+        """(finished jobs kept, their bytes)."""
+        finished = [j for j in self._jobs.values() if j.finished is not None]
+        return len(finished), sum(j.size for j in finished)
+
     def _purge(self) -> None:
         now = self._clock()
         expired = [
@@ -175,6 +218,14 @@ class JobManager:
         ]
         for job_id in expired:
             del self._jobs[job_id]
+
+
+def _size_of(result: Any) -> int:
+    if result is None:
+        return 0
+    if isinstance(result, BaseModel):
+        return len(result.model_dump_json())
+    return len(repr(result))
 
 
 def describe_failure(tool: str, exc: BaseException) -> str:

@@ -86,6 +86,14 @@ class PoolSettings(_Frozen):
         description="A call running longer returns a job handle (get_job) instead of waiting.",
     )
     job_ttl_seconds: float = Field(default=3600, gt=0, description="How long finished jobs stay retrievable.")
+    max_jobs_per_principal: int = Field(
+        default=64, ge=1, description="Finished jobs kept for each principal; the oldest go first."
+    )
+    max_job_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Finished jobs' results kept in all (bytes, as JSON); the oldest go first.",
+    )
 
 
 class StoreSettings(_Frozen):
@@ -308,6 +316,34 @@ class HttpSettings(_Frozen):
     )
     max_request_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=16,
+        description="Open client connections at once; more are closed at once. Lowered at start to "
+        "leave 128 file descriptors free under the open-file limit (raised to the hard limit first).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=300,
+        description="A connection that sends no whole request head this long is closed.",
+    )
+    idle_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        le=3600,
+        description="A kept-alive connection idle this long between requests is closed.",
+    )
+    max_sessions: int = Field(default=1000, ge=1, description="Open MCP sessions in all; more get 503.")
+    max_sessions_per_principal: int = Field(
+        default=32, ge=1, description="Open MCP sessions of one principal (all anonymous callers are one)."
+    )
+    max_requests_per_session: int = Field(
+        default=32, ge=1, description="Requests in flight at once in one MCP session; more get 429."
+    )
+    session_idle_seconds: float = Field(
+        default=600, gt=0, description="An MCP session with no request this long ends."
     )
     auth: AuthConfig = AuthConfig()
 

@@ -97,7 +97,7 @@ async def test_argument_errors_read_as_sentences_and_unknown_arguments_are_refus
     server, seen = _echo_server(config, services, as_job=False)
     async with Client(server) as client:
         assert await call_error(client, "echo", {"text": "hi", "colour": "red"}) == (
-            "Invalid arguments for echo: unknown argument(s) ['colour']; accepted: count, note, tags, text"
+            "Invalid arguments for echo: unknown argument(s) 'colour'; accepted: count, note, tags, text"
         )
         assert await call_error(client, "echo", {"text": "hi", "count": 9}) == (
             "Invalid arguments for echo: count: Input should be less than or equal to 5. "

@@ -62,6 +62,7 @@ from multimodal_mcp.imaging.compact import (
     encode_lossless,
 )
 from multimodal_mcp.imaging.retention import Entry, plan_removals
+from multimodal_mcp.imaging.sharing import StoreLock, stale_stray, stale_temporary, temp_prefix
 from multimodal_mcp.principals import SINGLE_USER, current_principal
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class ImageStore:
         self._raw: dict[str, str] = {}  # SHA-256 of bytes a client sent -> the id they were stored as
         self._guards: list[Callable[[], Iterable[str]]] = []
         self._last_sweep = time.monotonic()
+        self._shared = StoreLock(root)  # other processes may use this directory too (sharing.py)
         self.recover()
         if retention is not None:
             self.enforce()
@@ -262,11 +264,13 @@ class ImageStore:
         each were removed.
 
         Temporary files, images without a record (killed between the two renames) and records whose
-        image is missing (deleted by hand, or a disk that lost the unsynced file) are removed. A record
+        image is missing (deleted by hand, or a disk that lost the unsynced file) are removed; while
+        another process has the store open, only those provably stale (:mod:`.sharing`). A record
         that cannot be read is left alone with its image (reading it is an error; it is never
         removed by retention).
         """
         removed = {"temporary": 0, "image_without_record": 0, "record_without_image": 0}
+        self._alone = self._shared.alone()
         with self._write_lock:
             self._index.clear()
             self._raw.clear()
@@ -283,8 +287,9 @@ class ImageStore:
         for path in folder.iterdir():
             name = path.name
             if name.startswith(".") and name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed["temporary"] += 1
+                if stale_temporary(path, alone=self._alone):
+                    path.unlink(missing_ok=True)
+                    removed["temporary"] += 1
                 continue
             stem, _, ext = name.partition(".")
             if ID_PATTERN.match(stem) and ext in ("json", *EXTENSIONS.values()):
@@ -301,8 +306,9 @@ class ImageStore:
                     continue
             image_path = found.pop(EXTENSIONS[record.format], None) if record is not None else None
             for stray in found.values():
-                stray.unlink(missing_ok=True)
-                removed["image_without_record"] += 1
+                if stale_stray(stray, alone=self._alone):
+                    stray.unlink(missing_ok=True)
+                    removed["image_without_record"] += 1
             if record is None or record_path is None:
                 continue
             if image_path is None:
@@ -663,7 +669,7 @@ def _footprint(image: Image.Image) -> int:
 
 
 def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -87,6 +87,8 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         pool.start_background,
         ttl_seconds=config.server.pool.job_ttl_seconds,
         describe_failure=describe_failure,
+        max_retained_per_principal=config.server.pool.max_jobs_per_principal,
+        max_retained_bytes=config.server.pool.max_job_bytes,
     )
     store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
     safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None

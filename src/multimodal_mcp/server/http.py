@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from typing import Any
 from urllib.parse import quote
@@ -25,9 +26,13 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from multimodal_mcp.config import AuthConfig, Config, ConfigError, HttpSettings, OAuthSettings
+from multimodal_mcp.logs import redact_access_log
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, oauth_principal, static_principal
+from multimodal_mcp.server.connections import InflightRequests, SessionRefusals, limit_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,89 @@ def transport_security(http: HttpSettings, host: str) -> TransportSecuritySettin
         allowed_hosts=list(dict.fromkeys(hosts)),
         allowed_origins=list(dict.fromkeys(origins)),
     )
+
+
+_AUTHORITY = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}|\*))?"
+)
+_ORIGIN = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#@]+)")
+
+Authority = tuple[str, str | None]
+"""(host, port): the host lower-cased (IPv6 in brackets), the port as digits, '*' or None."""
+
+
+def parse_authority(value: str) -> Authority | None:
+    """``host[:port]`` parsed as RFC 3986 allows in a Host header; None for anything else (user
+    info, a path, spaces, an empty or out-of-range port, a malformed IPv6 address)."""
+    match = _AUTHORITY.fullmatch(value)
+    if match is None:
+        return None
+    port = match["port"]
+    if port is not None and port != "*" and not 0 < int(port) < 65536:
+        return None
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            return None
+        return f"[{match['v6'].lower()}]", port
+    return match["name"].lower().rstrip("."), port
+
+
+def parse_origin(value: str) -> tuple[str, Authority] | None:
+    """``scheme://host[:port]`` (an Origin header: nothing after the authority); None otherwise."""
+    match = _ORIGIN.fullmatch(value)
+    authority = parse_authority(match["authority"]) if match is not None else None
+    if match is None or authority is None:
+        return None
+    return match["scheme"].lower(), authority
+
+
+def _matches(found: Authority, allowed: Authority) -> bool:
+    return found[0] == allowed[0] and ((allowed[1] == "*" and found[1] is not None) or found[1] == allowed[1])
+
+
+class HostOriginGuard:
+    """ASGI middleware: DNS-rebinding protection with Host and Origin parsed, then compared exactly.
+
+    The SDK's check compares by prefix (``Host: localhost:1@attacker.example`` passed as
+    ``localhost:*``); here a header that does not parse is refused, and a parsed one must equal an
+    allowed (host, port), or (scheme, host, port) for an Origin; ``*`` as port allows any port.
+    """
+
+    def __init__(self, app: Any, settings: TransportSecuritySettings) -> None:
+        self.app = app
+        self.hosts = [a for a in map(parse_authority, settings.allowed_hosts) if a is not None]
+        self.origins = [o for o in map(parse_origin, settings.allowed_origins) if o is not None]
+
+    def host_allowed(self, value: str | None) -> bool:
+        found = parse_authority(value) if value else None
+        if found is None or found[1] == "*":
+            return False
+        return any(_matches(found, allowed) for allowed in self.hosts)
+
+    def origin_allowed(self, value: str | None) -> bool:
+        if value is None:
+            return True  # same-origin requests and non-browser clients send none
+        found = parse_origin(value)
+        if found is None or found[1][1] == "*":
+            return False
+        return any(found[0] == scheme and _matches(found[1], allowed) for scheme, allowed in self.origins)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            hosts = headers.getlist("host")
+            origins = headers.getlist("origin")
+            refusal = None
+            if len(hosts) != 1 or not self.host_allowed(hosts[0]):
+                refusal = Response("Invalid Host header", status_code=421)
+            elif len(origins) > 1 or not self.origin_allowed(origins[0] if origins else None):
+                refusal = Response("Invalid Origin header", status_code=403)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def principal_of_request(request: Any) -> str:
@@ -301,10 +389,22 @@ def http_app(server: Any, config: Config, *, host: str) -> Starlette:
     http = config.server.http
     app: Starlette = server.streamable_http_app(
         streamable_http_path="/mcp",
-        transport_security=transport_security(http, host),
+        # The SDK's own Host/Origin check matches by prefix; HostOriginGuard parses and compares.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=http.max_request_bytes,
+        max_sessions=http.max_sessions,
+        session_idle_timeout=http.session_idle_seconds,
         host=host,
     )
+    limit_sessions(server.session_manager, http)
+    app.add_middleware(SessionRefusals)
+    app.add_middleware(
+        InflightRequests,
+        max_requests_per_session=http.max_requests_per_session,
+        max_body_bytes=http.max_request_bytes,
+    )
+    app.add_middleware(HostOriginGuard, settings=transport_security(http, host))
+    redact_access_log()  # a token sent as ?access_token= must not reach the access log
     return app
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.apps import client_supports_apps
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.prompts import Prompt
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -38,6 +38,7 @@ from multimodal_mcp.errors import ConfirmationPending
 from multimodal_mcp.imaging.admission import call_pixel_budget
 from multimodal_mcp.imaging.compact import mime_of
 from multimodal_mcp.jobs import JobPending, describe_failure
+from multimodal_mcp.logs import prefix
 from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
 from multimodal_mcp.server.http import principal_of_request
@@ -46,6 +47,8 @@ from multimodal_mcp.server.schemas import lean_output_schema, portable_input_sch
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
+MAX_URI_CHARS = 2048
+"""Longer resource URIs are refused before any template is matched against them."""
 IMAGE_RESOURCE_MIME = "image/*"
 """The MIME type the ``image://`` template declares; each read gets its file's own type."""
 
@@ -137,6 +140,12 @@ class MultimodalServer(MCPServer[Services]):
         self.tool_parameters: dict[str, frozenset[str]] = {}
         self.prompt_functions: dict[str, Callable[..., str]] = {}
 
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio, answering malformed lines as JSON-RPC says (see ``server/stdio.py``)."""
+        from multimodal_mcp.server.stdio import serve_stdio
+
+        await serve_stdio(self._lowlevel_server)
+
     async def list_tools(self) -> list[MCPTool]:
         """The tools with their schemas as every converter takes them, lean (see schemas.py)."""
         return [
@@ -150,8 +159,15 @@ class MultimodalServer(MCPServer[Services]):
         ]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        if len(str(uri)) > MAX_URI_CHARS:  # not matched against the templates, not echoed whole
+            raise ResourceNotFoundError(
+                f"Unknown resource: {prefix(uri)}; resources: image://<id>, pool://status"
+            )
         with acting_as(_principal(context)):
-            contents = await super().read_resource(uri, context)
+            try:
+                contents = await super().read_resource(uri, context)
+            except ResourceNotFoundError as exc:
+                raise ResourceNotFoundError(prefix(exc, 200)[1:-1]) from None
         if isinstance(contents, InputRequiredResult):
             return contents
         # A template declares one MIME type; a stored image is a PNG, a JPEG or a WebP: each read
@@ -184,8 +200,10 @@ class MultimodalServer(MCPServer[Services]):
             )
         unknown = sorted(set(arguments) - known)
         if unknown:
+            named = ", ".join(prefix(argument, 40) for argument in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise ToolError(
-                f"Invalid arguments for {name}: unknown argument(s) {unknown}; "
+                f"Invalid arguments for {name}: unknown argument(s) {named}{more}; "
                 f"accepted: {', '.join(sorted(known or ())) or 'none'}"
             )
         try:

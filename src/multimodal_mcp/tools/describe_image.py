@@ -27,7 +27,7 @@ from multimodal_mcp.tools.common import (
     keep_inputs,
     resolve_image,
 )
-from multimodal_mcp.tools.json_answer import check_schema, parse_answer
+from multimodal_mcp.tools.json_answer import check_schema_off_loop, parse_answer_off_loop
 from multimodal_mcp.tools.verification import Grounding, ground_description, grounding_summary
 
 DEFAULT_PROMPT = "Describe this image in detail."
@@ -123,7 +123,9 @@ async def describe_image(
             "(max_prompt_chars); ask a shorter question"
         )
     prompt = params.prompt or DEFAULT_PROMPT
-    validator = check_schema(params.response_schema) if params.response_schema is not None else None
+    validator = (
+        await check_schema_off_loop(params.response_schema) if params.response_schema is not None else None
+    )
     source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_VLM)
     image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
@@ -144,7 +146,7 @@ async def describe_image(
     text, tokens, usage = answer.text, answer.tokens, answer.usage
 
     # 3. Structured answers are checked against the schema, whoever wrote them
-    data = parse_answer(text, validator, name) if validator is not None else None
+    data = await parse_answer_off_loop(text, validator, name) if validator is not None else None
 
     # 4. Ground: score the things the answer names against the image
     grounding = None

@@ -1,0 +1,99 @@
+"""Issue 13, item 5: a stdio server answers malformed input as JSON-RPC 2.0 says and keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from multimodal_mcp.server.stdio import reply_to_malformed
+
+pytestmark = pytest.mark.anyio
+
+PING = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+
+# (line sent, the error code, the id of the reply): the issue's examples, then neighbours.
+MALFORMED = [
+    ('{"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"x": "\\ud800"}}', -32600, 2),
+    (json.dumps([PING, PING]), -32600, None),
+    (json.dumps({**PING, "id": None}), -32600, None),
+    (json.dumps({**PING, "id": 1.5}), -32600, None),
+    ('{"jsonrpc": "2.0", "id": 3, "method": ', -32700, None),
+    (json.dumps({**PING, "id": True}), -32600, None),
+    ('"just a string"', -32600, None),
+    (json.dumps({"jsonrpc": "2.0", "id": 4}), -32600, 4),
+]
+
+
+@pytest.mark.parametrize(("line", "code", "request_id"), MALFORMED)
+def test_each_malformed_line_gets_the_json_rpc_error_it_deserves(
+    line: str, code: int, request_id: Any
+) -> None:
+    reply = reply_to_malformed(line)
+    assert reply is not None and reply.error.code == code and reply.id == request_id
+
+
+def test_valid_messages_and_blank_lines_pass_through() -> None:
+    assert reply_to_malformed(json.dumps(PING)) is None
+    assert reply_to_malformed('{"jsonrpc": "2.0", "method": "notifications/initialized"}') is None
+    assert (
+        reply_to_malformed('{"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "x"}}')
+        is None
+    )
+    assert reply_to_malformed("\n") is None
+
+
+async def _reply(stdout: BufferedByteReceiveStream) -> dict[str, Any]:
+    with anyio.fail_after(60):
+        reply: dict[str, Any] = json.loads(await stdout.receive_until(b"\n", 10_000_000))
+    return reply
+
+
+async def _send(process: Process, line: str | bytes) -> None:
+    assert process.stdin is not None
+    await process.stdin.send(
+        (line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line) + b"\n"
+    )
+
+
+async def test_a_stdio_server_process_answers_every_malformed_line_and_keeps_serving(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'profile = "tiny"\n[server]\nstore_dir = "{tmp_path / "store"}"\ntiny_dir = "{tiny_dir}"\n'
+    )
+    command = [sys.executable, "-m", "multimodal_mcp", "serve", "--config", str(config)]
+    async with await anyio.open_process(command, env=dict(os.environ)) as process:
+        assert process.stdout is not None
+        stdout = BufferedByteReceiveStream(process.stdout)
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
+        await _send(process, json.dumps(initialize))
+        assert (await _reply(stdout))["id"] == 0
+        await _send(process, '{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        for line, code, request_id in [*MALFORMED, (b"\xff\xfe not utf-8", -32700, None)]:
+            await _send(process, line)
+            reply = await _reply(stdout)
+            assert reply["error"]["code"] == code and reply["id"] == request_id, line
+        await _send(process, json.dumps(PING))
+        assert await _reply(stdout) == {"jsonrpc": "2.0", "id": 7, "result": {}}
+        assert process.stdin is not None
+        await process.stdin.aclose()
+        with anyio.fail_after(60):
+            assert await process.wait() == 0
