@@ -112,7 +112,7 @@ async def test_save_mask_refuses_a_mask_of_another_size_an_empty_one_and_unknown
     )
     assert "nothing is painted" in empty
     unknown = await call_error(apps, "save_mask", {"image": image["uri"], "mask": "x", "strength": 1})
-    assert "unknown argument(s) ['strength']" in unknown
+    assert "unknown argument(s) 'strength'" in unknown
 
 
 async def test_save_mask_cannot_reach_another_principals_image(apps: Client, fake_services: Services) -> None:
