@@ -66,6 +66,23 @@ async def test_the_images_a_job_touches_are_held_while_it_runs_and_while_its_res
         assert jobs.held_images() == set()
 
 
+async def test_a_delivered_result_no_longer_holds_its_images(tmp_path: Path) -> None:
+    """Every call runs as a job; once its result reached the caller, the store's limits apply to
+    its images again (else nothing made within job_ttl_seconds could ever be removed)."""
+    store = ImageStore(tmp_path)
+    async with anyio.create_task_group() as tg:
+        jobs = JobManager(lambda fn: tg.start_soon(fn), ttl_seconds=3600, describe_failure=describe_failure)
+
+        async def work(progress: object) -> str:
+            return (await anyio.to_thread.run_sync(lambda: store.put(photo("coffee", 16), kind="input"))).id
+
+        job = jobs.start("describe_image", work)
+        assert await jobs.wait(job, 10)
+        assert jobs.held_images() == {job.result}  # finished, not yet returned to the caller
+        job.delivered = True
+        assert jobs.held_images() == set()
+
+
 class _Labels(BaseModel):
     labels: list[str]
 

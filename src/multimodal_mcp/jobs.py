@@ -74,6 +74,9 @@ class Job:
     """Ids of the images the job prepared, wrote or looked up (its inputs and results)."""
     size: int = 0
     """The finished job's result and error as JSON, in bytes (what retaining it costs)."""
+    delivered: bool = False
+    """The result reached the caller (the call returned it, or get_job did): its images are no
+    longer held for it."""
 
     def info(self, now: float) -> JobInfo:
         return JobInfo(
@@ -171,12 +174,13 @@ class JobManager:
         job.scope.cancel()
 
     def held_images(self) -> set[str]:
-        """The images of running jobs and of finished ones still retrievable. Safe to call from a
-        worker thread (the store's retention does)."""
+        """The images of running jobs, and of finished ones whose result is retrievable and has not
+        reached the caller yet (a call that outlasted the wait, before get_job returns it). Safe to
+        call from a worker thread (the store's retention does)."""
         now = self._clock()
         held: set[str] = set()
         for job in list(self._jobs.values()):
-            if job.finished is None or now - job.finished <= self._ttl:
+            if job.finished is None or (not job.delivered and now - job.finished <= self._ttl):
                 held.update(job.images)
         return held
 

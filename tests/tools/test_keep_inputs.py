@@ -90,3 +90,28 @@ async def test_vision_tools_refused_before_their_work_store_nothing_and_store_on
     for ref in (described.image, classified.image, compared.image_a, compared.image_b, compared.diff_image):
         assert services.store.open(ref.id).size == (ref.width, ref.height)
     assert services.store.record(compared.diff_image.id).parents == [compared.image_a.id, compared.image_b.id]
+
+
+async def test_the_store_stays_within_max_bytes_across_calls_of_one_session(
+    tmp_path: Path, tiny_dir: Path, allowed_root: Path
+) -> None:
+    """Each call runs as a job; its images stop being held once it returned them, so a busy session
+    cannot take the store past [server.store] max_bytes (found by trying it as a user would)."""
+    from mcp import Client
+
+    from multimodal_mcp.server.app import build_server, create_services
+
+    from helpers import cpu_only, make_config
+
+    config = make_config(tmp_path, tiny_dir, allowed_root, store={"max_bytes": 60_000})
+    server = build_server(config, create_services(config, devices=cpu_only()))
+    sizes = []
+    async with Client(server) as client:
+        for seed in range(8):
+            made = await client.call_tool(
+                "generate_image", {"prompt": "noise", "seed": seed, "width": 128, "height": 128}
+            )
+            assert not made.is_error
+            sizes.append(sum(p.stat().st_size for p in stored_files(tmp_path)))
+    assert max(sizes) < 60_000 + 40_000  # at most one image's worth over, right after a write
+    assert sizes[-1] <= 60_000

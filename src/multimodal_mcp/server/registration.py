@@ -342,7 +342,9 @@ def register_tool(
             )
         if job.status != "done":
             raise ToolError(job.error or f"{name} was cancelled")
-        return await Renderer(config, services.store).render(job.result, rendering.delivery)
+        rendered = await Renderer(config, services.store).render(job.result, rendering.delivery)
+        job.delivered = True
+        return rendered
 
     output_model: Any = result_model
     if as_job:

@@ -56,6 +56,8 @@ async def get_job(params: GetJobParams, services: Services, progress: Progress |
     job = services.jobs.get(params.job_id)
     await services.jobs.wait(job, params.wait_seconds, progress)
     info = job.info(services.jobs.now())
+    if job.status == "done":
+        job.delivered = True  # its images are no longer held for it (see JobManager.held_images)
     return job_result(info, job.result if job.status == "done" else None)
 
 
