@@ -219,3 +219,9 @@ async def test_a_clip_template_is_text_not_a_format_string(client: Client) -> No
         client, "clip_classify", {"image": image, "labels": ["a cat", "a dog"], "template": hostile}
     )
     assert {score["label"] for score in out["labels"]} == {"a cat", "a dog"}
+
+
+async def test_a_side_off_the_schema_step_names_the_two_values_that_pass(client: Client) -> None:
+    message = await call_error(client, "generate_image", {"prompt": "x", "width": 100})
+    assert "multiple of 8" in message and "use width=96 or width=104" in message
+    await call_ok(client, "generate_image", {"prompt": "x", "width": 96, "height": 64, "steps": 1})

@@ -72,11 +72,16 @@ def _signature_from(
 
 def _friendly_validation(tool: str, exc: ValidationError, what: str = "arguments") -> str:
     problems = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "arguments"
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+        step = (err.get("ctx") or {}).get("multiple_of")
+        if err["type"] == "multiple_of" and isinstance(step, int) and isinstance(err.get("input"), int):
+            value = err["input"]  # name the two nearest values that pass
+            low, high = value // step * step, (value // step + 1) * step
+            message += f": use {where}={low} or {where}={high}" if low > 0 else f": use {where}={high}"
         problems.append(f"{where}: {message}")
     return (
         f"Invalid arguments for {tool}: "
