@@ -70,7 +70,7 @@ async def test_a_prompt_puts_its_arguments_into_the_tool_calls(bare_client: Clie
     )
     assert "a red bicycle" in text and "verify_labels=['a bell', 'a basket']" in text
     assert "at most 3 tries" in text
-    assert "verify=True" in await _text(bare_client, "make_and_check", {"subject": "x", "attempts": "2"})
+    assert "verify='fast'" in await _text(bare_client, "make_and_check", {"subject": "x", "attempts": "2"})
     text = await _text(
         bare_client, "edit_with_mask", {"image": "image://p", "mask": "image://m", "change": "a lake"}
     )

@@ -56,7 +56,7 @@ describe_image to check the result -> adjust the prompt (keep the seed to keep t
 generate again -> compare_images. controlled_generate keeps the structure of a reference image.
 list_models shows the models, their defaults and capabilities (which arguments each takes).
 Full-resolution images are resources at image://<id>; results show small previews (delivery='none'
-for text only, 'full' for the full image, 'path' for its local file path). verify=True on
+for text only, 'full' for the full image, 'path' for its local file path). verify='fast' on
 generate_image scores the result against the prompt.
 A call that runs long returns a job id instead of its result: call get_job(job_id, wait_seconds)
 until it is done. Models marked paid in list_models cost money per call; the server may ask

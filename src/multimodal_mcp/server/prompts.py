@@ -34,7 +34,7 @@ def make_and_check(
     checks = (
         f"verify_labels={labels!r} so each of these is checked with CLIP"
         if labels
-        else "verify=True so it is scored against the prompt with CLIP"
+        else "verify='fast' so it is scored against the prompt with CLIP"
     )
     return (
         f"Make an image of: {subject}\n\n"
