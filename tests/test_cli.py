@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,18 @@ def test_a_server_started_by_hand_says_it_waits_for_a_client_and_stops_at_the_fi
             server.kill()
             server.wait()
         os.close(primary)
+
+
+@pytest.mark.model
+def test_the_model_libraries_warn_only_when_the_server_logs_at_debug() -> None:
+    """A processor's backend fallback is not the user's to act on, and a prompt cut at the text
+    encoder's window is reported in the result: neither reaches the server's log at WARNING."""
+    script = (
+        "import sys; from multimodal_mcp.cli import _setup_logging; _setup_logging(sys.argv[1]); "
+        "from transformers import CLIPImageProcessor; CLIPImageProcessor()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
+    quiet = subprocess.run([sys.executable, "-c", script, "WARNING"], capture_output=True, text=True, env=env)
+    loud = subprocess.run([sys.executable, "-c", script, "DEBUG"], capture_output=True, text=True, env=env)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "torchvision" not in quiet.stderr and "torchvision" in loud.stderr

@@ -34,6 +34,11 @@ def _setup_logging(level: str) -> None:
         install(handler)  # long lines cut, repeated ones rate-limited, query strings redacted
     for noisy in ("httpx", "httpx2", "openai", "google_genai", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if logging.getLogger().level > logging.DEBUG:
+        # Read by the libraries when imported (see backends.sources.quiet_progress_bars); a value the
+        # user set wins.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def _cache_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -131,7 +132,11 @@ def load_error(name: str, spec: ModelSpec, exc: Exception) -> BackendError:
 
 
 def quiet_progress_bars() -> None:
-    """Loading bars from diffusers/transformers/hub would flood the server's stderr log."""
+    """Loading bars from diffusers/transformers/hub would flood the server's stderr log; so would
+    their warnings, which are reported in results where they matter (a prompt cut at the text
+    encoder's window is in `adjustments`) or are not the user's to act on (a processor's backend
+    fallback): errors only, unless the server logs at DEBUG. The libraries set their own levels when
+    imported, so this runs after the import."""
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
     from huggingface_hub.utils import disable_progress_bars
@@ -139,3 +144,6 @@ def quiet_progress_bars() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     disable_progress_bars()
+    if logging.getLogger("multimodal_mcp").getEffectiveLevel() > logging.DEBUG:
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
