@@ -222,8 +222,21 @@ class ModelHub:
     # --- components a generator attaches by name ------------------------------------------------
 
     def controlnet_for(self, base: str, control_type: str, requested: str | None) -> str:
-        """The ControlNet to use with ``base``; errors name the models that can do ``control_type``."""
+        """The ControlNet to use with ``base``; errors name the models that can do ``control_type``.
+
+        A model whose backend carries the ControlNet inside the model (``own_controlnets``: a ComfyUI
+        workflow with a ControlNetApply node) answers its own name for the control types its
+        capabilities list, the way :meth:`ip_adapter_for` answers None for models that take
+        references themselves; another type is refused like any argument the model does not take.
+        """
         models = self.config.models
+        if self.backend(base).own_controlnets:
+            if requested not in (None, base):
+                raise UnsupportedOperation(
+                    f"model {base!r} carries its ControlNet in its own workflow; omit controlnet="
+                )
+            self.check(base, {"control_type": control_type})
+            return base
         fitting = [
             name
             for name, spec in models.items()

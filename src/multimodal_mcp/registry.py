@@ -59,6 +59,9 @@ class Backend(ABC):
     """True when its models run on a provider's API (no local weights, no device lane)."""
     paid: ClassVar[bool] = False
     """Whether its models cost money per call unless a model's config says ``paid = false``."""
+    own_controlnets: ClassVar[bool] = False
+    """True when its models carry their ControlNet inside themselves (a ComfyUI workflow): a model's
+    capabilities list the control types it takes and ``ModelHub.controlnet_for`` names the model."""
 
     @abstractmethod
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
