@@ -121,7 +121,7 @@ class ModelSpec(_Frozen):
         default=None, description="For IP-Adapters: the CLIP image encoder's folder inside source."
     )
     pipeline_kwargs: dict[str, int | float | str | bool] = Field(
-        default_factory=dict, description="Extra keyword arguments passed to every pipeline call."
+        default_factory=dict, description="Extra pipeline call keyword arguments (ComfyUI: template values)."
     )
     revision: str | None = Field(
         default=None,

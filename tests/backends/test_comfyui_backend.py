@@ -231,8 +231,13 @@ def test_a_template_without_a_prompt_or_with_an_unknown_placeholder_is_refused(t
         read_template(str(no_prompt))
     unknown = tmp_path / "b.json"
     unknown.write_text(json.dumps({"1": {"class_type": "X", "inputs": {"t": "{{prompt}}", "l": "{{lora}}"}}}))
-    with pytest.raises(BackendError, match=r"unknown placeholders \['lora'\]"):
+    with pytest.raises(
+        BackendError, match=r"placeholders with no value: \['lora'\]; set them in the model's"
+    ):
         read_template(str(unknown))
+    assert read_template(str(unknown), {"lora": "a.safetensors"})["1"]["inputs"]["l"] == "{{lora}}"
+    with pytest.raises(BackendError, match=r"pipeline_kwargs \['seed'\] .* are filled per call"):
+        read_template(str(unknown), {"lora": "a.safetensors", "seed": 3})
     assert not issubclass(BackendError, ProviderError)
 
 
@@ -261,3 +266,206 @@ async def test_controlled_generate_runs_an_inpainting_template_through_the_tool(
     sent_mask = Image.open(io.BytesIO(comfy.uploads[graph["11"]["inputs"]["image"]]))
     assert sent_mask.mode == "L" and sent_mask.getpixel((20, 20)) == 255 and sent_mask.getpixel((50, 50)) == 0
     assert len(out["images"]) == 1 and out["seed"] == 5
+
+
+CONTROL_LORA = {
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {"seed": "{{seed}}", "model": ["20", 0], "positive": ["22", 0]},
+    },
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}", "clip": ["20", 1]}},
+    "20": {
+        "class_type": "LoraLoader",
+        "inputs": {"lora_name": "{{lora}}", "strength_model": "{{lora_strength}}", "model": ["4", 0]},
+    },
+    "21": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "{{controlnet_file}}"}},
+    "23": {"class_type": "LoadImage", "inputs": {"image": "{{control_image}}"}},
+    "22": {
+        "class_type": "ControlNetApply",
+        "inputs": {
+            "conditioning": ["6", 0],
+            "control_net": ["21", 0],
+            "image": ["23", 0],
+            "strength": "{{control_scale}}",
+        },
+    },
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "mmcp", "images": ["8", 0]}},
+}
+
+
+@pytest.fixture
+def control_services(tmp_path: Path, allowed_root: Path, comfy: ComfyFake) -> Services:
+    """comfy_models plus two entries sharing one ControlNet + LoRA template with their own values."""
+    (tmp_path / "control.json").write_text(json.dumps(CONTROL_LORA))
+    shared = f'task = "text_to_image"\nbackend = "comfyui"\nsource = "{tmp_path / "control.json"}"\n'
+    extra = (
+        comfy_models(tmp_path, comfy.url)
+        + f"""
+[models.comfy-canny-a]
+{shared}capabilities = {{ control_types = ["canny"] }}
+pipeline_kwargs = {{ lora = "ink-a.safetensors", lora_strength = 0.7, controlnet_file = "canny.pth" }}
+
+[models.comfy-depth-b]
+{shared}capabilities = {{ control_types = ["depth"] }}
+pipeline_kwargs = {{ lora = "watercolor-b.safetensors", lora_strength = 1.0, controlnet_file = "depth.pth" }}
+"""
+    )
+    config = hosted_config(
+        tmp_path,
+        tmp_path / "no-tiny-models",
+        allowed_root,
+        openai_url="http://127.0.0.1:9/v1",
+        gemini_url="http://127.0.0.1:9/",
+        extra_toml=extra,
+    )
+    return create_services(config, devices=cpu_only())
+
+
+async def test_a_control_template_takes_the_uploaded_map_scale_and_the_models_lora(
+    control_services: Services, comfy: ComfyFake
+) -> None:
+    hub = control_services.hub
+    assert hub.capabilities("comfy-canny-a").control_types == ("canny",)
+    assert hub.controlnet_for("comfy-canny-a", "canny", None) == "comfy-canny-a"
+    async with Client(build_server(control_services.config, control_services)) as client:
+        out = await call_ok(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "a fox in ink",
+                "model": "comfy-canny-a",
+                "control_image": data_uri(photo("astronaut", 64)),
+                "control_type": "canny",
+                "conditioning_scale": 0.55,
+                "seed": 9,
+            },
+        )
+        stored_map = open_png(await read_png(client, out["controls"][0]["control_image"]["uri"]))
+    (graph,) = comfy.graphs
+    uploaded = Image.open(io.BytesIO(comfy.uploads[graph["23"]["inputs"]["image"]]))
+    assert graph["23"]["inputs"]["image"].startswith("mmcp-control-")
+    assert uploaded.convert("RGB").tobytes() == stored_map.convert("RGB").tobytes()
+    assert uploaded.size == (64, 64) and uploaded.convert("L").getextrema() == (0, 255)  # canny edges
+    assert graph["22"]["inputs"]["strength"] == 0.55 and graph["3"]["inputs"]["seed"] == 9
+    assert graph["20"]["inputs"] == {
+        "lora_name": "ink-a.safetensors",
+        "strength_model": 0.7,
+        "model": ["4", 0],
+    }
+    assert graph["21"]["inputs"]["control_net_name"] == "canny.pth"
+    assert out["controls"][0]["controlnet"] == "comfy-canny-a" and out["controls"][0]["scale"] == 0.55
+
+
+async def test_models_sharing_a_template_send_their_own_lora(
+    control_services: Services, comfy: ComfyFake
+) -> None:
+    depth = Image.new("RGB", (64, 64), (40, 40, 40))
+    depth.paste((200, 200, 200), (16, 16, 48, 48))
+    async with Client(build_server(control_services.config, control_services)) as client:
+        await call_ok(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "a fox",
+                "model": "comfy-depth-b",
+                "control_image": data_uri(depth),
+                "control_type": "depth",
+            },
+        )
+    (graph,) = comfy.graphs
+    assert graph["20"]["inputs"]["lora_name"] == "watercolor-b.safetensors"
+    assert (
+        graph["20"]["inputs"]["strength_model"] == 1.0
+        and graph["21"]["inputs"]["control_net_name"] == "depth.pth"
+    )
+    assert graph["22"]["inputs"]["strength"] == 0.8  # conditioning_scale's default
+    uploaded = Image.open(io.BytesIO(comfy.uploads[graph["23"]["inputs"]["image"]])).convert("RGB")
+    assert uploaded.tobytes() == depth.tobytes()  # a prepared map goes as given
+
+
+async def test_a_control_type_the_template_does_not_declare_is_refused(
+    control_services: Services, comfy: ComfyFake
+) -> None:
+    async with Client(build_server(control_services.config, control_services)) as client:
+        message = await call_error(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "a fox",
+                "model": "comfy-canny-a",
+                "control_image": data_uri(photo()),
+                "control_type": "depth",
+            },
+        )
+        defaulted = await call_error(
+            client,
+            "controlled_generate",
+            {"prompt": "a fox", "model": "comfy-depth-b", "control_image": data_uri(photo())},
+        )
+        named = await call_error(
+            client,
+            "controlled_generate",
+            {
+                "prompt": "a fox",
+                "model": "comfy-canny-a",
+                "control_image": data_uri(photo()),
+                "controlnet": "x",
+            },
+        )
+        bare = await call_error(client, "generate_image", {"prompt": "a fox", "model": "comfy-canny-a"})
+        two = {"image": data_uri(photo()), "type": "canny"}
+        several = await call_error(
+            client,
+            "controlled_generate",
+            {"prompt": "a fox", "model": "comfy-canny-a", "controls": [two, two]},
+        )
+    assert (
+        "model 'comfy-canny-a' does not take control_type='depth' (it takes control_type: canny)" in message
+    )
+    able = message.split("models that do: ")[1].split(".")[0].split(", ")
+    assert "comfy-depth-b" in able and "comfy-canny-a" not in able
+    assert (
+        "model 'comfy-depth-b' does not take control_type='canny'" in defaulted
+        and "comfy-canny-a" in defaulted
+    )
+    assert "carries its ControlNet in its own workflow; omit controlnet=" in named
+    assert "model 'comfy-canny-a''s workflow needs control_image (use controlled_generate)" in bare
+    assert "model 'comfy-canny-a' takes one control map per call" in several
+    assert comfy.graphs == [] and not [r for r in comfy.requests if r[1] == "/upload/image"]
+
+
+def test_a_template_value_left_unset_or_an_undeclared_control_is_refused_at_load(
+    tmp_path: Path, allowed_root: Path, comfy: ComfyFake
+) -> None:
+    from multimodal_mcp.errors import BackendError
+
+    (tmp_path / "control.json").write_text(json.dumps(CONTROL_LORA))
+    source = f'task = "text_to_image"\nbackend = "comfyui"\nsource = "{tmp_path / "control.json"}"\n'
+    extra = (
+        comfy_models(tmp_path, comfy.url)
+        + f"""
+[models.no-lora]
+{source}capabilities = {{ control_types = ["canny"] }}
+pipeline_kwargs = {{ lora_strength = 0.7, controlnet_file = "canny.pth" }}
+
+[models.no-types]
+{source}pipeline_kwargs = {{ lora = "a.safetensors", lora_strength = 0.7, controlnet_file = "canny.pth" }}
+"""
+    )
+    config = hosted_config(
+        tmp_path,
+        tmp_path / "no-tiny-models",
+        allowed_root,
+        openai_url="http://127.0.0.1:9/v1",
+        gemini_url="http://127.0.0.1:9/",
+        extra_toml=extra,
+    )
+    hub = create_services(config, devices=cpu_only()).hub
+    with pytest.raises(BackendError, match=r"placeholders with no value: \['lora'\]"):
+        hub.image_generator("no-lora")
+    assert not hub.capabilities("no-lora").seed  # the listing goes on without the template's
+    with pytest.raises(
+        BackendError, match=r"model 'no-types': a ComfyUI template with \{\{control_image\}\}"
+    ):
+        hub.image_generator("no-types")

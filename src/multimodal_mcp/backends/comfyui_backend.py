@@ -5,25 +5,37 @@ A model's ``source`` is a workflow saved with ComfyUI's "Export (API)": a JSON o
 input value that is exactly one of these placeholders is filled in per call, and the placeholders a
 template holds are the model's capabilities (a template without ``{{seed}}`` takes no seed):
 
-==================  ====================================================  ==========================
-placeholder         filled with                                           capability
-==================  ====================================================  ==========================
-``{{prompt}}``      the prompt (required)                                 -
-``{{negative}}``    the negative prompt ("" when none is given)           negative_prompt
-``{{seed}}``        the image's seed (int)                                seed
-``{{steps}}``       denoising steps (int)                                 steps
-``{{cfg}}``         guidance scale (float)                                guidance_scale
-``{{width}}``       output width, px (int), with ``{{height}}``           sizes: multiples of 8
-``{{init_image}}``  an uploaded picture's name (for a LoadImage node)     img2img
-``{{mask}}``        an uploaded L mask, 255 = repaint (LoadImageMask)     inpaint (with init_image)
-``{{denoise}}``     strength (float)                                      strength
-==================  ====================================================  ==========================
+=====================  =======================================================  ===========================
+placeholder            filled with                                              capability
+=====================  =======================================================  ===========================
+``{{prompt}}``         the prompt (required)                                    -
+``{{negative}}``       the negative prompt ("" when none is given)              negative_prompt
+``{{seed}}``           the image's seed (int)                                   seed
+``{{steps}}``          denoising steps (int)                                    steps
+``{{cfg}}``            guidance scale (float)                                   guidance_scale
+``{{width}}``          output width, px (int), with ``{{height}}``              sizes: multiples of 8
+``{{init_image}}``     an uploaded picture's name (for a LoadImage node)        img2img
+``{{mask}}``           an uploaded L mask, 255 = repaint (LoadImageMask)        inpaint (with init_image)
+``{{denoise}}``        strength (float)                                         strength
+``{{control_image}}``  the uploaded control map (LoadImage -> ControlNetApply)  control_types (declared)
+``{{control_scale}}``  conditioning_scale (float)                               -
+``{{<any other>}}``    the model's ``pipeline_kwargs`` value of that name       - (e.g. a LoRA, its weight)
+=====================  =======================================================  ===========================
+
+The ControlNet lives in the workflow, so the model entry says which control types it takes:
+``capabilities = {control_types = ["canny"]}`` (a template with ``{{control_image}}`` needs this, and
+the declaration needs the placeholder). ``hub.controlnet_for`` then names the model itself; one map
+per call, and control_start/control_end are the workflow's own. Any other placeholder, e.g.
+``{{lora}}`` and ``{{lora_strength}}`` for a LoraLoader, is filled from the model's
+``pipeline_kwargs`` table, so several model entries can share one template with different LoRAs; a
+placeholder with no value there is refused, naming the key, when the model is loaded (a listing
+logs it and shows no capabilities).
 
 A call uploads its pictures (``POST /upload/image``), queues the filled graph (``POST /prompt``)
 with a client id, follows the ``/ws`` websocket's ``progress`` messages into MCP progress until the
 server says the prompt is done, then reads ``/history/{id}`` and fetches each output image from
-``/view``. A cancelled call sends ``POST /interrupt``. Checkpoints and LoRAs stay in the template as
-ComfyUI knows them. Calls are unpaid unless the model says ``paid = true``.
+``/view``. A cancelled call sends ``POST /interrupt``. Checkpoints stay in the template as ComfyUI
+knows them. Calls are unpaid unless the model says ``paid = true``.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ from PIL import Image
 from multimodal_mcp.backends.hosted import Connection, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import BackendError, ProviderError
+from multimodal_mcp.errors import BackendError, ProviderError, UnsupportedOperation
 from multimodal_mcp.handles import GeneratedImages, Handle, ImageRequest, Progress
 from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.registry import HostedBackend
@@ -58,6 +70,8 @@ PLACEHOLDERS = (
     "init_image",
     "mask",
     "denoise",
+    "control_image",
+    "control_scale",
 )
 FALLBACKS: dict[str, Any] = {"steps": 20, "cfg": 7.0, "width": 1024, "height": 1024}
 """Values for placeholders a call leaves open and the model's defaults do not set."""
@@ -66,13 +80,16 @@ MAX_OUTPUT_PIXELS = 4096 * 4096
 logger = logging.getLogger(__name__)
 
 
-def read_template(source: str) -> dict[str, Any]:
-    """The API-format workflow at path ``source``.
+def read_template(source: str, values: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """The API-format workflow at path ``source``, whose own placeholders take ``values`` (the
+    model's ``pipeline_kwargs``).
 
     Raises:
-        BackendError: unreadable, not a JSON object of nodes, no ``{{prompt}}``, or an unknown
-            placeholder (the message names the file and what is wrong).
+        BackendError: unreadable, not a JSON object of nodes, no ``{{prompt}}``, a placeholder that is
+            neither built in nor in ``values``, or a value that shadows a built-in placeholder (the
+            message names the file and what is wrong).
     """
+    values = values or {}
     path = Path(source).expanduser()
     try:
         if path.stat().st_size > MAX_TEMPLATE_BYTES:
@@ -83,10 +100,17 @@ def read_template(source: str) -> dict[str, Any]:
     if not isinstance(graph, dict) or not all(isinstance(n, dict) and "inputs" in n for n in graph.values()):
         raise BackendError(f"ComfyUI template {path} is not an API-format workflow (use 'Export (API)')")
     found = placeholders(graph)
-    unknown = found - set(PLACEHOLDERS)
+    unknown = found - set(PLACEHOLDERS) - set(values)
     if unknown:
         raise BackendError(
-            f"ComfyUI template {path} has unknown placeholders {sorted(unknown)}; known: {PLACEHOLDERS}"
+            f"ComfyUI template {path} has placeholders with no value: {sorted(unknown)}; set them in the "
+            f"model's pipeline_kwargs (built in: {', '.join(PLACEHOLDERS)})"
+        )
+    shadowed = set(values) & set(PLACEHOLDERS)
+    if shadowed:
+        raise BackendError(
+            f"pipeline_kwargs {sorted(shadowed)} for ComfyUI template {path} are filled per call; "
+            "fix them in the template instead"
         )
     if "prompt" not in found:
         raise BackendError(f"ComfyUI template {path} has no {{{{prompt}}}} input")
@@ -138,8 +162,15 @@ class ComfyGenerator:
         self.name = name
         self.spec = spec
         self.settings = connection.settings
-        self.template = read_template(spec.source)
-        self.capabilities = template_capabilities(placeholders(self.template)).merged(spec.capabilities)
+        self.template = read_template(spec.source, spec.pipeline_kwargs)
+        found = placeholders(self.template)
+        self.capabilities = template_capabilities(found).merged(spec.capabilities)
+        if ("control_image" in found) != bool(self.capabilities.control_types):
+            raise BackendError(
+                f"model {name!r}: a ComfyUI template with {{{{control_image}}}} needs the control types "
+                "its ControlNet takes, and those need the placeholder: capabilities = "
+                '{control_types = ["canny"]} with a LoadImage input "{{control_image}}"'
+            )
 
     def _failed(self, what: str) -> ProviderError:
         return ProviderError(f"ComfyUI at {self.settings.base_url} {what} (model {self.name!r})")
@@ -198,11 +229,27 @@ class ComfyGenerator:
             "denoise": request.strength if request.strength is not None else 1.0,
         }
         values = {k: FALLBACKS[k] if v is None else v for k, v in values.items()}
+        if len(request.controls) > 1:
+            raise UnsupportedOperation(f"model {self.name!r} takes one control map per call")
+        if request.controls:
+            values["control_scale"] = request.controls[0].scale
+        wanted = placeholders(self.template)
+        given = {"init_image": request.init_image, "mask": request.mask_image}
+        given["control_image"] = request.controls[0].image if request.controls else None
+        missing = [k for k, v in given.items() if k in wanted and v is None]
+        if missing:
+            raise UnsupportedOperation(
+                f"model {self.name!r}'s workflow needs {', '.join(missing)} (use controlled_generate)"
+            )
+        values |= self.spec.pipeline_kwargs
         try:
             if request.init_image is not None:
                 values["init_image"] = await self._upload(client, request.init_image.convert("RGB"), "init")
             if request.mask_image is not None:
                 values["mask"] = await self._upload(client, request.mask_image.convert("L"), "mask")
+            if request.controls and "control_image" in wanted:
+                control = request.controls[0].image.convert("RGB")
+                values["control_image"] = await self._upload(client, control, "control")
             graph = fill(self.template, values)
             # 2. Listen first, then queue: no progress message can be missed.
             client_id = uuid.uuid4().hex
@@ -234,7 +281,7 @@ class ComfyGenerator:
             raise
         sent = {
             "prompt_id": prompt_id,
-            **{k: v for k, v in values.items() if k in placeholders(self.template)},
+            **{k: v for k, v in values.items() if k in wanted},
         }
         sent.pop("prompt", None)
         sent.pop("negative", None)
@@ -293,6 +340,7 @@ class ComfyUIBackend(HostedBackend):
     title = "ComfyUI"
     tasks = frozenset({"text_to_image"})
     paid = False
+    own_controlnets = True
     sdk = "websockets"
     extra = "comfyui"
 
@@ -310,7 +358,7 @@ class ComfyUIBackend(HostedBackend):
 
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
         try:
-            return template_capabilities(placeholders(read_template(spec.source)))
+            return template_capabilities(placeholders(read_template(spec.source, spec.pipeline_kwargs)))
         except BackendError as exc:  # listings go on; a call to the model reports the template's problem
             logger.warning("model %r: %s", name, exc)
             return Capabilities()
