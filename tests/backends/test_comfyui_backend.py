@@ -469,3 +469,28 @@ pipeline_kwargs = {{ lora_strength = 0.7, controlnet_file = "canny.pth" }}
         BackendError, match=r"model 'no-types': a ComfyUI template with \{\{control_image\}\}"
     ):
         hub.image_generator("no-types")
+
+
+def test_a_control_scale_without_a_control_image_is_refused_at_load(
+    tmp_path: Path, allowed_root: Path, comfy: ComfyFake
+) -> None:
+    from multimodal_mcp.errors import BackendError
+
+    template = json.loads(json.dumps(TEXT_TO_IMAGE))
+    template["3"]["inputs"]["denoise"] = "{{control_scale}}"  # a scale with no map to apply it to
+    (tmp_path / "scale.json").write_text(json.dumps(template))
+    extra = comfy_models(tmp_path, comfy.url) + (
+        f'\n[models.scale-only]\ntask = "text_to_image"\nbackend = "comfyui"\n'
+        f'source = "{tmp_path / "scale.json"}"\n'
+    )
+    config = hosted_config(
+        tmp_path,
+        tmp_path / "no-tiny-models",
+        allowed_root,
+        openai_url="http://127.0.0.1:9/v1",
+        gemini_url="http://127.0.0.1:9/",
+        extra_toml=extra,
+    )
+    hub = create_services(config, devices=cpu_only()).hub
+    with pytest.raises(BackendError, match=r"\{\{control_scale\}\} needs \{\{control_image\}\}"):
+        hub.image_generator("scale-only")

@@ -171,6 +171,11 @@ class ComfyGenerator:
                 "its ControlNet takes, and those need the placeholder: capabilities = "
                 '{control_types = ["canny"]} with a LoadImage input "{{control_image}}"'
             )
+        if "control_scale" in found and "control_image" not in found:
+            raise BackendError(
+                f"model {name!r}: a ComfyUI template with {{{{control_scale}}}} needs {{{{control_image}}}} "
+                "too (the scale belongs to the control map's ControlNetApply node)"
+            )
 
     def _failed(self, what: str) -> ProviderError:
         return ProviderError(f"ComfyUI at {self.settings.base_url} {what} (model {self.name!r})")
