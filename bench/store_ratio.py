@@ -103,7 +103,14 @@ def main() -> None:
     print("-" * len(header))
     for name, raw in inputs(args.side).items():
         decoded = decode_image(raw, max_pixels=MAX_PIXELS)
-        before = encode_png(decoded.image)  # what the store wrote for every input until now
+        # What the store wrote for every input until now: a level-1 PNG of the decoded pixels, with
+        # the input's ICC profile copied into it (the decoder kept it in the image's info).
+        with Image.open(io.BytesIO(raw)) as original:
+            profile = original.info.get("icc_profile")
+        old = decoded.image.copy()
+        if profile:
+            old.info["icc_profile"] = profile
+        before = encode_png(old)
         t = time.perf_counter()
         now = compact_input(raw, decoded)
         seconds = time.perf_counter() - t
