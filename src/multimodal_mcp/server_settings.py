@@ -96,8 +96,14 @@ class PoolSettings(_Frozen):
     )
 
 
+STORE_URL_SCHEMES = frozenset({"s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl", "memory"})
+"""Object stores obstore opens by URL whose writes can be conditional (its LocalStore, ``file://``,
+cannot update conditionally: a directory is server.store_dir)."""
+
+
 class StoreSettings(_Frozen):
-    """``[server.store]``: how much the image store keeps (its directory is ``server.store_dir``).
+    """``[server.store]``: how much the image store keeps and where (``server.store_dir``, or an object
+    store at ``url``).
 
     Over either limit, the oldest images go first, except those a running or retained job refers to
     and those a kept image was made from (its ``parents``). Checked when the server starts, after
@@ -117,6 +123,32 @@ class StoreSettings(_Frozen):
     sweep_seconds: float = Field(
         default=3600, gt=0, description="How often, at most, a write looks for images past max_age_days."
     )
+    url: str | None = Field(
+        default=None,
+        description="An object store for the images instead of server.store_dir (needs the s3 extra, "
+        "obstore): 's3://bucket/prefix', 'gs://bucket/prefix', 'az://account/container/prefix', or "
+        "'memory://' (this process only, for tests). Several servers may share one. max_bytes and "
+        "max_age_days are not enforced there: use the bucket's lifecycle rules.",
+    )
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Passed to obstore's from_url as the store's configuration (e.g. region, endpoint; "
+        "credentials are better left to the environment obstore reads, e.g. AWS_ACCESS_KEY_ID).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _object_store_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = url.partition("://")[0].lower()
+        if "://" not in url or scheme not in STORE_URL_SCHEMES:
+            raise ValueError(
+                f"server.store.url {url[:80]!r} is not an object store URL; use one of "
+                f"{', '.join(s + '://' for s in sorted(STORE_URL_SCHEMES))} (e.g. 's3://bucket/images'), "
+                "or leave it out to keep images in server.store_dir"
+            )
+        return url
 
     @property
     def byte_limit(self) -> int | None:

@@ -12,6 +12,7 @@ from PIL import Image
 from multimodal_mcp.config import StoreSettings
 from multimodal_mcp.imaging.retention import Entry, plan_removals
 from multimodal_mcp.imaging.store import ImageRecord, ImageStore, holding
+from multimodal_mcp.imaging.store_index import INDEX_NAME
 
 UNLIMITED = StoreSettings(max_bytes=0, max_age_days=0)
 
@@ -22,19 +23,23 @@ def noise(seed: int, side: int = 32) -> Image.Image:
 
 
 def on_disk(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    """Bytes of the images and records (the index left out: it is not part of the running total)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith(INDEX_NAME))
 
 
 def ids_on_disk(root: Path) -> set[str]:
     return {p.stem for p in root.rglob("*.json")}
 
 
-def backdate(root: Path, record: ImageRecord, days: float) -> None:
-    """Make ``record`` look ``days`` old (its ``created``), as a store written back then would."""
-    path = root / record.id[:2] / f"{record.id}.json"
+def backdate(store: ImageStore, record: ImageRecord, days: float) -> None:
+    """Make ``record`` look ``days`` old (its ``created``), as a store written back then would: the
+    record edited by hand, then the index rebuilt from the files (:meth:`ImageStore.recover`)."""
+    assert store.root is not None
+    path = store.root / record.id[:2] / f"{record.id}.json"
     data = json.loads(path.read_text())
     data["created"] = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
     path.write_text(json.dumps(data))
+    store.recover()
 
 
 def test_the_running_total_is_what_the_files_take(tmp_path: Path) -> None:
@@ -51,7 +56,7 @@ def test_over_max_bytes_the_oldest_images_go_first_down_to_90_percent(tmp_path: 
     made = []
     for i in range(6):
         made.append(store.put(noise(i), kind="generated", seed=i))
-        backdate(tmp_path, made[-1], days=6 - i)  # made[0] is the oldest
+        backdate(store, made[-1], days=6 - i)  # made[0] is the oldest
     each = on_disk(tmp_path) // 6
     limit = 4 * each + each // 2  # room for four and a half
     store = ImageStore(tmp_path, retention=StoreSettings(max_bytes=limit, max_age_days=0))
@@ -66,8 +71,8 @@ def test_over_max_bytes_the_oldest_images_go_first_down_to_90_percent(tmp_path: 
 def test_images_older_than_max_age_are_removed_when_the_store_opens(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     old, recent = store.put(noise(1), kind="generated"), store.put(noise(2), kind="generated")
-    backdate(tmp_path, old, days=31)
-    backdate(tmp_path, recent, days=29)
+    backdate(store, old, days=31)
+    backdate(store, recent, days=29)
     store = ImageStore(tmp_path, retention=StoreSettings(max_age_days=30))
     assert ids_on_disk(tmp_path) == {recent.id} and store.total_bytes == on_disk(tmp_path)
 
@@ -75,8 +80,7 @@ def test_images_older_than_max_age_are_removed_when_the_store_opens(tmp_path: Pa
 def test_a_write_sweeps_for_old_images_once_the_sweep_is_due(tmp_path: Path) -> None:
     store = ImageStore(tmp_path, retention=StoreSettings(max_age_days=1, sweep_seconds=3600))
     old = store.put(noise(1), kind="generated")
-    backdate(tmp_path, old, days=2)
-    store.recover()  # re-read the records (the index now knows it is old)
+    backdate(store, old, days=2)
     store.put(noise(2), kind="generated")
     assert store.exists(old.id)  # the hourly sweep is not due yet
     store.retention = StoreSettings(max_age_days=1, sweep_seconds=1e-6)
@@ -91,7 +95,7 @@ def test_an_image_a_job_holds_is_never_removed(tmp_path: Path) -> None:
         used = store.put(noise(1), kind="input")  # a job's input, written while it runs
     other = store.put(noise(2), kind="generated")
     for record in (used, other):
-        backdate(tmp_path, record, days=100)
+        backdate(store, record, days=100)
     store = ImageStore(tmp_path, retention=UNLIMITED)
     store.guard(lambda: held_by_job)
     store.retention = StoreSettings(max_bytes=1, max_age_days=1)
@@ -114,7 +118,7 @@ def test_an_image_a_kept_image_was_made_from_stays_until_that_image_goes(tmp_pat
     control = store.put(noise(2), kind="control", parents=[source.id])
     made = store.put(noise(3), kind="generated", parents=[source.id, control.id])
     for record, days in ((source, 40), (control, 39), (made, 10)):
-        backdate(tmp_path, record, days=days)
+        backdate(store, record, days=days)
     store = ImageStore(tmp_path, retention=StoreSettings(max_age_days=30))
     assert ids_on_disk(tmp_path) == {source.id, control.id, made.id}  # old, but their child is kept
     store.retention = StoreSettings(max_bytes=1, max_age_days=30)  # now everything must go

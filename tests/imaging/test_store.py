@@ -4,6 +4,9 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +15,15 @@ from PIL import Image
 from multimodal_mcp.errors import NotFound
 from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.imaging.store import ImageStore
+from multimodal_mcp.imaging.store_index import INDEX_NAME
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, acting_as
 
 from helpers import photo
+
+
+def stored_files(root: Path) -> list[str]:
+    """Names of the images and records under ``root`` (the index and its WAL files left out)."""
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and not p.name.startswith(INDEX_NAME))
 
 
 def test_an_image_and_its_record_survive_a_new_store_on_the_same_directory(tmp_path: Path) -> None:
@@ -31,8 +40,7 @@ def test_an_image_and_its_record_survive_a_new_store_on_the_same_directory(tmp_p
 def test_writes_leave_no_temporary_files_behind(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     record = store.put(photo("coffee", 16), kind="input")
-    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert names == [f"{record.id}.json", f"{record.id}.png"]
+    assert stored_files(tmp_path) == [f"{record.id}.json", f"{record.id}.png"]
 
 
 def test_an_image_whose_record_is_missing_does_not_exist(tmp_path: Path) -> None:
@@ -109,7 +117,9 @@ def test_records_written_before_owners_existed_belong_to_the_local_user(tmp_path
         assert store.exists(record.id)
 
 
-def test_opening_a_store_removes_what_an_interrupted_write_left_behind(tmp_path: Path) -> None:
+def test_recovering_a_store_removes_what_interrupted_writes_and_hand_edits_left_behind(
+    tmp_path: Path,
+) -> None:
     store = ImageStore(tmp_path)
     kept = store.put(photo("coffee", 16), kind="input")
     lost = store.put(photo("chelsea", 16), kind="input")
@@ -119,9 +129,75 @@ def test_opening_a_store_removes_what_an_interrupted_write_left_behind(tmp_path:
     (tmp_path / lost.id[:2] / f"{lost.id}.png").unlink()  # a record pointing at nothing
     del store  # the writer is gone (a store still open keeps the fresh leftovers: test_store_sharing)
     reopened = ImageStore(tmp_path)
+    assert reopened.recover() == {"temporary": 1, "image_without_record": 1, "record_without_image": 1}
     assert not reopened.exists(lost.id) and reopened.exists(kept.id)
-    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert names == [f"{kept.id}.json", f"{kept.id}.png"]
+    assert stored_files(tmp_path) == [f"{kept.id}.json", f"{kept.id}.png"]
+    assert reopened.total_bytes == kept_size(tmp_path, kept.id)
+
+
+def kept_size(root: Path, image_id: str) -> int:
+    return sum(p.stat().st_size for p in (root / image_id[:2]).glob(f"{image_id}.*"))
+
+
+KILLED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from PIL import Image
+from multimodal_mcp.imaging.store import ImageStore
+store = ImageStore(Path(sys.argv[1]))
+renames = {"image": 1, "record": 2}[sys.argv[2]]
+real_replace, real_link, calls = os.replace, os.link, [0]
+def dying(*args):
+    calls[0] += 1
+    if calls[0] == renames:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed right before this rename: no cleanup at all
+    return (real_replace if calls[0] == 1 else real_link)(*args)
+os.replace = os.link = dying
+store.put(Image.new("RGB", (8, 8), sys.argv[3]), kind="input")
+"""
+
+
+@pytest.mark.parametrize("killed_before", ["image", "record"])
+def test_opening_a_store_settles_a_write_killed_midway_reading_only_that_write(
+    tmp_path: Path, killed_before: str
+) -> None:
+    kept = ImageStore(tmp_path).put(photo("coffee", 16), kind="input")
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITE, str(tmp_path), killed_before, "red"], capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL
+    left = set(stored_files(tmp_path)) | {p.name for p in tmp_path.rglob(".*.tmp")}
+    assert len(left) > 2  # the killed write left a temporary file (and maybe its image)
+    reopened = ImageStore(tmp_path)
+    assert stored_files(tmp_path) == [f"{kept.id}.json", f"{kept.id}.png"]
+    assert not list(tmp_path.rglob(".*.tmp")) and reopened.index.pending() == []
+    assert reopened.total_bytes == kept_size(tmp_path, kept.id) and reopened.exists(kept.id)
+
+
+def test_a_write_whose_record_landed_before_the_kill_is_indexed_when_the_store_opens(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    pending = store.prepare(photo("coffee", 16), kind="generated", seed=3)
+    store.index.mark_pending(pending.record.id, "png")  # as commit does before writing ...
+    store.backend.put(f"{pending.record.id[:2]}/{pending.record.id}.png", pending.data)
+    store.backend.put(f"{pending.record.id[:2]}/{pending.record.id}.json", pending.record.dump())
+    del store  # ... and the process died before indexing it
+    reopened = ImageStore(tmp_path)
+    assert reopened.index.pending() == [] and reopened.index.size(pending.record.id) is not None
+    assert reopened.total_bytes == kept_size(tmp_path, pending.record.id)
+    assert reopened.recent(5)[0].id == pending.record.id
+
+
+def test_a_store_without_an_index_is_indexed_once_and_reads_the_same(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    records = [store.put(photo("astronaut", 16).rotate(i * 90), kind="generated", seed=i) for i in range(3)]
+    total = store.total_bytes
+    del store
+    for name in (INDEX_NAME, f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm"):
+        (tmp_path / name).unlink(missing_ok=True)  # a store written before the index existed
+    migrated = ImageStore(tmp_path)
+    assert migrated.index.complete and migrated.total_bytes == total
+    assert {r.id for r in migrated.recent(10)} == {r.id for r in records}
+    assert all(migrated.record(r.id) == r for r in records)
 
 
 def test_writes_are_flushed_to_disk_unless_turned_off(
@@ -147,12 +223,11 @@ def test_a_prepared_input_is_written_only_when_committed(tmp_path: Path) -> None
     store = ImageStore(tmp_path)
     raw = _jpeg(photo("astronaut", 64), comment=b"private")
     pending = store.prepare_input(decode_image(raw, max_pixels=10**6), raw=raw, source="base64")
-    assert not any(p.is_file() for p in tmp_path.rglob("*")) and not store.exists(pending.record.id)
+    assert stored_files(tmp_path) == [] and not store.exists(pending.record.id)
     record = store.commit(pending)
     assert record.id == pending.record.id == record.sha256[:16]
     assert record.format == "jpeg" and record.mime_type == "image/jpeg"
-    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert names == [f"{record.id}.jpg", f"{record.id}.json"]
+    assert stored_files(tmp_path) == [f"{record.id}.jpg", f"{record.id}.json"]
     data, mime = store.read_bytes(record.id)
     assert mime == "image/jpeg" and hashlib.sha256(data).hexdigest() == record.sha256
     assert b"private" not in data and len(data) < len(raw)

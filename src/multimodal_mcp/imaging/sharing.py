@@ -1,7 +1,7 @@
 """One image store, several processes: every stdio server a user starts shares the default store.
 
 Each process holds a shared ``flock`` on the store directory itself while its store is open (no
-lock file: the directory holds images and records only). Opening a store
+lock file: the directory holds images, records and the index, :mod:`.store_index`). Opening a store
 cleans up what interrupted writes left behind, and what is safe to remove depends on who else is
 there:
 
@@ -68,6 +68,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive
         return True
     return True
+
+
+def writer_gone(pid: int) -> bool:
+    """Whether the process ``pid`` (a writer named by a temporary file or a pending index row) has
+    exited."""
+    return not _alive(pid)
 
 
 def _old(path: Path) -> bool:

@@ -1,12 +1,14 @@
 """The image store: every image the server reads or makes, by id, surviving restarts.
 
-Layout: ``<root>/<id[:2]>/<id>.<ext>`` (the image: ``.png``, ``.jpg`` or ``.webp``) and ``<id>.json``
-(the metadata record, whose ``format`` names the image file). Both are written to a temporary file,
-flushed to disk (``fsync``, unless turned off) and renamed into place, image first: an id exists
-exactly when its record exists, so a crash never leaves an id that points at nothing. Opening a store
-removes what a killed server can leave behind: temporary files, an image whose record was never
-written, a record whose image is gone. Stores written before other formats existed (``.png`` files,
-records without ``format``) are read as they are.
+Layout (keys of a :class:`~.storage.StoreBackend`, a directory by default, an object store with
+``[server.store] url``): ``<id[:2]>/<id>.<ext>`` (the image: ``.png``, ``.jpg`` or ``.webp``) and
+``<id>.json`` (the metadata record, whose ``format`` names the image file). The image is written
+first, then its record: an id exists exactly when its record exists, so a crash never leaves an id
+that points at nothing. Before its first file a write marks its id *pending* in the index
+(:mod:`.store_index`); opening a store settles the pending rows a killed server left (removing its
+temporary files and an image whose record was never written, or indexing a write that finished),
+reading nothing else. Stores written before other formats existed (``.png`` files, records without
+``format``) are read as they are; a store without an index is scanned once to build it.
 
 Ids are content addresses: the first 16 hex digits of the SHA-256 of the stored bytes. Generated
 images are PNGs embedding their generation parameters; inputs are stored compactly (see
@@ -19,12 +21,14 @@ refused call leaves nothing behind.
 Every image has owners: the principals (see :mod:`multimodal_mcp.principals`) that made or sent it.
 The store acts for the current principal: an image it does not own does not exist for it (the same
 ``NotFound`` as an unknown id, so nothing reveals that someone else has it). When a second principal
-stores the same bytes, it is added to the owners; the id stays the same.
+stores the same bytes, it is added to the owners with a conditional write (re-read and retried when
+another process changed the record meanwhile); the id stays the same.
 
-Retention (``[server.store]``): the store keeps an in-memory index (creation time, bytes, parents) and a
-running total, so enforcing ``max_bytes`` and ``max_age_days`` reads no file. It never removes an image
-that is held (see :func:`holding`: the images a live or retained job touched) or that a kept image
-names among its parents. Decoded images just written or read are cached, up to a byte budget.
+Retention (``[server.store]``): the index keeps creation times, sizes, parents and a running total,
+so enforcing ``max_bytes`` and ``max_age_days`` reads no file. It never removes an image that is held
+(see :func:`holding`: the images a live or retained job touched) or that a kept image names among
+its parents. On an object store the server enforces no retention (see :mod:`.object_store`).
+Decoded images just written or read are cached, up to a byte budget.
 """
 
 from __future__ import annotations
@@ -32,222 +36,171 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import re
-import tempfile
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from multimodal_mcp.config import StoreSettings
-from multimodal_mcp.errors import NotFound
+from multimodal_mcp.errors import Busy, NotFound, UnsupportedOperation
 from multimodal_mcp.imaging.codec import DecodedImage, encode_png, generation_text_chunks
-from multimodal_mcp.imaging.compact import (
-    EXTENSIONS,
-    MIME_TYPES,
-    PIL_FORMATS,
-    Encoded,
-    StoredFormat,
-    compact_input,
-    encode_lossless,
+from multimodal_mcp.imaging.compact import EXTENSIONS, PIL_FORMATS, Encoded, compact_input, encode_lossless
+from multimodal_mcp.imaging.decoded_cache import DecodedCache
+from multimodal_mcp.imaging.records import (  # noqa: F401 (re-exported: importers keep using store)
+    ID_PATTERN,
+    URI_SCHEME,
+    ImageKind,
+    ImageRecord,
+    PendingImage,
+    holding,
+    image_key,
+    record_key,
+    touch,
+    validate_id,
 )
-from multimodal_mcp.imaging.retention import Entry, plan_removals
-from multimodal_mcp.imaging.sharing import StoreLock, stale_stray, stale_temporary, temp_prefix
+from multimodal_mcp.imaging.retention import plan_oldest_first
+from multimodal_mcp.imaging.sharing import STALE_SECONDS, StoreLock, writer_gone
+from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, StoreBackend, Stored
+from multimodal_mcp.imaging.store_index import INDEX_NAME, StoreIndex
 from multimodal_mcp.principals import SINGLE_USER, current_principal
 
 logger = logging.getLogger(__name__)
 
-ImageKind = Literal["generated", "input", "control", "diff", "overlay"]
-ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
-URI_SCHEME = "image://"
 CACHE_BYTES = 256 * 1024 * 1024
 """Decoded images kept in memory at most (an image over a quarter of it is not cached)."""
-
-_held: ContextVar[set[str] | None] = ContextVar("multimodal_mcp_held_images", default=None)
-
-
-@contextmanager
-def holding(ids: set[str]) -> Iterator[set[str]]:
-    """Collect in ``ids`` every image id the store prepares, writes or looks up for the code run in
-    the block (worker threads started from it included). The job manager holds each job's images
-    this way and reports them to the store's retention, which never removes them."""
-    token = _held.set(ids)
-    try:
-        yield ids
-    finally:
-        _held.reset(token)
-
-
-def _touch(image_id: str) -> None:
-    held = _held.get()
-    if held is not None:
-        held.add(image_id)
-
-
-class ImageRecord(BaseModel):
-    """What the store knows about one image."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    kind: ImageKind
-    width: int
-    height: int
-    created: str
-    sha256: str = Field(description="SHA-256 of the stored bytes.")
-    format: StoredFormat = Field(default="png", description="How the image file is encoded.")
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    seed: int | None = None
-    model: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    parents: list[str] = Field(default_factory=list)
-    source: str | None = Field(
-        default=None, description="For inputs: how the image arrived (path, data, base64)."
-    )
-    owners: list[str] = Field(
-        default_factory=list,
-        description="Principals that may see the image; empty in records written before owners existed.",
-    )
-    mode: str | None = Field(
-        default=None,
-        description="For inputs: the mode the server decoded it to (RGB, RGBA); reading it back converts "
-        "the stored file's own mode (e.g. a grayscale JPEG's L) to this.",
-    )
-    raw_sha256: str | None = Field(
-        default=None, description="For inputs: the SHA-256 of the bytes the client sent, when known."
-    )
-
-    def visible_to(self, principal: str) -> bool:
-        # Records without owners predate them: they belong to the machine's single user.
-        return principal in self.owners if self.owners else principal in SINGLE_USER
-
-    @property
-    def uri(self) -> str:
-        return f"{URI_SCHEME}{self.id}"
-
-    @property
-    def mime_type(self) -> str:
-        return MIME_TYPES[self.format]
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.id}.{EXTENSIONS[self.format]}"
-
-
-@dataclass(frozen=True)
-class PendingImage:
-    """An image encoded, hashed and given its id, not yet written: :meth:`ImageStore.commit` writes it."""
-
-    record: ImageRecord
-    data: bytes
-    image: Image.Image | None
-    """The decoded pixels (what :meth:`ImageStore.open` will return for the id); None when only a
-    reduced-scale decode exists (nothing is cached then)."""
-
-
-def validate_id(image_id: str) -> str:
-    if not ID_PATTERN.match(image_id):
-        raise NotFound(f"{image_id[:40]!r} is not an image id; ids are 16 lowercase hex characters")
-    return image_id
+WRITE_ATTEMPTS = 20
+"""Conditional writes of one record tried before giving up (each lost one is re-read first)."""
 
 
 class ImageStore:
-    """A directory of images and JSON records. Methods are blocking; call them from worker threads.
+    """Images and their JSON records, indexed. Methods are blocking; call them from worker threads.
 
     Args:
-        root: the directory (created if missing).
-        fsync: flush each file and its directory before reporting an image stored.
+        root: the directory (created if missing), for a store on this machine's disk; its index is
+            ``<root>/index.sqlite3``.
+        fsync: flush each file and its directory (and the index) before reporting an image stored.
         retention: ``[server.store]`` limits, enforced when opening and after writes; None keeps
             everything.
         cache_bytes: decoded images kept in memory, in bytes; an image over a quarter of it is not
             cached.
+        backend: where the bytes are instead of ``root`` (an object store: :mod:`.object_store`); its
+            index is then this process's cache in memory, and no retention is enforced.
     """
 
     def __init__(
         self,
-        root: Path,
+        root: Path | None = None,
         *,
         fsync: bool = True,
         retention: StoreSettings | None = None,
         cache_bytes: int = CACHE_BYTES,
+        backend: StoreBackend | None = None,
     ) -> None:
-        self.root = root
-        self.fsync = fsync
+        if (root is None) == (backend is None):
+            raise ValueError("give the store a root directory or a backend, not both")
         self.retention = retention
-        root.mkdir(parents=True, exist_ok=True)
-        # Images just written or read are kept decoded: a result's previews and the next tool in a
-        # chain (classify, compare) read them right away.
-        self._recent: OrderedDict[str, tuple[Image.Image, int]] = OrderedDict()
-        self._recent_bytes = 0
-        self._cache_bytes = cache_bytes
-        self._lock = threading.Lock()
-        # Writes of one id (a new image, an owner added to it, its removal) must not interleave.
+        self._cache = DecodedCache(cache_bytes)
+        # Writes of one id (a new image, an owner added to it, its removal) by this process do not
+        # interleave; other processes are kept apart by the backend's conditional writes.
         self._write_lock = threading.RLock()
-        self._index: dict[str, Entry] = {}
-        self._total = 0
-        self._raw: dict[str, str] = {}  # SHA-256 of bytes a client sent -> the id they were stored as
         self._guards: list[Callable[[], Iterable[str]]] = []
         self._last_sweep = time.monotonic()
-        self._shared = StoreLock(root)  # other processes may use this directory too (sharing.py)
-        self.recover()
-        if retention is not None:
+        self.root = root
+        self._local: LocalDiskBackend | None = None
+        if root is not None:
+            self._local = LocalDiskBackend(root, fsync=fsync)
+            self.backend: StoreBackend = self._local
+            self._shared: StoreLock | None = StoreLock(root)  # other processes may share it (sharing.py)
+            self.index = StoreIndex(root / INDEX_NAME, durable=fsync)
+            self._open_local()
+        else:
+            assert backend is not None
+            self.backend, self._shared = backend, None
+            self.index = StoreIndex(None)
+            if retention is not None and (retention.byte_limit or retention.max_age_seconds):
+                logger.warning(
+                    "image store %s: [server.store] max_bytes and max_age_days are not enforced on an "
+                    "object store; set a lifecycle rule on the bucket (see the README's store section)",
+                    self.backend.location,
+                )
+        if retention is not None and self._local is not None:
             self.enforce()
 
-    # --- the decoded-image cache ---------------------------------------------------------------
+    # --- opening and recovery ------------------------------------------------------------------
 
-    def _remember(self, image_id: str, image: Image.Image) -> None:
-        """Cache a copy of ``image`` unless it is over a quarter of the budget; evict the least
-        recently used images until the cache fits."""
-        size = _footprint(image)
-        if size > self._cache_bytes // 4:
+    def _open_local(self) -> None:
+        if self.index.complete:
+            self.settle_pending()
             return
-        copy = image.copy()
-        with self._lock:
-            old = self._recent.pop(image_id, None)
-            if old is not None:
-                self._recent_bytes -= old[1]
-            self._recent[image_id] = (copy, size)
-            self._recent_bytes += size
-            while self._recent_bytes > self._cache_bytes:
-                _, (_, evicted) = self._recent.popitem(last=False)
-                self._recent_bytes -= evicted
+        with self.index.transaction():  # one process migrates; the others wait, then find it done
+            if self.index.complete:
+                return
+            removed = self._rebuild()
+        logger.info("image store %s: indexed %d image(s) (%s)", self.root, self.index.count(), removed)
 
-    def _cached(self, image_id: str) -> Image.Image | None:
-        with self._lock:
-            hit = self._recent.get(image_id)
-            if hit is not None:
-                self._recent.move_to_end(image_id)
-        return hit[0] if hit is not None else None
+    def recover(self) -> dict[str, int]:
+        """Read every file of the store, remove what interrupted writes left behind and rebuild the
+        index; returns how many of each were removed. Done once by opening a store without an index;
+        call it after editing or deleting files by hand.
 
-    def _forget(self, image_id: str) -> None:
-        with self._lock:
-            old = self._recent.pop(image_id, None)
-            if old is not None:
-                self._recent_bytes -= old[1]
+        Temporary files, images without a record (killed between the two renames) and records whose
+        image is missing (deleted by hand, or a disk that lost the unsynced file) are removed; while
+        another process has the store open, only those provably stale (:mod:`.sharing`). A record
+        that cannot be read is left alone with its image (reading it is an error; it is never
+        removed by retention).
 
-    @property
-    def cached_bytes(self) -> int:
-        """Bytes of decoded images held in memory now."""
-        return self._recent_bytes
+        Raises:
+            UnsupportedOperation: the store is an object store (its records are the truth; there is
+                nothing to rebuild).
+        """
+        if self._local is None:
+            raise UnsupportedOperation("an object store has no local index to rebuild")
+        with self._write_lock:
+            removed = self._rebuild()
+        self._cache = DecodedCache(self._cache.budget)
+        return removed
 
-    # --- layout and recovery -------------------------------------------------------------------
+    def _rebuild(self) -> dict[str, int]:
+        assert self._local is not None and self._shared is not None
+        removed = {"temporary": 0, "image_without_record": 0, "record_without_image": 0}
+        self.index.rebuild(self._local.scan(removed, alone=self._shared.alone()))
+        if any(removed.values()):
+            logger.warning("image store %s: removed leftovers of interrupted writes: %s", self.root, removed)
+        return removed
 
-    def _record_path(self, image_id: str) -> Path:
-        return self.root / image_id[:2] / f"{image_id}.json"
+    def settle_pending(self) -> int:
+        """Finish or undo the writes a killed process left pending (this process's too, when
+        alone); returns how many were settled. Reads the pending ids' files only."""
+        assert self._local is not None and self._shared is not None
+        alone = self._shared.alone()
+        settled = 0
+        for image_id, fmt, pid, started in self.index.pending():
+            if not (alone or writer_gone(pid) or time.time() - started > STALE_SECONDS):
+                continue  # another live process is writing it now
+            record = self._read_record_or_none(image_id)
+            size = self.backend.size(image_key(image_id, record.format)) if record is not None else None
+            if record is not None and size is not None:
+                self.index.add(record, size + len(record.dump()))  # the write finished; index it
+            else:
+                self.backend.delete(record_key(image_id))
+                self.backend.delete(image_key(image_id, fmt))  # type: ignore[arg-type]
+                self._local.discard_leftovers(image_id, alone=alone)
+            self.index.clear_pending(image_id, pid)
+            settled += 1
+        if settled:
+            logger.warning("image store %s: settled %d interrupted write(s)", self.root, settled)
+        return settled
 
-    def _image_path(self, image_id: str, fmt: StoredFormat) -> Path:
-        return self.root / image_id[:2] / f"{image_id}.{EXTENSIONS[fmt]}"
+    def _read_record_or_none(self, image_id: str) -> ImageRecord | None:
+        try:
+            return self._read_record(image_id)
+        except NotFound:
+            return None
 
     def exists(self, image_id: str) -> bool:
         """Whether the current principal can see ``image_id``."""
@@ -259,81 +212,15 @@ class ImageStore:
             return False
         return True
 
-    def recover(self) -> dict[str, int]:
-        """Remove what an interrupted write leaves behind and rebuild the index; returns how many of
-        each were removed.
-
-        Temporary files, images without a record (killed between the two renames) and records whose
-        image is missing (deleted by hand, or a disk that lost the unsynced file) are removed; while
-        another process has the store open, only those provably stale (:mod:`.sharing`). A record
-        that cannot be read is left alone with its image (reading it is an error; it is never
-        removed by retention).
-        """
-        removed = {"temporary": 0, "image_without_record": 0, "record_without_image": 0}
-        self._alone = self._shared.alone()
-        with self._write_lock:
-            self._index.clear()
-            self._raw.clear()
-            self._total = 0
-            for folder in self.root.iterdir():
-                if folder.is_dir() and len(folder.name) == 2:
-                    self._recover_folder(folder, removed)
-        if any(removed.values()):
-            logger.warning("image store %s: removed leftovers of interrupted writes: %s", self.root, removed)
-        return removed
-
-    def _recover_folder(self, folder: Path, removed: dict[str, int]) -> None:
-        files: dict[str, dict[str, Path]] = {}
-        for path in folder.iterdir():
-            name = path.name
-            if name.startswith(".") and name.endswith(".tmp"):
-                if stale_temporary(path, alone=self._alone):
-                    path.unlink(missing_ok=True)
-                    removed["temporary"] += 1
-                continue
-            stem, _, ext = name.partition(".")
-            if ID_PATTERN.match(stem) and ext in ("json", *EXTENSIONS.values()):
-                files.setdefault(stem, {})[ext] = path
-        for image_id, found in files.items():
-            record_path = found.pop("json", None)
-            record = None
-            if record_path is not None:
-                try:
-                    raw_record = record_path.read_bytes()
-                    record = ImageRecord.model_validate_json(raw_record)
-                except (ValidationError, OSError):
-                    logger.warning("image store: the record of %s is unreadable; left as it is", image_id)
-                    continue
-            image_path = found.pop(EXTENSIONS[record.format], None) if record is not None else None
-            for stray in found.values():
-                if stale_stray(stray, alone=self._alone):
-                    stray.unlink(missing_ok=True)
-                    removed["image_without_record"] += 1
-            if record is None or record_path is None:
-                continue
-            if image_path is None:
-                record_path.unlink(missing_ok=True)
-                removed["record_without_image"] += 1
-                continue
-            self._add_to_index(record, image_path.stat().st_size + len(raw_record))
-
-    def _add_to_index(self, record: ImageRecord, size: int) -> None:
-        try:
-            created = datetime.fromisoformat(record.created).timestamp()
-        except ValueError:
-            created = time.time()
-        old = self._index.get(record.id)
-        if old is not None:
-            self._total -= old.size
-        self._index[record.id] = Entry(created=created, size=size, parents=tuple(record.parents))
-        self._total += size
-        if record.raw_sha256:
-            self._raw[record.raw_sha256] = record.id
-
     @property
     def total_bytes(self) -> int:
         """Bytes the stored images and their records take (the running total retention enforces)."""
-        return self._total
+        return self.index.total()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded images held in memory now."""
+        return self._cache.bytes
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -384,7 +271,7 @@ class ImageStore:
             raw_sha256=raw_sha256,
             **meta,
         )
-        _touch(record.id)
+        touch(record.id)
         return PendingImage(record, encoded.data, image)
 
     def prepare_input(
@@ -413,18 +300,20 @@ class ImageStore:
 
         Its ``image`` is the cached decoded image, or None: the caller decodes ``data`` (the stored
         bytes) itself, within its own decode limits and at the scale its use needs."""
-        image_id = self._raw.get(raw_sha256)
-        if image_id is None or image_id not in self._index:
+        image_id = self.index.find_raw(raw_sha256)
+        if image_id is None:
             return None
         try:
             record = self._read_record(image_id)
             if record is None or record.kind != "input":
                 return None
-            data = self._image_path(image_id, record.format).read_bytes()
-            image = self._cached(image_id)
+            data = self.backend.read(image_key(image_id, record.format))
+            image = self._cache.get(image_id)
         except (NotFound, OSError):
             return None
-        _touch(image_id)
+        if data is None:
+            return None
+        touch(image_id)
         own = record.model_copy(
             update={
                 "owners": [current_principal()],
@@ -435,49 +324,92 @@ class ImageStore:
         return PendingImage(own, data, image.copy() if image is not None else None)
 
     def commit(self, pending: PendingImage) -> ImageRecord:
-        """Write a prepared image and its record (fsynced, atomically); returns the stored record.
+        """Write a prepared image and its record (atomically; fsynced on a local disk); returns the
+        stored record.
 
-        Already stored: nothing is written, except the current principal added to its owners.
-        May then remove old images (retention), never this one.
+        Already stored: nothing is written, except the current principal added to its owners (a
+        conditional write, retried on a conflict with another writer). May then remove old images
+        (retention), never this one.
+
+        Raises:
+            Busy: the record kept changing under ``WRITE_ATTEMPTS`` attempts to write it.
         """
-        record = pending.record
-        image_id = record.id
-        principal = current_principal()
-        _touch(image_id)
+        image_id = pending.record.id
+        touch(image_id)
         with self._write_lock:
-            try:
-                existing = self._read_record(image_id)
-            except NotFound:
-                existing = None  # an unreadable record is replaced below
-            if existing is not None and self._image_path(image_id, existing.format).is_file():
-                if not existing.visible_to(principal):
-                    # The same bytes from another principal: share the file, not the knowledge.
-                    owners = existing.owners or sorted(SINGLE_USER)
-                    existing = existing.model_copy(update={"owners": [*owners, principal]})
-                    self._write_record(existing)
-                if record.raw_sha256:
-                    self._raw.setdefault(record.raw_sha256, image_id)
-                return existing
-            record = record.model_copy(update={"owners": [principal]})
-            image_path = self._image_path(image_id, record.format)
-            image_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(image_path, pending.data, fsync=self.fsync)
-            self._write_record(record)
+            for _ in range(WRITE_ATTEMPTS):
+                try:
+                    stored = self._write(pending)
+                except Conflict:
+                    continue  # another writer got there first: read again
+                break
+            else:
+                raise Busy(
+                    f"image {image_id} was changed by other writers {WRITE_ATTEMPTS} times; call again"
+                )
         if pending.image is not None:
-            self._remember(image_id, pending.image)
+            self._cache.remember(image_id, pending.image)
         self._after_write()
+        return stored
+
+    def _write(self, pending: PendingImage) -> ImageRecord:
+        """One attempt at :meth:`commit`. Raises Conflict when another writer wrote the record first."""
+        record, principal = pending.record, current_principal()
+        key = record_key(record.id)
+        found = self.backend.get(key)
+        existing = _parse(found)
+        image_size = self.backend.size(image_key(record.id, existing.format)) if existing else None
+        if found is not None and existing is not None and image_size is not None:
+            if record.raw_sha256:
+                self.index.note_raw(record.raw_sha256, record.id)
+            if existing.visible_to(principal):
+                return existing
+            # The same bytes from another principal: share the file, not the knowledge.
+            owners = existing.owners or sorted(SINGLE_USER)
+            updated = existing.model_copy(update={"owners": [*owners, principal]})
+            data = updated.dump()
+            self.backend.put(key, data, mode=found.version)
+            self.index.add(updated, len(data) + image_size)
+            return updated
+        # New, or replacing a record that is unreadable or whose image is gone.
+        record = record.model_copy(update={"owners": [principal]})
+        self.index.mark_pending(record.id, record.format)
+        try:
+            self.backend.put(image_key(record.id, record.format), pending.data)
+            data = record.dump()
+            self.backend.put(key, data, mode=found.version if found is not None else "create")
+        except Conflict:
+            self.index.clear_pending(record.id)  # the same bytes are there: the other writer's record
+            raise
+        self.index.add(record, len(data) + len(pending.data))
         return record
 
-    def _write_record(self, record: ImageRecord) -> None:
-        data = record.model_dump_json(indent=1).encode()
-        _atomic_write(self._record_path(record.id), data, fsync=self.fsync)
-        self._add_to_index(record, len(data) + self._image_size(record))
+    def update_record(self, image_id: str, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
+        """Apply ``change`` to an image's record with a conditional write: when another writer changed
+        the record between the read and the write, the record is read again and ``change`` applied
+        to that, so neither change is lost. Returns the record written.
 
-    def _image_size(self, record: ImageRecord) -> int:
-        try:
-            return self._image_path(record.id, record.format).stat().st_size
-        except OSError:
-            return 0
+        Raises:
+            NotFound: as :meth:`record`.
+            Busy: the record kept changing under ``WRITE_ATTEMPTS`` attempts.
+        """
+        self.record(image_id)  # the caller must be able to see it
+        key = record_key(image_id)
+        for _ in range(WRITE_ATTEMPTS):
+            found = self.backend.get(key)
+            current = _parse(found)
+            if found is None or current is None:
+                raise NotFound(f"no image with id {image_id}")
+            updated = change(current)
+            data = updated.dump()
+            try:
+                self.backend.put(key, data, mode=found.version)
+            except Conflict:
+                continue
+            size = self.backend.size(image_key(image_id, updated.format)) or 0
+            self.index.add(updated, len(data) + size)
+            return updated
+        raise Busy(f"image {image_id} was changed by other writers {WRITE_ATTEMPTS} times; call again")
 
     def put(
         self,
@@ -515,9 +447,8 @@ class ImageStore:
 
     def _read_record(self, image_id: str) -> ImageRecord | None:
         try:
-            return ImageRecord.model_validate_json(self._record_path(image_id).read_bytes())
-        except FileNotFoundError:
-            return None
+            data = self.backend.read(record_key(image_id))
+            return None if data is None else ImageRecord.model_validate_json(data)
         except (ValidationError, OSError) as exc:
             raise NotFound(f"the record of image {image_id} is unreadable") from exc
 
@@ -531,18 +462,22 @@ class ImageStore:
         record = self._read_record(image_id)
         if record is None or not record.visible_to(current_principal()):
             raise NotFound(f"no image with id {image_id}; ids come from earlier tool results (image://<id>)")
-        _touch(image_id)
+        touch(image_id)
         return record
 
     def recent(self, limit: int, kinds: Iterable[str] = (), *, scan: int = 2_000) -> list[ImageRecord]:
         """The current principal's newest images (of ``kinds``; empty: any), newest first, at most
-        ``limit``; only the ``scan`` newest images of the store are looked at."""
-        with self._write_lock:
-            # Creation times are in whole seconds: of two in the same second, the later written first.
-            newest = sorted(self._index.items(), key=lambda item: item[1].created)[::-1][:scan]
+        ``limit``; only the ``scan`` newest images of the store are looked at (on an object store,
+        found by listing its records: one request per 1,000 stored images)."""
+        if self._local is not None:
+            newest = self.index.newest(scan)
+        else:
+            listed = [info for info in self.backend.list() if info.key.endswith(".json")]
+            listed.sort(key=lambda info: info.modified, reverse=True)
+            newest = [info.key.rpartition("/")[2].partition(".")[0] for info in listed[:scan]]
         wanted, principal, found = set(kinds), current_principal(), []
-        for image_id, _ in newest:
-            record = self._read_record(image_id)
+        for image_id in newest:
+            record = self._read_record_or_none(image_id)
             if record is not None and record.visible_to(principal) and (not wanted or record.kind in wanted):
                 found.append(record)
                 if len(found) == limit:
@@ -555,9 +490,28 @@ class ImageStore:
 
         Raises:
             NotFound: as :meth:`record`.
+            UnsupportedOperation: the store is an object store (no file on this machine).
         """
         record = self.record(image_id)
-        return self._image_path(image_id, record.format).absolute()
+        path = self.backend.local_path(image_key(image_id, record.format))
+        if path is None:
+            raise UnsupportedOperation(
+                "images are kept in an object store ([server.store] url), not on the server's disk: "
+                "use delivery 'preview' or 'full', or read the resource image://<id>"
+            )
+        return path
+
+    def file_size(self, image_id: str) -> int:
+        """Bytes of a stored image's file.
+
+        Raises:
+            NotFound: as :meth:`read_bytes`.
+        """
+        record = self.record(image_id)
+        size = self.backend.size(image_key(image_id, record.format))
+        if size is None:
+            raise NotFound(f"the file of image {image_id} is missing from the store")
+        return size
 
     def read_bytes(self, image_id: str) -> tuple[bytes, str]:
         """The stored file's bytes and their MIME type (``image/png``, ``image/jpeg``, ``image/webp``).
@@ -566,10 +520,10 @@ class ImageStore:
             NotFound: as :meth:`record`, or the file is missing.
         """
         record = self.record(image_id)
-        try:
-            return self._image_path(image_id, record.format).read_bytes(), record.mime_type
-        except FileNotFoundError:
-            raise NotFound(f"the file of image {image_id} is missing from the store") from None
+        data = self.backend.read(image_key(image_id, record.format))
+        if data is None:
+            raise NotFound(f"the file of image {image_id} is missing from the store")
+        return data, record.mime_type
 
     def open(self, image_id: str) -> Image.Image:
         """The decoded image (a copy: callers may modify it); an input in the mode it was decoded to.
@@ -578,12 +532,12 @@ class ImageStore:
             NotFound: as :meth:`read_bytes`.
         """
         record = self.record(image_id)
-        cached = self._cached(image_id)
+        cached = self._cache.get(image_id)
         if cached is not None:
             return cached.copy()
         data, _ = self.read_bytes(image_id)
         image = self._decode(record, data)
-        self._remember(image_id, image)
+        self._cache.remember(image_id, image)
         return image
 
     @staticmethod
@@ -601,56 +555,85 @@ class ImageStore:
     def enforce(self) -> list[str]:
         """Apply ``[server.store]`` now: remove the oldest images until the store is under
         ``max_bytes`` (90% of it when it was over) and none is older than ``max_age_days``, except
-        held ones and the parents of kept ones (:func:`.retention.plan_removals`). Returns the
-        removed ids."""
+        held ones and the parents of kept ones (:func:`.retention.plan_oldest_first`). Reads the
+        index only as far as the rules reach. Returns the removed ids (none on an object store)."""
         settings = self.retention
-        if settings is None:
+        if settings is None or self._local is None:
             return []
         with self._write_lock:
-            limit = settings.byte_limit
-            budget = None if limit is None else (limit - limit // 10 if self._total > limit else limit)
-            age = settings.max_age_seconds
+            total, limit, age = self.index.total(), settings.byte_limit, settings.max_age_seconds
+            budget = None if limit is None else (limit - limit // 10 if total > limit else limit)
+            cutoff = time.time() - age if age is not None else None
+            oldest = self.index.oldest_created()
+            self._last_sweep = time.monotonic()
+            if not (
+                (budget is not None and total > budget)
+                or (cutoff is not None and oldest is not None and oldest < cutoff)
+            ):
+                return []
             held: set[str] = set()
             for guard in self._guards:
                 held.update(guard())
-            removals = plan_removals(
-                self._index,
-                total=self._total,
+            removals = plan_oldest_first(
+                self.index.oldest(),
+                children=self.index.children,
+                total=total,
                 budget=budget,
-                cutoff=time.time() - age if age is not None else None,
+                cutoff=cutoff,
                 held=held,
             )
             for image_id in removals:
                 self._remove(image_id)
-            self._last_sweep = time.monotonic()
         if removals:
             logger.info(
                 "image store %s: removed %d image(s) by [server.store] retention; %d bytes kept",
                 self.root,
                 len(removals),
-                self._total,
+                self.index.total(),
             )
         return removals
 
     def _remove(self, image_id: str) -> None:
-        entry = self._index.pop(image_id)
-        self._total -= entry.size
-        # The record first: the id stops existing before its image goes (recover removes the rest).
-        self._record_path(image_id).unlink(missing_ok=True)
-        for ext in EXTENSIONS.values():
-            (self.root / image_id[:2] / f"{image_id}.{ext}").unlink(missing_ok=True)
-        self._forget(image_id)
+        # The record first: the id stops existing before its image goes.
+        self.backend.delete(record_key(image_id))
+        for fmt in EXTENSIONS:
+            self.backend.delete(image_key(image_id, fmt))
+        self.index.remove(image_id)
+        self._cache.forget(image_id)
 
     def _after_write(self) -> None:
         settings = self.retention
-        if settings is None:
+        if settings is None or self._local is None:
             return
-        over = settings.byte_limit is not None and self._total > settings.byte_limit
+        over = settings.byte_limit is not None and self.index.total() > settings.byte_limit
         due = settings.max_age_seconds is not None and (
             time.monotonic() - self._last_sweep >= settings.sweep_seconds
         )
         if over or due:
             self.enforce()
+
+
+def open_image_store(store_dir: Path, settings: StoreSettings, *, fsync: bool = True) -> ImageStore:
+    """The store ``[server]`` configures: ``store_dir`` on this machine's disk, or the object store at
+    ``[server.store] url`` (needs the ``s3`` extra: obstore).
+
+    Raises:
+        ConfigError: the object store cannot be opened (unknown option, obstore missing).
+    """
+    if settings.url is None:
+        return ImageStore(store_dir, fsync=fsync, retention=settings)
+    from multimodal_mcp.imaging.object_store import ObjectStoreBackend  # only with the s3 extra
+
+    return ImageStore(backend=ObjectStoreBackend.from_url(settings.url, settings.options), retention=settings)
+
+
+def _parse(found: Stored | None) -> ImageRecord | None:
+    if found is None:
+        return None
+    try:
+        return ImageRecord.model_validate_json(found.data)
+    except ValidationError:
+        return None
 
 
 def _bare(image: Image.Image) -> Image.Image:
@@ -660,36 +643,3 @@ def _bare(image: Image.Image) -> Image.Image:
     bare = image.copy()
     bare.info = {}
     return bare
-
-
-def _footprint(image: Image.Image) -> int:
-    """Bytes Pillow holds for ``image``'s pixels (RGB is kept as 4 bytes a pixel)."""
-    per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
-    return image.width * image.height * per_pixel
-
-
-def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        # The rename is atomic: a killed server never leaves a half-written file under the real
-        # name. With fsync, the data is on disk before the name points at it, and the directory
-        # entry is on disk before the image is reported as made (surviving a power cut too).
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
