@@ -11,6 +11,7 @@ from multimodal_mcp.config import Limits
 from multimodal_mcp.errors import ImageInputError, NotFound
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import ImageStore
+from multimodal_mcp.imaging.store_index import INDEX_NAME
 
 from helpers import b64_png, photo
 
@@ -208,7 +209,7 @@ def test_resolving_writes_nothing_and_the_same_bytes_are_decoded_once(
     monkeypatch.setattr(inputs, "decode_image", lambda data, **kw: (decodes.append(1), real(data, **kw))[1])
     value = b64_png(photo("astronaut", 16))
     first = resolver.resolve(value)
-    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*"))
+    assert not any(p.is_file() and not p.name.startswith(INDEX_NAME) for p in (tmp_path / "store").rglob("*"))
     assert first.pending is not None
     resolver.store.commit(first.pending)
     again = resolver.resolve(value)

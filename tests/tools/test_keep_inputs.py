@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from multimodal_mcp.errors import InvalidArgument, SpendingRefused
+from multimodal_mcp.imaging.store_index import INDEX_NAME
 from multimodal_mcp.tools.clip_classify import ClipClassifyParams, clip_classify
 from multimodal_mcp.tools.common import Services
 from multimodal_mcp.tools.compare_images import CompareImagesParams, compare_images
@@ -30,7 +31,8 @@ def _services(tmp_path: Path, allowed_root: Path, models: dict[str, Any], **serv
 
 
 def stored_files(tmp_path: Path) -> list[Path]:
-    return [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    """The images and records in the store (its index left out)."""
+    return [p for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.name.startswith(INDEX_NAME)]
 
 
 def jpeg_uri(img: Image.Image) -> str:

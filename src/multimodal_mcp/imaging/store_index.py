@@ -90,6 +90,8 @@ class StoreIndex:
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        if self._schema() == SCHEMA_VERSION:
+            return  # opening an existing index writes nothing
         with self.transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -97,6 +99,13 @@ class StoreIndex:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
             )
+
+    def _schema(self) -> str | None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.OperationalError:  # no such table: a new index
+            return None
+        return str(row[0]) if row is not None else None
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from multimodal_mcp.config import Config
 from multimodal_mcp.errors import NotFound
 from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
-from multimodal_mcp.imaging.store import ImageStore, validate_id
+from multimodal_mcp.imaging.store import open_image_store, validate_id
 from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
@@ -76,9 +76,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
             gpu_headroom_bytes=int(pool_settings.gpu_headroom_gib * GiB),
             cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
         )
-    store = ImageStore(
-        config.server.store_dir, fsync=config.server.store_fsync, retention=config.server.store
-    )
+    store = open_image_store(config.server.store_dir, config.server.store, fsync=config.server.store_fsync)
     resolver = ImageResolver(
         store, config.server.allowed_roots, config.server.limits, urls=config.server.urls
     )

@@ -159,7 +159,7 @@ class Renderer:
         records = [self.store.record(image_id) for image_id in ids]
         if any(max(r.width, r.height) > self.limits.max_image_side for r in records):
             return []
-        on_disk = sum(self.store.path(image_id).stat().st_size for image_id in ids)
+        on_disk = sum(self.store.file_size(image_id) for image_id in ids)
         if on_disk * 4 // 3 > self.max_bytes - fixed[0]:
             return []  # clearly too big: not worth reading
         files = [self.store.read_bytes(image_id) for image_id in ids]
