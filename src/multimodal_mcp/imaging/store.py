@@ -360,8 +360,8 @@ class ImageStore:
         existing = _parse(found)
         image_size = self.backend.size(image_key(record.id, existing.format)) if existing else None
         if found is not None and existing is not None and image_size is not None:
-            if record.raw_sha256:
-                self.index.note_raw(record.raw_sha256, record.id)
+            if record.raw_sha256 and self.index.find_raw(record.raw_sha256) != record.id:
+                self.index.note_raw(record.raw_sha256, record.id)  # (a read first: no write per upload)
             if existing.visible_to(principal):
                 return existing
             # The same bytes from another principal: share the file, not the knowledge.
