@@ -197,3 +197,21 @@ def test_the_model_libraries_warn_only_when_the_server_logs_at_debug() -> None:
     loud = subprocess.run([sys.executable, "-c", script, "DEBUG"], capture_output=True, text=True, env=env)
     assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
     assert "torchvision" not in quiet.stderr and "torchvision" in loud.stderr
+
+
+def test_recover_store_rebuilds_the_index_from_the_files_and_removes_leftovers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multimodal_mcp.imaging.store import ImageStore
+
+    from helpers import photo
+
+    store_dir = tmp_path / "store"
+    kept = ImageStore(store_dir).put(photo("coffee", 16), kind="input")
+    (store_dir / kept.id[:2] / "00000000000000ff.png").write_bytes(b"\x89PNG")  # an image without record
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recover-store", "--profile", "tiny", "--store-dir", str(store_dir)])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "1 image(s)" in out and "1 image(s) without a record" in out
+    assert not (store_dir / kept.id[:2] / "00000000000000ff.png").exists()

@@ -278,6 +278,24 @@ def _build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover_store(args: argparse.Namespace) -> int:
+    from multimodal_mcp.imaging.store import ImageStore
+
+    config = _config_from(args)
+    if config.server.store.url is not None:
+        print("multimodal-mcp recover-store: an object store has no local index to rebuild", file=sys.stderr)
+        return 2
+    store = ImageStore(config.server.store_dir, fsync=config.server.store_fsync)
+    removed = store.recover()
+    print(
+        f"image store {config.server.store_dir}: {store.index.count()} image(s), {store.total_bytes} bytes "
+        f"indexed; removed {removed['temporary']} temporary file(s), "
+        f"{removed['image_without_record']} image(s) without a record, "
+        f"{removed['record_without_image']} record(s) without an image"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from multimodal_mcp.demo import DemoError, run_demo
 
@@ -345,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(pull)
     pull.add_argument("models", nargs="*", metavar="MODEL", help="configured model names (default: all)")
     pull.set_defaults(func=_pull)
+
+    recover = sub.add_parser(
+        "recover-store",
+        help="rebuild the image store's index from its files (after editing or deleting files by hand)",
+    )
+    _add_config_options(recover)
+    recover.set_defaults(func=_recover_store)
 
     tiny = sub.add_parser("build-tiny", help="build the offline tiny models (otherwise built on first use)")
     _add_config_options(tiny)

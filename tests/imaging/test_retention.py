@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,3 +142,25 @@ def test_the_plan_unblocks_a_parent_when_its_last_child_goes() -> None:
     ]
     assert plan_removals(entries, total=40, budget=None, cutoff=2.5) == ["child", "parent"]
     assert plan_removals(entries, total=40, budget=40, cutoff=None) == []
+
+
+def test_a_retention_pass_reads_the_index_only_as_far_as_its_rules_reach(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, fsync=False, retention=UNLIMITED)
+    made = [store.put(noise(i, 8), kind="generated", seed=i) for i in range(40)]
+    read: list[str] = []
+    oldest = store.index.oldest
+
+    def counted(batch: int = 256) -> Iterator[tuple[str, Entry]]:
+        for image_id, entry in oldest(batch=4):
+            read.append(image_id)
+            yield image_id, entry
+
+    store.index.oldest = counted  # type: ignore[method-assign]
+    store.retention = StoreSettings(max_bytes=store.total_bytes - 1, max_age_days=0)
+    removed = store.enforce()  # over by a byte: down to 90%, the oldest written first
+    assert 0 < len(removed) < 10 and removed == [r.id for r in made[: len(removed)]]
+    assert len(read) <= len(removed) + 2  # then the first image kept, and one read ahead of it
+    assert store.total_bytes == on_disk(tmp_path) <= store.retention.max_bytes * 0.9
+    store.retention = StoreSettings(max_bytes=10**9, max_age_days=30)
+    read.clear()
+    assert store.enforce() == [] and read == []  # nothing due: the index's total and oldest age only
