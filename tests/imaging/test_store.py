@@ -174,6 +174,36 @@ def test_opening_a_store_settles_a_write_killed_midway_reading_only_that_write(
     assert reopened.total_bytes == kept_size(tmp_path, kept.id) and reopened.exists(kept.id)
 
 
+KILLED_OWNER = """
+import os, signal, sys
+from pathlib import Path
+from multimodal_mcp.imaging.store import ImageStore
+from multimodal_mcp.principals import acting_as
+from helpers import photo
+store = ImageStore(Path(sys.argv[1]))
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed before the record's rename
+with acting_as("user:bob"):
+    store.put(photo("coffee", 16), kind="input")
+"""
+
+
+def test_an_owner_added_by_a_writer_killed_midway_leaves_nothing_once_the_store_opens(tmp_path: Path) -> None:
+    with acting_as("user:alice"):
+        kept = ImageStore(tmp_path).put(photo("coffee", 16), kind="input")
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_OWNER, str(tmp_path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert list(tmp_path.rglob(".*.tmp"))  # the record's new version, never renamed
+    reopened = ImageStore(tmp_path)
+    assert not list(tmp_path.rglob(".*.tmp")) and reopened.index.pending() == []
+    with acting_as("user:alice"):
+        assert reopened.record(kept.id).owners == ["user:alice"]
+    assert reopened.total_bytes == kept_size(tmp_path, kept.id)
+
+
 def test_a_write_whose_record_landed_before_the_kill_is_indexed_when_the_store_opens(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     pending = store.prepare(photo("coffee", 16), kind="generated", seed=3)

@@ -65,7 +65,7 @@ from multimodal_mcp.imaging.records import (  # noqa: F401 (re-exported: importe
 )
 from multimodal_mcp.imaging.retention import plan_oldest_first
 from multimodal_mcp.imaging.sharing import STALE_SECONDS, StoreLock, writer_gone
-from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, StoreBackend, Stored
+from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, StoreBackend, Stored, Version
 from multimodal_mcp.imaging.store_index import INDEX_NAME, StoreIndex
 from multimodal_mcp.principals import SINGLE_USER, current_principal
 
@@ -189,7 +189,7 @@ class ImageStore:
             else:
                 self.backend.delete(record_key(image_id))
                 self.backend.delete(image_key(image_id, fmt))  # type: ignore[arg-type]
-                self._local.discard_leftovers(image_id, alone=alone)
+            self._local.discard_leftovers(image_id, alone=alone)
             self.index.clear_pending(image_id, pid)
             settled += 1
         if settled:
@@ -368,7 +368,7 @@ class ImageStore:
             owners = existing.owners or sorted(SINGLE_USER)
             updated = existing.model_copy(update={"owners": [*owners, principal]})
             data = updated.dump()
-            self.backend.put(key, data, mode=found.version)
+            self._put_record(updated, data, found.version)
             self.index.add(updated, len(data) + image_size)
             return updated
         # New, or replacing a record that is unreadable or whose image is gone.
@@ -383,6 +383,16 @@ class ImageStore:
             raise
         self.index.add(record, len(data) + len(pending.data))
         return record
+
+    def _put_record(self, record: ImageRecord, data: bytes, version: Version) -> None:
+        """Replace a record if it is still at ``version`` (raises Conflict otherwise), marked pending
+        meanwhile so that a kill leaves nothing behind unnoticed; the caller indexes it."""
+        self.index.mark_pending(record.id, record.format)
+        try:
+            self.backend.put(record_key(record.id), data, mode=version)
+        except Conflict:
+            self.index.clear_pending(record.id)
+            raise
 
     def update_record(self, image_id: str, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
         """Apply ``change`` to an image's record with a conditional write: when another writer changed
@@ -403,7 +413,7 @@ class ImageStore:
             updated = change(current)
             data = updated.dump()
             try:
-                self.backend.put(key, data, mode=found.version)
+                self._put_record(updated, data, found.version)
             except Conflict:
                 continue
             size = self.backend.size(image_key(image_id, updated.format)) or 0
