@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from multimodal_mcp.config import Config
+from multimodal_mcp.imaging.store_index import INDEX_NAME, StoreIndex
 from multimodal_mcp.server.app import create_services
 from multimodal_mcp.tools.common import Services
 
@@ -226,10 +227,17 @@ async def test_a_server_killed_with_sigkill_restarts_on_the_same_store_with_ever
             await process.wait()
     assert process.returncode == -signal.SIGKILL
 
-    # What a kill in the middle of a write leaves: a temporary file, a PNG whose record never came.
+    # What a kill in the middle of a write leaves: the write's pending row in the store's index (made
+    # before its first file), a temporary file, a PNG whose record never came.
     folder = store / reported[0][8:10]
+    index = StoreIndex(store / INDEX_NAME)
+    with index.transaction() as db:
+        for image_id in (reported[0][8:], "0123456789abcdef"):
+            db.execute("INSERT INTO pending VALUES (?, 'png', ?, ?)", (image_id, process.pid, time.time()))
+    index.close()
     (folder / f".{reported[0][8:]}.png.abc123.tmp").write_bytes(b"\x89PNG half")
-    (folder / "0123456789abcdef.png").write_bytes(pngs[reported[0]])
+    (store / "01").mkdir(exist_ok=True)  # where a write of that id puts its image
+    (store / "01" / "0123456789abcdef.png").write_bytes(pngs[reported[0]])
 
     # Restarted on the same store (in this process: the startup path is the same, and it is faster).
     restarted = make_config(tmp_path, tiny_dir, tmp_path)
@@ -239,4 +247,4 @@ async def test_a_server_killed_with_sigkill_restarts_on_the_same_store_with_ever
             assert await read_png(client, uri) == png
         await call_ok(client, "generate_image", {"prompt": "after the restart", "steps": 1, "seed": 11})
     assert assert_store_consistent(store) == 4
-    assert not (folder / "0123456789abcdef.png").exists()
+    assert not (store / "01" / "0123456789abcdef.png").exists()
