@@ -1,0 +1,145 @@
+"""LoRAs through generate_image and controlled_generate: the tiny SD 1.5 with the tiny profile's two
+random-weight LoRAs (tiny-lora-ink, trigger words "ink sketch", scale 0.8; tiny-lora-glow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mcp import Client
+
+from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+
+BASE = {"prompt": "a lighthouse at dusk, ink sketch", "seed": 21}
+
+
+async def _pixels(client: Client, out: dict[str, Any]) -> np.ndarray:
+    return np.asarray(open_png(await read_png(client, out["images"][0]["uri"])), dtype=int)
+
+
+async def _bytes(client: Client, out: dict[str, Any]) -> bytes:
+    return await read_png(client, out["images"][0]["uri"])
+
+
+async def test_the_same_seed_with_a_lora_gives_a_different_image(client: Client) -> None:
+    plain = await call_ok(client, "generate_image", BASE)
+    styled = await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}]})
+    assert np.abs(await _pixels(client, plain) - await _pixels(client, styled)).mean() > 1
+
+
+async def test_a_plain_call_after_a_lora_call_gives_the_bytes_it_gave_before_any_lora(client: Client) -> None:
+    before = await _bytes(client, await call_ok(client, "generate_image", BASE))
+    lora = {"loras": [{"name": "tiny-lora-ink", "scale": 1.0}, {"name": "tiny-lora-glow", "scale": 0.5}]}
+    await call_ok(client, "generate_image", {**BASE, **lora})
+    after = await _bytes(client, await call_ok(client, "generate_image", BASE))
+    assert after == before
+
+
+async def test_two_loras_at_different_scales_differ_from_each_alone_and_repeat(client: Client) -> None:
+    ink = await _pixels(
+        client,
+        await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink", "scale": 1.0}]}),
+    )
+    glow = await _pixels(
+        client,
+        await call_ok(
+            client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-glow", "scale": 1.0}]}
+        ),
+    )
+    both = {
+        **BASE,
+        "loras": [{"name": "tiny-lora-ink", "scale": 1.0}, {"name": "tiny-lora-glow", "scale": 0.4}],
+    }
+    mixed = await _pixels(client, await call_ok(client, "generate_image", both))
+    assert (
+        np.abs(mixed - ink).mean() > 1 and np.abs(mixed - glow).mean() > 1 and np.abs(ink - glow).mean() > 1
+    )
+    # The scales count: other weights give another image, the same ones the same image.
+    swapped = {
+        **BASE,
+        "loras": [{"name": "tiny-lora-ink", "scale": 0.4}, {"name": "tiny-lora-glow", "scale": 1.0}],
+    }
+    assert np.abs(await _pixels(client, await call_ok(client, "generate_image", swapped)) - mixed).mean() > 1
+    assert (await _pixels(client, await call_ok(client, "generate_image", both)) == mixed).all()
+
+
+async def test_a_scale_of_zero_gives_the_image_without_the_lora(client: Client) -> None:
+    plain = await _pixels(client, await call_ok(client, "generate_image", BASE))
+    off = await call_ok(
+        client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink", "scale": 0.0}]}
+    )
+    assert np.abs(await _pixels(client, off) - plain).max() <= 1
+
+
+async def test_trigger_words_missing_from_the_prompt_are_appended_and_reported(client: Client) -> None:
+    out = await call_ok(
+        client, "generate_image", {"prompt": "a lighthouse", "seed": 3, "loras": [{"name": "tiny-lora-ink"}]}
+    )
+    assert out["parameters"]["prompt"] == "a lighthouse, ink sketch"
+    (note,) = [a for a in out["adjustments"] if a["argument"] == "prompt"]
+    assert "'ink sketch' (LoRA 'tiny-lora-ink')" in note["message"]
+    # Already in the prompt (any case): nothing is added or reported.
+    kept = await call_ok(
+        client, "generate_image", {"prompt": "An INK SKETCH of a boat", "loras": [{"name": "tiny-lora-ink"}]}
+    )
+    assert kept["parameters"]["prompt"] == "An INK SKETCH of a boat"
+    assert not [a for a in kept["adjustments"] if a["argument"] == "prompt"]
+
+
+async def test_the_configured_scale_is_used_when_a_call_gives_none(client: Client) -> None:
+    default = await _pixels(
+        client, await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}]})
+    )
+    configured = {**BASE, "loras": [{"name": "tiny-lora-ink", "scale": 0.8}]}  # tiny.toml: scale = 0.8
+    assert (await _pixels(client, await call_ok(client, "generate_image", configured)) == default).all()
+
+
+async def test_unknown_duplicate_and_out_of_range_loras_are_refused_with_what_works(client: Client) -> None:
+    unknown = await call_error(client, "generate_image", {**BASE, "loras": [{"name": "watercolor"}]})
+    assert "has no LoRA named 'watercolor'" in unknown
+    assert (
+        "its LoRAs: tiny-lora-ink, tiny-lora-glow" in unknown and 'loras=[{"name": "tiny-lora-ink"' in unknown
+    )
+    twice = await call_error(
+        client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}, {"name": "tiny-lora-ink"}]}
+    )
+    assert "given twice" in twice
+    loud = await call_error(
+        client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink", "scale": 3}]}
+    )
+    assert "scale" in loud and "2" in loud
+    many = await call_error(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}] * 5})
+    assert "loras" in many and "4" in many
+    other = await call_error(
+        client, "generate_image", {**BASE, "model": "tiny-sdxl", "loras": [{"name": "tiny-lora-ink"}]}
+    )
+    assert "model 'tiny-sdxl' does not take `loras`" in other and "models that do: tiny-sd15" in other
+    for message in (unknown, twice, loud, many, other):
+        assert "Traceback" not in message
+
+
+async def test_list_models_lists_each_base_models_loras_and_the_pool_counts_their_memory(
+    client: Client,
+) -> None:
+    listed = await call_ok(client, "list_models", {})
+    models = {m["name"]: m for m in listed["models"]}
+    assert models["tiny-sd15"]["capabilities"]["loras"] == ["tiny-lora-ink", "tiny-lora-glow"]
+    assert models["tiny-sdxl"]["capabilities"]["loras"] == []
+    ink = models["tiny-lora-ink"]
+    assert ink["task"] == "lora" and ink["base_models"] == ["tiny-sd15"] and not ink["loaded"]
+    await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}]})
+    after = {m["name"]: m for m in (await call_ok(client, "list_models", {"task": "lora"}))["models"]}
+    assert set(after) == {"tiny-lora-ink", "tiny-lora-glow"}
+    assert after["tiny-lora-ink"]["loaded"] and after["tiny-lora-ink"]["memory_bytes"] > 0
+    assert not after["tiny-lora-glow"]["loaded"]
+
+
+async def test_controlled_generate_takes_loras_and_stays_unchanged_after_them(client: Client) -> None:
+    args = {"prompt": "a lighthouse, ink sketch", "control_image": data_uri(photo(size=64)), "seed": 4}
+    plain = await call_ok(client, "controlled_generate", args)
+    styled = await call_ok(
+        client, "controlled_generate", {**args, "loras": [{"name": "tiny-lora-glow", "scale": 1.5}]}
+    )
+    assert np.abs(await _pixels(client, plain) - await _pixels(client, styled)).mean() > 1
+    again = await call_ok(client, "controlled_generate", args)
+    assert await _bytes(client, again) == await _bytes(client, plain)
