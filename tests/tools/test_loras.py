@@ -127,6 +127,8 @@ async def test_list_models_lists_each_base_models_loras_and_the_pool_counts_thei
     assert models["tiny-sdxl"]["capabilities"]["loras"] == []
     ink = models["tiny-lora-ink"]
     assert ink["task"] == "lora" and ink["base_models"] == ["tiny-sd15"] and not ink["loaded"]
+    assert (ink["trigger_words"], ink["default_scale"]) == (["ink sketch"], 0.8)
+    assert (models["tiny-lora-glow"]["trigger_words"], models["tiny-lora-glow"]["default_scale"]) == ([], 1.0)
     await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}]})
     after = {m["name"]: m for m in (await call_ok(client, "list_models", {"task": "lora"}))["models"]}
     assert set(after) == {"tiny-lora-ink", "tiny-lora-glow"}

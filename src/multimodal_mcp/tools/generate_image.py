@@ -61,8 +61,6 @@ async def generate_image(
     to keep the composition while you revise the prompt. Omitted arguments use the model's defaults.
     An argument the model does not take, or a call over the pixel or pixel-steps budget, is an error
     saying what to change; the result's adjustments say what was cut or not used.
-    verify='thorough' checks each fact of the prompt (counts, positions, text) and lists the
-    claims that failed.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")

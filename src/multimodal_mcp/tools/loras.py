@@ -22,29 +22,21 @@ MAX_LORAS = 4
 MAX_SCALE = 2.0
 
 
+# One LoRA for a call: a name from the model's ``capabilities.loras`` (list_models) and its scale
+# (adapter weight: 1 as trained, 0 off, negative inverts it; None: its configured scale). Neither a
+# docstring, field descriptions nor bounds here: they would all be in every tool list a model reads
+# (issue 14's token budget), so the ``loras`` argument's description says it in a few words and
+# ``LoraPlan.of`` checks the bounds with an error that names them.
 class LoraChoice(BaseModel):
-    """One LoRA for this call."""
-
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(
-        min_length=1, max_length=64, description="A LoRA of the model (list_models: capabilities.loras)."
-    )
-    scale: float | None = Field(
-        default=None,
-        ge=-MAX_SCALE,
-        le=MAX_SCALE,
-        description="Its weight: 1 as trained, 0 off, negative inverts it; omit for its configured scale.",
-    )
+    name: str = Field(min_length=1, max_length=64)
+    scale: float | None = None
 
 
 Loras = Annotated[
     list[LoraChoice] | None,
-    Field(
-        max_length=MAX_LORAS,
-        description="LoRAs to apply for this call, combined: [{name, scale}] (list_models: "
-        "capabilities.loras). Their trigger words are added to the prompt.",
-    ),
+    Field(description="LoRAs (list_models) to combine."),
 ]
 
 
@@ -67,6 +59,16 @@ class LoraPlan:
         """
         if not chosen:
             return cls()
+        if len(chosen) > MAX_LORAS:
+            raise InvalidArgument(
+                f"loras has {len(chosen)} entries; at most {MAX_LORAS} LoRAs combine in one call"
+            )
+        for choice in chosen:
+            if choice.scale is not None and not -MAX_SCALE <= choice.scale <= MAX_SCALE:
+                raise InvalidArgument(
+                    f"LoRA {choice.name[:64]!r} has scale={choice.scale}; scales run from {-MAX_SCALE} to "
+                    f"{MAX_SCALE} (1 as trained, 0 off); e.g. scale=0.8"
+                )
         offered = planned.capabilities.loras
         names = [choice.name for choice in chosen]
         for name in names:
