@@ -3,10 +3,13 @@ random-weight LoRAs (tiny-lora-ink, trigger words "ink sketch", scale 0.8; tiny-
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 from mcp import Client
+
+from multimodal_mcp.imaging.codec import png_text
 
 from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
 
@@ -76,6 +79,8 @@ async def test_trigger_words_missing_from_the_prompt_are_appended_and_reported(c
         client, "generate_image", {"prompt": "a lighthouse", "seed": 3, "loras": [{"name": "tiny-lora-ink"}]}
     )
     assert out["parameters"]["prompt"] == "a lighthouse, ink sketch"
+    record = json.loads(png_text(await _bytes(client, out))["multimodal-mcp"])
+    assert record["parameters"]["loras"] == [{"name": "tiny-lora-ink", "scale": 0.8}]
     (note,) = [a for a in out["adjustments"] if a["argument"] == "prompt"]
     assert "'ink sketch' (LoRA 'tiny-lora-ink')" in note["message"]
     # Already in the prompt (any case): nothing is added or reported.
