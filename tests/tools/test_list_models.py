@@ -19,6 +19,7 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-sd3",
         "tiny-lora-ink",
         "tiny-lora-glow",
+        "tiny-lora-sd3",
         "tiny-controlnet-canny",
         "tiny-controlnet-depth",
         "tiny-controlnet-canny-sdxl",

@@ -130,13 +130,14 @@ async def test_list_models_lists_each_base_models_loras_and_the_pool_counts_thei
     models = {m["name"]: m for m in listed["models"]}
     assert models["tiny-sd15"]["capabilities"]["loras"] == ["tiny-lora-ink", "tiny-lora-glow"]
     assert models["tiny-sdxl"]["capabilities"]["loras"] == []
+    assert models["tiny-sd3"]["capabilities"]["loras"] == ["tiny-lora-sd3"]
     ink = models["tiny-lora-ink"]
     assert ink["task"] == "lora" and ink["base_models"] == ["tiny-sd15"] and not ink["loaded"]
     assert (ink["trigger_words"], ink["default_scale"]) == (["ink sketch"], 0.8)
     assert (models["tiny-lora-glow"]["trigger_words"], models["tiny-lora-glow"]["default_scale"]) == ([], 1.0)
     await call_ok(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}]})
     after = {m["name"]: m for m in (await call_ok(client, "list_models", {"task": "lora"}))["models"]}
-    assert set(after) == {"tiny-lora-ink", "tiny-lora-glow"}
+    assert set(after) == {"tiny-lora-ink", "tiny-lora-glow", "tiny-lora-sd3"}
     assert after["tiny-lora-ink"]["loaded"] and after["tiny-lora-ink"]["memory_bytes"] > 0
     assert not after["tiny-lora-glow"]["loaded"]
 
@@ -150,3 +151,13 @@ async def test_controlled_generate_takes_loras_and_stays_unchanged_after_them(cl
     assert np.abs(await _pixels(client, plain) - await _pixels(client, styled)).mean() > 1
     again = await call_ok(client, "controlled_generate", args)
     assert await _bytes(client, again) == await _bytes(client, plain)
+
+
+async def test_a_lora_on_the_sd3_transformer_changes_the_image_for_that_call_only(client: Client) -> None:
+    args = {"prompt": "a tower", "model": "tiny-sd3", "seed": 6}
+    before = await _bytes(client, await call_ok(client, "generate_image", args))
+    styled = await call_ok(client, "generate_image", {**args, "loras": [{"name": "tiny-lora-sd3"}]})
+    after = await _bytes(client, await call_ok(client, "generate_image", args))
+    assert after == before
+    pixels = np.asarray(open_png(before), dtype=int)
+    assert np.abs(await _pixels(client, styled) - pixels).mean() > 1

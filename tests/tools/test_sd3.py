@@ -38,7 +38,7 @@ async def test_sd3_refuses_what_its_architecture_does_not_take(client: Client) -
     assert "multiple of 16" in await call_error(client, "generate_image", {**base, "width": 72})
     assert "flow_euler" in await call_error(client, "generate_image", {**base, "scheduler": "dpm++"})
     lora = await call_error(client, "generate_image", {**base, "loras": [{"name": "tiny-lora-ink"}]})
-    assert "model 'tiny-sd3' does not take `loras`" in lora
+    assert "model 'tiny-sd3' has no LoRA named 'tiny-lora-ink'; its LoRAs: tiny-lora-sd3" in lora
 
 
 async def test_the_t5_encoder_reads_256_tokens_and_the_result_says_what_it_left_out(client: Client) -> None:

@@ -11,8 +11,8 @@ RNG-isolated builds, the ``BUILD_INFO.json`` currency check, locking, and the at
 builders themselves are in :mod:`multimodal_mcp.backends.tiny_diffusion` (pipelines, ControlNets,
 IP-Adapter), :mod:`~multimodal_mcp.backends.tiny_sd3` (SD3 and its ControlNet),
 :mod:`~multimodal_mcp.backends.tiny_lora` (LoRAs) and :mod:`multimodal_mcp.backends.tiny_transformers`
-(tokenizers, CLIP, VLM, text). All
-tokenizers are built from hand-written vocabularies, so nothing is ever downloaded.
+(tokenizers, CLIP, VLM, text). All tokenizers are built from hand-written vocabularies, so nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "controlnet-canny-sd3": "controlnet-canny-sd3",
     "lora-sd15-ink": "lora-sd15-ink",
     "lora-sd15-glow": "lora-sd15-glow",
+    "lora-sd3": "lora-sd3",
     "ip-adapter-sd15": "ip-adapter-sd15",
     "clip": "clip",
     "vlm": "vlm",
@@ -89,6 +90,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "controlnet-canny-sd3": tiny_sd3.build_controlnet_canny_sd3,
     "lora-sd15-ink": tiny_lora.build_lora_sd15_ink,
     "lora-sd15-glow": tiny_lora.build_lora_sd15_glow,
+    "lora-sd3": tiny_lora.build_lora_sd3,
     "ip-adapter-sd15": tiny_diffusion.build_ip_adapter_sd15,
     "clip": tiny_transformers.build_clip,
     "vlm": tiny_transformers.build_vlm,

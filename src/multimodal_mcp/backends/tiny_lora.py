@@ -1,6 +1,7 @@
-"""Tiny random-weight LoRAs for the tiny SD 1.5, built offline with peft and saved in diffusers' LoRA
-format (``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora_{A,B}.weight``) by the
-pipeline's own ``save_lora_weights``: the same file a LoRA trained with diffusers' scripts is."""
+"""Tiny random-weight LoRAs for the tiny SD 1.5 and SD3, built offline with peft and saved in diffusers'
+LoRA format (``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora_{A,B}.weight`` or
+``transformer.<module>...``) by the pipeline's own ``save_lora_weights``: the same file a LoRA trained
+with diffusers' scripts is."""
 
 from __future__ import annotations
 
@@ -38,3 +39,18 @@ def build_lora_sd15_ink(target: Path) -> None:
 
 def build_lora_sd15_glow(target: Path) -> None:
     _build_lora_sd15(target, seed=7002, rank=8)
+
+
+def build_lora_sd3(target: Path) -> None:
+    from diffusers import StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from multimodal_mcp.backends.tiny_sd3 import make_transformer
+
+    transformer = make_transformer()  # only its shapes matter, as above
+    seed_torch(7003)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=_TARGETS, init_lora_weights=False))
+    StableDiffusion3Pipeline.save_lora_weights(
+        target, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True
+    )

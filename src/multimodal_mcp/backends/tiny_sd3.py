@@ -41,7 +41,8 @@ _MMDIT: dict[str, Any] = {
 }
 
 
-def _transformer() -> Any:
+def make_transformer() -> Any:
+    """The tiny SD3's transformer, seeded: the same weights at every build."""
     from diffusers import SD3Transformer2DModel
 
     seed_torch(6004)
@@ -96,7 +97,7 @@ def build_sd3(target: Path) -> None:
         use_post_quant_conv=False,
     )
     pipe: Any = StableDiffusion3Pipeline(
-        transformer=_transformer(),
+        transformer=make_transformer(),
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
         vae=vae,
         text_encoder=make_clip_text_encoder(6001, clip_tokenizer, with_projection=True),
