@@ -161,3 +161,18 @@ async def test_a_lora_on_the_sd3_transformer_changes_the_image_for_that_call_onl
     assert after == before
     pixels = np.asarray(open_png(before), dtype=int)
     assert np.abs(await _pixels(client, styled) - pixels).mean() > 1
+
+
+async def test_a_lora_combines_with_an_ip_adapter_reference_and_both_come_off_after(client: Client) -> None:
+    args = {"prompt": "a boat", "reference_image": data_uri(photo(size=64)), "seed": 8}
+    before = await call_ok(client, "controlled_generate", args)
+    # tiny-lora-glow has no trigger words: the prompt stays, the LoRA alone changes the image.
+    both = await call_ok(client, "controlled_generate", {**args, "loras": [{"name": "tiny-lora-glow"}]})
+    assert both["mode"] == "reference" and both["parameters"]["prompt"] == "a boat"
+    assert np.abs(await _pixels(client, both) - await _pixels(client, before)).mean() > 1
+    plain = {"prompt": "a boat", "seed": 8}
+    first = await _bytes(client, await call_ok(client, "generate_image", plain))
+    await call_ok(client, "controlled_generate", {**args, "loras": [{"name": "tiny-lora-ink"}]})
+    assert await _bytes(client, await call_ok(client, "generate_image", plain)) == first
+    again = await call_ok(client, "controlled_generate", args)
+    assert await _bytes(client, again) == await _bytes(client, before)
