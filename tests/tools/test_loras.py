@@ -1,17 +1,117 @@
-"""LoRAs through generate_image and controlled_generate: the tiny SD 1.5 with the tiny profile's two
-random-weight LoRAs (tiny-lora-ink, trigger words "ink sketch", scale 0.8; tiny-lora-glow)."""
+"""LoRAs through generate_image and controlled_generate: the tool logic against the fake hub (no
+torch), then the tiny SD 1.5 with the tiny profile's two random-weight LoRAs (tiny-lora-ink, trigger
+words "ink sketch", scale 0.8; tiny-lora-glow) and the tiny SD3's."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from mcp import Client
 
+from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
+from multimodal_mcp.handles import LoraCondition
 from multimodal_mcp.imaging.codec import png_text
+from multimodal_mcp.tools.common import Services
+from multimodal_mcp.tools.generate_image import GenerateImageParams, generate_image
 
+from fake_hub import DIFFUSION, MODELS, FakeImageGenerator, fake_config, fake_handles, fake_services_for
 from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+
+# Marked here, not only by the root conftest's hook: anyio's plugin re-creates async tests that do not
+# request its backend fixture at collection, which drops their parametrization.
+pytestmark = pytest.mark.anyio
+
+# --- the tool logic, against the fake hub ---------------------------------------------------------
+
+_LORAS = {
+    "fake-ink": {"trigger_words": ["ink sketch", "bold lines"], "scale": 0.7},
+    "fake-glow": {},
+}
+
+
+@pytest.fixture
+def lora_services(tmp_path: Path, allowed_root: Path) -> Services:
+    models = dict(MODELS)
+    for name, table in _LORAS.items():
+        models[name] = {
+            "task": "lora",
+            "backend": "diffusers",
+            "source": f"fake/{name}",
+            "base_models": ["fake-sd"],
+            **table,
+        }
+    handles = [h for h in fake_handles() if h.name != "fake-sd"]
+    handles.append(FakeImageGenerator("fake-sd", DIFFUSION.model_copy(update={"loras": tuple(_LORAS)})))
+    return fake_services_for(fake_config(tmp_path, allowed_root, models=models), handles)
+
+
+def _sent(services: Services) -> Any:
+    handle = services.hub.handle("fake-sd")
+    assert isinstance(handle, FakeImageGenerator)
+    return handle.requests[-1]
+
+
+async def test_the_handle_gets_each_lora_with_its_scale_or_the_configured_one(
+    lora_services: Services,
+) -> None:
+    params = GenerateImageParams.model_validate(
+        {
+            "prompt": "a cat with bold lines",
+            "loras": [{"name": "fake-glow", "scale": -0.5}, {"name": "fake-ink"}],
+        }
+    )
+    result = await generate_image(params, lora_services)
+    sent = _sent(lora_services)
+    assert sent.loras == (LoraCondition("fake-glow", -0.5), LoraCondition("fake-ink", 0.7))
+    # Only the trigger word the prompt lacks is added, to what the model is given and what is reported.
+    assert sent.prompt == result.parameters.prompt == "a cat with bold lines, ink sketch"
+    assert [a.message for a in result.adjustments if a.argument == "prompt"] == [
+        "The LoRAs' trigger words were appended to the prompt: 'ink sketch' (LoRA 'fake-ink')."
+    ]
+    await generate_image(GenerateImageParams(prompt="a cat"), lora_services)
+    assert _sent(lora_services).loras == () and _sent(lora_services).prompt == "a cat"
+
+
+@pytest.mark.parametrize(
+    ("loras", "error", "message"),
+    [
+        (
+            [{"name": "fake-sepia"}],
+            InvalidArgument,
+            "no LoRA named 'fake-sepia'; its LoRAs: fake-ink, fake-glow",
+        ),
+        ([{"name": "fake-ink"}, {"name": "fake-ink"}], InvalidArgument, "LoRA 'fake-ink' is given twice"),
+        ([{"name": "fake-ink", "scale": 2.5}], InvalidArgument, "scales run from -2.0 to 2.0"),
+        ([{"name": "fake-ink"}] * 5, InvalidArgument, "at most 4 LoRAs"),
+    ],
+)
+async def test_bad_loras_are_refused_before_the_model_is_asked(
+    lora_services: Services, loras: list[dict[str, Any]], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        await generate_image(
+            GenerateImageParams.model_validate({"prompt": "x", "loras": loras}), lora_services
+        )
+    handle = lora_services.hub.handle("fake-sd")
+    assert isinstance(handle, FakeImageGenerator) and handle.requests == []
+
+
+async def test_a_model_without_loras_refuses_the_argument_naming_the_models_with_some(
+    lora_services: Services,
+) -> None:
+    params = GenerateImageParams.model_validate(
+        {"prompt": "x", "model": "fake-hosted", "loras": [{"name": "fake-ink"}]}
+    )
+    with pytest.raises(UnsupportedOperation, match="does not take `loras`; models that do: fake-sd"):
+        await generate_image(params, lora_services)
+
+
+# --- the tiny models ------------------------------------------------------------------------------
 
 BASE = {"prompt": "a lighthouse at dusk, ink sketch", "seed": 21}
 
