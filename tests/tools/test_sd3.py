@@ -85,3 +85,13 @@ async def test_sd3_edits_a_picture_with_img2img_and_inpainting(client: Client) -
     few = await call_ok(client, "controlled_generate", {**base, "steps": 3})
     (note,) = [a for a in few["adjustments"] if a["argument"] == "steps"]
     assert note["message"].startswith("2 of the 3 denoising steps ran")
+
+
+async def test_sd3_controlnet_with_an_edit_is_refused_naming_the_families_that_combine_them(
+    client: Client,
+) -> None:
+    picture = data_uri(photo(size=64))
+    args = {"prompt": "a tower", "model": "tiny-sd3", "control_image": picture, "init_image": picture}
+    message = await call_error(client, "controlled_generate", args)
+    assert "model 'tiny-sd3' (sd3) cannot do control with img2img" in message
+    assert "model families that can: flux, sd, sdxl" in message
