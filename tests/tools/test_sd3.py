@@ -3,12 +3,26 @@ and its canny ControlNet, built offline."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from mcp import Client
 
+from multimodal_mcp.backends.diffusion import architecture_of, backend
+from multimodal_mcp.config import load_config
+
 from helpers import call_error, call_ok, data_uri, open_png, photo, read_png
+
+
+def test_the_default_profiles_sd35_medium_declares_sd3s_capabilities_before_loading(tmp_path: Path) -> None:
+    config = load_config(profile="default", cache_dir=tmp_path / "cache", home=tmp_path)
+    spec = config.models["sd35-medium"]
+    assert spec.source == "stabilityai/stable-diffusion-3.5-medium" and architecture_of(spec) == "sd3"
+    caps = backend.capabilities("sd35-medium", spec, config)
+    assert caps.schedulers[0] == "flow_euler" and caps.sizes is not None and caps.sizes.multiple_of == 16
+    assert caps.negative_prompt and caps.guidance_scale and caps.edit_modes == ("img2img", "inpaint")
+    assert (spec.defaults.steps, spec.defaults.width, spec.defaults.scheduler) == (28, 1024, "flow_euler")
 
 
 async def _pixels(client: Client, out: dict[str, Any]) -> np.ndarray:
