@@ -30,7 +30,17 @@ TOOL_MODULES = frozenset(
 )
 """One module per MCP tool; none imports another."""
 SHARED_MODULES = frozenset(
-    {"common", "generation", "prompting", "verification", "json_answer", "phrases", "facts", "claims"}
+    {
+        "common",
+        "generation",
+        "prompting",
+        "verification",
+        "json_answer",
+        "phrases",
+        "facts",
+        "claims",
+        "loras",
+    }
 )
 """What the tools share; any tools module may import these."""
 

@@ -151,6 +151,28 @@ def test_pull_plans_the_safetensors_of_the_configured_variant_and_the_configs(
     assert download.size == sum(size for path, size in SD_REPO if path in chosen)
 
 
+def test_pull_skips_the_single_file_checkpoint_and_text_encoders_of_an_sd3_repository() -> None:
+    files = [
+        "model_index.json",
+        "sd3.5_medium.safetensors",
+        "text_encoders/clip_g.safetensors",
+        "text_encoders/t5xxl_fp16.safetensors",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder_3/config.json",
+        "text_encoder_3/model-00001-of-00002.safetensors",
+        "tokenizer_3/spiece.model",
+    ]
+    assert [f for f in files if wanted(f, _spec(), pipeline=True)] == [
+        "model_index.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder_3/config.json",
+        "text_encoder_3/model-00001-of-00002.safetensors",
+        "tokenizer_3/spiece.model",
+    ]
+
+
 def test_pull_takes_only_an_ip_adapters_weights_file_and_its_image_encoder() -> None:
     spec = _spec(
         task="ip_adapter",

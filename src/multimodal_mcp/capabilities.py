@@ -124,6 +124,7 @@ class Capabilities(_Frozen):
     exact_outside_mask: bool = Field(
         default=False, description="Inpainting returns every pixel outside the mask unchanged."
     )
+    loras: tuple[str, ...] = Field(default=(), description="The configured LoRAs it takes (loras=), by name.")
     # --- vision and text chat (tasks vlm, text) ---
     images_per_request: int = Field(default=0, ge=0, description="Images one question may carry.")
     detail_levels: tuple[str, ...] = Field(default=(), description="Levels it takes for detail=.")
@@ -218,6 +219,7 @@ RULES: dict[str, Rule] = {
     "high_threshold": Rule(lambda c, _v: "canny" in c.control_types),
     "reference_image": Rule(lambda c, _v: c.reference_images > 0),
     "reference_scale": Rule(lambda c, _v: c.reference_scale),
+    "loras": Rule(lambda c, v: bool(c.loras) or not v, lambda c: _values(c.loras)),
     "detail": Rule(lambda c, v: v in c.detail_levels, lambda c: _values(c.detail_levels)),
     "response_schema": Rule(lambda c, _v: c.structured_output != "none"),
 }

@@ -43,7 +43,7 @@ from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importe
     VerificationSettings,
 )
 
-Task = Literal["text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text", "detector"]
+Task = Literal["text_to_image", "controlnet", "ip_adapter", "lora", "clip", "vlm", "text", "detector"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
@@ -111,12 +111,16 @@ class ModelSpec(_Frozen):
         default=None, description="For ControlNets: the control type, e.g. 'canny'."
     )
     base_models: tuple[str, ...] = Field(
-        default=(), description="For ControlNets and IP-Adapters: the text-to-image models it fits."
+        default=(), description="For ControlNets, IP-Adapters and LoRAs: the text-to-image models it fits."
     )
     weight_name: str | None = Field(
         default=None,
-        description="For IP-Adapters: the weights file inside source (a path relative to it).",
+        description="For IP-Adapters and LoRAs: the weights file inside source (a path relative to it).",
     )
+    trigger_words: tuple[str, ...] = Field(
+        default=(), description="For LoRAs: words appended to the prompt when it is used (if not there)."
+    )
+    scale: float = Field(default=1.0, ge=-2, le=2, description="For LoRAs: the scale if a call gives none.")
     image_encoder: str | None = Field(
         default=None, description="For IP-Adapters: the CLIP image encoder's folder inside source."
     )
@@ -200,8 +204,10 @@ class ModelSpec(_Frozen):
             )
         if self.task != "controlnet" and self.control_type:
             raise ValueError("'control_type' applies to controlnet models only")
-        if self.task not in ("controlnet", "ip_adapter") and self.base_models:
-            raise ValueError("'base_models' applies to controlnet and ip_adapter models only")
+        if self.task not in ("controlnet", "ip_adapter", "lora") and self.base_models:
+            raise ValueError("'base_models' applies to controlnet, ip_adapter and lora models only")
+        if self.task == "lora" and not self.base_models:
+            raise ValueError("a lora model needs 'base_models' (and 'weight_name' for a file in a repo)")
         backend = _backend(self.backend)
         if self.task not in backend.tasks:
             raise ValueError(

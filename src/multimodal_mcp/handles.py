@@ -85,6 +85,15 @@ class ReferenceCondition:
 
 
 @dataclass(frozen=True)
+class LoraCondition:
+    """A configured LoRA (by name) to apply for one call, and its scale (adapter weight: 0 is off,
+    1 the strength it was trained at)."""
+
+    name: str
+    scale: float
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One generation call. Fields a model's capabilities do not include are None or empty.
 
@@ -111,6 +120,7 @@ class ImageRequest:
     control_start: float = 0.0
     control_end: float = 1.0
     references: tuple[ReferenceCondition, ...] = ()
+    loras: tuple[LoraCondition, ...] = ()
 
     @property
     def mode(self) -> str:

@@ -71,8 +71,9 @@ def _variant(path: str) -> str | None:
 def wanted(path: str, spec: ModelSpec, *, pipeline: bool) -> bool:
     """Whether the loaders read ``path`` of ``spec``'s repository: configs, tokenizers and the
     safetensors of the configured variant; for a diffusers pipeline (``pipeline``: it has a
-    model_index.json) not the single-file checkpoints at its top level; for an IP-Adapter, only its
-    weights file and image encoder."""
+    model_index.json) not the single-file checkpoints at its top level nor the single-file text
+    encoders Stability's SD3 repositories carry for ComfyUI (``text_encoders/``); for an IP-Adapter
+    (or a LoRA with ``weight_name``), only its weights file and image encoder."""
     if path.endswith(SKIPPED_SUFFIXES) or path.startswith("."):
         return False
     if spec.weight_name is not None:  # an IP-Adapter: one weights file of many, and its image encoder
@@ -81,7 +82,8 @@ def wanted(path: str, spec: ModelSpec, *, pipeline: bool) -> bool:
             return False
         return not path.endswith(".safetensors") or path == spec.weight_name or _variant(path) == spec.variant
     if path.endswith(".safetensors"):
-        return not (pipeline and "/" not in path) and _variant(path) == spec.variant
+        single_file = "/" not in path or path.startswith("text_encoders/")
+        return not (pipeline and single_file) and _variant(path) == spec.variant
     return True
 
 

@@ -33,6 +33,7 @@ GENERATORS = [
     "tiny-sd15",
     "tiny-sdxl",
     "tiny-flux",
+    "tiny-sd3",
     "gpt-image-2",
     "dall-e-3",
     "gemini-2.5-flash-image",
@@ -68,6 +69,7 @@ SAMPLE_VALUES: dict[str, object] = {
     "high_threshold": 20,
     "reference_image": "image://x",
     "reference_scale": 0.5,
+    "loras": [{"name": "tiny-lora-ink", "scale": 0.8}],
     "detail": "low",
     "response_schema": {"type": "object"},
 }

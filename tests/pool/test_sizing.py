@@ -43,6 +43,18 @@ def test_a_variant_is_preferred_per_folder_and_other_variants_are_ignored(tmp_pa
     assert estimate_bytes(tmp_path, float_itemsize=2, variant="fp16") == 200 + 20
 
 
+def test_only_the_named_parts_of_a_repository_count_when_the_loader_reads_only_those(tmp_path: Path) -> None:
+    # A LoRA or IP-Adapter repository: many weights files, one configured (and an image encoder).
+    (tmp_path / "models" / "image_encoder").mkdir(parents=True)
+    _write_safetensors(tmp_path / "models" / "adapter.safetensors", {"w": ("F32", [100])})
+    _write_safetensors(tmp_path / "models" / "other.safetensors", {"w": ("F32", [1000])})
+    _write_safetensors(tmp_path / "models" / "image_encoder" / "model.safetensors", {"w": ("F32", [10])})
+    assert estimate_bytes(tmp_path, float_itemsize=4) == 4 * (100 + 1000 + 10)
+    parts = ("models/adapter.safetensors", "models/image_encoder")
+    assert estimate_bytes(tmp_path, float_itemsize=4, parts=parts) == 4 * (100 + 10)
+    assert estimate_bytes(tmp_path, float_itemsize=4, parts=("models/adapter.safetensors",)) == 400
+
+
 def test_no_weights_means_no_estimate_and_a_broken_header_is_an_error(tmp_path: Path) -> None:
     assert estimate_bytes(tmp_path / "missing", float_itemsize=4) is None
     assert estimate_bytes(tmp_path, float_itemsize=4) is None

@@ -9,7 +9,7 @@ device's lane (one worker thread per device). Which methods it needs depends on 
 - ``vlm``: ``answer(images, prompt, max_tokens) -> (text, tokens)``;
 - ``text``: ``complete(system, prompt, max_tokens) -> (text, tokens)``;
 - ``clip``: ``encode_images``, ``encode_texts`` and ``logit_parameters`` (see ``backends/clip.py``);
-- ``controlnet`` and ``ip_adapter``: only the two above; a generator attaches them per request.
+- ``controlnet``, ``ip_adapter`` and ``lora``: only the two above; a generator attaches them per request.
 """
 
 from __future__ import annotations
@@ -68,6 +68,15 @@ class ReferenceInput:
 
 
 @dataclass(frozen=True)
+class LoraInput:
+    """A LoRA condition: the configured name (its adapter name), the loaded weights and the scale."""
+
+    name: str
+    weights: Any
+    scale: float
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     negative_prompt: str | None
@@ -82,6 +91,7 @@ class GenerationRequest:
     mask_image: Image.Image | None = None  # inpainting: L image, 255 = repaint
     strength: float | None = None  # img2img / inpainting: how much of the picture is re-noised
     reference: ReferenceInput | None = None  # IP-Adapter
+    loras: tuple[LoraInput, ...] = ()  # attached for this request only
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -18,6 +18,7 @@ from multimodal_mcp.backends.base import (
     StepCallback,
 )
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
+from multimodal_mcp.backends.lora import attached_loras, load_lora, loras_for
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import (
     TINY_SOURCE_PREFIX,
@@ -54,7 +55,13 @@ _PIPELINES: dict[tuple[str, str], str] = {
     ("flux", "inpaint"): "FluxInpaintPipeline",
     ("flux", "control+img2img"): "FluxControlNetImg2ImgPipeline",
     ("flux", "control+inpaint"): "FluxControlNetInpaintPipeline",
+    ("sd3", "control"): "StableDiffusion3ControlNetPipeline",
+    ("sd3", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3", "inpaint"): "StableDiffusion3InpaintPipeline",
 }
+# Families whose transformer takes 2x2 latent patches, and whose img2img keeps the last
+# steps - int(steps - steps * strength) steps (flow matching).
+_PATCHED = ("flux", "sd3")
 
 
 def _mode(request: GenerationRequest) -> str:
@@ -108,8 +115,8 @@ class DiffusionModel:
         self.family = _family(pipe)
         self.flow_matching = "FlowMatch" in type(pipe.scheduler).__name__
         vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-        # Flux packs 2x2 latent patches, so its sizes must be multiples of twice the VAE factor.
-        self.size_multiple = vae_factor * 2 if self.family == "flux" else vae_factor
+        # Flux and SD3 take 2x2 latent patches, so their sizes must be multiples of twice the VAE factor.
+        self.size_multiple = vae_factor * 2 if self.family in _PATCHED else vae_factor
         self.takes_negative_prompt = "negative_prompt" in inspect.signature(type(pipe).__call__).parameters
         self._bytes = module_bytes(pipe.components.values())
 
@@ -140,7 +147,7 @@ class DiffusionModel:
                 "leave negative_prompt empty or choose a Stable Diffusion model"
             )
         check_scheduler(request.scheduler, flow_matching=self.flow_matching, model=self.name)
-        if request.strength is not None and self.family != "flux":
+        if request.strength is not None and self.family not in _PATCHED:
             _check_denoising_steps(request.steps, request.strength)
         mode = _mode(request)
         if mode != "text2img":
@@ -239,7 +246,14 @@ class DiffusionModel:
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None, cancel: CancelToken
     ) -> list[Image.Image]:
-        """Run the pipeline; one image per seed, each reproducible from its own seed."""
+        """Run the pipeline; one image per seed, each reproducible from its own seed. The request's
+        LoRAs are attached for this call only (see :func:`~multimodal_mcp.backends.lora.attached_loras`)."""
+        with attached_loras(self.pipe, request.loras):
+            return self._generate(request, on_step, cancel)
+
+    def _generate(
+        self, request: GenerationRequest, on_step: StepCallback | None, cancel: CancelToken
+    ) -> list[Image.Image]:
         import torch
 
         self.check(request)
@@ -256,7 +270,9 @@ class DiffusionModel:
             else:
                 import diffusers
 
-                multi = "FluxMultiControlNetModel" if self.family == "flux" else "MultiControlNetModel"
+                multi = {"flux": "FluxMultiControlNetModel", "sd3": "SD3MultiControlNetModel"}.get(
+                    self.family, "MultiControlNetModel"
+                )
                 overrides["controlnet"] = getattr(diffusers, multi)(nets)
         if request.reference is not None:
             overrides["image_encoder"] = request.reference.adapter.image_encoder
@@ -296,9 +312,10 @@ class DiffusionModel:
                 c.image.convert("RGB").resize((request.width, request.height)) for c in request.controls
             ]
             scales = [c.scale for c in request.controls]
-            # Plain ControlNet pipelines take the map as `image`; with img2img/inpainting, `image` is the
-            # picture to edit and the map is `control_image`.
-            map_key = "control_image" if request.init_image is not None or self.family == "flux" else "image"
+            # SD 1.5/XL ControlNet pipelines take the map as `image`; with img2img/inpainting, `image` is
+            # the picture to edit and the map is `control_image`, as in every Flux and SD3 one.
+            edits = request.init_image is not None
+            map_key = "control_image" if edits or self.family in _PATCHED else "image"
             kwargs[map_key] = images[0] if len(images) == 1 else images
             kwargs["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
         if request.init_image is not None:
@@ -480,8 +497,9 @@ def load_ip_adapter(name: str, spec: ModelSpec, ctx: LoadContext) -> IPAdapterWe
 
 def _denoising_steps(family: str, steps: int, strength: float) -> int:
     """The steps img2img and inpainting run of ``steps`` at ``strength`` (diffusers' get_timesteps):
-    int(steps * strength) for Stable Diffusion, steps - int(steps - steps * strength) for Flux."""
-    if family == "flux":
+    int(steps * strength) for Stable Diffusion 1.5 and XL, steps - int(steps - steps * strength) for
+    Flux and SD3."""
+    if family in _PATCHED:
         return steps - int(max(steps - steps * strength, 0))
     return min(int(steps * strength), steps)
 
@@ -561,16 +579,18 @@ def _family_of_class(name: str) -> str:
 
 
 class DiffusersBackend(LocalBackend):
-    """Stable Diffusion 1.5, SDXL, SD3 and Flux pipelines, their ControlNets and IP-Adapters."""
+    """Stable Diffusion 1.5, SDXL, SD3 and Flux pipelines, their ControlNets, IP-Adapters and LoRAs."""
 
     title = "diffusers"
-    tasks = frozenset({"text_to_image", "controlnet", "ip_adapter"})
+    tasks = frozenset({"text_to_image", "controlnet", "ip_adapter", "lora"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
         if spec.task == "controlnet":
             return load_controlnet(name, spec, ctx)
         if spec.task == "ip_adapter":
             return load_ip_adapter(name, spec, ctx)
+        if spec.task == "lora":
+            return load_lora(name, spec, ctx)
         return load_text_to_image(name, spec, ctx)
 
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
@@ -603,6 +623,7 @@ class DiffusersBackend(LocalBackend):
             reference_images=1 if adapters else 0,
             reference_scale=adapters,
             exact_outside_mask=(family, "inpaint") in _PIPELINES,
+            loras=loras_for(name, config),
         )
 
 

@@ -9,8 +9,10 @@ plumbing end to end.
 This module is the registry (which models exist, in which directories) and the build machinery: seeded,
 RNG-isolated builds, the ``BUILD_INFO.json`` currency check, locking, and the atomic swap into place. The
 builders themselves are in :mod:`multimodal_mcp.backends.tiny_diffusion` (pipelines, ControlNets,
-IP-Adapter) and :mod:`multimodal_mcp.backends.tiny_transformers` (tokenizers, CLIP, VLM, text). All
-tokenizers are built from hand-written vocabularies, so nothing is ever downloaded.
+IP-Adapter), :mod:`~multimodal_mcp.backends.tiny_sd3` (SD3 and its ControlNet),
+:mod:`~multimodal_mcp.backends.tiny_lora` (LoRAs) and :mod:`multimodal_mcp.backends.tiny_transformers`
+(tokenizers, CLIP, VLM, text). All tokenizers are built from hand-written vocabularies, so nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from multimodal_mcp.backends import tiny_diffusion, tiny_transformers
+from multimodal_mcp.backends import tiny_diffusion, tiny_lora, tiny_sd3, tiny_transformers
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "6"
+TINY_BUILD_VERSION: str = "7"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -39,6 +41,11 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "controlnet-canny-sd15": "controlnet-canny-sd15",
     "controlnet-canny-sdxl": "controlnet-canny-sdxl",
     "controlnet-canny-flux": "controlnet-canny-flux",
+    "sd3": "sd3",
+    "controlnet-canny-sd3": "controlnet-canny-sd3",
+    "lora-sd15-ink": "lora-sd15-ink",
+    "lora-sd15-glow": "lora-sd15-glow",
+    "lora-sd3": "lora-sd3",
     "ip-adapter-sd15": "ip-adapter-sd15",
     "clip": "clip",
     "vlm": "vlm",
@@ -79,6 +86,11 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "controlnet-canny-sd15": tiny_diffusion.build_controlnet_canny_sd15,
     "controlnet-canny-sdxl": tiny_diffusion.build_controlnet_canny_sdxl,
     "controlnet-canny-flux": tiny_diffusion.build_controlnet_canny_flux,
+    "sd3": tiny_sd3.build_sd3,
+    "controlnet-canny-sd3": tiny_sd3.build_controlnet_canny_sd3,
+    "lora-sd15-ink": tiny_lora.build_lora_sd15_ink,
+    "lora-sd15-glow": tiny_lora.build_lora_sd15_glow,
+    "lora-sd3": tiny_lora.build_lora_sd3,
     "ip-adapter-sd15": tiny_diffusion.build_ip_adapter_sd15,
     "clip": tiny_transformers.build_clip,
     "vlm": tiny_transformers.build_vlm,

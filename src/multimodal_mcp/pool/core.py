@@ -409,9 +409,13 @@ class ModelPool:
         if source is None:
             return None
         itemsize = dtype_itemsize(entry.spec.dtype, device.torch_device)
+        spec = entry.spec
+        parts = tuple(part for part in (spec.weight_name, spec.image_encoder) if part)
         try:
             return await anyio.to_thread.run_sync(
-                lambda: estimate_bytes(Path(source), float_itemsize=itemsize, variant=entry.spec.variant)
+                lambda: estimate_bytes(
+                    Path(source), float_itemsize=itemsize, variant=spec.variant, parts=parts
+                )
             )
         except (OSError, ValueError) as exc:
             logger.warning("cannot estimate the size of %s: %s", entry.name, exc)

@@ -2,8 +2,8 @@
 
 These adapt a local backend's loaded model (blocking methods, see ``backends/base.py``) to the async
 handle interfaces of :mod:`multimodal_mcp.handles`: placement, eviction, queueing, progress,
-cancellation and batching stay the pool's. Components a request names (ControlNets, IP-Adapters)
-are held on the same device as the model for the length of the call.
+cancellation and batching stay the pool's. Components a request names (ControlNets, IP-Adapters,
+LoRAs) are held on the same device as the model for the length of the call.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from PIL import Image
@@ -21,6 +22,7 @@ from multimodal_mcp.backends.base import (
     ControlInput,
     GenerationRequest,
     LocalImageGenerator,
+    LoraInput,
     ReferenceInput,
     RequestNote,
     StepCallback,
@@ -65,8 +67,12 @@ class PooledImageGenerator(_Pooled):
                 assert ref.adapter is not None, "a local model's reference picture needs its IP-Adapter"
                 adapter = await stack.enter_async_context(self.pool.use(ref.adapter, near=model))
                 reference = ReferenceInput(adapter, picture(ref.image), ref.scale or 0.0)
+            loras = []
+            for lora in request.loras:
+                weights = await stack.enter_async_context(self.pool.use(lora.name, near=model))
+                loras.append(LoraInput(lora.name, weights, lora.scale))
             loaded = time.perf_counter() - started
-            engine = _engine_request(request, tuple(controls), reference)
+            engine = replace(_engine_request(request, tuple(controls), reference), loras=tuple(loras))
             # What only the loaded model can tell, checked before queueing so the error comes at once.
             model.check(engine)
             images, notes = await self.pool.run(model, _generate(engine), progress=progress)

@@ -77,11 +77,20 @@ def _is_other_variant(name: str) -> bool:
     return "." in stem
 
 
-def estimate_bytes(root: Path, *, float_itemsize: int | None, variant: str | None = None) -> int | None:
-    """Estimated weight bytes of the checkpoint in directory ``root``; None when it has no weights here."""
+def estimate_bytes(
+    root: Path, *, float_itemsize: int | None, variant: str | None = None, parts: tuple[str, ...] = ()
+) -> int | None:
+    """Estimated weight bytes of the checkpoint in directory ``root``; None when it has no weights here.
+
+    ``parts``: the files and folders (relative to ``root``) the loader reads when it reads only some of
+    a repository, e.g. an IP-Adapter's or LoRA's ``weight_name`` of many; empty: every folder.
+    """
     if not root.is_dir():
         return None
     files = weight_files(root, variant)
+    if parts:
+        read = [root / part for part in parts]
+        files = [p for p in files if any(p == r or r in p.parents for r in read)]
     if not files:
         return None
     return sum(header_bytes(p, float_itemsize) for p in files)

@@ -49,6 +49,7 @@ from multimodal_mcp.tools.generation import (
     Side,
     Steps,
 )
+from multimodal_mcp.tools.loras import LoraPlan, Loras
 from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
@@ -152,6 +153,7 @@ class ControlledGenerateParams(Params):
     resize_mode: ResizeModeArg = DEFAULT_RESIZE_MODE
     verify: Verify = None
     verify_labels: VerifyLabels = None
+    loras: Loras = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlledGenerateParams:
@@ -486,7 +488,10 @@ async def controlled_generate(
             )
     edit = init is not None or reference is not None
     planned = generation.plan(services, name, params, width=width, height=height, edit=edit)
+    loras = LoraPlan.of(services, planned, params.loras)
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
+    planned, lora_notes = loras.apply(planned)
+    adjustments += lora_notes
     # The mask is read before anything is kept: a picture that is not a mask refuses the call.
     reading = await in_thread(_mask_from, mask_source.image) if mask_source and init else None
     await keep_inputs(services, *sources, reference, init, mask_source)
@@ -570,6 +575,7 @@ async def controlled_generate(
         references=(ReferenceCondition(shaped.reference, ip_adapter, reference_scale),)
         if shaped.reference is not None
         else (),
+        loras=loras.conditions,
     )
     mode = "+".join(
         [
@@ -594,7 +600,7 @@ async def controlled_generate(
         *([mask_source.record.id] if mask_source else []),
         *([reference.record.id] if reference else []),
     ]
-    extra: dict[str, object] = {"mode": mode}
+    extra: dict[str, object] = {"mode": mode, **loras.stored()}
     if used:
         extra |= {
             "controls": [{"type": u.type, "controlnet": u.controlnet, "scale": u.scale} for u in used],

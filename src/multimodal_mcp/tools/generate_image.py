@@ -21,6 +21,7 @@ from multimodal_mcp.tools.generation import (
     Side,
     Steps,
 )
+from multimodal_mcp.tools.loras import LoraPlan, Loras
 from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 Quality = Annotated[
@@ -44,6 +45,7 @@ class GenerateImageParams(Params):
     verify_labels: VerifyLabels = None
     enhance_prompt: EnhancePrompt = False
     quality: Quality = None
+    loras: Loras = None
 
 
 class GenerateImageResult(GenerationResult):
@@ -59,16 +61,24 @@ async def generate_image(
     to keep the composition while you revise the prompt. Omitted arguments use the model's defaults.
     An argument the model does not take, or a call over the pixel or pixel-steps budget, is an error
     saying what to change; the result's adjustments say what was cut or not used.
-    verify='thorough' checks each fact of the prompt (counts, positions, text) and lists the
-    claims that failed.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")
     planned = generation.plan(services, name, params, width=params.width, height=params.height)
+    loras = LoraPlan.of(services, planned, params.loras)
 
-    # 2. Confirm paid models with the user before any work; rewrite the prompt if asked
+    # 2. Confirm paid models with the user before any work; rewrite the prompt if asked; add the
+    #    LoRAs' trigger words
     planned = await generation.confirm_and_rewrite(services, planned, progress=progress)
+    planned, adjustments = loras.apply(planned)
 
     # 3. Generate, verify, screen and store
-    outcome = await generation.run(services, planned, ImageRequest(prompt=params.prompt), progress=progress)
+    outcome = await generation.run(
+        services,
+        planned,
+        ImageRequest(prompt=params.prompt, loras=loras.conditions),
+        extra_parameters=loras.stored(),
+        adjustments=adjustments,
+        progress=progress,
+    )
     return GenerateImageResult(**generation.result_fields(planned, outcome))

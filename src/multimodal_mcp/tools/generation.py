@@ -77,7 +77,7 @@ Side = Annotated[
         ge=MIN_SIDE,
         le=4096,
         multiple_of=8,
-        description="Pixels, at most the server's max_side; omit for the model's default.",
+        description="Pixels, at most the server's max_side.",
     ),
 ]
 Steps = Annotated[
@@ -85,7 +85,7 @@ Steps = Annotated[
     Field(
         ge=1,
         le=200,
-        description="At most the server's max_steps; omit for the model's default.",
+        description="At most the server's max_steps.",
     ),
 ]
 Guidance = Annotated[
@@ -98,7 +98,7 @@ Guidance = Annotated[
 ]
 Scheduler = Annotated[
     SchedulerName | None,
-    Field(description="A sampler the model lists (list_models: schedulers); omit for its default."),
+    Field(description="A sampler the model lists (list_models: schedulers)."),
     # The names are advertised per model by list_models; all of them here would read as if any model
     # took any. Validation still checks the name.
     WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 32}, {"type": "null"}]}),

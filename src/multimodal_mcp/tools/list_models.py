@@ -19,7 +19,7 @@ class ListModelsParams(Params):
 
 class ModelInfo(BaseModel):
     name: str
-    task: str = Field(description="text_to_image, controlnet, ip_adapter, clip, vlm or text.")
+    task: str = Field(description="text_to_image, controlnet, ip_adapter, lora, clip, vlm, text or detector.")
     backend: str
     paid: bool = Field(description="Calls cost money; the server may ask the user to confirm each one.")
     source: str
@@ -44,6 +44,8 @@ class ModelInfo(BaseModel):
     status: str = Field(description="Where it runs now, in a few words.")
     control_type: str | None = None
     base_models: list[str] | None = None
+    trigger_words: list[str] | None = Field(default=None, description="LoRAs: added to the prompt.")
+    default_scale: float | None = Field(default=None, description="LoRAs: the scale when a call gives none.")
     hosted: bool = Field(default=False, description="Runs on a provider's API (openai, gemini), not locally.")
     api_key_set: bool | None = Field(
         default=None,
@@ -104,6 +106,8 @@ async def list_models(
                 capabilities=capabilities,
                 control_type=spec.control_type,
                 base_models=list(spec.base_models) or None,
+                trigger_words=list(spec.trigger_words) if spec.task == "lora" else None,
+                default_scale=spec.scale if spec.task == "lora" else None,
                 **hub.where(name),
             )
         )
