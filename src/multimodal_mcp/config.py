@@ -25,6 +25,12 @@ from pydantic import (
 )
 
 from multimodal_mcp import catalogs
+from multimodal_mcp.hosted_settings import (
+    HostedConfig,
+    HostedSettings,
+    registered_backend,
+    resolve_endpoints,
+)
 from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importers keep using config)
     CLIENT_LIMITS,
     MIN_TOKEN_CHARS,
@@ -179,7 +185,7 @@ class ModelSpec(_Frozen):
     def is_paid(self) -> bool:
         if self.paid is not None:
             return self.paid
-        return False if self.base_url is not None else bool(_backend(self.backend).paid)
+        return False if self.base_url is not None else bool(registered_backend(self.backend).paid)
 
     @property
     def own_endpoint(self) -> bool:
@@ -202,7 +208,7 @@ class ModelSpec(_Frozen):
             raise ValueError("'control_type' applies to controlnet models only")
         if self.task not in ("controlnet", "ip_adapter") and self.base_models:
             raise ValueError("'base_models' applies to controlnet and ip_adapter models only")
-        backend = _backend(self.backend)
+        backend = registered_backend(self.backend)
         if self.task not in backend.tasks:
             raise ValueError(
                 f"a {self.backend} model's task must be one of {sorted(backend.tasks)}, not {self.task!r}"
@@ -220,17 +226,7 @@ class ModelSpec(_Frozen):
     @property
     def hosted(self) -> bool:
         """True for models run by a provider's API (no local weights, no device lane)."""
-        return _backend(self.backend).hosted
-
-
-def _backend(name: str) -> Any:
-    """The registered backend ``name`` (imported here: the registry sits above the configuration)."""
-    from multimodal_mcp import registry
-
-    try:
-        return registry.get(name)
-    except registry.UnknownBackend as exc:
-        raise ValueError(str(exc)) from None
+        return registered_backend(self.backend).hosted
 
 
 class Limits(_Frozen):
@@ -326,89 +322,6 @@ class ServerSettings(_Frozen):
         description="Allow delivery='path' (the stored PNG's local path in results). Default: on for stdio, "
         "off for HTTP, where clients do not share the server's disk and paths reveal its layout.",
     )
-
-
-class HostedSettings(_Frozen):
-    """One hosted provider: where its API key comes from, where requests go, and how they are retried.
-
-    The key itself is resolved once by :func:`load_config` (from ``api_key`` in the file or the
-    environment mapping it is given) and kept in a ``SecretStr``: never logged, stored or returned.
-    """
-
-    api_key_env: str = Field(description="The environment variable holding the API key.")
-    api_key_env_fallbacks: tuple[str, ...] = Field(
-        default=(), description="Further variables tried in order when api_key_env is unset."
-    )
-    api_key: SecretStr | None = Field(
-        default=None,
-        description="The key itself (discouraged in a file: prefer the environment variable).",
-    )
-    key_from: str | None = Field(
-        default=None,
-        description="Where the key came from (a variable name or 'config file'); set by load_config.",
-    )
-    base_url: str = Field(description="The API's base URL (a proxy or compatible server may go here).")
-    timeout_seconds: float = Field(default=120, gt=0, le=3600, description="Per request, per attempt.")
-    max_retries: int = Field(
-        default=2, ge=0, le=10, description="Retries on rate limits (429), 5xx and connection errors."
-    )
-    max_concurrency: int = Field(
-        default=4, ge=1, le=256, description="Requests to this provider in flight at once."
-    )
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
-    api_version: str | None = Field(
-        default=None, description="The API version a provider wants with each request, where it asks for one."
-    )
-    from_env: dict[str, tuple[str, ...]] = Field(
-        default_factory=dict,
-        description="Settings read from environment variables (first one set) when the file does not set "
-        "them, following the SDK's own conventions (a base URL variable, an API version variable).",
-    )
-    own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
-
-
-class HostedConfig(_Frozen):
-    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved;
-    ``endpoints``: the settings of each model that names its own endpoint."""
-
-    providers: dict[str, HostedSettings] = Field(default_factory=dict)
-    endpoints: dict[str, HostedSettings] = Field(default_factory=dict)
-
-    def for_backend(self, backend: str) -> HostedSettings:
-        """The settings of hosted backend ``backend`` (its defaults when the file has no table)."""
-        settings = self.providers.get(backend)
-        if settings is None:
-            settings = _backend(backend).default_settings()
-        return settings
-
-    def for_model(self, name: str, spec: ModelSpec) -> HostedSettings:
-        """Where model ``name``'s requests go: its own endpoint, else its backend's settings."""
-        return self.endpoints.get(name) or self.for_backend(spec.backend)
-
-
-def _endpoints(
-    hosted: HostedConfig, models: Mapping[str, ModelSpec], environ: Mapping[str, str]
-) -> HostedConfig:
-    """Resolve each model's own endpoint (base_url, api_key_env, timeout, headers) over its backend's
-    settings. With base_url and no api_key_env the model sends no key: the provider's key never goes
-    to another server."""
-    endpoints: dict[str, HostedSettings] = {}
-    for name, spec in models.items():
-        if not (spec.hosted and spec.own_endpoint):
-            continue
-        base = hosted.for_backend(spec.backend)
-        update: dict[str, Any] = {"own_endpoint": True, "headers": {**base.headers, **spec.headers}}
-        if spec.base_url is not None or spec.api_key_env is not None:
-            variable = spec.api_key_env or ""
-            value = environ.get(variable, "").strip() if variable else ""
-            update.update(
-                api_key_env=variable, api_key_env_fallbacks=(), api_key=SecretStr(value) if value else None
-            )
-            update.update(base_url=spec.base_url or base.base_url, key_from=variable if value else None)
-        if spec.timeout is not None:
-            update["timeout_seconds"] = spec.timeout
-        endpoints[name] = base.model_copy(update=update)
-    return hosted.model_copy(update={"endpoints": endpoints})
 
 
 class Config(_Frozen):
@@ -680,7 +593,7 @@ def load_config(
                 "profile_reasons": reasons,
             }
         )
-        return config.model_copy(update={"hosted": _endpoints(hosted, config.models, environ or {})})
+        return config.model_copy(update={"hosted": resolve_endpoints(hosted, config.models, environ or {})})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"

@@ -35,7 +35,8 @@ from multimodal_mcp.capabilities import Capabilities
 if TYPE_CHECKING:
     from multimodal_mcp.backends.base import LoadContext, LoadedModel
     from multimodal_mcp.backends.hosted import Connection
-    from multimodal_mcp.config import Config, HostedSettings, ModelSpec
+    from multimodal_mcp.config import Config, ModelSpec
+    from multimodal_mcp.hosted_settings import HostedSettings
     from multimodal_mcp.handles import Handle
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,118 @@
+"""Hosted providers' settings: ``[hosted.<backend>]`` tables and the endpoints models name themselves.
+
+Part of the configuration (:mod:`multimodal_mcp.config` re-exports these names and reads the tables);
+kept apart because each hosted backend brings settings of its own. Keys and credentials are resolved
+by :func:`multimodal_mcp.config.load_config` from the environment mapping it is given; nothing here
+reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+if TYPE_CHECKING:
+    from multimodal_mcp.config import ModelSpec
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def registered_backend(name: str) -> Any:
+    """The registered backend ``name`` (imported here: the registry sits above the configuration).
+
+    Raises:
+        ValueError: no backend is registered under that name (the message lists those that are).
+    """
+    from multimodal_mcp import registry
+
+    try:
+        return registry.get(name)
+    except registry.UnknownBackend as exc:
+        raise ValueError(str(exc)) from None
+
+
+class HostedSettings(_Frozen):
+    """One hosted provider: where its API key comes from, where requests go, and how they are retried.
+
+    The key itself is resolved once by :func:`load_config` (from ``api_key`` in the file or the
+    environment mapping it is given) and kept in a ``SecretStr``: never logged, stored or returned.
+    """
+
+    api_key_env: str = Field(description="The environment variable holding the API key.")
+    api_key_env_fallbacks: tuple[str, ...] = Field(
+        default=(), description="Further variables tried in order when api_key_env is unset."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The key itself (discouraged in a file: prefer the environment variable).",
+    )
+    key_from: str | None = Field(
+        default=None,
+        description="Where the key came from (a variable name or 'config file'); set by load_config.",
+    )
+    base_url: str = Field(description="The API's base URL (a proxy or compatible server may go here).")
+    timeout_seconds: float = Field(default=120, gt=0, le=3600, description="Per request, per attempt.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on rate limits (429), 5xx and connection errors."
+    )
+    max_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Requests to this provider in flight at once."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
+    api_version: str | None = Field(
+        default=None, description="The API version a provider wants with each request, where it asks for one."
+    )
+    from_env: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Settings read from environment variables (first one set) when the file does not set "
+        "them, following the SDK's own conventions (a base URL variable, an API version variable).",
+    )
+    own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
+
+
+class HostedConfig(_Frozen):
+    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved;
+    ``endpoints``: the settings of each model that names its own endpoint."""
+
+    providers: dict[str, HostedSettings] = Field(default_factory=dict)
+    endpoints: dict[str, HostedSettings] = Field(default_factory=dict)
+
+    def for_backend(self, backend: str) -> HostedSettings:
+        """The settings of hosted backend ``backend`` (its defaults when the file has no table)."""
+        settings = self.providers.get(backend)
+        if settings is None:
+            settings = registered_backend(backend).default_settings()
+        return settings
+
+    def for_model(self, name: str, spec: ModelSpec) -> HostedSettings:
+        """Where model ``name``'s requests go: its own endpoint, else its backend's settings."""
+        return self.endpoints.get(name) or self.for_backend(spec.backend)
+
+
+def resolve_endpoints(
+    hosted: HostedConfig, models: Mapping[str, ModelSpec], environ: Mapping[str, str]
+) -> HostedConfig:
+    """Resolve each model's own endpoint (base_url, api_key_env, timeout, headers) over its backend's
+    settings. With base_url and no api_key_env the model sends no key: the provider's key never goes
+    to another server."""
+    endpoints: dict[str, HostedSettings] = {}
+    for name, spec in models.items():
+        if not (spec.hosted and spec.own_endpoint):
+            continue
+        base = hosted.for_backend(spec.backend)
+        update: dict[str, Any] = {"own_endpoint": True, "headers": {**base.headers, **spec.headers}}
+        if spec.base_url is not None or spec.api_key_env is not None:
+            variable = spec.api_key_env or ""
+            value = environ.get(variable, "").strip() if variable else ""
+            update.update(
+                api_key_env=variable, api_key_env_fallbacks=(), api_key=SecretStr(value) if value else None
+            )
+            update.update(base_url=spec.base_url or base.base_url, key_from=variable if value else None)
+        if spec.timeout is not None:
+            update["timeout_seconds"] = spec.timeout
+        endpoints[name] = base.model_copy(update=update)
+    return hosted.model_copy(update={"endpoints": endpoints})
