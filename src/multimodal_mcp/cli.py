@@ -214,12 +214,11 @@ def _models(args: argparse.Namespace) -> int:
     print(f"backends: {registry.describe()}")
     for backend in sorted(registry.hosted_backends()):
         settings = config.hosted.for_backend(backend)
+        plugin = registry.hosted_backends()[backend]
         status = (
-            f"key from {settings.key_from}"
-            if settings.key_from
-            else f"no key (set {settings.api_key_env})"
-            if settings.api_key_env
-            else "no key needed"
+            plugin.key_status(settings)  # which kind of credentials, too
+            if plugin.cloud_settings or not settings.key_from
+            else f"key from {settings.key_from}"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
     from multimodal_mcp.pull import presence

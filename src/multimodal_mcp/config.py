@@ -26,6 +26,7 @@ from pydantic import (
 
 from multimodal_mcp import catalogs
 from multimodal_mcp.hosted_settings import (
+    GOOGLE_CLOUD_SETTINGS,
     HostedConfig,
     HostedSettings,
     registered_backend,
@@ -456,18 +457,29 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
     resolved: dict[str, HostedSettings] = {}
     for backend, plugin in hosted.items():
         table = dict(data.get(backend, {}))
-        if "key_from" in table:
-            raise ConfigError(f"{where}: hosted.{backend}.key_from is set by the server, not the file")
+        for field in ("key_from", "set_from"):
+            if field in table:
+                raise ConfigError(f"{where}: hosted.{backend}.{field} is set by the server, not the file")
+        for field in sorted(set(table) & GOOGLE_CLOUD_SETTINGS - plugin.cloud_settings):
+            takers = [n for n, b in hosted.items() if field in b.cloud_settings]
+            raise ConfigError(
+                f"{where}: hosted.{backend}.{field} is a Google Cloud setting; "
+                f"it applies to {' and '.join(takers) or 'no registered backend'}"
+            )
         defaults = plugin.default_settings().model_dump(exclude={"api_key", "key_from"})
         for field, variables in defaults.get("from_env", {}).items():
-            found = next((environ[v].strip() for v in variables if environ.get(v, "").strip()), None)
+            found = next(((v, environ[v].strip()) for v in variables if environ.get(v, "").strip()), None)
             if field not in table and found is not None:
-                table[field] = found
+                table[field] = found[1]
+                table["set_from"] = {**table.get("set_from", {}), field: found[0]}
         try:
             settings = HostedSettings.model_validate({**defaults, **table})
         except ValidationError as exc:
+            read_from = table.get("set_from", {})
             problems = "; ".join(
-                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}"
+                + (f" (read from {read_from[err['loc'][0]]})" if err["loc"][0] in read_from else "")
+                + f": {err['msg'].removeprefix('Value error, ')}"
                 for err in exc.errors(include_input=False)
             )
             raise ConfigError(f"invalid configuration ({where}): {problems}") from None
@@ -481,7 +493,7 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
                     break
             else:
                 settings = settings.model_copy(update={"api_key": None, "key_from": None})
-        resolved[backend] = settings
+        resolved[backend] = plugin.complete(settings)
     return HostedConfig(providers=resolved)
 
 

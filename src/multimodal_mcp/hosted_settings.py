@@ -8,10 +8,11 @@ reads the environment.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from multimodal_mcp.config import ModelSpec
@@ -71,7 +72,52 @@ class HostedSettings(_Frozen):
         description="Settings read from environment variables (first one set) when the file does not set "
         "them, following the SDK's own conventions (a base URL variable, an API version variable).",
     )
+    set_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="The environment variable each setting of from_env was read from; set by load_config.",
+    )
     own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
+    project: str | None = Field(
+        default=None,
+        description="Google Cloud: the project Vertex AI requests bill to and run in (project access "
+        "with application default credentials instead of an API key).",
+    )
+    location: str | None = Field(
+        default=None,
+        description="Google Cloud: the Vertex AI region ('us-central1', 'europe-west4') or 'global' "
+        "(the default); it picks the regional endpoint unless base_url is set.",
+    )
+    credentials_file: str | None = Field(
+        default=None,
+        description="Google Cloud: a credentials JSON file (a service-account key, gcloud's "
+        "application_default_credentials.json); default: application default credentials.",
+    )
+
+    @field_validator("project")
+    @classmethod
+    def _a_project_id(cls, value: str | None) -> str | None:
+        if value is not None and not _PROJECT.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a Google Cloud project ID: 6 to 63 lowercase letters, digits, "
+                "'-' (and 'example.com:' before a domain-scoped one), e.g. 'my-project-123'"
+            )
+        return value
+
+    @field_validator("location")
+    @classmethod
+    def _a_location(cls, value: str | None) -> str | None:
+        if value is not None and not _LOCATION.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a Google Cloud location: a region such as 'us-central1' or "
+                "'europe-west4', a multi-region ('us', 'eu'), or 'global'"
+            )
+        return value
+
+
+GOOGLE_CLOUD_SETTINGS = frozenset({"project", "location", "credentials_file"})
+"""Settings only the backends that declare them (``HostedBackend.cloud_settings``) read."""
+_PROJECT = re.compile(r"(?:[a-z0-9.-]{1,63}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]")
+_LOCATION = re.compile(r"[a-z][a-z0-9-]{0,40}[a-z0-9]")
 
 
 class HostedConfig(_Frozen):

@@ -13,6 +13,8 @@ timeouts and connection errors itself so that it can honour ``Retry-After`` (or 
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,8 +27,9 @@ from PIL import Image
 from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import ProviderError
+from multimodal_mcp.errors import BackendError, ProviderError
 from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, Handle, ImageRequest, Progress, Usage
+from multimodal_mcp.hosted_settings import GOOGLE_CLOUD_SETTINGS
 from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.registry import HostedBackend
@@ -35,15 +38,17 @@ from multimodal_mcp.registry import HostedBackend
 def _sdk() -> Any:
     """google-genai's modules and the HTTP library it runs on (httpx2 in newer releases, httpx before)."""
     from google import genai
+    from google.auth import exceptions as auth_errors
     from google.genai import errors, types
 
     try:
         import httpx2 as http
     except ImportError:  # pragma: no cover
         import httpx as http  # type: ignore[no-redef]
-    return SimpleNamespace(genai=genai, errors=errors, types=types, http=http)
+    return SimpleNamespace(genai=genai, errors=errors, types=types, http=http, auth_errors=auth_errors)
 
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_DELAY = 60.0
@@ -154,12 +159,42 @@ class _Calls:
                     f"(tried {attempts} time(s)); check the network or "
                     f"{self.connection.setting(self.name, 'base_url')}"
                 ) from None
+            except sdk.auth_errors.GoogleAuthError as exc:
+                raise self._auth_error(exc) from None
             except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
                 raise self.malformed("a response that does not match the API's format") from None
         raise AssertionError("unreachable")
 
+    def _auth_error(self, exc: Exception) -> Exception:
+        """google-auth's failures to get an access token (project access on Vertex AI), in plain words."""
+        logger.warning("%s: no access token for model %r: %s", self.title, self.name, exc)
+        auth_errors = _sdk().auth_errors
+        if isinstance(exc, auth_errors.DefaultCredentialsError):
+            return BackendError(
+                f"model {self.name!r} on {self.title} (project {self.settings.project!r}) found no "
+                "application default credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account "
+                "JSON key file, or run 'gcloud auth application-default login' on the server's machine, "
+                "and restart the server"
+            )
+        if isinstance(exc, auth_errors.RefreshError):
+            said = clean_message(exc.args[0] if exc.args else exc, self.settings, limit=200)
+            return ProviderError(
+                f"Google's token endpoint refused the credentials of model {self.name!r} ({said}); check "
+                "that the service-account key or gcloud login is still valid"
+            )
+        return ProviderError(
+            f"could not get an access token from Google for model {self.name!r} (the token endpoint did "
+            "not answer); check the network, then try again"
+        )
+
     def _api_error(self, exc: Any) -> Exception:
         message = clean_message(exc.message or exc.status or "", self.settings)
+        if exc.code in (401, 403) and self.settings.project is not None:
+            return ProviderError(
+                f"{self.title} refused access (HTTP {exc.code}) for model {self.name!r} in project "
+                f"{self.settings.project!r}: {message}. Check that the credentials' account has the "
+                "Vertex AI User role there and that the Vertex AI API is enabled"
+            )
         if exc.code in (401, 403) or (exc.code == 400 and "api key" in message.lower()):
             return ProviderError(
                 f"{self.title} rejected the API key or refused access (HTTP {exc.code}) for model "
@@ -320,6 +355,16 @@ class GeminiImageGenerator(_Calls):
         return GeneratedImages([img for img, _ in done], usage, sent, [None] * len(done))
 
 
+def _http_options(settings: HostedSettings) -> Any:
+    types = _sdk().types
+    return types.HttpOptions(
+        base_url=settings.base_url,
+        headers=settings.headers or None,
+        timeout=math.ceil(settings.timeout_seconds * 1000),
+        retry_options=types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
+    )
+
+
 def _sum(values: Any) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
@@ -343,16 +388,8 @@ class GeminiBackend(HostedBackend):
         )
 
     def make_client(self, settings: HostedSettings) -> Any:
-        sdk = _sdk()
-        client = sdk.genai.Client(
-            api_key=api_key(settings),
-            vertexai=self.vertexai,
-            http_options=sdk.types.HttpOptions(
-                base_url=settings.base_url,
-                headers=settings.headers or None,
-                timeout=math.ceil(settings.timeout_seconds * 1000),
-                retry_options=sdk.types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
-            ),
+        client = _sdk().genai.Client(
+            api_key=api_key(settings), vertexai=self.vertexai, http_options=_http_options(settings)
         )
         return client.aio
 
@@ -371,16 +408,138 @@ class GeminiBackend(HostedBackend):
 backend = GeminiBackend()
 
 
-class VertexExpressBackend(GeminiBackend):
-    """Gemini models on Vertex AI in express mode: an API key bound to a Google Cloud project
-    (google-genai's ``vertexai=True`` with a key), read from ``GOOGLE_API_KEY`` as the SDK does.
-    Project-and-location access through application default credentials is not offered here."""
+class VertexBackend(GeminiBackend):
+    """Gemini models on Vertex AI, in one of google-genai's two modes:
+
+    - **project access**: a Google Cloud project and location (``GOOGLE_CLOUD_PROJECT``,
+      ``GOOGLE_CLOUD_LOCATION``, or ``project``/``location`` in ``[hosted.vertex_ai]``) with
+      application default credentials: the JSON file ``GOOGLE_APPLICATION_CREDENTIALS`` (or
+      ``credentials_file``) names, else gcloud's login or the metadata server, found by google-auth
+      at the first call. Requests carry an OAuth bearer token, never an API key.
+    - **express mode**: an API key bound to a project, from ``GOOGLE_API_KEY``, when no project is set.
+
+    A project wins over a key, as in google-genai.
+    """
 
     title = "Vertex AI"
     vertexai = True
+    cloud_settings = GOOGLE_CLOUD_SETTINGS
 
     def default_settings(self) -> HostedSettings:
-        return HostedSettings(api_key_env="GOOGLE_API_KEY", base_url="https://aiplatform.googleapis.com/")
+        return HostedSettings(
+            api_key_env="GOOGLE_API_KEY",
+            base_url=GLOBAL_ENDPOINT,
+            from_env={
+                "project": ("GOOGLE_CLOUD_PROJECT",),
+                "location": ("GOOGLE_CLOUD_LOCATION",),
+                "credentials_file": ("GOOGLE_APPLICATION_CREDENTIALS",),
+            },
+        )
+
+    def complete(self, settings: HostedSettings) -> HostedSettings:
+        """With a project: the location defaults to 'global', and the endpoint follows it unless
+        ``base_url`` was set (a region's own host, as google-genai picks it)."""
+        if settings.project is None:
+            return settings
+        location = settings.location or "global"
+        update: dict[str, Any] = {"location": location}
+        if settings.base_url == GLOBAL_ENDPOINT:
+            update["base_url"] = regional_endpoint(location)
+        return settings.model_copy(update=update)
+
+    def missing_credentials(self, connection: Connection, model: str) -> str | None:
+        settings = connection.settings
+        if settings.project is not None or (settings.api_key and settings.api_key.get_secret_value()):
+            return None
+        return (
+            f"model {model!r} needs Vertex AI credentials: either a Google Cloud project with application "
+            "default credentials (set GOOGLE_CLOUD_PROJECT, optionally GOOGLE_CLOUD_LOCATION, default "
+            "'global'; and GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON key file, or run "
+            "'gcloud auth application-default login'), or an express-mode API key in GOOGLE_API_KEY. Set "
+            "them in the server's environment (or project / api_key in [hosted.vertex_ai] of its config "
+            "file) and restart it"
+        )
+
+    def key_status(self, settings: HostedSettings) -> str:
+        if settings.project is not None:
+            if settings.credentials_file is None:
+                found = (
+                    "application default credentials (gcloud's login or the metadata server, tried at "
+                    "the first call)"
+                )
+            else:
+                source = settings.set_from.get("credentials_file", "credentials_file")
+                found = f"the credentials file {source} names"
+            return f"project {settings.project!r} in {settings.location!r}, {found}"
+        if settings.key_from is not None:
+            return f"express mode, API key from {settings.key_from}"
+        return (
+            "no credentials: set GOOGLE_CLOUD_PROJECT (with application default credentials) "
+            "or GOOGLE_API_KEY"
+        )
+
+    def make_client(self, settings: HostedSettings) -> Any:
+        if settings.project is None:
+            return super().make_client(settings)
+        client = _sdk().genai.Client(
+            vertexai=True,
+            project=settings.project,
+            location=settings.location,
+            credentials=_credentials_from_file(settings),
+            http_options=_http_options(settings),
+        )
+        return client.aio
 
 
-vertex_backend = VertexExpressBackend()
+GLOBAL_ENDPOINT = "https://aiplatform.googleapis.com/"
+MULTI_REGIONS = frozenset({"us", "eu"})
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def regional_endpoint(location: str) -> str:
+    """Vertex AI's host for ``location``, as google-genai picks it: the global one for 'global',
+    ``aiplatform.<mr>.rep.googleapis.com`` for a multi-region, else ``<region>-aiplatform.googleapis.com``."""
+    if location == "global":
+        return GLOBAL_ENDPOINT
+    if location in MULTI_REGIONS:
+        return f"https://aiplatform.{location}.rep.googleapis.com/"
+    return f"https://{location}-aiplatform.googleapis.com/"
+
+
+def _credentials_from_file(settings: HostedSettings) -> Any:
+    """The credentials in ``settings.credentials_file``: a service-account key or gcloud's
+    ``application_default_credentials.json`` (an authorized user), each loaded by its own google-auth
+    class, or ``None`` without a file: then google-genai asks google-auth for application default
+    credentials (gcloud's login, the metadata server) at the first call, off the event loop.
+
+    Raises:
+        BackendError: the file cannot be read as either kind (the message names the setting, not the path).
+    """
+    if settings.credentials_file is None:
+        return None
+    from google.auth import exceptions
+    from google.oauth2 import credentials as user
+    from google.oauth2 import service_account
+
+    source = settings.set_from.get("credentials_file", "hosted.vertex_ai.credentials_file")
+    kind = None
+    try:
+        with open(settings.credentials_file, encoding="utf-8") as file:
+            info = json.load(file)
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind == "service_account":
+            return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
+        if kind == "authorized_user":
+            return user.Credentials.from_authorized_user_info(info, scopes=list(SCOPES))
+    except (exceptions.GoogleAuthError, OSError, ValueError) as exc:
+        logger.warning("Vertex AI credentials file %s: %s", settings.credentials_file, exc)
+    else:
+        logger.warning("Vertex AI credentials file %s: type %r", settings.credentials_file, kind)
+    raise BackendError(
+        f"Vertex AI: the credentials file that {source} names cannot be read as Google Cloud credentials "
+        "(a service-account JSON key, or gcloud's application_default_credentials.json; the server's log "
+        "says why); point it at one, or unset it and run 'gcloud auth application-default login'"
+    )
+
+
+vertex_backend = VertexBackend()
