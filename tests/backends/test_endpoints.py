@@ -344,5 +344,7 @@ source = "gemini-2.5-flash"
     assert request.headers["x-goog-api-key"] == "vx-test-0123456789"
     assert answer.text == gemini_fake.answer
     missing = create_services(_load(tmp_path, text, {}), devices=cpu_only())
-    with pytest.raises(BackendError, match="needs Vertex AI credentials: .* or an express-mode API key in GOOGLE_API_KEY"):
+    with pytest.raises(
+        BackendError, match=r"needs Vertex AI credentials: .* express-mode API key in GOOGLE_API_KEY"
+    ):
         await missing.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)
