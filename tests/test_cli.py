@@ -133,8 +133,7 @@ def test_models_shows_what_the_auto_profile_picked_and_why(
     assert "profile: auto" in out
     assert "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models" in out
     assert (
-        "hosted openai: key from OPENAI_API_KEY" in out
-        and "hosted gemini: no key: set GEMINI_API_KEY" in out
+        "hosted openai: key from OPENAI_API_KEY" in out and "hosted gemini: no key: set GEMINI_API_KEY" in out
     )
     assert "sk-cli-secret" not in out
 
