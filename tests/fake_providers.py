@@ -267,6 +267,7 @@ class GoogleTokenFake(FakeProvider):
 
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.client_email = "mmcp-test@fake-project.iam.gserviceaccount.com"
+        self.refresh_token = "1//fake-refresh-token"
         self.issued: list[str] = []
         self.claims: list[dict[str, Any]] = []
         super().__init__(self._respond)
@@ -295,10 +296,32 @@ class GoogleTokenFake(FakeProvider):
         path.write_text(json.dumps(info))
         return path
 
+    def authorized_user_file(self, path: Path) -> Path:
+        """A user's credentials as ``gcloud auth application-default login`` writes them (this fake grants
+        ``refresh_token`` for them). google-auth sends a user's refresh to Google's token endpoint
+        whatever the file says, so a test points its ``_GOOGLE_OAUTH2_TOKEN_ENDPOINT`` here."""
+        info = {
+            "type": "authorized_user",
+            "client_id": "fake-client.apps.googleusercontent.com",
+            "client_secret": "fake-client-secret",
+            "refresh_token": self.refresh_token,
+        }
+        path.write_text(json.dumps(info))
+        return path
+
+    def _issue(self) -> Scripted:
+        token = f"ya29.fake-{secrets.token_urlsafe(16)}"
+        self.issued.append(token)
+        return Scripted(body={"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+
     def _respond(self, request: Recorded) -> Scripted:
         import jwt
 
         form = urllib.parse.parse_qs(request.body.decode())
+        if request.path == "/token" and form.get("grant_type") == ["refresh_token"]:
+            if form.get("refresh_token") != [self.refresh_token]:
+                return Scripted(status=400, body={"error": "invalid_grant"})
+            return self._issue()
         if request.path != "/token" or form.get("grant_type") != [JWT_BEARER]:
             return Scripted(status=400, body={"error": "unsupported_grant_type"})
         try:
@@ -312,9 +335,7 @@ class GoogleTokenFake(FakeProvider):
         except (KeyError, jwt.InvalidTokenError) as exc:
             return Scripted(status=400, body={"error": "invalid_grant", "error_description": str(exc)})
         self.claims.append(claims)
-        token = f"ya29.fake-{secrets.token_urlsafe(16)}"
-        self.issued.append(token)
-        return Scripted(body={"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+        return self._issue()
 
 
 # --- Anthropic ------------------------------------------------------------------------------------

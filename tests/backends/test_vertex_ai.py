@@ -85,6 +85,29 @@ async def test_a_project_with_a_service_account_sends_its_bearer_token_to_the_pr
         assert EXPRESS_KEY not in str(request.headers)
 
 
+async def test_gclouds_user_credentials_file_in_the_config_is_refreshed_and_sent_as_a_bearer_token(
+    tmp_path: Path, gemini_fake: GeminiFake, token_fake: GoogleTokenFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user's refresh always goes to Google's endpoint: here, the loopback fake.
+    monkeypatch.setattr("google.oauth2.credentials._GOOGLE_OAUTH2_TOKEN_ENDPOINT", token_fake.token_uri)
+    adc_file = token_fake.authorized_user_file(tmp_path / "application_default_credentials.json")
+    hosted = (
+        f'[hosted.vertex_ai]\nbase_url = "{gemini_fake.url}/"\nproject = "{PROJECT}"\n'
+        f'credentials_file = "{adc_file}"\n'
+    )
+    services = create_services(_load(tmp_path, {}, hosted), devices=cpu_only())
+    try:
+        await services.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)
+    finally:
+        await services.hub.aclose()
+    (grant,) = token_fake.requests
+    assert urllib.parse.parse_qs(grant.body.decode())["grant_type"] == ["refresh_token"]
+    (request,) = gemini_fake.requests
+    assert request.path.startswith(f"/v1beta1/projects/{PROJECT}/locations/global/publishers/google/models/")
+    assert request.headers["authorization"] == f"Bearer {token_fake.issued[0]}"
+    assert "x-goog-api-key" not in request.headers
+
+
 def test_listings_say_which_mode_and_what_is_missing_never_a_secret(
     tmp_path: Path, token_fake: GoogleTokenFake
 ) -> None:
