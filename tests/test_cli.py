@@ -196,3 +196,22 @@ def test_the_model_libraries_warn_only_when_the_server_logs_at_debug() -> None:
     loud = subprocess.run([sys.executable, "-c", script, "DEBUG"], capture_output=True, text=True, env=env)
     assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
     assert "torchvision" not in quiet.stderr and "torchvision" in loud.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        ("serve", "default: the config file's profile, else 'default'"),
+        ("models", "default: the config file's profile, else 'default'"),
+        ("demo", "default: 'tiny'"),
+    ],
+)
+def test_the_help_of_profile_says_its_default(
+    capsys: pytest.CaptureFixture[str], command: str, default: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    profile = help_text.split("--profile {auto,default,tiny} ", 1)[1]
+    assert profile.startswith("built-in model profile:") and f"else tiny); {default}" in profile
