@@ -155,6 +155,31 @@ async def test_with_neither_a_key_nor_a_project_the_call_says_exactly_what_to_se
     assert gemini_fake.requests == []
 
 
+async def test_a_project_without_any_credentials_found_says_how_to_provide_them(
+    tmp_path: Path, gemini_fake: GeminiFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # google-auth's own search, with nothing to find: no GOOGLE_APPLICATION_CREDENTIALS, an empty gcloud
+    # config directory, and no metadata server (not probed: only loopback may receive traffic here).
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setattr("google.auth.compute_engine._metadata._NO_GCE_CHECK", True)
+    hosted = f'[hosted.vertex_ai]\nbase_url = "{gemini_fake.url}/"\n'
+    services = create_services(_load(tmp_path, {"GOOGLE_CLOUD_PROJECT": PROJECT}, hosted), devices=cpu_only())
+    try:
+        with pytest.raises(BackendError) as info:
+            await services.hub.vision_chat("gemini-vertex").answer(
+                [photo("coffee", 16)], "what?", max_tokens=9
+            )
+    finally:
+        await services.hub.aclose()
+    assert str(info.value) == (
+        f"model 'gemini-vertex' on Vertex AI (project '{PROJECT}') found no application default "
+        "credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON key file, or run "
+        "'gcloud auth application-default login' on the server's machine, and restart the server"
+    )
+    assert gemini_fake.requests == []
+
+
 def test_the_location_picks_vertex_ais_regional_endpoint_unless_base_url_is_set(tmp_path: Path) -> None:
     def endpoint(location: str | None, hosted: str = "") -> str:
         environ = {
