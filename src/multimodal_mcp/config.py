@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 from multimodal_mcp import catalogs
 from multimodal_mcp.hosted_settings import (
     GOOGLE_CLOUD_SETTINGS,
+    PROJECT_SETTINGS,
     HostedConfig,
     HostedSettings,
     registered_backend,
@@ -457,7 +459,7 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
     resolved: dict[str, HostedSettings] = {}
     for backend, plugin in hosted.items():
         table = dict(data.get(backend, {}))
-        for field in ("key_from", "set_from"):
+        for field in ("key_from", "set_from", "problems"):
             if field in table:
                 raise ConfigError(f"{where}: hosted.{backend}.{field} is set by the server, not the file")
         for field in sorted(set(table) & GOOGLE_CLOUD_SETTINGS - plugin.cloud_settings):
@@ -468,21 +470,13 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
             )
         defaults = plugin.default_settings().model_dump(exclude={"api_key", "key_from"})
         for field, variables in defaults.get("from_env", {}).items():
+            if field in PROJECT_SETTINGS and not _on(table.get("vertexai", defaults.get("vertexai"))):
+                continue  # GOOGLE_CLOUD_PROJECT and the like are not for the Gemini Developer API
             found = next(((v, environ[v].strip()) for v in variables if environ.get(v, "").strip()), None)
             if field not in table and found is not None:
                 table[field] = found[1]
                 table["set_from"] = {**table.get("set_from", {}), field: found[0]}
-        try:
-            settings = HostedSettings.model_validate({**defaults, **table})
-        except ValidationError as exc:
-            read_from = table.get("set_from", {})
-            problems = "; ".join(
-                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}"
-                + (f" (read from {read_from[err['loc'][0]]})" if err["loc"][0] in read_from else "")
-                + f": {err['msg'].removeprefix('Value error, ')}"
-                for err in exc.errors(include_input=False)
-            )
-            raise ConfigError(f"invalid configuration ({where}): {problems}") from None
+        settings = _hosted_settings(backend, {**defaults, **table}, where)
         if settings.api_key is not None and settings.api_key.get_secret_value():
             settings = settings.model_copy(update={"key_from": "config file"})
         else:
@@ -493,8 +487,45 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
                     break
             else:
                 settings = settings.model_copy(update={"api_key": None, "key_from": None})
-        resolved[backend] = plugin.complete(settings)
+        try:
+            resolved[backend] = plugin.complete(settings)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration ({where}): {exc}") from None
     return HostedConfig(providers=resolved)
+
+
+def _hosted_settings(backend: str, values: dict[str, Any], where: str) -> HostedSettings:
+    """One ``[hosted.<backend>]`` table validated. A value read from the environment that is not valid
+    is left out and kept in ``problems`` (an error only when a model uses the backend: a variable set
+    for another program must not stop the server)."""
+    problems: list[str] = []
+    while True:
+        try:
+            settings = HostedSettings.model_validate(values)
+            return settings.model_copy(update={"problems": tuple(problems)}) if problems else settings
+        except ValidationError as exc:
+            read_from: dict[str, str] = values.get("set_from", {})
+            errors = exc.errors(include_input=False)
+            said = [
+                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}"
+                + (f" (read from {read_from[err['loc'][0]]})" if err["loc"][0] in read_from else "")
+                + f": {err['msg'].removeprefix('Value error, ')}"
+                for err in errors
+            ]
+            if problems or not all(err["loc"][0] in read_from for err in errors):
+                raise ConfigError(f"invalid configuration ({where}): {'; '.join(said)}") from None
+            problems += said
+            dropped = {str(err["loc"][0]) for err in errors}
+            values = {k: v for k, v in values.items() if k not in dropped}
+            values["set_from"] = {k: v for k, v in read_from.items() if k not in dropped}
+
+
+def _on(value: object) -> bool:
+    """Whether a setting's value (from the file, or a variable's text) reads as true."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _expand(path: str | Path, home: Path) -> Path:
@@ -605,6 +636,9 @@ def load_config(
                 "profile_reasons": reasons,
             }
         )
+        for name, spec in config.models.items():
+            if spec.hosted and (invalid := hosted.for_backend(spec.backend).problems):
+                raise ConfigError(f"invalid configuration ({where}): {invalid[0]} (model {name!r} uses it)")
         return config.model_copy(update={"hosted": resolve_endpoints(hosted, config.models, environ or {})})
     except ValidationError as exc:
         problems = "; ".join(

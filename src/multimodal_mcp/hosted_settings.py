@@ -77,6 +77,16 @@ class HostedSettings(_Frozen):
         description="The environment variable each setting of from_env was read from; set by load_config.",
     )
     own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
+    problems: tuple[str, ...] = Field(
+        default=(),
+        description="Values read from the environment that are not valid (left out); set by load_config, "
+        "an error when a model uses the backend.",
+    )
+    vertexai: bool = Field(
+        default=False,
+        description="Google Cloud: speak Vertex AI rather than the Gemini Developer API (as google-genai "
+        "does with GOOGLE_GENAI_USE_VERTEXAI=true); always on for vertex_ai.",
+    )
     project: str | None = Field(
         default=None,
         description="Google Cloud: the project Vertex AI requests bill to and run in (project access "
@@ -114,7 +124,9 @@ class HostedSettings(_Frozen):
         return value
 
 
-GOOGLE_CLOUD_SETTINGS = frozenset({"project", "location", "credentials_file"})
+PROJECT_SETTINGS = frozenset({"project", "location", "credentials_file"})
+"""Vertex AI's project access: read from the environment (``from_env``) only when ``vertexai`` is on."""
+GOOGLE_CLOUD_SETTINGS = PROJECT_SETTINGS | {"vertexai"}
 """Settings only the backends that declare them (``HostedBackend.cloud_settings``) read."""
 _PROJECT = re.compile(r"(?:[a-z0-9.-]{1,63}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]")
 _LOCATION = re.compile(r"[a-z][a-z0-9-]{0,40}[a-z0-9]")

@@ -97,7 +97,7 @@ class HostedBackend(Backend):
     """The pip extra that installs it: ``pip install 'multimodal-mcp[<extra>]'``."""
 
     cloud_settings: ClassVar[frozenset[str]] = frozenset()
-    """The Google Cloud settings (project, location, credentials_file) its table may set."""
+    """The Google Cloud settings (vertexai, project, location, credentials_file) its table may set."""
 
     @abstractmethod
     def default_settings(self) -> HostedSettings:
@@ -105,7 +105,10 @@ class HostedBackend(Backend):
 
     def complete(self, settings: HostedSettings) -> HostedSettings:
         """The settings once the file and the environment are read, with any derived from the others
-        (Vertex AI: its regional endpoint from the location). The default: as they are."""
+        (Vertex AI: its regional endpoint from the location). The default: as they are.
+
+        Raises:
+            ValueError: settings that do not go together (reported as a configuration error)."""
         return settings
 
     def missing_credentials(self, connection: Connection, model: str) -> str | None:

@@ -36,11 +36,17 @@ def token_fake() -> Iterator[GoogleTokenFake]:
     fake.stop()
 
 
-def _load(tmp_path: Path, environ: dict[str, str], hosted: str = "") -> Config:
+def _load(
+    tmp_path: Path,
+    environ: dict[str, str],
+    hosted: str = "",
+    backend: str = "vertex_ai",
+    profile: str = "tiny",
+) -> Config:
     path = tmp_path / "config.toml"
-    path.write_text(hosted + MODEL)
+    path.write_text(hosted + MODEL.replace('"vertex_ai"', f'"{backend}"'))
     return load_config(
-        profile="tiny", config_file=path, cache_dir=tmp_path / "cache", home=tmp_path, environ=environ
+        profile=profile, config_file=path, cache_dir=tmp_path / "cache", home=tmp_path, environ=environ
     )
 
 
@@ -203,12 +209,24 @@ def test_the_location_picks_vertex_ais_regional_endpoint_unless_base_url_is_set(
 def test_a_location_that_is_not_a_region_is_refused_in_plain_words_naming_its_variable(
     tmp_path: Path,
 ) -> None:
+    environ = {"GOOGLE_CLOUD_PROJECT": PROJECT, "GOOGLE_CLOUD_LOCATION": "evil.example/#"}
     with pytest.raises(ConfigError) as info:
-        _load(tmp_path, {"GOOGLE_CLOUD_PROJECT": PROJECT, "GOOGLE_CLOUD_LOCATION": "evil.example/#"})
+        _load(tmp_path, environ)
     message = str(info.value)
-    assert "hosted.vertex_ai.location (read from GOOGLE_CLOUD_LOCATION)" in message
-    assert "is not a Google Cloud location: a region such as 'us-central1'" in message
+    assert (
+        "hosted.vertex_ai.location (read from GOOGLE_CLOUD_LOCATION): 'evil.example/#' is not a Google Cloud "
+        in (message)
+    )
+    assert (
+        "location: a region such as 'us-central1'" in message and "(model 'gemini-vertex' uses it)" in message
+    )
     assert "pattern" not in message and "Value error" not in message
+    # A server with no Vertex AI model is not stopped by a variable set for another program.
+    path = tmp_path / "no-vertex.toml"
+    path.write_text("")
+    load_config(
+        profile="tiny", config_file=path, cache_dir=tmp_path / "cache", home=tmp_path, environ=environ
+    )
     with pytest.raises(
         ConfigError, match=r"hosted\.vertex_ai\.project: 'My Project' is not a Google Cloud project ID"
     ):
@@ -217,7 +235,8 @@ def test_a_location_that_is_not_a_region_is_refused_in_plain_words_naming_its_va
 
 def test_google_cloud_settings_in_another_providers_table_are_refused(tmp_path: Path) -> None:
     with pytest.raises(
-        ConfigError, match=r"hosted.openai.project is a Google Cloud setting; it applies to vertex_ai"
+        ConfigError,
+        match=r"hosted.openai.project is a Google Cloud setting; it applies to gemini and vertex_ai",
     ):
         _load(tmp_path, {}, '[hosted.openai]\nproject = "my-project-1"\n')
 
@@ -265,3 +284,77 @@ async def test_a_refused_token_grant_and_a_refused_project_are_plain_errors(
         await services.hub.aclose()
     assert f"refused access (HTTP 403) for model 'gemini-vertex' in project '{PROJECT}'" in str(denied.value)
     assert "Vertex AI User role" in str(denied.value)
+
+
+# --- backend = "gemini" with GOOGLE_GENAI_USE_VERTEXAI, as google-genai reads it ----------------------
+
+
+async def test_gemini_with_google_genai_use_vertexai_goes_to_the_project_on_vertex_ai(
+    tmp_path: Path, gemini_fake: GeminiFake, token_fake: GoogleTokenFake
+) -> None:
+    environ = {**_project_environ(tmp_path, token_fake), "GOOGLE_GENAI_USE_VERTEXAI": "true"}
+    hosted = f'[hosted.gemini]\nbase_url = "{gemini_fake.url}/"\n'
+    config = _load(tmp_path, environ, hosted, backend="gemini")
+    services = create_services(config, devices=cpu_only())
+    assert services.hub.where("gemini-vertex")["status"] == (
+        f"hosted (gemini, on Vertex AI, project '{PROJECT}' in '{LOCATION}', the credentials file "
+        "GOOGLE_APPLICATION_CREDENTIALS names)"
+    )
+    try:
+        await services.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)
+    finally:
+        await services.hub.aclose()
+    (request,) = gemini_fake.requests
+    assert request.path == (
+        f"/v1beta1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/"
+        "gemini-2.5-flash:generateContent"
+    )
+    assert request.headers["authorization"] == f"Bearer {token_fake.issued[0]}"
+    assert "x-goog-api-key" not in request.headers
+
+
+async def test_gemini_with_google_genai_use_vertexai_and_a_key_alone_uses_express_mode(
+    tmp_path: Path, gemini_fake: GeminiFake
+) -> None:
+    environ = {"GOOGLE_GENAI_USE_VERTEXAI": "1", "GOOGLE_API_KEY": EXPRESS_KEY}
+    hosted = f'[hosted.gemini]\nbase_url = "{gemini_fake.url}/"\n'
+    services = create_services(_load(tmp_path, environ, hosted, backend="gemini"), devices=cpu_only())
+    try:
+        await services.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)
+    finally:
+        await services.hub.aclose()
+    (request,) = gemini_fake.requests
+    assert request.path == "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert request.headers["x-goog-api-key"] == EXPRESS_KEY and "authorization" not in request.headers
+    default = _load(tmp_path, environ, backend="gemini").hosted.for_backend("gemini")
+    assert default.base_url == "https://aiplatform.googleapis.com/"  # not the Gemini Developer API's
+
+
+def test_without_google_genai_use_vertexai_gemini_ignores_the_google_cloud_variables(tmp_path: Path) -> None:
+    environ = {
+        "GEMINI_API_KEY": "gm-key",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "GOOGLE_CLOUD_LOCATION": "not a region",
+    }
+    settings = _load(tmp_path, environ, backend="gemini").hosted.for_backend("gemini")
+    assert not settings.vertexai and settings.project is None and settings.location is None
+    assert settings.base_url == "https://generativelanguage.googleapis.com/"
+    with pytest.raises(
+        ConfigError, match=r"hosted.gemini.project applies on Vertex AI only: set vertexai = true"
+    ):
+        _load(tmp_path, {}, '[hosted.gemini]\nproject = "my-project-1"\n', backend="gemini")
+
+
+def test_auto_takes_gemini_on_vertex_ai_when_a_project_is_set_with_google_genai_use_vertexai(
+    tmp_path: Path,
+) -> None:
+    environ = {"GOOGLE_GENAI_USE_VERTEXAI": "true", "GOOGLE_CLOUD_PROJECT": PROJECT}
+    auto = _load(tmp_path, environ, backend="gemini", profile="auto")
+    assert auto.defaults["vlm"] == "gemini-2.5-flash"
+    assert auto.defaults["text_to_image"] == "gemini-2.5-flash-image"
+    assert (
+        "GOOGLE_CLOUD_PROJECT set -> hosted Gemini models (gemini-2.5-flash-image, gemini-2.5-flash)"
+        in (auto.profile_reasons[0])
+    )
+    project_only = _load(tmp_path, {"GOOGLE_CLOUD_PROJECT": PROJECT}, backend="gemini", profile="auto")
+    assert project_only.defaults["vlm"] == "tiny-vlm", "a project alone is not for the Gemini Developer API"

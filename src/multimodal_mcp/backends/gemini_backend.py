@@ -13,17 +13,17 @@ timeouts and connection errors itself so that it can honour ``Retry-After`` (or 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 from PIL import Image
 
+from multimodal_mcp.backends import vertex
 from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
@@ -64,6 +64,7 @@ REFUSALS = frozenset(
         "IMAGE_PROHIBITED_CONTENT",
     }
 )
+DEVELOPER_ENDPOINT = "https://generativelanguage.googleapis.com/"
 MEDIA_RESOLUTION = {"low": "MEDIA_RESOLUTION_LOW", "high": "MEDIA_RESOLUTION_HIGH"}
 
 # Gemini 2.5 Flash Image's output sizes per aspect ratio.
@@ -377,20 +378,61 @@ class GeminiBackend(HostedBackend):
     tasks = frozenset({"text_to_image", "vlm", "text"})
     sdk = "google.genai"
     extra = "gemini"
-    vertexai: bool = False
-    """Whether the client speaks Vertex AI's API rather than the Gemini Developer API."""
+    cloud_settings = GOOGLE_CLOUD_SETTINGS
+    always_vertex: ClassVar[bool] = False
+    """True for the backend that always speaks Vertex AI (``vertex_ai``); ``gemini`` does when its
+    ``vertexai`` setting is on (``GOOGLE_GENAI_USE_VERTEXAI``, as google-genai reads it)."""
 
     def default_settings(self) -> HostedSettings:
         return HostedSettings(
             api_key_env="GEMINI_API_KEY",
             api_key_env_fallbacks=("GOOGLE_API_KEY",),
-            base_url="https://generativelanguage.googleapis.com/",
+            base_url=DEVELOPER_ENDPOINT,
+            from_env={"vertexai": ("GOOGLE_GENAI_USE_VERTEXAI",), **vertex.CLOUD_ENV},
         )
 
+    def complete(self, settings: HostedSettings) -> HostedSettings:
+        """On Vertex AI: the location and endpoint a project or a key implies (see
+        :func:`vertex.complete`). Else the Google Cloud settings are dropped (the environment's are
+        not for the Gemini Developer API), and one set in the file is refused."""
+        if settings.vertexai:
+            return vertex.complete(settings, self.default_settings().base_url)
+        in_file = [
+            f for f in sorted(vertex.PROJECT_SETTINGS) if getattr(settings, f) and f not in settings.set_from
+        ]
+        if in_file:
+            raise ValueError(
+                f"hosted.{self.name}.{in_file[0]} applies on Vertex AI only: set vertexai = true in "
+                f'[hosted.{self.name}] (or GOOGLE_GENAI_USE_VERTEXAI=true), or use backend = "vertex_ai"'
+            )
+        cleared = {f: None for f in vertex.PROJECT_SETTINGS}
+        set_from = {k: v for k, v in settings.set_from.items() if k not in vertex.PROJECT_SETTINGS}
+        return settings.model_copy(update={**cleared, "set_from": set_from})
+
+    def missing_credentials(self, connection: Connection, model: str) -> str | None:
+        if not connection.settings.vertexai:
+            return connection.missing_key(model)
+        return vertex.missing_credentials(connection.settings, model, self.name)
+
+    def key_status(self, settings: HostedSettings) -> str:
+        if not settings.vertexai:
+            return super().key_status(settings)
+        return vertex.key_status(settings, "" if self.always_vertex else "on Vertex AI, ")
+
     def make_client(self, settings: HostedSettings) -> Any:
-        client = _sdk().genai.Client(
-            api_key=api_key(settings), vertexai=self.vertexai, http_options=_http_options(settings)
-        )
+        genai = _sdk().genai
+        if settings.vertexai and settings.project is not None:  # project access, a bearer token
+            client = genai.Client(
+                vertexai=True,
+                project=settings.project,
+                location=settings.location,
+                credentials=vertex.credentials_from_file(settings, self.name),
+                http_options=_http_options(settings),
+            )
+        else:  # the Gemini Developer API, or Vertex AI's express mode: an API key
+            client = genai.Client(
+                api_key=api_key(settings), vertexai=settings.vertexai, http_options=_http_options(settings)
+            )
         return client.aio
 
     async def close_client(self, client: Any) -> None:
@@ -409,7 +451,7 @@ backend = GeminiBackend()
 
 
 class VertexBackend(GeminiBackend):
-    """Gemini models on Vertex AI, in one of google-genai's two modes:
+    """Gemini models on Vertex AI (google-genai's ``vertexai=True``), in one of its two modes:
 
     - **project access**: a Google Cloud project and location (``GOOGLE_CLOUD_PROJECT``,
       ``GOOGLE_CLOUD_LOCATION``, or ``project``/``location`` in ``[hosted.vertex_ai]``) with
@@ -418,128 +460,21 @@ class VertexBackend(GeminiBackend):
       at the first call. Requests carry an OAuth bearer token, never an API key.
     - **express mode**: an API key bound to a project, from ``GOOGLE_API_KEY``, when no project is set.
 
-    A project wins over a key, as in google-genai.
+    A project wins over a key, as in google-genai. (``backend = "gemini"`` does the same with
+    ``GOOGLE_GENAI_USE_VERTEXAI=true``.)
     """
 
     title = "Vertex AI"
-    vertexai = True
-    cloud_settings = GOOGLE_CLOUD_SETTINGS
+    always_vertex = True
+    cloud_settings = GOOGLE_CLOUD_SETTINGS - {"vertexai"}
 
     def default_settings(self) -> HostedSettings:
         return HostedSettings(
             api_key_env="GOOGLE_API_KEY",
-            base_url=GLOBAL_ENDPOINT,
-            from_env={
-                "project": ("GOOGLE_CLOUD_PROJECT",),
-                "location": ("GOOGLE_CLOUD_LOCATION",),
-                "credentials_file": ("GOOGLE_APPLICATION_CREDENTIALS",),
-            },
-        )
-
-    def complete(self, settings: HostedSettings) -> HostedSettings:
-        """With a project: the location defaults to 'global', and the endpoint follows it unless
-        ``base_url`` was set (a region's own host, as google-genai picks it)."""
-        if settings.project is None:
-            return settings
-        location = settings.location or "global"
-        update: dict[str, Any] = {"location": location}
-        if settings.base_url == GLOBAL_ENDPOINT:
-            update["base_url"] = regional_endpoint(location)
-        return settings.model_copy(update=update)
-
-    def missing_credentials(self, connection: Connection, model: str) -> str | None:
-        settings = connection.settings
-        if settings.project is not None or (settings.api_key and settings.api_key.get_secret_value()):
-            return None
-        return (
-            f"model {model!r} needs Vertex AI credentials: either a Google Cloud project with application "
-            "default credentials (set GOOGLE_CLOUD_PROJECT, optionally GOOGLE_CLOUD_LOCATION, default "
-            "'global'; and GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON key file, or run "
-            "'gcloud auth application-default login'), or an express-mode API key in GOOGLE_API_KEY. Set "
-            "them in the server's environment (or project / api_key in [hosted.vertex_ai] of its config "
-            "file) and restart it"
-        )
-
-    def key_status(self, settings: HostedSettings) -> str:
-        if settings.project is not None:
-            if settings.credentials_file is None:
-                found = (
-                    "application default credentials (gcloud's login or the metadata server, tried at "
-                    "the first call)"
-                )
-            else:
-                source = settings.set_from.get("credentials_file", "credentials_file")
-                found = f"the credentials file {source} names"
-            return f"project {settings.project!r} in {settings.location!r}, {found}"
-        if settings.key_from is not None:
-            return f"express mode, API key from {settings.key_from}"
-        return (
-            "no credentials: set GOOGLE_CLOUD_PROJECT (with application default credentials) "
-            "or GOOGLE_API_KEY"
-        )
-
-    def make_client(self, settings: HostedSettings) -> Any:
-        if settings.project is None:
-            return super().make_client(settings)
-        client = _sdk().genai.Client(
+            base_url=vertex.GLOBAL_ENDPOINT,
             vertexai=True,
-            project=settings.project,
-            location=settings.location,
-            credentials=_credentials_from_file(settings),
-            http_options=_http_options(settings),
+            from_env=vertex.CLOUD_ENV,
         )
-        return client.aio
-
-
-GLOBAL_ENDPOINT = "https://aiplatform.googleapis.com/"
-MULTI_REGIONS = frozenset({"us", "eu"})
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-
-
-def regional_endpoint(location: str) -> str:
-    """Vertex AI's host for ``location``, as google-genai picks it: the global one for 'global',
-    ``aiplatform.<mr>.rep.googleapis.com`` for a multi-region, else ``<region>-aiplatform.googleapis.com``."""
-    if location == "global":
-        return GLOBAL_ENDPOINT
-    if location in MULTI_REGIONS:
-        return f"https://aiplatform.{location}.rep.googleapis.com/"
-    return f"https://{location}-aiplatform.googleapis.com/"
-
-
-def _credentials_from_file(settings: HostedSettings) -> Any:
-    """The credentials in ``settings.credentials_file``: a service-account key or gcloud's
-    ``application_default_credentials.json`` (an authorized user), each loaded by its own google-auth
-    class, or ``None`` without a file: then google-genai asks google-auth for application default
-    credentials (gcloud's login, the metadata server) at the first call, off the event loop.
-
-    Raises:
-        BackendError: the file cannot be read as either kind (the message names the setting, not the path).
-    """
-    if settings.credentials_file is None:
-        return None
-    from google.auth import exceptions
-    from google.oauth2 import credentials as user
-    from google.oauth2 import service_account
-
-    source = settings.set_from.get("credentials_file", "hosted.vertex_ai.credentials_file")
-    kind = None
-    try:
-        with open(settings.credentials_file, encoding="utf-8") as file:
-            info = json.load(file)
-        kind = info.get("type") if isinstance(info, dict) else None
-        if kind == "service_account":
-            return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
-        if kind == "authorized_user":
-            return user.Credentials.from_authorized_user_info(info, scopes=list(SCOPES))
-    except (exceptions.GoogleAuthError, OSError, ValueError) as exc:
-        logger.warning("Vertex AI credentials file %s: %s", settings.credentials_file, exc)
-    else:
-        logger.warning("Vertex AI credentials file %s: type %r", settings.credentials_file, kind)
-    raise BackendError(
-        f"Vertex AI: the credentials file that {source} names cannot be read as Google Cloud credentials "
-        "(a service-account JSON key, or gcloud's application_default_credentials.json; the server's log "
-        "says why); point it at one, or unset it and run 'gcloud auth application-default login'"
-    )
 
 
 vertex_backend = VertexBackend()
