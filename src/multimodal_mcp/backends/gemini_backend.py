@@ -36,7 +36,9 @@ from multimodal_mcp.registry import HostedBackend
 
 
 def _sdk() -> Any:
-    """google-genai's modules and the HTTP library it runs on (httpx2 in newer releases, httpx before)."""
+    """google-genai's modules and the HTTP libraries it runs on: httpx2 in newer releases (httpx
+    before), or aiohttp when that is installed. ``timeouts`` and ``unreachable`` are their exceptions
+    for a request that took too long and one that found no server."""
     from google import genai
     from google.auth import exceptions as auth_errors
     from google.genai import errors, types
@@ -45,7 +47,23 @@ def _sdk() -> Any:
         import httpx2 as http
     except ImportError:  # pragma: no cover
         import httpx as http  # type: ignore[no-redef]
-    return SimpleNamespace(genai=genai, errors=errors, types=types, http=http, auth_errors=auth_errors)
+    timeouts: tuple[type[BaseException], ...] = (http.TimeoutException, TimeoutError)
+    unreachable: tuple[type[BaseException], ...] = (http.TransportError,)
+    try:
+        import aiohttp
+
+        unreachable += (aiohttp.ClientConnectionError,)
+        timeouts += (aiohttp.ServerTimeoutError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return SimpleNamespace(
+        genai=genai,
+        errors=errors,
+        types=types,
+        auth_errors=auth_errors,
+        timeouts=timeouts,
+        unreachable=unreachable,
+    )
 
 
 logger = logging.getLogger(__name__)
@@ -132,7 +150,7 @@ class _Calls:
         """``request(client)`` with retries (honouring Retry-After), its failures as curated errors."""
         client = self.connection.client(self.name)  # first: it names the extra when the SDK is missing
         sdk = _sdk()
-        errors, _http = sdk.errors, sdk.http
+        errors = sdk.errors
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -143,7 +161,7 @@ class _Calls:
                     await anyio.sleep(_retry_delay(exc, attempt))
                     continue
                 raise self._api_error(exc) from None
-            except _http.TimeoutException:
+            except sdk.timeouts:  # (asyncio's TimeoutError: aiohttp's total timeout)
                 if not last:
                     continue
                 raise ProviderError(
@@ -151,7 +169,7 @@ class _Calls:
                     f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
                     f"or raise {self.connection.setting(self.name, 'timeout_seconds')}"
                 ) from None
-            except _http.TransportError:
+            except sdk.unreachable:
                 if not last:
                     await anyio.sleep(min(0.5 * 2**attempt, 8.0))
                     continue
@@ -393,30 +411,26 @@ class GeminiBackend(HostedBackend):
 
     def complete(self, settings: HostedSettings) -> HostedSettings:
         """On Vertex AI: the location and endpoint a project or a key implies (see
-        :func:`vertex.complete`). Else the Google Cloud settings are dropped (the environment's are
-        not for the Gemini Developer API), and one set in the file is refused."""
+        :func:`vertex.complete`). Else a project, location or credentials file (set in the file: the
+        environment's are not read for the Gemini Developer API) is refused."""
         if settings.vertexai:
             return vertex.complete(settings, self.default_settings().base_url)
-        in_file = [
-            f for f in sorted(vertex.PROJECT_SETTINGS) if getattr(settings, f) and f not in settings.set_from
-        ]
-        if in_file:
-            raise ValueError(
-                f"hosted.{self.name}.{in_file[0]} applies on Vertex AI only: set vertexai = true in "
-                f'[hosted.{self.name}] (or GOOGLE_GENAI_USE_VERTEXAI=true), or use backend = "vertex_ai"'
-            )
-        cleared = {f: None for f in vertex.PROJECT_SETTINGS}
-        set_from = {k: v for k, v in settings.set_from.items() if k not in vertex.PROJECT_SETTINGS}
-        return settings.model_copy(update={**cleared, "set_from": set_from})
+        for field in sorted(vertex.PROJECT_SETTINGS):
+            if getattr(settings, field) is not None:
+                raise ValueError(
+                    f"hosted.{self.name}.{field} applies on Vertex AI only: set vertexai = true in "
+                    f'[hosted.{self.name}] (or GOOGLE_GENAI_USE_VERTEXAI=true), or use backend = "vertex_ai"'
+                )
+        return settings
 
     def missing_credentials(self, connection: Connection, model: str) -> str | None:
-        if not connection.settings.vertexai:
+        if not connection.settings.vertexai or not connection.needs_key:  # (a keyless endpoint of its own)
             return connection.missing_key(model)
         return vertex.missing_credentials(connection.settings, model, self.name)
 
     def key_status(self, settings: HostedSettings) -> str:
-        if not settings.vertexai:
-            return super().key_status(settings)
+        if not settings.vertexai or (settings.project is None and not settings.api_key_env):
+            return super().key_status(settings)  # (the Gemini Developer API, or a keyless endpoint)
         return vertex.key_status(settings, "" if self.always_vertex else "on Vertex AI, ")
 
     def make_client(self, settings: HostedSettings) -> Any:
