@@ -13,7 +13,9 @@ import email.parser
 import email.policy
 import io
 import json
+import secrets
 import threading
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,6 +248,94 @@ def gemini_error(status: int, message: str, state: str, **headers: str) -> Scrip
     return Scripted(
         status=status, body={"error": {"code": status, "message": message, "status": state}}, headers=headers
     )
+
+
+# --- Google's OAuth token endpoint (Vertex AI with a service account) --------------------------------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+
+
+class GoogleTokenFake(FakeProvider):
+    """``POST /token`` as oauth2.googleapis.com answers a service account's JWT-bearer grant: the
+    assertion must be an RS256 JWT signed by the account's key, from its email, for Google's token
+    endpoint (the audience google-auth always names, wherever the key file's token_uri points).
+    Each grant gets a fresh access token (``issued`` lists them)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.client_email = "mmcp-test@fake-project.iam.gserviceaccount.com"
+        self.refresh_token = "1//fake-refresh-token"
+        self.issued: list[str] = []
+        self.claims: list[dict[str, Any]] = []
+        super().__init__(self._respond)
+
+    @property
+    def token_uri(self) -> str:
+        return f"{self.url}/token"
+
+    def service_account_file(self, path: Path, project: str = "fake-project") -> Path:
+        """A service-account key file (JSON, as the Cloud console downloads it) with this fake's key,
+        whose token_uri is this fake."""
+        from cryptography.hazmat.primitives import serialization
+
+        pem = self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        info = {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": "fake-key-1",
+            "private_key": pem,
+            "client_email": self.client_email,
+            "client_id": "100000000000000000001",
+            "token_uri": self.token_uri,
+        }
+        path.write_text(json.dumps(info))
+        return path
+
+    def authorized_user_file(self, path: Path) -> Path:
+        """A user's credentials as ``gcloud auth application-default login`` writes them (this fake grants
+        ``refresh_token`` for them). google-auth sends a user's refresh to Google's token endpoint
+        whatever the file says, so a test points its ``_GOOGLE_OAUTH2_TOKEN_ENDPOINT`` here."""
+        info = {
+            "type": "authorized_user",
+            "client_id": "fake-client.apps.googleusercontent.com",
+            "client_secret": "fake-client-secret",
+            "refresh_token": self.refresh_token,
+        }
+        path.write_text(json.dumps(info))
+        return path
+
+    def _issue(self) -> Scripted:
+        token = f"ya29.fake-{secrets.token_urlsafe(16)}"
+        self.issued.append(token)
+        return Scripted(body={"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+
+    def _respond(self, request: Recorded) -> Scripted:
+        import jwt
+
+        form = urllib.parse.parse_qs(request.body.decode())
+        if request.path == "/token" and form.get("grant_type") == ["refresh_token"]:
+            if form.get("refresh_token") != [self.refresh_token]:
+                return Scripted(status=400, body={"error": "invalid_grant"})
+            return self._issue()
+        if request.path != "/token" or form.get("grant_type") != [JWT_BEARER]:
+            return Scripted(status=400, body={"error": "unsupported_grant_type"})
+        try:
+            claims = jwt.decode(
+                form["assertion"][0],
+                self.private_key.public_key(),
+                algorithms=["RS256"],
+                audience=GOOGLE_TOKEN_AUDIENCE,
+                issuer=self.client_email,
+            )
+        except (KeyError, jwt.InvalidTokenError) as exc:
+            return Scripted(status=400, body={"error": "invalid_grant", "error_description": str(exc)})
+        self.claims.append(claims)
+        return self._issue()
 
 
 # --- Anthropic ------------------------------------------------------------------------------------

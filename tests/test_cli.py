@@ -133,8 +133,7 @@ def test_models_shows_what_the_auto_profile_picked_and_why(
     assert "profile: auto" in out
     assert "no CUDA GPU found; OPENAI_API_KEY set -> hosted OpenAI models" in out
     assert (
-        "hosted openai: key from OPENAI_API_KEY" in out
-        and "hosted gemini: no key (set GEMINI_API_KEY)" in out
+        "hosted openai: key from OPENAI_API_KEY" in out and "hosted gemini: no key: set GEMINI_API_KEY" in out
     )
     assert "sk-cli-secret" not in out
 
@@ -215,3 +214,22 @@ def test_recover_store_rebuilds_the_index_from_the_files_and_removes_leftovers(
     out = capsys.readouterr().out
     assert "1 image(s)" in out and "1 image(s) without a record" in out
     assert not (store_dir / kept.id[:2] / "00000000000000ff.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        ("serve", "default: the config file's profile, else 'default'"),
+        ("models", "default: the config file's profile, else 'default'"),
+        ("demo", "default: 'tiny'"),
+    ],
+)
+def test_the_help_of_profile_says_its_default(
+    capsys: pytest.CaptureFixture[str], command: str, default: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    profile = help_text.split("--profile {auto,default,tiny} ", 1)[1]
+    assert profile.startswith("built-in model profile:") and f"else tiny); {default}" in profile

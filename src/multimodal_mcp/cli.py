@@ -101,16 +101,20 @@ def _config_from(args: argparse.Namespace, *, http: bool = False) -> Config:
     )
 
 
-def _add_config_options(parser: argparse.ArgumentParser, *, default_profile: str | None = None) -> None:
+def _add_config_options(
+    parser: argparse.ArgumentParser,
+    *,
+    profile_default: str = "the config file's profile, else 'default'",
+) -> None:
     parser.add_argument(
         "--config", type=Path, help="TOML config file (default: $MULTIMODAL_MCP_CONFIG, if set)"
     )
     parser.add_argument(
         "--profile",
         choices=sorted(PROFILE_CHOICES),
-        default=default_profile,
         help="built-in model profile: 'default' (real checkpoints and hosted models), 'tiny' (offline "
-        "test models) or 'auto' (local on a CUDA GPU, else hosted where API keys are set, else tiny)",
+        "test models) or 'auto' (local on a CUDA GPU, else hosted where API keys are set, else tiny); "
+        f"default: {profile_default}",
     )
     parser.add_argument("--store-dir", type=Path, help="where images are stored (overrides the config)")
     parser.add_argument(
@@ -214,12 +218,11 @@ def _models(args: argparse.Namespace) -> int:
     print(f"backends: {registry.describe()}")
     for backend in sorted(registry.hosted_backends()):
         settings = config.hosted.for_backend(backend)
+        plugin = registry.hosted_backends()[backend]
         status = (
-            f"key from {settings.key_from}"
-            if settings.key_from
-            else f"no key (set {settings.api_key_env})"
-            if settings.api_key_env
-            else "no key needed"
+            plugin.key_status(settings)  # which kind of credentials, too
+            if plugin.cloud_settings or not settings.key_from
+            else f"key from {settings.key_from}"
         )
         print(f"hosted {backend}: {status}, {settings.base_url}")
     from multimodal_mcp.pull import presence
@@ -352,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run generate -> classify -> describe -> compare through a real MCP client"
     )
-    _add_config_options(demo)
+    _add_config_options(demo, profile_default="'tiny'")
     demo.add_argument("--output", type=Path, default=Path("multimodal-mcp-demo"), help="report directory")
     demo.set_defaults(func=_demo)
 

@@ -19,12 +19,21 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from multimodal_mcp import catalogs
+from multimodal_mcp.hosted_settings import (
+    GOOGLE_CLOUD_SETTINGS,
+    PROJECT_SETTINGS,
+    HostedConfig,
+    HostedSettings,
+    registered_backend,
+    resolve_endpoints,
+)
 from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importers keep using config)
     CLIENT_LIMITS,
     MIN_TOKEN_CHARS,
@@ -183,7 +192,7 @@ class ModelSpec(_Frozen):
     def is_paid(self) -> bool:
         if self.paid is not None:
             return self.paid
-        return False if self.base_url is not None else bool(_backend(self.backend).paid)
+        return False if self.base_url is not None else bool(registered_backend(self.backend).paid)
 
     @property
     def own_endpoint(self) -> bool:
@@ -208,7 +217,7 @@ class ModelSpec(_Frozen):
             raise ValueError("'base_models' applies to controlnet, ip_adapter and lora models only")
         if self.task == "lora" and not self.base_models:
             raise ValueError("a lora model needs 'base_models' (and 'weight_name' for a file in a repo)")
-        backend = _backend(self.backend)
+        backend = registered_backend(self.backend)
         if self.task not in backend.tasks:
             raise ValueError(
                 f"a {self.backend} model's task must be one of {sorted(backend.tasks)}, not {self.task!r}"
@@ -226,17 +235,7 @@ class ModelSpec(_Frozen):
     @property
     def hosted(self) -> bool:
         """True for models run by a provider's API (no local weights, no device lane)."""
-        return _backend(self.backend).hosted
-
-
-def _backend(name: str) -> Any:
-    """The registered backend ``name`` (imported here: the registry sits above the configuration)."""
-    from multimodal_mcp import registry
-
-    try:
-        return registry.get(name)
-    except registry.UnknownBackend as exc:
-        raise ValueError(str(exc)) from None
+        return registered_backend(self.backend).hosted
 
 
 class Limits(_Frozen):
@@ -332,89 +331,6 @@ class ServerSettings(_Frozen):
         description="Allow delivery='path' (the stored PNG's local path in results). Default: on for stdio, "
         "off for HTTP, where clients do not share the server's disk and paths reveal its layout.",
     )
-
-
-class HostedSettings(_Frozen):
-    """One hosted provider: where its API key comes from, where requests go, and how they are retried.
-
-    The key itself is resolved once by :func:`load_config` (from ``api_key`` in the file or the
-    environment mapping it is given) and kept in a ``SecretStr``: never logged, stored or returned.
-    """
-
-    api_key_env: str = Field(description="The environment variable holding the API key.")
-    api_key_env_fallbacks: tuple[str, ...] = Field(
-        default=(), description="Further variables tried in order when api_key_env is unset."
-    )
-    api_key: SecretStr | None = Field(
-        default=None,
-        description="The key itself (discouraged in a file: prefer the environment variable).",
-    )
-    key_from: str | None = Field(
-        default=None,
-        description="Where the key came from (a variable name or 'config file'); set by load_config.",
-    )
-    base_url: str = Field(description="The API's base URL (a proxy or compatible server may go here).")
-    timeout_seconds: float = Field(default=120, gt=0, le=3600, description="Per request, per attempt.")
-    max_retries: int = Field(
-        default=2, ge=0, le=10, description="Retries on rate limits (429), 5xx and connection errors."
-    )
-    max_concurrency: int = Field(
-        default=4, ge=1, le=256, description="Requests to this provider in flight at once."
-    )
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request.")
-    api_version: str | None = Field(
-        default=None, description="The API version a provider wants with each request, where it asks for one."
-    )
-    from_env: dict[str, tuple[str, ...]] = Field(
-        default_factory=dict,
-        description="Settings read from environment variables (first one set) when the file does not set "
-        "them, following the SDK's own conventions (a base URL variable, an API version variable).",
-    )
-    own_endpoint: bool = Field(default=False, description="A model's own endpoint; set by load_config.")
-
-
-class HostedConfig(_Frozen):
-    """``[hosted.<backend>]``: one table of settings per registered hosted backend, keys resolved;
-    ``endpoints``: the settings of each model that names its own endpoint."""
-
-    providers: dict[str, HostedSettings] = Field(default_factory=dict)
-    endpoints: dict[str, HostedSettings] = Field(default_factory=dict)
-
-    def for_backend(self, backend: str) -> HostedSettings:
-        """The settings of hosted backend ``backend`` (its defaults when the file has no table)."""
-        settings = self.providers.get(backend)
-        if settings is None:
-            settings = _backend(backend).default_settings()
-        return settings
-
-    def for_model(self, name: str, spec: ModelSpec) -> HostedSettings:
-        """Where model ``name``'s requests go: its own endpoint, else its backend's settings."""
-        return self.endpoints.get(name) or self.for_backend(spec.backend)
-
-
-def _endpoints(
-    hosted: HostedConfig, models: Mapping[str, ModelSpec], environ: Mapping[str, str]
-) -> HostedConfig:
-    """Resolve each model's own endpoint (base_url, api_key_env, timeout, headers) over its backend's
-    settings. With base_url and no api_key_env the model sends no key: the provider's key never goes
-    to another server."""
-    endpoints: dict[str, HostedSettings] = {}
-    for name, spec in models.items():
-        if not (spec.hosted and spec.own_endpoint):
-            continue
-        base = hosted.for_backend(spec.backend)
-        update: dict[str, Any] = {"own_endpoint": True, "headers": {**base.headers, **spec.headers}}
-        if spec.base_url is not None or spec.api_key_env is not None:
-            variable = spec.api_key_env or ""
-            value = environ.get(variable, "").strip() if variable else ""
-            update.update(
-                api_key_env=variable, api_key_env_fallbacks=(), api_key=SecretStr(value) if value else None
-            )
-            update.update(base_url=spec.base_url or base.base_url, key_from=variable if value else None)
-        if spec.timeout is not None:
-            update["timeout_seconds"] = spec.timeout
-        endpoints[name] = base.model_copy(update=update)
-    return hosted.model_copy(update={"endpoints": endpoints})
 
 
 class Config(_Frozen):
@@ -549,21 +465,24 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
     resolved: dict[str, HostedSettings] = {}
     for backend, plugin in hosted.items():
         table = dict(data.get(backend, {}))
-        if "key_from" in table:
-            raise ConfigError(f"{where}: hosted.{backend}.key_from is set by the server, not the file")
+        for field in ("key_from", "set_from", "problems"):
+            if field in table:
+                raise ConfigError(f"{where}: hosted.{backend}.{field} is set by the server, not the file")
+        for field in sorted(set(table) & GOOGLE_CLOUD_SETTINGS - plugin.cloud_settings):
+            takers = [n for n, b in hosted.items() if field in b.cloud_settings]
+            raise ConfigError(
+                f"{where}: hosted.{backend}.{field} is a Google Cloud setting; "
+                f"it applies to {' and '.join(takers) or 'no registered backend'}"
+            )
         defaults = plugin.default_settings().model_dump(exclude={"api_key", "key_from"})
         for field, variables in defaults.get("from_env", {}).items():
-            found = next((environ[v].strip() for v in variables if environ.get(v, "").strip()), None)
+            if field in PROJECT_SETTINGS and not _on(table.get("vertexai", defaults.get("vertexai"))):
+                continue  # GOOGLE_CLOUD_PROJECT and the like are not for the Gemini Developer API
+            found = next(((v, environ[v].strip()) for v in variables if environ.get(v, "").strip()), None)
             if field not in table and found is not None:
-                table[field] = found
-        try:
-            settings = HostedSettings.model_validate({**defaults, **table})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in exc.errors(include_input=False)
-            )
-            raise ConfigError(f"invalid configuration ({where}): {problems}") from None
+                table[field] = found[1]
+                table["set_from"] = {**table.get("set_from", {}), field: found[0]}
+        settings = _hosted_settings(backend, {**defaults, **table}, where)
         if settings.api_key is not None and settings.api_key.get_secret_value():
             settings = settings.model_copy(update={"key_from": "config file"})
         else:
@@ -574,8 +493,45 @@ def _resolve_hosted(data: Mapping[str, Any], environ: Mapping[str, str], where: 
                     break
             else:
                 settings = settings.model_copy(update={"api_key": None, "key_from": None})
-        resolved[backend] = settings
+        try:
+            resolved[backend] = plugin.complete(settings)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration ({where}): {exc}") from None
     return HostedConfig(providers=resolved)
+
+
+def _hosted_settings(backend: str, values: dict[str, Any], where: str) -> HostedSettings:
+    """One ``[hosted.<backend>]`` table validated. A value read from the environment that is not valid
+    is left out and kept in ``problems`` (an error only when a model uses the backend: a variable set
+    for another program must not stop the server)."""
+    problems: list[str] = []
+    while True:
+        try:
+            settings = HostedSettings.model_validate(values)
+            return settings.model_copy(update={"problems": tuple(problems)}) if problems else settings
+        except ValidationError as exc:
+            read_from: dict[str, str] = values.get("set_from", {})
+            errors = exc.errors(include_input=False)
+            said = [
+                f"hosted.{backend}.{'.'.join(str(p) for p in err['loc'])}"
+                + (f" (read from {read_from[err['loc'][0]]})" if err["loc"][0] in read_from else "")
+                + f": {err['msg'].removeprefix('Value error, ')}"
+                for err in errors
+            ]
+            if problems or not all(err["loc"][0] in read_from for err in errors):
+                raise ConfigError(f"invalid configuration ({where}): {'; '.join(said)}") from None
+            problems += said
+            dropped = {str(err["loc"][0]) for err in errors}
+            values = {k: v for k, v in values.items() if k not in dropped}
+            values["set_from"] = {k: v for k, v in read_from.items() if k not in dropped}
+
+
+def _on(value: object) -> bool:
+    """Whether a setting's value (from the file, or a variable's text) reads as true."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _expand(path: str | Path, home: Path) -> Path:
@@ -686,7 +642,10 @@ def load_config(
                 "profile_reasons": reasons,
             }
         )
-        return config.model_copy(update={"hosted": _endpoints(hosted, config.models, environ or {})})
+        for name, spec in config.models.items():
+            if spec.hosted and (invalid := hosted.for_backend(spec.backend).problems):
+                raise ConfigError(f"invalid configuration ({where}): {invalid[0]} (model {name!r} uses it)")
+        return config.model_copy(update={"hosted": resolve_endpoints(hosted, config.models, environ or {})})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"

@@ -291,15 +291,10 @@ class ModelHub:
         )
         if isinstance(backend, registry.HostedBackend):
             settings = self.config.hosted.for_model(name, self.spec(name))
-            key = settings.key_from is not None
-            if settings.api_key_env:
-                key_status = "key set" if key else f"no key: set {settings.api_key_env}"
-            else:
-                key_status = "no key needed"
-            found["api_key_set"] = key
+            found["api_key_set"] = settings.key_from is not None
             found["api_key_env"] = settings.api_key_env or None
             at = f" at {settings.base_url}" if settings.own_endpoint else ""
-            found["status"] = f"hosted ({backend.name}{at}, {key_status})"
+            found["status"] = f"hosted ({backend.name}{at}, {backend.key_status(settings)})"
             return found
         state = {s.name: s for s in self.pool.states()}.get(name)
         if state is None:

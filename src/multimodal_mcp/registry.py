@@ -35,8 +35,9 @@ from multimodal_mcp.capabilities import Capabilities
 if TYPE_CHECKING:
     from multimodal_mcp.backends.base import LoadContext, LoadedModel
     from multimodal_mcp.backends.hosted import Connection
-    from multimodal_mcp.config import Config, HostedSettings, ModelSpec
+    from multimodal_mcp.config import Config, ModelSpec
     from multimodal_mcp.handles import Handle
+    from multimodal_mcp.hosted_settings import HostedSettings
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,33 @@ class HostedBackend(Backend):
     extra: ClassVar[str | None] = None
     """The pip extra that installs it: ``pip install 'multimodal-mcp[<extra>]'``."""
 
+    cloud_settings: ClassVar[frozenset[str]] = frozenset()
+    """The Google Cloud settings (vertexai, project, location, credentials_file) its table may set."""
+
     @abstractmethod
     def default_settings(self) -> HostedSettings:
         """The defaults of ``[hosted.<name>]``: the API key's environment variables, base URL, ..."""
+
+    def complete(self, settings: HostedSettings) -> HostedSettings:
+        """The settings once the file and the environment are read, with any derived from the others
+        (Vertex AI: its regional endpoint from the location). The default: as they are.
+
+        Raises:
+            ValueError: settings that do not go together (reported as a configuration error)."""
+        return settings
+
+    def missing_credentials(self, connection: Connection, model: str) -> str | None:
+        """Why requests for model ``model`` through ``connection`` cannot authenticate, as the whole
+        message naming what to set (checked before its first client is made); ``None`` when they can.
+        The default checks the API key that ``api_key_env`` names."""
+        return connection.missing_key(model)
+
+    def key_status(self, settings: HostedSettings) -> str:
+        """How requests to the endpoint ``settings`` describes authenticate, in a few words for listings
+        (``list_models``, ``multimodal-mcp models``): never a key or a credential itself."""
+        if not settings.api_key_env:
+            return "no key needed"
+        return "key set" if settings.key_from is not None else f"no key: set {settings.api_key_env}"
 
     @abstractmethod
     def make_client(self, settings: HostedSettings) -> Any:

@@ -21,6 +21,7 @@ from fake_providers import (
     AnthropicFake,
     FakeProvider,
     GeminiFake,
+    GoogleTokenFake,
     OpenAIFake,
     Recorded,
     Scripted,
@@ -95,12 +96,31 @@ backend = "comfyui"
 source = "{comfy_template}"
 description = "A ComfyUI workflow template (the ComfyUI fake)."
 
+[hosted.vertex_ai]
+base_url = "{vertex_url}/"
+project = "mmcp-contract"
+location = "us-central1"
+credentials_file = "{vertex_key}"
+
+[models.vertex-flash]
+task = "vlm"
+backend = "vertex_ai"
+source = "gemini-2.5-flash"
+description = "Gemini on Vertex AI with a project and a service account (the Gemini and token fakes)."
+
 [models.echo-vlm]
 task = "vlm"
 backend = "echo"
 source = "echo-1"
 description = "Says what it was sent (a test plugin)."
 """
+
+
+@pytest.fixture
+def token_fake() -> Iterator[GoogleTokenFake]:
+    fake = GoogleTokenFake()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
@@ -121,6 +141,7 @@ def contract_services(
     echo_fake: FakeProvider,
     anthropic_fake: AnthropicFake,
     comfy_fake: ComfyFake,
+    token_fake: GoogleTokenFake,
 ) -> Services:
     """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
     Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
@@ -144,6 +165,8 @@ def contract_services(
             compatible_url=openai_fake.url,
             comfy_url=comfy_fake.url,
             comfy_template=template,
+            vertex_url=gemini_fake.url,
+            vertex_key=token_fake.service_account_file(tmp_path / "vertex-key.json"),
         ),
     )
     return create_services(config, devices=cpu_only())

@@ -278,7 +278,7 @@ def test_the_readme_recipes_load_as_written(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("### Recipes:", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```toml\n")[1:]]
-    assert len(blocks) == 7
+    assert len(blocks) == 8
     configs = [_load(tmp_path, block, {}) for block in blocks]
     assert configs[0].defaults["vlm"] == "qwen-vl-local"
     models = {n: (s, c) for c in configs for n, s in c.models.items() if s.hosted}
@@ -289,6 +289,10 @@ def test_the_readme_recipes_load_as_written(tmp_path: Path) -> None:
     assert not models["comfy-sdxl"][0].is_paid
     vllm, config = models["qwen-vllm"]
     assert config.hosted.for_model("qwen-vllm", vllm).timeout_seconds == 300
+    vertex = models["gemini-vertex"][1].hosted.for_backend("vertex_ai")
+    assert (vertex.project, vertex.location) == ("my-project-123", "us-central1")
+    assert vertex.base_url == "https://us-central1-aiplatform.googleapis.com/"
+    assert models["gemini-vertex"][0].is_paid and models["gemini-vertex-image"][0].task == "text_to_image"
 
 
 async def test_a_gemini_model_may_name_its_own_endpoint_with_headers_and_no_provider_key(
@@ -344,5 +348,7 @@ source = "gemini-2.5-flash"
     assert request.headers["x-goog-api-key"] == "vx-test-0123456789"
     assert answer.text == gemini_fake.answer
     missing = create_services(_load(tmp_path, text, {}), devices=cpu_only())
-    with pytest.raises(BackendError, match="needs a Vertex AI API key: set GOOGLE_API_KEY"):
+    with pytest.raises(
+        BackendError, match=r"needs Vertex AI credentials: .* express-mode API key in GOOGLE_API_KEY"
+    ):
         await missing.hub.vision_chat("gemini-vertex").answer([photo("coffee", 16)], "what?", max_tokens=9)

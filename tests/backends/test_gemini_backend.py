@@ -10,6 +10,8 @@ import pytest
 from mcp import Client
 from PIL import Image
 
+from multimodal_mcp.config import load_config
+from multimodal_mcp.errors import ProviderError
 from multimodal_mcp.server.app import build_server, create_services
 
 from fake_providers import GEMINI_KEY, GeminiFake, OpenAIFake, Scripted, gemini_error, hosted_config
@@ -201,6 +203,28 @@ async def test_a_timeout_is_a_clear_error_and_the_server_keeps_answering(
         assert "Gemini did not answer model 'gemini-2.5-flash' within 0.5 s (tried 1 time(s))" in message
         out = await call_ok(client, "describe_image", {"image": image, "model": "gemini-2.5-flash"})
         assert out["text"] == "In the second image the cat is gone."
+
+
+async def test_a_server_that_is_not_there_is_a_clear_error_naming_where_requests_went(tmp_path: Path) -> None:
+    closed = "http://127.0.0.1:9/"  # the discard port: nothing listens there
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[hosted.gemini]\nbase_url = "{closed}"\nmax_retries = 0\n'
+        '[models.flash]\ntask = "vlm"\nbackend = "gemini"\nsource = "gemini-2.5-flash"\n'
+    )
+    config = load_config(
+        profile="tiny", config_file=path, cache_dir=tmp_path, home=tmp_path, environ={"GEMINI_API_KEY": "k"}
+    )
+    services = create_services(config, devices=cpu_only())
+    try:
+        with pytest.raises(ProviderError) as info:
+            await services.hub.vision_chat("flash").answer([photo("coffee", 16)], "what?", max_tokens=9)
+    finally:
+        await services.hub.aclose()
+    assert str(info.value) == (
+        f"could not reach Gemini at {closed} for model 'flash' (tried 1 time(s)); check the network or "
+        "hosted.gemini.base_url"
+    )
 
 
 async def test_chat_models_complete_text_only_prompts_with_a_system_instruction(

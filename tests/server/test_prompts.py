@@ -84,7 +84,11 @@ async def test_a_prompt_puts_its_arguments_into_the_tool_calls(bare_client: Clie
     [
         ("no_such_prompt", {}, "Unknown prompt: 'no_such_prompt'; prompts: compare_before_after, "),
         ("edit_with_mask", {"image": "image://p"}, "mask: Missing required argument"),
-        ("make_and_check", {"subject": "x", "attempts": "9"}, "attempts: String should match pattern"),
+        (
+            "make_and_check",
+            {"subject": "x", "attempts": "9"},
+            "attempts: must be a whole number from 1 to 5, or empty for the default (3)",
+        ),
         ("make_and_check", {"subject": "x", "colour": "red"}, "colour: Unexpected keyword argument"),
     ],
 )

@@ -4,6 +4,7 @@ sentences, and the input schema is the params model's."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -26,6 +27,7 @@ from multimodal_mcp.tools.generate_image import GenerateImageParams
 from multimodal_mcp.tools.jobs import CancelJobParams, GetJobParams
 from multimodal_mcp.tools.list_models import ListModelsParams
 
+from fake_hub import fake_config, fake_handles, fake_services_for
 from helpers import call_error, call_ok
 
 pytestmark = pytest.mark.anyio  # marked at collection, so that parametrized tests keep their ids
@@ -165,3 +167,29 @@ async def test_each_input_schema_is_its_params_model_schema(client: Client) -> N
         assert schema["type"] == "object", name
         assert schema["properties"] == expected["properties"], name
         assert schema.get("required", []) == expected.get("required", []), name
+
+
+async def test_a_width_past_the_schemas_bound_names_the_servers_max_side(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    config = fake_config(tmp_path, allowed_root, limits={"max_side": 1020})
+    services = fake_services_for(config, fake_handles())
+    async with Client(build_server(config, services)) as client:
+        wide = await call_error(client, "generate_image", {"prompt": "a fox", "width": 8192})
+        tall = await call_error(client, "controlled_generate", {"prompt": "a fox", "height": 5000})
+    assert "width: Input should be less than or equal to 4096; this server's largest side is 1020 px" in wide
+    assert "(its max_side setting): use width=1016 or less" in wide
+    assert "height: Input should be less than or equal to 4096; this server's largest side is 1020 px" in tall
+
+
+async def test_a_malformed_job_id_is_described_in_words_not_as_a_regular_expression(
+    fake_services: Services,
+) -> None:
+    async with Client(build_server(fake_services.config, fake_services)) as client:
+        for tool in ("get_job", "cancel_job"):
+            message = await call_error(client, tool, {"job_id": "../../etc"})
+            assert (
+                "job_id: must be a job id as its job handle gives it: 16 hexadecimal digits (0-9, a-f)"
+                in message
+            )
+            assert "pattern" not in message and "[0-9a-f]" not in message and "../../etc" not in message

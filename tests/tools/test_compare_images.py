@@ -24,6 +24,7 @@ async def test_identical_images_compare_as_identical(client: Client) -> None:
     assert out["ssim"] == 1.0 and out["pixel_difference"] == 0.0 and out["changed_regions"] == []
     assert abs(out["clip_similarity"] - 1.0) < 1e-5
     assert out["narrative"] is None and out["model"] is None and out["resized"] is False
+    assert out["resize"] is None
 
 
 async def test_an_edit_is_found_as_one_region_and_shown_in_the_heat_map(client: Client) -> None:
@@ -48,7 +49,25 @@ async def test_different_sizes_are_compared_after_resizing_the_second_image(clie
         {"image_a": data_uri(photo("chelsea", 96)), "image_b": data_uri(photo("coffee", 64))},
     )
     assert out["resized"] is True
+    assert out["resize"] == (
+        "image_b (64x64) was resized to image_a's 96x96 before comparing. "
+        "changed_regions are in image_a's pixels."
+    )
     assert out["pixel_difference"] > 0.3 and out["ssim"] < 0.5
+
+
+async def test_a_different_aspect_ratio_is_reported_as_a_stretch_with_both_sizes(client: Client) -> None:
+    wide = photo("coffee", 96).resize((96, 48))
+    result = await client.call_tool(
+        "compare_images", {"image_a": data_uri(photo("coffee", 96)), "image_b": data_uri(wide)}
+    )
+    out = result.structured_content
+    assert out is not None and out["resized"] is True
+    said = (
+        "image_b (96x48) was resized to image_a's 96x96 before comparing; its aspect ratio changed from "
+        "2.00 to 1.00 (stretched, not cropped)"
+    )
+    assert out["resize"].startswith(said) and said in text_of(result)
 
 
 async def test_describe_true_adds_a_narrative_from_the_vision_language_model(client: Client) -> None:

@@ -13,37 +13,60 @@ timeouts and connection errors itself so that it can honour ``Retry-After`` (or 
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 from PIL import Image
 
+from multimodal_mcp.backends import vertex
 from multimodal_mcp.backends.hosted import Connection, api_key, clean_message, png_bytes
 from multimodal_mcp.capabilities import Capabilities, SizeRule
 from multimodal_mcp.config import Config, HostedSettings, ModelSpec
-from multimodal_mcp.errors import ProviderError
+from multimodal_mcp.errors import BackendError, ProviderError
 from multimodal_mcp.handles import ChatAnswer, Detail, GeneratedImages, Handle, ImageRequest, Progress, Usage
+from multimodal_mcp.hosted_settings import GOOGLE_CLOUD_SETTINGS
 from multimodal_mcp.imaging.codec import decode_image
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.registry import HostedBackend
 
 
 def _sdk() -> Any:
-    """google-genai's modules and the HTTP library it runs on (httpx2 in newer releases, httpx before)."""
+    """google-genai's modules and the HTTP libraries it runs on: httpx2 in newer releases (httpx
+    before), or aiohttp when that is installed. ``timeouts`` and ``unreachable`` are their exceptions
+    for a request that took too long and one that found no server."""
     from google import genai
+    from google.auth import exceptions as auth_errors
     from google.genai import errors, types
 
     try:
         import httpx2 as http
     except ImportError:  # pragma: no cover
         import httpx as http  # type: ignore[no-redef]
-    return SimpleNamespace(genai=genai, errors=errors, types=types, http=http)
+    timeouts: tuple[type[BaseException], ...] = (http.TimeoutException, TimeoutError)
+    unreachable: tuple[type[BaseException], ...] = (http.TransportError,)
+    try:
+        import aiohttp
+
+        unreachable += (aiohttp.ClientConnectionError,)
+        timeouts += (aiohttp.ServerTimeoutError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return SimpleNamespace(
+        genai=genai,
+        errors=errors,
+        types=types,
+        auth_errors=auth_errors,
+        timeouts=timeouts,
+        unreachable=unreachable,
+    )
 
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_DELAY = 60.0
@@ -59,6 +82,7 @@ REFUSALS = frozenset(
         "IMAGE_PROHIBITED_CONTENT",
     }
 )
+DEVELOPER_ENDPOINT = "https://generativelanguage.googleapis.com/"
 MEDIA_RESOLUTION = {"low": "MEDIA_RESOLUTION_LOW", "high": "MEDIA_RESOLUTION_HIGH"}
 
 # Gemini 2.5 Flash Image's output sizes per aspect ratio.
@@ -126,7 +150,7 @@ class _Calls:
         """``request(client)`` with retries (honouring Retry-After), its failures as curated errors."""
         client = self.connection.client(self.name)  # first: it names the extra when the SDK is missing
         sdk = _sdk()
-        errors, _http = sdk.errors, sdk.http
+        errors = sdk.errors
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -137,7 +161,7 @@ class _Calls:
                     await anyio.sleep(_retry_delay(exc, attempt))
                     continue
                 raise self._api_error(exc) from None
-            except _http.TimeoutException:
+            except sdk.timeouts:  # (asyncio's TimeoutError: aiohttp's total timeout)
                 if not last:
                     continue
                 raise ProviderError(
@@ -145,7 +169,7 @@ class _Calls:
                     f"{self.settings.timeout_seconds:g} s (tried {attempts} time(s)); try again later, "
                     f"or raise {self.connection.setting(self.name, 'timeout_seconds')}"
                 ) from None
-            except _http.TransportError:
+            except sdk.unreachable:
                 if not last:
                     await anyio.sleep(min(0.5 * 2**attempt, 8.0))
                     continue
@@ -154,12 +178,42 @@ class _Calls:
                     f"(tried {attempts} time(s)); check the network or "
                     f"{self.connection.setting(self.name, 'base_url')}"
                 ) from None
+            except sdk.auth_errors.GoogleAuthError as exc:
+                raise self._auth_error(exc) from None
             except (ValueError, KeyError, TypeError, errors.UnknownApiResponseError):
                 raise self.malformed("a response that does not match the API's format") from None
         raise AssertionError("unreachable")
 
+    def _auth_error(self, exc: Exception) -> Exception:
+        """google-auth's failures to get an access token (project access on Vertex AI), in plain words."""
+        logger.warning("%s: no access token for model %r: %s", self.title, self.name, exc)
+        auth_errors = _sdk().auth_errors
+        if isinstance(exc, auth_errors.DefaultCredentialsError):
+            return BackendError(
+                f"model {self.name!r} on {self.title} (project {self.settings.project!r}) found no "
+                "application default credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account "
+                "JSON key file, or run 'gcloud auth application-default login' on the server's machine, "
+                "and restart the server"
+            )
+        if isinstance(exc, auth_errors.RefreshError):
+            said = clean_message(exc.args[0] if exc.args else exc, self.settings, limit=200)
+            return ProviderError(
+                f"Google's token endpoint refused the credentials of model {self.name!r} ({said}); check "
+                "that the service-account key or gcloud login is still valid"
+            )
+        return ProviderError(
+            f"could not get an access token from Google for model {self.name!r} (the token endpoint did "
+            "not answer); check the network, then try again"
+        )
+
     def _api_error(self, exc: Any) -> Exception:
         message = clean_message(exc.message or exc.status or "", self.settings)
+        if exc.code in (401, 403) and self.settings.project is not None:
+            return ProviderError(
+                f"{self.title} refused access (HTTP {exc.code}) for model {self.name!r} in project "
+                f"{self.settings.project!r}: {message}. Check that the credentials' account has the "
+                "Vertex AI User role there and that the Vertex AI API is enabled"
+            )
         if exc.code in (401, 403) or (exc.code == 400 and "api key" in message.lower()):
             return ProviderError(
                 f"{self.title} rejected the API key or refused access (HTTP {exc.code}) for model "
@@ -320,6 +374,16 @@ class GeminiImageGenerator(_Calls):
         return GeneratedImages([img for img, _ in done], usage, sent, [None] * len(done))
 
 
+def _http_options(settings: HostedSettings) -> Any:
+    types = _sdk().types
+    return types.HttpOptions(
+        base_url=settings.base_url,
+        headers=settings.headers or None,
+        timeout=math.ceil(settings.timeout_seconds * 1000),
+        retry_options=types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
+    )
+
+
 def _sum(values: Any) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
@@ -332,28 +396,57 @@ class GeminiBackend(HostedBackend):
     tasks = frozenset({"text_to_image", "vlm", "text"})
     sdk = "google.genai"
     extra = "gemini"
-    vertexai: bool = False
-    """Whether the client speaks Vertex AI's API rather than the Gemini Developer API."""
+    cloud_settings = GOOGLE_CLOUD_SETTINGS
+    always_vertex: ClassVar[bool] = False
+    """True for the backend that always speaks Vertex AI (``vertex_ai``); ``gemini`` does when its
+    ``vertexai`` setting is on (``GOOGLE_GENAI_USE_VERTEXAI``, as google-genai reads it)."""
 
     def default_settings(self) -> HostedSettings:
         return HostedSettings(
             api_key_env="GEMINI_API_KEY",
             api_key_env_fallbacks=("GOOGLE_API_KEY",),
-            base_url="https://generativelanguage.googleapis.com/",
+            base_url=DEVELOPER_ENDPOINT,
+            from_env={"vertexai": ("GOOGLE_GENAI_USE_VERTEXAI",), **vertex.CLOUD_ENV},
         )
 
+    def complete(self, settings: HostedSettings) -> HostedSettings:
+        """On Vertex AI: the location and endpoint a project or a key implies (see
+        :func:`vertex.complete`). Else a project, location or credentials file (set in the file: the
+        environment's are not read for the Gemini Developer API) is refused."""
+        if settings.vertexai:
+            return vertex.complete(settings, self.default_settings().base_url)
+        for field in sorted(vertex.PROJECT_SETTINGS):
+            if getattr(settings, field) is not None:
+                raise ValueError(
+                    f"hosted.{self.name}.{field} applies on Vertex AI only: set vertexai = true in "
+                    f'[hosted.{self.name}] (or GOOGLE_GENAI_USE_VERTEXAI=true), or use backend = "vertex_ai"'
+                )
+        return settings
+
+    def missing_credentials(self, connection: Connection, model: str) -> str | None:
+        if not connection.settings.vertexai or not connection.needs_key:  # (a keyless endpoint of its own)
+            return connection.missing_key(model)
+        return vertex.missing_credentials(connection.settings, model, self.name)
+
+    def key_status(self, settings: HostedSettings) -> str:
+        if not settings.vertexai or (settings.project is None and not settings.api_key_env):
+            return super().key_status(settings)  # (the Gemini Developer API, or a keyless endpoint)
+        return vertex.key_status(settings, "" if self.always_vertex else "on Vertex AI, ")
+
     def make_client(self, settings: HostedSettings) -> Any:
-        sdk = _sdk()
-        client = sdk.genai.Client(
-            api_key=api_key(settings),
-            vertexai=self.vertexai,
-            http_options=sdk.types.HttpOptions(
-                base_url=settings.base_url,
-                headers=settings.headers or None,
-                timeout=math.ceil(settings.timeout_seconds * 1000),
-                retry_options=sdk.types.HttpRetryOptions(attempts=1),  # retried here, honouring Retry-After
-            ),
-        )
+        genai = _sdk().genai
+        if settings.vertexai and settings.project is not None:  # project access, a bearer token
+            client = genai.Client(
+                vertexai=True,
+                project=settings.project,
+                location=settings.location,
+                credentials=vertex.credentials_from_file(settings, self.name),
+                http_options=_http_options(settings),
+            )
+        else:  # the Gemini Developer API, or Vertex AI's express mode: an API key
+            client = genai.Client(
+                api_key=api_key(settings), vertexai=settings.vertexai, http_options=_http_options(settings)
+            )
         return client.aio
 
     async def close_client(self, client: Any) -> None:
@@ -371,16 +464,31 @@ class GeminiBackend(HostedBackend):
 backend = GeminiBackend()
 
 
-class VertexExpressBackend(GeminiBackend):
-    """Gemini models on Vertex AI in express mode: an API key bound to a Google Cloud project
-    (google-genai's ``vertexai=True`` with a key), read from ``GOOGLE_API_KEY`` as the SDK does.
-    Project-and-location access through application default credentials is not offered here."""
+class VertexBackend(GeminiBackend):
+    """Gemini models on Vertex AI (google-genai's ``vertexai=True``), in one of its two modes:
+
+    - **project access**: a Google Cloud project and location (``GOOGLE_CLOUD_PROJECT``,
+      ``GOOGLE_CLOUD_LOCATION``, or ``project``/``location`` in ``[hosted.vertex_ai]``) with
+      application default credentials: the JSON file ``GOOGLE_APPLICATION_CREDENTIALS`` (or
+      ``credentials_file``) names, else gcloud's login or the metadata server, found by google-auth
+      at the first call. Requests carry an OAuth bearer token, never an API key.
+    - **express mode**: an API key bound to a project, from ``GOOGLE_API_KEY``, when no project is set.
+
+    A project wins over a key, as in google-genai. (``backend = "gemini"`` does the same with
+    ``GOOGLE_GENAI_USE_VERTEXAI=true``.)
+    """
 
     title = "Vertex AI"
-    vertexai = True
+    always_vertex = True
+    cloud_settings = GOOGLE_CLOUD_SETTINGS - {"vertexai"}
 
     def default_settings(self) -> HostedSettings:
-        return HostedSettings(api_key_env="GOOGLE_API_KEY", base_url="https://aiplatform.googleapis.com/")
+        return HostedSettings(
+            api_key_env="GOOGLE_API_KEY",
+            base_url=vertex.GLOBAL_ENDPOINT,
+            vertexai=True,
+            from_env=vertex.CLOUD_ENV,
+        )
 
 
-vertex_backend = VertexExpressBackend()
+vertex_backend = VertexBackend()

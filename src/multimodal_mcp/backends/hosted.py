@@ -126,27 +126,36 @@ class Connection:
             else f"hosted.{self.backend.name}.{field}"
         )
 
+    def missing_key(self, model: str) -> str | None:
+        """The error for a request without the API key this endpoint needs, naming the variables to set
+        (``None`` when the key is there or none is needed)."""
+        settings = self.settings
+        if not self.needs_key or (settings.api_key is not None and settings.api_key.get_secret_value()):
+            return None
+        variables = " or ".join((settings.api_key_env, *settings.api_key_env_fallbacks))
+        if settings.own_endpoint:
+            needs, where = f"an API key for {self.title}", f"models.{model}.api_key_env"
+        else:
+            article = "an" if self.title[:1].lower() in "aeiou" else "a"
+            needs = f"{article} {self.title} API key"
+            where = f"hosted.{self.backend.name}.api_key in its config file"
+        return (
+            f"model {model!r} needs {needs}: set {variables} in the server's "
+            f"environment (or {where}) and restart it"
+        )
+
     def client(self, model: str) -> Any:
         """The provider's client, created on first use.
 
         Raises:
-            BackendError: the SDK is not installed (names the extra), or no API key is set (names the
-                variables to set).
+            BackendError: the SDK is not installed (names the extra), or no API key or other credentials
+                are set (names the variables to set).
         """
         if self._client is None:
             settings = self.settings
-            if self.needs_key and (settings.api_key is None or not settings.api_key.get_secret_value()):
-                variables = " or ".join((settings.api_key_env, *settings.api_key_env_fallbacks))
-                if settings.own_endpoint:
-                    needs, where = f"an API key for {self.title}", f"models.{model}.api_key_env"
-                else:
-                    article = "an" if self.title[:1].lower() in "aeiou" else "a"
-                    needs = f"{article} {self.title} API key"
-                    where = f"hosted.{self.backend.name}.api_key in its config file"
-                raise BackendError(
-                    f"model {model!r} needs {needs}: set {variables} in the server's "
-                    f"environment (or {where}) and restart it"
-                )
+            problem = self.backend.missing_credentials(self, model)
+            if problem is not None:
+                raise BackendError(problem)
             sdk = self.backend.sdk
             if sdk is not None:
                 try:

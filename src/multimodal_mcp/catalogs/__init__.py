@@ -111,14 +111,15 @@ def auto_profile(
     """The ``auto`` profile's models, defaults, and the reasons for them (the policy is in ``auto.toml``).
 
     ``settings_for(backend)`` gives a hosted backend's settings; only whether and where its key was
-    found (``key_from``) and the variables it is looked up in are read.
+    found (``key_from``), the variables it is looked up in, and a Vertex AI project (``vertexai``,
+    ``project``: calls through application default credentials) are read.
 
     Raises:
         ValueError: the rules name a model that ``hosted.toml`` does not have.
     """
     hosted, _ = read("hosted")
     backends = list(dict.fromkeys(spec["backend"] for spec in hosted.values()))
-    keyed = {b: _key_source(b, settings_for(b).key_from) for b in backends if settings_for(b).key_from}
+    keyed = {b: source for b in backends if (source := _credentials_source(b, settings_for(b))) is not None}
     if has_gpu:
         models, defaults = layered(read, PROFILES["default"])
         reasons = ["CUDA GPU found -> local 'default' models for every tool"]
@@ -199,6 +200,14 @@ def _picked(
 
 def _key_source(backend: str, key_from: str | None) -> str:
     return f"[hosted.{backend}] api_key" if key_from == "config file" else str(key_from)
+
+
+def _credentials_source(backend: str, settings: HostedSettings) -> str | None:
+    """What lets ``backend`` make calls, for the reasons: where its key was found, or the project it
+    reaches Vertex AI in with application default credentials; ``None`` when neither is set."""
+    if settings.vertexai and settings.project is not None:
+        return settings.set_from.get("project", f"[hosted.{backend}] project")
+    return _key_source(backend, settings.key_from) if settings.key_from else None
 
 
 def _join(items: Iterable[str], word: str = "and") -> str:

@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field
 
 Text = Annotated[str, Field(min_length=1, max_length=4000)]
+ATTEMPTS_PATTERN = r"^[1-5]?$"
 
 
 def make_and_check(
@@ -26,7 +27,7 @@ def make_and_check(
         ),
     ] = "",
     attempts: Annotated[
-        str, Field(pattern=r"^[1-5]?$", description="How many tries at most, 1-5 (default 3).")
+        str, Field(pattern=ATTEMPTS_PATTERN, description="How many tries at most, 1-5 (default 3).")
     ] = "",
 ) -> str:
     """Make an image and check it: generate, verify it against the prompt, fix and retry."""

@@ -42,9 +42,11 @@ from multimodal_mcp.logs import prefix
 from multimodal_mcp.principals import LOCAL, acting_as
 from multimodal_mcp.server.consent import SpendingApprover
 from multimodal_mcp.server.http import principal_of_request
+from multimodal_mcp.server.prompts import ATTEMPTS_PATTERN
 from multimodal_mcp.server.rendering import Renderer, RenderOptions
 from multimodal_mcp.server.schemas import lean_output_schema, portable_input_schema
 from multimodal_mcp.tools.common import Params, Progress, Result, Services, spending_approver
+from multimodal_mcp.tools.jobs import JOB_ID_PATTERN
 
 Implementation = Callable[[Any, Services, Progress | None], Awaitable[Result]]
 MAX_URI_CHARS = 2048
@@ -70,18 +72,39 @@ def _signature_from(
     return inspect.Signature(parameters, return_annotation=Annotated[CallToolResult, result_model])
 
 
-def _friendly_validation(tool: str, exc: ValidationError, what: str = "arguments") -> str:
+PATTERN_WORDS = {
+    JOB_ID_PATTERN: "must be a job id as its job handle gives it: 16 hexadecimal digits (0-9, a-f)",
+    ATTEMPTS_PATTERN: "must be a whole number from 1 to 5, or empty for the default (3)",
+}
+"""What each argument pattern asks for, in words: errors never show a client the regular expression."""
+
+
+def _friendly_validation(
+    tool: str, exc: ValidationError, what: str = "arguments", max_side: int | None = None
+) -> str:
+    """``exc``'s problems as sentences: bounds with a value that passes, patterns in words, and a
+    width or height over the schema's bound with the server's own ``max_side``."""
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "arguments"
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        step = (err.get("ctx") or {}).get("multiple_of")
+        ctx = err.get("ctx") or {}
+        step = ctx.get("multiple_of")
         if err["type"] == "multiple_of" and isinstance(step, int) and isinstance(err.get("input"), int):
             value = err["input"]  # name the two nearest values that pass
             low, high = value // step * step, (value // step + 1) * step
             message += f": use {where}={low} or {where}={high}" if low > 0 else f": use {where}={high}"
+        elif err["type"] == "string_pattern_mismatch":
+            message = PATTERN_WORDS.get(
+                str(ctx.get("pattern")), "is not in the form this argument takes (see its description)"
+            )
+        elif err["type"] == "less_than_equal" and where in ("width", "height") and max_side is not None:
+            message += (
+                f"; this server's largest side is {max_side} px (its max_side setting): "
+                f"use {where}={max_side - max_side % 8} or less"
+            )
         problems.append(f"{where}: {message}")
     return (
         f"Invalid arguments for {tool}: "
@@ -144,6 +167,9 @@ class MultimodalServer(MCPServer[Services]):
         super().__init__(*args, **kwargs)
         self.tool_parameters: dict[str, frozenset[str]] = {}
         self.prompt_functions: dict[str, Callable[..., str]] = {}
+        self.max_side: int | None = None
+        """The server's ``limits.max_side``, named in errors for a width or height past the schema's
+        bound (set when tools are registered)."""
 
     async def run_stdio_async(self) -> None:
         """Serve over stdio, answering malformed lines as JSON-RPC says (see ``server/stdio.py``)."""
@@ -215,7 +241,9 @@ class MultimodalServer(MCPServer[Services]):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
-                raise ToolError(_friendly_validation(name, exc.__cause__)) from exc.__cause__
+                raise ToolError(
+                    _friendly_validation(name, exc.__cause__, max_side=self.max_side)
+                ) from exc.__cause__
             raise
 
     async def get_prompt(
@@ -276,6 +304,7 @@ def register_tool(
     """
     name = implementation.__name__
     options = RenderOptions if _shows_images(name, result_model) else None
+    server.max_side = config.server.limits.max_side
 
     async def handler(ctx: Context, **arguments: Any) -> CallToolResult | InputRequiredResult:
         # The SDK checked the arguments against the signature below; the params model validates the
@@ -287,7 +316,7 @@ def register_tool(
             )
             params = params_model.model_validate(arguments)
         except ValidationError as exc:
-            raise ToolError(_friendly_validation(name, exc)) from None
+            raise ToolError(_friendly_validation(name, exc, max_side=config.server.limits.max_side)) from None
         if (rendering.delivery or config.server.delivery) == "path" and config.server.path_delivery is False:
             raise ToolError(
                 f"Invalid arguments for {name}: delivery='path' is off on this server (its clients do not "

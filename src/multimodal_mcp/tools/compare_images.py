@@ -76,6 +76,11 @@ class CompareImagesResult(Result):
     )
     diff_image: ImageRef = Field(description="Heat map of the per-pixel difference (bright = changed).")
     resized: bool = Field(description="True when image_b was resized to image_a's size before comparing.")
+    resize: str | None = Field(
+        default=None,
+        description="What resizing was done before comparing, in words: both sizes, and whether image_b's "
+        "aspect ratio changed (then it was stretched, and the distortion counts as change); null when none.",
+    )
     narrative: str | None = Field(description="What changed, in words (describe=True only).")
     image_a: ImageRef
     image_b: ImageRef
@@ -92,8 +97,8 @@ class CompareImagesResult(Result):
             f"{self.pixel_difference:.1%} of pixels changed, CLIP similarity {self.clip_similarity:.3f}, "
             f"{len(self.changed_regions)} changed region(s). Difference heat map: {self.diff_image.uri}."
         )
-        if self.resized:
-            text += " image_b was resized to image_a's size first."
+        if self.resize:
+            text += f" {self.resize}"
         if self.narrative:
             text += f"\nWhat changed ({self.model}): {self.narrative}"
         else:
@@ -102,6 +107,20 @@ class CompareImagesResult(Result):
 
     def preview_ids(self) -> list[str]:
         return [self.diff_image.id]
+
+
+def resize_note(size_a: tuple[int, int], size_b: tuple[int, int]) -> str | None:
+    """What comparing images of these sizes does to image_b, in words (``None`` for equal sizes)."""
+    if size_a == size_b:
+        return None
+    (wa, ha), (wb, hb) = size_a, size_b
+    note = f"image_b ({wb}x{hb}) was resized to image_a's {wa}x{ha} before comparing"
+    if abs(wa * hb - wb * ha) > 0.01 * wa * hb:  # aspect ratios more than 1% apart
+        note += (
+            f"; its aspect ratio changed from {wb / hb:.2f} to {wa / ha:.2f} (stretched, not cropped), so "
+            "the distortion counts as change too: crop one to the other's shape first to compare content"
+        )
+    return note + ". changed_regions are in image_a's pixels."
 
 
 def side_by_side(a: Image.Image, b: Image.Image) -> Image.Image:
@@ -182,6 +201,7 @@ async def compare_images(
         ],
         diff_image=diff_ref,
         resized=resized,
+        resize=resize_note(a.image.size, b.image.size),
         narrative=narrative,
         image_a=ImageRef.of(a.record),
         image_b=ImageRef.of(b.record),

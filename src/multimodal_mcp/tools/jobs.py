@@ -9,7 +9,8 @@ from pydantic import Field, PrivateAttr
 from multimodal_mcp.jobs import JobInfo
 from multimodal_mcp.tools.common import Params, Progress, Result, Services
 
-JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="The job id from a job handle.")]
+JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, description="The job id from a job handle.")]
 
 
 class GetJobParams(Params):
