@@ -159,7 +159,8 @@ def write_config(
     lines = ['profile = "tiny"', "", "[server]"]
     lines.append(f"store_dir = {_toml_value(store_dir)}")
     lines.append(f"tiny_dir = {_toml_value(tiny_dir)}")
-    lines.append("allowed_roots = []")
+    if "allowed_roots" not in (server or {}):
+        lines.append("allowed_roots = []")
     for key, value in (server or {}).items():
         lines.append(f"{key} = {_toml_value(value)}")
     for table, values in (("server.pool", pool), ("server.limits", limits)):
