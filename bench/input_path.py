@@ -41,6 +41,7 @@ from _common import (
     call_tool,
     median,
     print_header,
+    record_ratio,
     server_parameters,
     table,
     temp_dir,
@@ -201,10 +202,21 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         "data URI / 448 px": TARGET_LARGE,
         "data URI again / image://": TARGET_REPEAT,
     }
+    alternatives = {
+        "path / 448 px": "the photo downscaled to 448 px by the client",
+        "data URI / 448 px": "the photo downscaled to 448 px by the client",
+        "data URI again / image://": "its image:// id",
+    }
     print()
     for name, value in ratios.items():
         verdict = "pass" if value <= targets[name] else "FAIL"
         print(f"ratio {name}: {value:.2f}x (target <= {targets[name]}x: {verdict})")
+        label = {
+            "path / 448 px": "clip_classify, 12 MP JPEG by path",
+            "data URI / 448 px": "clip_classify, 12 MP JPEG as a new data URI",
+            "data URI again / image://": "clip_classify, the same 12 MP data URI again",
+        }[name]
+        record_ratio(label, value, alternative=alternatives[name], target=targets[name])
     return ratios
 
 
