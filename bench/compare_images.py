@@ -112,7 +112,8 @@ async def main(args: argparse.Namespace) -> float:
         async with AsyncExitStack() as stack:
             from mcp import Client
 
-            client = await stack.enter_async_context(Client(server_parameters(config), read_timeout_seconds=600))
+            session = Client(server_parameters(config), read_timeout_seconds=600)
+            client = await stack.enter_async_context(session)
             first = await call_tool(
                 client, "compare_images", {"image_a": data_uri(base), "image_b": data_uri(edited)}
             )
@@ -154,7 +155,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds per side (default 9; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"tiny models kept here (default {DEFAULT_CACHE})"
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"tiny models (default {DEFAULT_CACHE})"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary store and config")
     args = parser.parse_args()
