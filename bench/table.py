@@ -132,7 +132,7 @@ def main() -> int:
                     f"{float(row['value']):.2f}x{note}",  # type: ignore[arg-type]
                     str(row["alternative"]),
                     f"{sign} {target}x" if target is not None else "-",
-                    verdict(row) if status == "ok" else status,
+                    status if status != "ok" else ("not judged" if args.smoke else verdict(row)),
                 ]
             )
     mode = "smoke (the least work per script: the ratios are not meaningful)" if args.smoke else "quick"
