@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -174,6 +174,26 @@ async def keeping_inputs(services: Services, *resolved: ResolvedImage | None) ->
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from group.exceptions[0].__cause__
         raise
+
+
+async def concurrently(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Await ``calls`` at once (CPU work in worker threads and model work on the device lanes then
+    overlap) and return their results in order. The first error cancels the rest and propagates as
+    itself (not as an exception group)."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(index: int) -> None:
+        results[index] = await calls[index]()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(len(calls)):
+                tg.start_soon(run, index)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
+    return results
 
 
 class Clock:
