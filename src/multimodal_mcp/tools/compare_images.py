@@ -26,7 +26,7 @@ from multimodal_mcp.tools.common import (
     concurrently,
     given_arguments,
     in_thread,
-    keep_inputs,
+    keeping_inputs,
     resolve_image,
 )
 
@@ -135,7 +135,6 @@ async def compare_images(
         await approve_spending(
             services, vlm_name, f"one answer comparing two images (up to {max_tokens} tokens)"
         )
-    await keep_inputs(services, a, b)
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:
@@ -156,7 +155,11 @@ async def compare_images(
         async with clock.infer():
             return list(await hub.embedder(clip_name).embed_images([rgb_a, rgb_b]))
 
-    (comparison, resized, diff_ref), (emb_a, emb_b) = await concurrently([lambda: in_thread(analyse), embed])
+    # The inputs are stored meanwhile too (off the critical path), and before the result is returned.
+    async with keeping_inputs(services, a, b):
+        (comparison, resized, diff_ref), (emb_a, emb_b) = await concurrently(
+            [lambda: in_thread(analyse), embed]
+        )
     clip_similarity = float(emb_a @ emb_b)
 
     # 4. Narrative: both images in one request where the model takes several, else side by side
