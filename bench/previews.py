@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, record_ratio, table
+from _common import cpu_model, median, record_ratio, table
 
 SIDE = 1024
 TARGET = 1.0
@@ -52,7 +52,12 @@ def main(args: argparse.Namespace) -> float:
     max_side = fields["preview_max_side"].default
     max_bytes = fields["result_max_bytes"].default // 2
     images = photos()
+    import os
+
+    import PIL
+
     print("== previews: the default preview format vs WebP, encode_preview on 1024 px images ==")
+    print(f"cpu:          {cpu_model()}, {os.cpu_count()} logical cores; Pillow {PIL.__version__}")
     print(f"settings:     preview_max_side {max_side}, byte budget {max_bytes}, default {default_format}")
     print(f"workload:     {len(images)} photos {SIDE}x{SIDE}, {args.rounds} rounds, formats alternating")
     print()
