@@ -1,4 +1,4 @@
-.PHONY: test test-fast lint format typecheck ci demo clients browser
+.PHONY: test test-fast lint format typecheck ci demo clients browser bench
 
 # Everything, the Node client tests included when `npm ci --prefix clients` has been run (else they skip).
 test:
@@ -19,6 +19,11 @@ format:
 
 typecheck:
 	mypy
+
+# Every benchmark in its short mode, then one table: each ratio measured against its alternative in
+# the same run, its target, pass/FAIL (bench/table.py; about 6 minutes on 2 CPU cores, no GPU needed).
+bench:
+	python bench/table.py
 
 demo:
 	multimodal-mcp demo

@@ -159,7 +159,8 @@ def write_config(
     lines = ['profile = "tiny"', "", "[server]"]
     lines.append(f"store_dir = {_toml_value(store_dir)}")
     lines.append(f"tiny_dir = {_toml_value(tiny_dir)}")
-    lines.append("allowed_roots = []")
+    if "allowed_roots" not in (server or {}):
+        lines.append("allowed_roots = []")
     for key, value in (server or {}).items():
         lines.append(f"{key} = {_toml_value(value)}")
     for table, values in (("server.pool", pool), ("server.limits", limits)):
@@ -252,3 +253,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+# --- the benchmark table (bench/table.py) ------------------------------------------------------------
+
+RESULTS_ENV = "MMCP_BENCH_RESULTS"
+"""When set, the file each script appends its ratios to (JSON lines), for ``bench/table.py``."""
+
+
+def record_ratio(
+    name: str,
+    value: float,
+    *,
+    alternative: str,
+    target: float | None,
+    higher_is_better: bool = False,
+    note: str = "",
+) -> None:
+    """Report one ratio measured in this run against its alternative, for ``make bench``'s table.
+
+    ``target``: the bound the ratio should meet (at most, or at least when ``higher_is_better``);
+    None for a ratio shown for information. Written only when ``MMCP_BENCH_RESULTS`` names a file.
+    """
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    row = {
+        "name": name,
+        "value": value,
+        "alternative": alternative,
+        "target": target,
+        "higher_is_better": higher_is_better,
+        "note": note,
+    }
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(row) + "\n")

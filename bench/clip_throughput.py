@@ -39,6 +39,7 @@ from _common import (
     call_tool,
     pool_status,
     print_header,
+    record_ratio,
     server_parameters,
     table,
     temp_dir,
@@ -345,6 +346,13 @@ async def main(args: argparse.Namespace) -> None:
     print(table(["side", "seconds per round", "best s", "calls/s"], rows))
     ratio = best["pipeline"] / best["both (defaults)"]
     print(f"ratio pipeline / multimodal-mcp (best of rounds): {ratio:.2f}x (target >= 2x)")
+    record_ratio(
+        f"CLIP: {n} concurrent clip_classify (speed-up)",
+        ratio,
+        alternative=f"{n} sequential transformers pipeline calls",
+        target=2.0,
+        higher_is_better=True,
+    )
     agree = "yes" if not disagreements else f"NO ({len(disagreements)} calls differ)"
     print(
         f"top labels agree with the pipeline on every call of every server config: {agree}; "

@@ -38,6 +38,7 @@ from _common import (
     median,
     print_header,
     read_png,
+    record_ratio,
     server_parameters,
     table,
     temp_dir,
@@ -430,6 +431,12 @@ async def main(args: argparse.Namespace) -> None:
         f"ratio tool / direct (medians): {mt / md:.3f} (target <= 1.05); "
         f"overhead {(mt - md) * 1000:+.0f} ms per call"
     )
+    record_ratio(
+        f"generate_image tool ({args.arch}, {size} px, {steps} steps)",
+        mt / md,
+        alternative="the same diffusers pipeline called directly",
+        target=1.05,
+    )
     paired = median([t / d for t, d in zip(tool_times, direct_times, strict=True)])
     fastest = min(tool_times) / min(direct_times)
     print(
@@ -476,7 +483,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--target", type=float, default=1.0, help="direct-call seconds to calibrate to (default 1)"
     )
-    parser.add_argument("--runs", type=int, default=11, help="alternating runs per side (default 11)")
+    parser.add_argument("--runs", type=int, help="alternating runs per side (default 11; 5 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="5 runs per side")
     parser.add_argument("--model-dir", type=Path, help="reuse (or build into) this pipeline directory")
     parser.add_argument(
         "--cache-dir",
@@ -486,6 +494,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary store and config")
     args = parser.parse_args()
+    if args.runs is None:
+        args.runs = 5 if args.quick else 11
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.size is not None and (args.size % 8 or args.size < 64):

@@ -28,6 +28,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import record_ratio
 from PIL import Image
 
 from multimodal_mcp.config import StoreSettings
@@ -82,6 +83,11 @@ def lookups(root: Path, ids: list[str], n: int, rng: random.Random) -> tuple[flo
     return statistics.median(looked), statistics.median(read)
 
 
+def _count(n: int) -> str:
+    """50000 -> '50k', 200 -> '200': the sizes in a RATIO line's name."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,10 +132,24 @@ def main() -> None:
     for name, a, b in rows:
         print(f"{name:34}{a * 1000:>10.3f}ms{b * 1000:>10.3f}ms  {b / a:6.2f}x")
     print(f"target: indexed opening at {large:,} within 10% of {small:,} (ratio <= 1.10)")
-    sizes = f"{large // 1000}k_vs_{small // 1000}k"  # 50k_vs_1k by default, 10k_vs_1k with --quick
+    sizes = f"{_count(large)}_vs_{_count(small)}"  # 50k_vs_1k by default, 10k_vs_1k with --quick
     print(f"RATIO store_lookup_{sizes} {reads[large][0] / reads[small][0]:.3f}")
     print(f"RATIO store_read_{sizes} {reads[large][1] / reads[small][1]:.3f}")
     print(f"RATIO store_open_{sizes} {med[large] / med[small]:.3f}")
+    versus = f"the same at {small:,} images"
+    record_ratio(f"store opening, {large:,} images", med[large] / med[small], alternative=versus, target=1.10)
+    record_ratio(
+        f"store record(id), {large:,} images",
+        reads[large][0] / reads[small][0],
+        alternative=versus,
+        target=1.10,
+    )
+    record_ratio(
+        f"store read_bytes(id), {large:,} images",
+        reads[large][1] / reads[small][1],
+        alternative=versus,
+        target=1.10,
+    )
 
 
 if __name__ == "__main__":

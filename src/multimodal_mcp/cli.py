@@ -68,7 +68,12 @@ def _tokens_from_env() -> dict[str, str]:
 
 
 def _cuda_available() -> bool:
-    """For the 'auto' profile: is there a CUDA GPU? (Imports torch, so only asked when needed.)"""
+    """For the 'auto' profile: is there a CUDA GPU? (Imports torch where one may be present, so only
+    asked when needed.)"""
+    from multimodal_mcp.pool.devices import gpu_may_be_present
+
+    if not gpu_may_be_present():
+        return False
     try:
         import torch
 

@@ -19,21 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from multimodal_mcp.capabilities import Capabilities
+
+if TYPE_CHECKING:  # numpy is not imported at start-up (issue 20: a quick start)
+    import numpy as np
+    import numpy.typing as npt
 
 Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 """Reports progress to the caller: (progress, total or None, message or None)."""
 
 Detail = Literal["low", "high", "auto"]
 
-Embedding = npt.NDArray[np.float32]
+Embedding: TypeAlias = "npt.NDArray[np.float32]"
 """An L2-normalised embedding: a float32 vector of shape (dim,)."""
 
 

@@ -230,3 +230,65 @@ def test_a_large_jpeg_is_read_at_the_scale_its_use_needs_and_stored_whole(tmp_pa
     assert resolved.pending is not None
     store.commit(resolved.pending)
     assert store.open(resolved.record.id).size == (2048, 1536)  # the stored image is the whole photo
+
+
+def _large_jpeg(width: int = 2048, height: int = 1536) -> bytes:
+    buf = io.BytesIO()
+    photo("astronaut", 512).resize((width, height)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_data_uri_sent_again_is_recognised_by_its_text_before_its_base64_is_decoded(
+    resolver: ImageResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import inputs
+
+    payloads: list[int] = []
+    real = inputs.decode_base64_payload
+    monkeypatch.setattr(
+        inputs, "decode_base64_payload", lambda text, **kw: (payloads.append(1), real(text, **kw))[1]
+    )
+    value = "data:image/png;base64," + b64_png(photo("chelsea", 32))
+    first = resolver.resolve(value)
+    assert first.pending is not None
+    resolver.store.commit(first.pending)
+    again = resolver.resolve(value)
+    assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
+    assert payloads == [1]
+
+
+def test_an_id_of_a_large_jpeg_gives_the_reduced_picture_the_first_call_got_and_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import inputs
+
+    store = ImageStore(tmp_path / "store", fsync=False)
+    resolver = ImageResolver(store, (), Limits())
+    first = resolver.resolve(
+        "data:image/jpeg;base64," + base64.b64encode(_large_jpeg()).decode(), min_side=300
+    )
+    assert first.pending is not None
+    store.commit(first.pending)
+    fresh = ImageResolver(store, (), Limits())  # nothing in memory: the stored JPEG is decoded again
+    decodes: list[int] = []
+    real = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda data, **kw: (decodes.append(1), real(data, **kw))[1])
+    by_id = fresh.resolve(first.record.uri, min_side=300)
+    assert by_id.image.size == (512, 384) and by_id.image.tobytes() == first.image.tobytes()
+    assert (by_id.record.width, by_id.record.height) == (2048, 1536)
+    again = fresh.resolve(first.record.uri, min_side=300)
+    assert again.image.tobytes() == by_id.image.tobytes()
+    assert decodes == [1]  # the second read comes from memory
+    assert fresh.resolve(first.record.uri).image.size == (2048, 1536)  # no min_side: the whole image
+
+
+def test_an_id_of_a_large_lossless_image_is_reduced_by_a_power_of_two_for_a_use_needing_fewer_pixels(
+    tmp_path: Path,
+) -> None:
+    store = ImageStore(tmp_path / "store", fsync=False)
+    resolver = ImageResolver(store, (), Limits())
+    record = store.put_input(photo("astronaut", 512).resize((1600, 1200)), source="data")
+    assert resolver.resolve(record.uri, min_side=400).image.size == (800, 600)  # 1/2: 1/4 is under 400
+    assert resolver.resolve(record.uri, min_side=300).image.size == (400, 300)  # 1/4: still 300
+    assert resolver.resolve(record.uri, min_side=100).image.size == (200, 150)  # 1/8 at most
+    assert resolver.resolve(record.uri, min_side=700).image.size == (1600, 1200)  # not twice 700: whole

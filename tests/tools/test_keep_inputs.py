@@ -117,3 +117,43 @@ async def test_the_store_stays_within_max_bytes_across_calls_of_one_session(
             sizes.append(sum(p.stat().st_size for p in stored_files(tmp_path)))
     assert max(sizes) < 60_000 + 40_000  # at most one image's worth over, right after a write
     assert sizes[-1] <= 60_000
+
+
+async def test_an_input_kept_alongside_the_model_is_readable_when_the_block_ends(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    from multimodal_mcp.tools.common import keeping_inputs
+
+    services = _services(tmp_path, allowed_root, MODELS)
+    resolved = services.resolver.resolve(data_uri(photo("astronaut", 32)))
+    async with keeping_inputs(services, resolved):
+        pass
+    assert services.store.exists(resolved.record.id)
+    other = services.resolver.resolve(data_uri(photo("chelsea", 32)))
+    with pytest.raises(InvalidArgument, match="refused"):  # itself, not an exception group
+        async with keeping_inputs(services, other):
+            raise InvalidArgument("refused")
+
+
+async def test_concurrent_calls_give_their_results_in_order_and_an_error_as_itself() -> None:
+    import anyio
+
+    from multimodal_mcp.tools.common import concurrently
+
+    second_done = anyio.Event()
+
+    async def first() -> str:
+        await second_done.wait()  # finishes last
+        return "first"
+
+    async def second() -> str:
+        second_done.set()
+        return "second"
+
+    async def failing() -> str:
+        raise InvalidArgument("bad")
+
+    with anyio.fail_after(10):
+        assert await concurrently([first, second]) == ["first", "second"]
+        with pytest.raises(InvalidArgument, match="bad"):
+            await concurrently([second, failing])

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-import numpy.typing as npt
 from PIL import Image
 
 from multimodal_mcp.imaging.normalize import picture
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+# numpy and OpenCV are imported by the functions that use them: the server starts without them
+# (issue 20: a quick start), and the first comparison or edge map pays for them.
 
 __all__ = ["Box", "CannyEdges", "Comparison", "align_sizes", "canny_edges", "compare", "ssim"]
 
@@ -25,7 +28,7 @@ _SSIM_DATA_RANGE = 255.0
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
-_HEATMAP_COLORMAP = cv2.COLORMAP_INFERNO
+_HEATMAP_COLORMAP = "COLORMAP_INFERNO"  # the cv2 constant's name
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ def ssim(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> float:
     Raises:
         ValueError: if the arrays are not 2-D, differ in shape, or are empty.
     """
+    import cv2
+    import numpy as np
+
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"ssim expects 2-D arrays, got shapes {a.shape} and {b.shape}")
     if a.shape != b.shape:
@@ -126,6 +132,9 @@ def _changed_regions(
     changed: npt.NDArray[np.bool_], min_region_fraction: float, max_regions: int
 ) -> list[Box]:
     """Bounding boxes of connected changed areas, largest first."""
+    import cv2
+    import numpy as np
+
     total = changed.size
     # Close first so fragments of one edit (anti-aliased edges, text strokes) merge into a
     # single component, then open to drop isolated speckles from noise or compression.
@@ -191,6 +200,9 @@ def compare(
     if a_rgb.width == 0 or a_rgb.height == 0:
         raise ValueError(f"cannot compare empty images (size {a_rgb.size})")
 
+    import cv2
+    import numpy as np
+
     arr_a = np.asarray(a_rgb, dtype=np.uint8)
     arr_b = np.asarray(b_rgb, dtype=np.uint8)
 
@@ -201,7 +213,7 @@ def compare(
         cv2.cvtColor(arr_a, cv2.COLOR_RGB2GRAY),
         cv2.cvtColor(arr_b, cv2.COLOR_RGB2GRAY),
     )
-    heat_bgr = cv2.applyColorMap(np.ascontiguousarray(diff), _HEATMAP_COLORMAP)
+    heat_bgr = cv2.applyColorMap(np.ascontiguousarray(diff), getattr(cv2, _HEATMAP_COLORMAP))
     heatmap = Image.fromarray(cv2.cvtColor(heat_bgr, cv2.COLOR_BGR2RGB), mode="RGB")
 
     return Comparison(
@@ -249,6 +261,9 @@ def canny_edges(image: Image.Image, low_threshold: int = 100, high_threshold: in
     rgb = picture(image)
     if rgb.width == 0 or rgb.height == 0:
         return Image.new("RGB", rgb.size)
+    import cv2
+    import numpy as np
+
     gray = cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, float(low_threshold), float(high_threshold))
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2), mode="RGB")
@@ -264,6 +279,9 @@ def keep_outside_mask(
     """
     if generated.size != original.size:
         generated = generated.resize(original.size, Image.Resampling.LANCZOS)
+    import cv2
+    import numpy as np
+
     inside = np.asarray(mask.convert("L")) >= 128
     if feather > 0:
         # Distance to the nearest outside pixel: 1 on the boundary, growing inward.

@@ -27,7 +27,8 @@ from multimodal_mcp.imaging.normalize import is_srgb_profile, picture, standardi
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
 _MAGIC = re.compile(rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|GIF8[79]a|RIFF....WEBP", re.S)
 
-_B64_ALPHABET = re.compile(rb"^[A-Za-z0-9+/_-]*={0,2}$")
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_ASCII_WHITESPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.split() splits on, in ASCII
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
 )
@@ -86,15 +87,20 @@ def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
                 "a data: URI image must be base64 encoded, like 'data:image/png;base64,iVBORw0...'"
             )
         payload = text[match.end() :]
-    payload = "".join(payload.split())
+    try:  # whitespace removed: bytes.translate is several times faster than str.split and join
+        data = payload.encode("ascii").translate(None, _ASCII_WHITESPACE)
+    except UnicodeEncodeError:  # not base64 anyway, unless the only non-ASCII is whitespace
+        data = "".join(payload.split()).encode("ascii", errors="replace")
     # 4 base64 characters carry 3 bytes: refuse before allocating the decoded buffer.
-    if len(payload) * 3 // 4 > max_bytes:
+    if len(data) * 3 // 4 > max_bytes:
         raise ImageInputError(
-            f"the base64 image is about {len(payload) * 3 // 4} bytes; the limit is {max_bytes} bytes. "
+            f"the base64 image is about {len(data) * 3 // 4} bytes; the limit is {max_bytes} bytes. "
             "Send a smaller image (downscale or re-encode as JPEG/WebP)."
         )
-    data = payload.encode("ascii", errors="replace")
-    if not data or not _B64_ALPHABET.match(data):
+    body = data.rstrip(b"=")
+    # The alphabet, then at most two '=' at the end; bytes.translate deletes the alphabet several
+    # times faster than a regex walks it (a 6 MB data URI: 2 ms against 8-20 ms).
+    if not body or len(data) - len(body) > 2 or body.translate(None, _B64_CHARS):
         raise ImageInputError(
             "the image is not valid base64 (expected a data: URI, bare base64, an image://<id> reference, "
             "or a file path)"

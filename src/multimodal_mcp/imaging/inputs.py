@@ -4,6 +4,13 @@ URL when the server enables URLs).
 Resolving writes nothing: an image that arrived as bytes comes back with its stored form prepared
 (:class:`~.store.PendingImage`), and the tool writes it with :meth:`.store.ImageStore.commit` once its
 checks have passed, so the inputs of a refused call are never stored.
+
+What is read costs what the use needs (issue 20): bytes are hashed before any decode, and bytes the
+store has seen are read back, never decoded, encoded or written again; a data URI or base64 string
+sent before is recognised by the hash of its text, before its base64 is decoded; a use that needs
+fewer pixels (``min_side``) gets a JPEG decoded at reduced scale, and the reduced picture of a stored
+image is kept in memory (:data:`REDUCED_CACHE_BYTES`), so ``image://`` ids and repeated data URIs of a
+12-megapixel photo cost a copy of a 1000x750 picture rather than a 12-megapixel decode.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import hashlib
 import os
 import re
 import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +49,10 @@ HOW_TO_PASS = (
 )
 MAX_PATH_CHARS = 4096
 MAX_NAME_BYTES = 255
+REDUCED_CACHE_BYTES = 64 * 2**20
+"""Reduced pictures of stored images (decoded for a use's ``min_side``) kept in memory, in bytes."""
+TEXT_HASHES = 4096
+"""Data URIs and base64 strings remembered by the SHA-256 of their text (64 bytes each)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,10 @@ class ImageResolver:
         self.limits = limits
         self.fetcher = fetcher or UrlFetcher(urls or UrlSettings())
         self.decode_budget = DecodeBudget(limits.decode_memory_mib * 2**20)
+        self._reduced = _PictureCache(REDUCED_CACHE_BYTES)
+        # SHA-256 of a data URI's (or base64 string's) text -> SHA-256 of the bytes it decoded to.
+        self._texts: OrderedDict[bytes, str] = OrderedDict()
+        self._texts_lock = threading.Lock()
 
     def resolve(self, value: str, *, argument: str = "image", min_side: int | None = None) -> ResolvedImage:
         """Resolve one image argument: decode it and prepare its stored form, writing nothing.
@@ -94,11 +112,12 @@ class ImageResolver:
         if value.startswith(URI_SCHEME):
             image_id = value[len(URI_SCHEME) :].strip("/")
             record = self.store.record(image_id)
-            return ResolvedImage(record, self.store.open(image_id))
+            if not self._reducible(record, min_side):
+                return ResolvedImage(record, self.store.open(image_id))
+            picture = self._for_use(record, min_side, lambda: self.store.read_bytes(image_id)[0])
+            return ResolvedImage(record, picture)
         if looks_like_data_uri(value):
-            return self._from_bytes(
-                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "data", min_side
-            )
+            return self._from_text(value, "data", min_side)
         if is_url(value):
             if not self.fetcher.settings.enabled:
                 raise ImageInputError(URLS_OFF)
@@ -109,26 +128,89 @@ class ImageResolver:
                 "and only when enabled). Pass the image as base64, image://<id> or an absolute file path."
             )
         if _looks_like_base64(value):
-            return self._from_bytes(
-                decode_base64_payload(value, max_bytes=self.limits.max_input_bytes), "base64", min_side
-            )
+            return self._from_text(value, "base64", min_side)
         return self._from_path(value, min_side)
 
-    def _from_bytes(self, raw: bytes, source: str, min_side: int | None = None) -> ResolvedImage:
+    def _from_text(self, value: str, source: str, min_side: int | None) -> ResolvedImage:
+        """A data URI or bare base64: recognised by the hash of its text when sent before (its
+        base64 is then not decoded at all), else decoded and read as bytes."""
+        key = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+        with self._texts_lock:
+            digest = self._texts.get(key)
+        if digest is not None:
+            known = self._known(digest, source, min_side)
+            if known is not None:
+                return known
+        raw = decode_base64_payload(value, max_bytes=self.limits.max_input_bytes)
         digest = hashlib.sha256(raw).hexdigest()
-        known = self.store.prepare_known(digest, source=source)
-        if known is not None and known.record.width * known.record.height <= self.limits.max_input_pixels:
-            # The same bytes as before: their stored form is decoded (within the same limits, at
-            # the scale the use needs) unless it is cached; nothing is encoded or written again.
-            image = known.image if known.image is not None else self._decode(known.data, min_side).image
-            return ResolvedImage(known.record, image, known)
+        resolved = self._from_bytes(raw, source, min_side, digest)
+        with self._texts_lock:
+            self._texts[key] = digest
+            self._texts.move_to_end(key)
+            while len(self._texts) > TEXT_HASHES:
+                self._texts.popitem(last=False)
+        return resolved
+
+    def _from_bytes(
+        self, raw: bytes, source: str, min_side: int | None = None, digest: str | None = None
+    ) -> ResolvedImage:
+        digest = digest or hashlib.sha256(raw).hexdigest()
+        known = self._known(digest, source, min_side)
+        if known is not None:
+            return known
         decoded = self._decode(raw, min_side)
         try:
             pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
         except NotStorable:  # reduced, but its own bytes cannot be kept: store the full pixels
             decoded = self._decode(raw, None)
             pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
+        if decoded.reduced and min_side is not None:
+            self._reduced.put((pending.record.id, min_side), decoded.image)
         return ResolvedImage(pending.record, decoded.image, pending, decoded.notes)
+
+    def _known(self, digest: str, source: str, min_side: int | None) -> ResolvedImage | None:
+        """Bytes stored before (by the SHA-256 of what the client sent): their stored form, decoded
+        (within the same limits, at the scale the use needs) unless it is cached; nothing is encoded
+        or written again. None when the store does not have them."""
+        known = self.store.prepare_known(digest, source=source)
+        if known is None or known.record.width * known.record.height > self.limits.max_input_pixels:
+            return None
+        record = known.record
+        if self._reducible(record, min_side):
+            image = self._for_use(record, min_side, lambda: known.data, known.image)
+        else:
+            image = known.image if known.image is not None else self._decode(known.data, None).image
+        return ResolvedImage(record, image, known)
+
+    def _reducible(self, record: ImageRecord, min_side: int | None) -> bool:
+        return min_side is not None and min(record.width, record.height) >= 2 * min_side
+
+    def _for_use(
+        self,
+        record: ImageRecord,
+        min_side: int | None,
+        stored_jpeg: Callable[[], bytes | None],
+        full: Image.Image | None = None,
+    ) -> Image.Image:
+        """The picture of a stored image a use needing ``min_side`` pixels gets: a stored JPEG
+        decoded at reduced scale (the pixels the first call got from the same bytes), else the
+        whole image reduced by a power of two; kept in memory for the next call."""
+        assert min_side is not None
+        key = (record.id, min_side)
+        cached = self._reduced.get(key)
+        if cached is not None:
+            return cached
+        data = stored_jpeg() if record.format == "jpeg" else None
+        if data is not None:
+            picture = self._decode(data, min_side).image
+        else:
+            whole = full if full is not None else self.store.open(record.id)
+            factor = 2
+            while factor < 8 and min(whole.size) // (factor * 2) >= min_side:
+                factor *= 2
+            picture = whole.reduce(factor)
+        self._reduced.put(key, picture)
+        return picture
 
     def _decode(self, raw: bytes, min_side: int | None) -> DecodedImage:
         return decode_image(
@@ -207,6 +289,38 @@ class ImageResolver:
         if not resolved.is_file():
             raise ImageInputError(f"{shown!r} is not a regular file")
         return resolved
+
+
+class _PictureCache:
+    """Decoded pictures by (image id, short side), least recently used evicted past ``budget`` bytes;
+    ``get`` and ``put`` copy, so callers may modify what they hold."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._items: OrderedDict[tuple[str, int], tuple[Image.Image, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> Image.Image | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+        return hit[0].copy()
+
+    def put(self, key: tuple[str, int], image: Image.Image) -> None:
+        size = image.width * image.height * len(image.getbands())
+        if size > self._budget // 4:
+            return
+        copy = image.copy()
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes += size - (old[1] if old else 0)
+            self._items[key] = (copy, size)
+            while self._bytes > self._budget:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= evicted
 
 
 def _looks_like_base64(value: str) -> bool:

@@ -33,10 +33,12 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from PIL import Image, ImageCms
+
+if TYPE_CHECKING:  # imported where used: the server starts without numpy (issue 20)
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def has_transparency(image: Image.Image) -> bool:
 def to_8bit(image: Image.Image) -> Image.Image:
     """``image`` with 8-bit samples: modes ``I;16*``, ``I`` and ``F`` become ``L`` scaled as the module
     docstring says; other modes are returned unchanged."""
+    import numpy as np
+
     mode = image.mode
     if mode.startswith("I;16"):
         samples = np.asarray(image).astype(np.uint32)
@@ -146,6 +150,8 @@ def _is_srgb(digest: str, icc: bytes) -> bool:
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return False
     assert out is not None
+    import numpy as np
+
     a = np.asarray(probe, dtype=np.int16)
     return bool(np.abs(np.asarray(out, dtype=np.int16) - a).max() <= 1)
 
@@ -272,6 +278,8 @@ def read_mask(image: Image.Image) -> MaskReading:
     Raises:
         MaskError: a colour picture without transparency.
     """
+    import numpy as np
+
     image = standardize(image)
     if image.mode == "RGBA":
         alpha = np.asarray(image.getchannel("A"))
@@ -293,5 +301,7 @@ def read_mask(image: Image.Image) -> MaskReading:
 
 
 def _reading(repaint: np.ndarray, convention: MaskConvention) -> MaskReading:
+    import numpy as np
+
     mask = Image.fromarray(np.where(repaint, 255, 0).astype(np.uint8), mode="L")
     return MaskReading(mask, convention, float(repaint.mean()) if repaint.size else 0.0)

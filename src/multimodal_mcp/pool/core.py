@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -94,15 +96,18 @@ class ModelState:
 class ModelPool:
     """Loads, places, evicts and runs every local model. Create one per server."""
 
-    def __init__(self, config: Config, devices: list[Device]) -> None:
-        if not devices or devices[-1].kind != "cpu":
-            raise ValueError("the device list must end with the CPU")
+    def __init__(self, config: Config, devices: list[Device] | Callable[[], list[Device]]) -> None:
+        """``devices``: the devices, GPUs first and the CPU last; or a function that discovers them
+        (it may import torch), called once, when they are first needed (see :meth:`discover`)."""
         self._config = config
         self._settings = config.server.pool
-        self.devices = devices
-        self.cpu = devices[-1]
+        self._discover_devices = devices if callable(devices) else None
+        self._devices: list[Device] | None = None
+        self._devices_lock = threading.Lock()
+        self._lanes_by_device: dict[str, Lane] = {}
+        if not callable(devices):
+            self._set_devices(devices)
         self._entries = {name: _Entry(name, spec) for name, spec in config.models.items() if not spec.hosted}
-        self._lanes = {d.name: Lane(d, self._settings.max_queue) for d in devices}
         self._placement = anyio.Lock()
         self._released = anyio.Event()
         self._clock: Callable[[], float] = time.monotonic
@@ -111,6 +116,51 @@ class ModelPool:
         self.misses = 0
         self.oom_retries = 0
         self._batchers: dict[str, ClipBatcher] = {}
+
+    # --- devices -------------------------------------------------------------------------------
+
+    def _set_devices(self, devices: list[Device]) -> None:
+        if not devices or devices[-1].kind != "cpu":
+            raise ValueError("the device list must end with the CPU")
+        self._lanes_by_device = {d.name: Lane(d, self._settings.max_queue) for d in devices}
+        self._devices = devices
+
+    @property
+    def devices(self) -> list[Device]:
+        """Every device models may use, GPUs first, the CPU last. Discovered on first use when the
+        pool was given a discovery function: that blocks, so async code awaits :meth:`discover`."""
+        if self._devices is None:
+            with self._devices_lock:
+                if self._devices is None:
+                    assert self._discover_devices is not None
+                    started = time.perf_counter()
+                    self._set_devices(self._discover_devices())
+                    logger.info(
+                        "devices %s, discovered in %.2f s",
+                        ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in self.devices),
+                        time.perf_counter() - started,
+                    )
+        assert self._devices is not None
+        return self._devices
+
+    async def discover(self) -> list[Device]:
+        """The devices, discovered in a worker thread the first time (off the event loop)."""
+        if self._devices is None:
+            await anyio.to_thread.run_sync(lambda: self.devices)
+        return self.devices
+
+    @property
+    def discovered(self) -> bool:
+        return self._devices is not None
+
+    @property
+    def cpu(self) -> Device:
+        return self.devices[-1]
+
+    @property
+    def _lanes(self) -> dict[str, Lane]:
+        self.devices  # noqa: B018 (discovers them)
+        return self._lanes_by_device
 
     # --- the main interface --------------------------------------------------------------------
 
@@ -137,6 +187,7 @@ class ModelPool:
         ``near``: another held model whose device this one must share (a ControlNet and its base).
         """
         entry = self._entry(name)
+        await self.discover()
         entry.in_use += 1
         try:
             await self._ensure_home(entry, near)
@@ -194,6 +245,8 @@ class ModelPool:
             async with anyio.from_thread.BlockingPortal() as portal, anyio.create_task_group() as tg:
                 self._portal = portal
                 self._task_group = tg
+                if self._devices is None:  # in the background: the server answers meanwhile
+                    tg.start_soon(self._discover_in_background)
                 for name in self._settings.preload:
                     tg.start_soon(self._preload, name)
                 if self._settings.keep_alive_seconds > 0:
@@ -203,7 +256,7 @@ class ModelPool:
                 finally:
                     self._task_group = None
                     self._portal = None
-                    for lane in self._lanes.values():
+                    for lane in self._lanes_by_device.values():
                         lane.stop()
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -219,6 +272,12 @@ class ModelPool:
         if self._task_group is None:
             raise RuntimeError("the pool is not running; use 'async with pool.running()'")
         self._task_group.start_soon(fn)
+
+    async def _discover_in_background(self) -> None:
+        try:
+            await self.discover()
+        except Exception:
+            logger.exception("discovering the devices failed; the first call that needs them retries")
 
     async def _preload(self, name: str) -> None:
         try:
@@ -277,8 +336,10 @@ class ModelPool:
         )
 
     def status(self) -> dict[str, Any]:
-        """Budgets, occupancy, queues and counters, for ``pool://status``."""
+        """Budgets, occupancy, queues and counters, for ``pool://status``; ``torch_imported`` says
+        whether this process has imported torch yet (a quick start imports it only when needed)."""
         return {
+            "torch_imported": "torch" in sys.modules,
             "devices": [
                 {
                     "name": d.name,

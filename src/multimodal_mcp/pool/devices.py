@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,20 @@ def system_memory_bytes() -> int:
         return 16 * GiB
 
 
+GPU_DEVICE_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+"""Files a Linux machine has when torch may find a GPU: the NVIDIA driver, ROCm's kernel driver
+(torch's ROCm builds report AMD GPUs as ``cuda``), and WSL's GPU paravirtualization."""
+
+
+def gpu_may_be_present() -> bool:
+    """Whether torch could find a GPU on this machine, answered without importing torch (about 2 s):
+    False only on Linux without any of :data:`GPU_DEVICE_FILES`, where torch finds none either.
+    Elsewhere (macOS and its MPS, Windows) only torch can tell: True."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+
+
 def discover_devices(
     setting: str,
     *,
@@ -45,11 +60,21 @@ def discover_devices(
     cpu_budget_bytes: int | None,
     mps_budget_bytes: int | None = None,
 ) -> list[Device]:
-    """GPUs first (CUDA, then Apple MPS), CPU last. ``setting`` is ``auto``, ``cuda``, ``mps`` or ``cpu``."""
-    import torch
+    """GPUs first (CUDA, then Apple MPS), CPU last. ``setting`` is ``auto``, ``cuda``, ``mps`` or ``cpu``.
 
+    Imports torch only where a GPU may be present (:func:`gpu_may_be_present`) and wanted: a CPU-only
+    machine, or ``setting = "cpu"``, gets its answer at once.
+    """
     ram = system_memory_bytes()
     cpu = Device("cpu", "cpu", "cpu", ram, cpu_budget_bytes if cpu_budget_bytes is not None else ram // 2)
+    if setting == "cpu" or not gpu_may_be_present():
+        if setting in ("cuda", "mps"):
+            logger.warning(
+                "device %r was configured but is not available; models will run on the CPU", setting
+            )
+        return [cpu]
+    import torch
+
     gpus: list[Device] = []
     if setting in ("auto", "cuda") and torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

@@ -66,21 +66,25 @@ the user to confirm, and a declined call returns an error: do not retry it unask
 def create_services(config: Config, devices: list[Device] | None = None) -> Services:
     """Everything the tools share. Creates the store directory; loads no model.
 
-    ``devices`` defaults to what is discovered (GPUs, then the CPU); tests pass their own.
+    ``devices`` defaults to what is discovered (GPUs, then the CPU) when first needed, which may
+    import torch: in the background once the pool runs, so the server answers meanwhile (see
+    :meth:`ModelPool.discover`); tests pass their own.
     """
-    if devices is None:
-        pool_settings = config.server.pool
-        cpu_budget = pool_settings.cpu_budget_gib
-        devices = discover_devices(
+    pool_settings = config.server.pool
+    cpu_budget = pool_settings.cpu_budget_gib
+
+    def discover() -> list[Device]:
+        return discover_devices(
             config.server.device,
             gpu_headroom_bytes=int(pool_settings.gpu_headroom_gib * GiB),
             cpu_budget_bytes=int(cpu_budget * GiB) if cpu_budget is not None else None,
         )
+
     store = open_image_store(config.server.store_dir, config.server.store, fsync=config.server.store_fsync)
     resolver = ImageResolver(
         store, config.server.allowed_roots, config.server.limits, urls=config.server.urls
     )
-    pool = ModelPool(config, devices)
+    pool = ModelPool(config, devices if devices is not None else discover)
     jobs = JobManager(
         pool.start_background,
         ttl_seconds=config.server.pool.job_ttl_seconds,
@@ -138,12 +142,11 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
         created = (
             services if services is not None else await anyio.to_thread.run_sync(create_services, config)
         )
-        logger.info(
-            "multimodal-mcp %s: profile %s, store %s, devices %s, safety filter %s",
+        logger.info(  # the devices are logged once discovered (pool.core)
+            "multimodal-mcp %s: profile %s, store %s, safety filter %s",
             __version__,
             config.profile,
             config.server.store_dir,
-            ", ".join(f"{d.name} ({d.budget_bytes / GiB:.1f} GiB budget)" for d in created.pool.devices),
             config.server.safety.classifier if created.safety is not None else "off",
         )
         for reason in config.profile_reasons:
@@ -252,6 +255,8 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     async def pool_status() -> str:
         if not running:
             raise ResourceNotFoundError("the server is not running")
-        return json.dumps(running[-1].pool.status(), indent=1)
+        pool = running[-1].pool
+        await pool.discover()
+        return json.dumps(pool.status(), indent=1)
 
     return server

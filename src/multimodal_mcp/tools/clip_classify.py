@@ -21,7 +21,7 @@ from multimodal_mcp.tools.common import (
     Timings,
     approve_spending,
     check_limit,
-    keep_inputs,
+    keeping_inputs,
     resolve_image,
 )
 
@@ -97,10 +97,10 @@ async def clip_classify(
     texts = [template.replace("{}", label) if template else label for label in params.labels]
     source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_CLIP)
     await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
-    await keep_inputs(services, source)
 
-    # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before
-    async with clock.infer():
+    # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before.
+    # The input is stored meanwhile (off the critical path; stored before the result is returned).
+    async with keeping_inputs(services, source), clock.infer():
         scores = await services.hub.embedder(name).classify(picture(source.image), texts)
 
     # 3. Rank

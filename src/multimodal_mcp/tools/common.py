@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -154,6 +155,45 @@ async def keep_inputs(services: Services, *resolved: ResolvedImage | None) -> No
     pending = [r.pending for r in resolved if r is not None and r.pending is not None]
     if pending:
         await in_thread(lambda: [services.store.commit(p) for p in pending])
+
+
+@asynccontextmanager
+async def keeping_inputs(services: Services, *resolved: ResolvedImage | None) -> AsyncIterator[None]:
+    """:func:`keep_inputs` alongside the block (a read-only call's model work), waited for before
+    the block is left: the writes are off the call's critical path, and the ids its result names are
+    readable when it is returned. Enter it once the call's checks have passed, as keep_inputs.
+    An error of the block or of a write propagates as itself (not as an exception group)."""
+    if not any(r is not None and r.pending is not None for r in resolved):
+        yield
+        return
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_inputs, services, *resolved)
+            yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
+
+
+async def concurrently(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Await ``calls`` at once (CPU work in worker threads and model work on the device lanes then
+    overlap) and return their results in order. The first error cancels the rest and propagates as
+    itself (not as an exception group)."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(index: int) -> None:
+        results[index] = await calls[index]()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(len(calls)):
+                tg.start_soon(run, index)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
+    return results
 
 
 class Clock:

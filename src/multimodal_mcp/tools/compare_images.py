@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -23,9 +23,10 @@ from multimodal_mcp.tools.common import (
     Services,
     Timings,
     approve_spending,
+    concurrently,
     given_arguments,
     in_thread,
-    keep_inputs,
+    keeping_inputs,
     resolve_image,
 )
 
@@ -153,7 +154,6 @@ async def compare_images(
         await approve_spending(
             services, vlm_name, f"one answer comparing two images (up to {max_tokens} tokens)"
         )
-    await keep_inputs(services, a, b)
 
     # 2. Pixel statistics and the heat map
     def analyse() -> tuple[Comparison, bool, ImageRef]:
@@ -167,12 +167,18 @@ async def compare_images(
         )
         return comparison, resized, ImageRef.of(record)
 
-    comparison, resized, diff_ref = await in_thread(analyse)
-
-    # 3. Semantic similarity (both embeddings in one batched pass)
+    # 3. Semantic similarity (both embeddings in one batched pass), alongside step 2
     rgb_a, rgb_b = picture(a.image), picture(b.image)
-    async with clock.infer():
-        emb_a, emb_b = await hub.embedder(clip_name).embed_images([rgb_a, rgb_b])
+
+    async def embed() -> list[Any]:
+        async with clock.infer():
+            return list(await hub.embedder(clip_name).embed_images([rgb_a, rgb_b]))
+
+    # The inputs are stored meanwhile too (off the critical path), and before the result is returned.
+    async with keeping_inputs(services, a, b):
+        (comparison, resized, diff_ref), (emb_a, emb_b) = await concurrently(
+            [lambda: in_thread(analyse), embed]
+        )
     clip_similarity = float(emb_a @ emb_b)
 
     # 4. Narrative: both images in one request where the model takes several, else side by side

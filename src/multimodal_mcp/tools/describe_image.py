@@ -24,7 +24,7 @@ from multimodal_mcp.tools.common import (
     approve_spending,
     check_limit,
     given_arguments,
-    keep_inputs,
+    keeping_inputs,
     resolve_image,
 )
 from multimodal_mcp.tools.json_answer import check_schema_off_loop, parse_answer_off_loop
@@ -129,11 +129,11 @@ async def describe_image(
     source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_VLM)
     image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
-    await keep_inputs(services, source)
 
-    # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can)
+    # 2. Answer, wherever the model runs (structured output or asked for JSON, as it can); the
+    # input is stored meanwhile, before the result is returned
     chat = services.hub.vision_chat(name)
-    async with clock.infer():
+    async with keeping_inputs(services, source), clock.infer():
         answer = await chat.answer(
             [image],
             prompt,

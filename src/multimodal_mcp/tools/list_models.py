@@ -87,6 +87,7 @@ async def list_models(
     """
     config = services.config
     hub = services.hub
+    await services.pool.discover()  # off the event loop, if the pool has not discovered them yet
     models = []
     for name, spec in config.models.items():
         if params.task is not None and spec.task != params.task:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from PIL import Image
 from pydantic import Field
 
@@ -129,8 +128,7 @@ async def save_mask(
             f"mask: {painted.image.width}x{painted.image.height} does not match the image's "
             f"{image.image.width}x{image.image.height}; paint the mask at the image's size"
         )
-    mask = await in_thread(_binary, painted.image)
-    fraction = float(np.asarray(mask).mean() / 255)
+    mask, fraction = await in_thread(_binary, painted.image)
     if fraction == 0:
         raise InvalidArgument("mask: nothing is painted (all black); paint the part to repaint in white")
 
@@ -144,8 +142,11 @@ async def save_mask(
     )
 
 
-def _binary(painted: Image.Image) -> Image.Image:
-    """White where the painting is light and opaque, black elsewhere (a transparent pixel is unpainted)."""
+def _binary(painted: Image.Image) -> tuple[Image.Image, float]:
+    """White where the painting is light and opaque, black elsewhere (a transparent pixel is
+    unpainted); and the share of white pixels."""
+    import numpy as np  # here, not at import: the server starts without numpy (issue 20)
+
     rgba = np.asarray(painted.convert("RGBA"), dtype=np.uint16)
     light = rgba[..., :3].mean(axis=2) * rgba[..., 3] / 255 > 127
-    return Image.fromarray(np.where(light, 255, 0).astype(np.uint8))
+    return Image.fromarray(np.where(light, 255, 0).astype(np.uint8)), float(light.mean())

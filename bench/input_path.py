@@ -1,0 +1,250 @@
+"""Image input path: ``clip_classify`` on a 12-megapixel phone JPEG against the same photo downscaled
+by the client, and a repeated data URI against ``image://<id>``.
+
+Every call goes through the real server (``python -m multimodal_mcp serve``) over stdio, one MCP
+client session, sequentially, with the same 10 labels and template (their embeddings are cached after
+the warm-up, so every side pays the same model cost: one image forward pass). The sides:
+
+- ``path``: a new 4000x3000 JPEG (about 4 MB) each call, by its absolute file path;
+- ``data URI``: a new 4000x3000 JPEG each call, as a base64 data URI (about 6 MB of JSON);
+- ``448 px``: the same new photos, downscaled by the client to 448 px on the short side, as a data URI
+  (what a careful client sends): the alternative for the two above (target: at most 1.5x);
+- ``data URI again``: one 4000x3000 JPEG sent as the same data URI every call;
+- ``image://``: that photo's id: the alternative for the row above (target: at most 1.2x).
+
+The photos are scikit-image's astronaut upscaled to 4000x3000 with grain (a synthetic gradient
+without scikit-image); each "new" photo has its own noise seed, so its bytes and pixels are new to the
+server. The sides alternate within each round (the order rotating), and medians are compared.
+
+    python bench/input_path.py            # 7 rounds, ~1.5 min on 2 CPU cores (first run builds CLIP)
+    python bench/input_path.py --quick    # 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    DEFAULT_CACHE,
+    cached_build,
+    call_tool,
+    median,
+    print_header,
+    record_ratio,
+    server_parameters,
+    table,
+    temp_dir,
+    wait_for_results,
+    write_config,
+)
+from clip_throughput import LABELS, MODEL_NAME, build_clip_b32
+
+TEMPLATE = "A photo of {}."
+PHOTO_SIZE = (4000, 3000)
+CLIENT_SIDE = 448
+TARGET_LARGE = 1.5
+TARGET_REPEAT = 1.2
+
+
+def base_photo() -> Any:
+    """A 4000x3000 RGB photo: astronaut (or a gradient) upscaled, as a uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from skimage import data
+
+        small = Image.fromarray(data.astronaut()).convert("RGB")
+    except ImportError:
+        y, x = np.mgrid[0:300, 0:400]
+        small = Image.fromarray(
+            np.stack([x * 255 // 400, y * 255 // 300, (x + y) * 255 // 700], -1).astype("uint8")
+        )
+    return np.asarray(small.resize(PHOTO_SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
+
+
+def phone_jpeg(base: Any, seed: int) -> tuple[bytes, bytes]:
+    """(the 12 MP JPEG, the client's 448 px JPEG of the same photo) with sensor-like grain."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    grain = rng.integers(-20, 21, size=base.shape, dtype=np.int16)  # ~4 MB, as a phone writes
+    photo = Image.fromarray((base + grain).clip(0, 255).astype(np.uint8))
+    large = io.BytesIO()
+    photo.save(large, format="JPEG", quality=90)
+    small = photo.copy()
+    small.thumbnail((CLIENT_SIDE * PHOTO_SIZE[0] // PHOTO_SIZE[1], CLIENT_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=90)
+    return large.getvalue(), out.getvalue()
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+async def main(args: argparse.Namespace) -> dict[str, float]:
+    print_header("input_path: clip_classify on a 12 MP JPEG vs the client-downscaled photo", "cpu")
+    model_dir, built = cached_build(
+        args.model_dir or args.cache_dir / "clip-vit-b32-random", build_clip_b32, label="CLIP ViT-B/32"
+    )
+    rounds = args.rounds
+    print(
+        f"model:        CLIP ViT-B/32 architecture, random weights, {model_dir} "
+        f"({'built now' if built else 'cached'})"
+    )
+    base = base_photo()
+    sides = ["path", "data URI", "448 px", "data URI again", "image://"]
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    server_s: dict[str, list[float]] = {side: [] for side in sides}
+    model_s: dict[str, list[float]] = {side: [] for side in sides}
+    with temp_dir("mmcp-bench-input-", keep=args.keep) as tmp:
+        photos_dir = tmp / "photos"
+        photos_dir.mkdir()
+        print("making photos ...", file=sys.stderr, flush=True)
+        fresh = [phone_jpeg(base, seed) for seed in range(2 * rounds + 2)]
+        sizes = [len(large) for large, _ in fresh]
+        print(
+            f"photos:       {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90, "
+            f"{min(sizes) / 2**20:.1f}-{max(sizes) / 2**20:.1f} MiB "
+            f"(a new one per call); client-side {CLIENT_SIDE} px JPEG {len(fresh[0][1]) / 1024:.0f} KiB"
+        )
+        print(
+            f"workload:     {rounds} rounds, sides alternating; {len(LABELS)} labels, template {TEMPLATE!r}"
+        )
+        print()
+        paths = []
+        for index, (large, _) in enumerate(fresh):
+            path = photos_dir / f"photo-{index}.jpg"
+            path.write_bytes(large)
+            paths.append(path)
+        config = write_config(
+            tmp / "server.toml",
+            store_dir=tmp / "store",
+            tiny_dir=tmp / "tiny",
+            server={"device": "cpu", "allowed_roots": [str(photos_dir)]},
+            pool={"keep_alive_seconds": 3600, **wait_for_results()},
+            models={MODEL_NAME: {"task": "clip", "backend": "transformers", "source": str(model_dir)}},
+            defaults={"clip": MODEL_NAME},
+        )
+        async with AsyncExitStack() as stack:
+            from mcp import Client
+
+            client = await stack.enter_async_context(
+                Client(server_parameters(config), read_timeout_seconds=900)
+            )
+
+            async def classify(image: str) -> tuple[float, dict[str, Any]]:
+                started = time.perf_counter()
+                result = await call_tool(
+                    client, "clip_classify", {"image": image, "labels": LABELS, "template": TEMPLATE}
+                )
+                return time.perf_counter() - started, result
+
+            # Warm-up: loads the model and caches the label embeddings; the repeated photo is stored.
+            repeated = data_uri(fresh[-1][0])
+            await classify(data_uri(fresh[-2][1]))
+            _, first = await classify(repeated)
+            image_id = first["image"]["uri"]
+            await classify(image_id)
+            for r in range(rounds):
+                large_path, large_data = paths[2 * r], fresh[2 * r + 1][0]
+                inputs = {
+                    "path": str(large_path),
+                    "data URI": data_uri(large_data),
+                    "448 px": data_uri(fresh[2 * r][1]),
+                    "data URI again": repeated,
+                    "image://": image_id,
+                }
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
+                for side in order:
+                    elapsed, result = await classify(inputs[side])
+                    times[side].append(elapsed)
+                    server_s[side].append(result["timings"]["total_seconds"])
+                    model_s[side].append(result["timings"]["inference_seconds"])
+                print(
+                    f"round {r + 1}: " + ", ".join(f"{s} {times[s][-1]:.3f}" for s in sides),
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    med = {side: median(values) for side, values in times.items()}
+    rows = [
+        [
+            side,
+            f"{med[side] * 1000:.0f}",
+            f"{min(times[side]) * 1000:.0f}",
+            f"{median(server_s[side]) * 1000:.0f}",
+            f"{median(model_s[side]) * 1000:.0f}",
+        ]
+        for side in sides
+    ]
+    print(table(["side", "median ms", "best ms", "server total ms", "model ms"], rows))
+    ratios = {
+        "path / 448 px": med["path"] / med["448 px"],
+        "data URI / 448 px": med["data URI"] / med["448 px"],
+        "data URI again / image://": med["data URI again"] / med["image://"],
+    }
+    targets = {
+        "path / 448 px": TARGET_LARGE,
+        "data URI / 448 px": TARGET_LARGE,
+        "data URI again / image://": TARGET_REPEAT,
+    }
+    alternatives = {
+        "path / 448 px": "the photo downscaled to 448 px by the client",
+        "data URI / 448 px": "the photo downscaled to 448 px by the client",
+        "data URI again / image://": "its image:// id",
+    }
+    best = {side: min(values) for side, values in times.items()}
+    print(
+        "cross-check, fastest calls: "
+        f"path / 448 px {best['path'] / best['448 px']:.2f}x, "
+        f"data URI / 448 px {best['data URI'] / best['448 px']:.2f}x, "
+        f"data URI again / image:// {best['data URI again'] / best['image://']:.2f}x"
+    )
+    print()
+    for name, value in ratios.items():
+        verdict = "pass" if value <= targets[name] else "FAIL"
+        print(f"ratio {name}: {value:.2f}x (target <= {targets[name]}x: {verdict})")
+        label = {
+            "path / 448 px": "clip_classify, 12 MP JPEG by path",
+            "data URI / 448 px": "clip_classify, 12 MP JPEG as a new data URI",
+            "data URI again / image://": "clip_classify, the same 12 MP data URI again",
+        }[name]
+        record_ratio(label, value, alternative=alternatives[name], target=targets[name])
+    return ratios
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="measurement rounds (default 7; 3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--model-dir", type=Path, help="reuse (or build into) this CLIP model directory")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"built models (default {DEFAULT_CACHE})"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary store, photos and config")
+    args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 7
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    anyio.run(main, parse_args())
+    print(f"\ntotal script time {time.perf_counter() - started:.0f} s")
