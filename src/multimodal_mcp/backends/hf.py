@@ -75,11 +75,11 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
 
 
 class TransformersBackend(LocalBackend):
-    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text), text chat models and
-    zero-shot object detectors."""
+    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text), text chat models,
+    zero-shot object detectors and depth estimators."""
 
     title = "transformers"
-    tasks = frozenset({"clip", "vlm", "text", "detector"})
+    tasks = frozenset({"clip", "vlm", "text", "detector", "depth"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
         if spec.task == "clip":
@@ -94,6 +94,10 @@ class TransformersBackend(LocalBackend):
             from multimodal_mcp.backends.detector import load_detector
 
             return load_detector(name, spec, ctx)
+        if spec.task == "depth":
+            from multimodal_mcp.backends.depth import load_depth
+
+            return load_depth(name, spec, ctx)
         from multimodal_mcp.backends.text import load_text
 
         return load_text(name, spec, ctx)

@@ -30,7 +30,7 @@ from multimodal_mcp.backends import tiny_diffusion, tiny_transformers
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "6"
+TINY_BUILD_VERSION: str = "7"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -44,6 +44,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "vlm": "vlm",
     "text": "text",
     "detector": "detector",
+    "depth": "depth",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -84,6 +85,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "vlm": tiny_transformers.build_vlm,
     "text": tiny_transformers.build_text,
     "detector": tiny_transformers.build_detector,
+    "depth": tiny_transformers.build_depth,
 }
 
 

@@ -1,5 +1,5 @@
 """Tiny random-weight transformers pieces: hand-written tokenizers, CLIP/Llama configs, and the CLIP,
-VLM (LLaVA), text (Llama chat) and detector (OWLv2) checkpoints.
+VLM (LLaVA), text (Llama chat), detector (OWLv2) and depth (Depth Anything) checkpoints.
 
 The diffusion builders in :mod:`multimodal_mcp.backends.tiny_diffusion` reuse the tokenizers and CLIP text
 encoders from here. All tokenizers are built from hand-written vocabularies, so nothing is ever downloaded.
@@ -344,3 +344,39 @@ def build_detector(target: Path) -> None:
     model.save_pretrained(target, safe_serialization=True)
     image_processor = Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
+
+
+def build_depth(target: Path) -> None:
+    """A Depth Anything depth estimator (DINOv2 backbone, DPT head) on 56 px inputs (4x4 patches of 14
+    px), with the image processor Depth Anything V2 ships: aspect kept, sides multiples of 14."""
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        DPTImageProcessorPil,
+    )
+
+    backbone = {  # a DINOv2 (Dinov2Config's fields)
+        "model_type": "dinov2",
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "mlp_ratio": 2,
+        "image_size": 56,
+        "patch_size": 14,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+        "reshape_hidden_states": False,
+    }
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    seed_torch(9001)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    model.save_pretrained(target, safe_serialization=True)
+    DPTImageProcessorPil(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
+    ).save_pretrained(target)
