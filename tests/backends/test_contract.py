@@ -39,7 +39,15 @@ GENERATORS = [
     "comfy-sdxl",
     "painter",
 ]
-VISION_CHATS = ["tiny-vlm", "gpt-4o", "gemini-2.5-flash", "claude-sonnet-5-5", "compatible-vlm", "echo-vlm"]
+VISION_CHATS = [
+    "tiny-vlm",
+    "tiny-qwen2-vl",
+    "gpt-4o",
+    "gemini-2.5-flash",
+    "claude-sonnet-5-5",
+    "compatible-vlm",
+    "echo-vlm",
+]
 TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-5-5"]
 EMBEDDERS = ["tiny-clip"]
 

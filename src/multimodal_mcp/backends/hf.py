@@ -106,9 +106,15 @@ class TransformersBackend(LocalBackend):
         if spec.task == "clip":
             return Capabilities(sigmoid_scores="siglip" in spec.source.lower())
         if spec.task == "vlm":
-            # One image per question (LLaVA-style processors); answers as JSON by asking for it.
+            from multimodal_mcp.backends.vlm import images_per_question
+
+            # One image per question for LLaVA, several for Qwen2-VL; answers as JSON by asking for it.
             # Yes/no questions are scored by the answer's likelihood (verify="thorough").
-            return Capabilities(images_per_request=1, structured_output="prompted", yes_probability=True)
+            return Capabilities(
+                images_per_request=images_per_question(spec),
+                structured_output="prompted",
+                yes_probability=True,
+            )
         return Capabilities()
 
 

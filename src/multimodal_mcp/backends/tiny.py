@@ -45,6 +45,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "text": "text",
     "detector": "detector",
     "depth": "depth",
+    "qwen2-vl": "qwen2-vl",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -86,6 +87,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "text": tiny_transformers.build_text,
     "detector": tiny_transformers.build_detector,
     "depth": tiny_transformers.build_depth,
+    "qwen2-vl": tiny_transformers.build_qwen2_vl,
 }
 
 

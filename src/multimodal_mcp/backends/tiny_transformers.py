@@ -7,6 +7,7 @@ encoders from here. All tokenizers are built from hand-written vocabularies, so 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -380,3 +381,115 @@ def build_depth(target: Path) -> None:
     DPTImageProcessorPil(
         size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
     ).save_pretrained(target)
+
+
+# Qwen2-VL: several images per question, each between <|vision_start|> and <|vision_end|>.
+QWEN_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_IMAGE_SIZE = 56  # 4x4 patches of 14 px, merged 2x2: 4 image tokens per picture
+_QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def _make_qwen_tokenizer() -> Any:
+    """A byte-level BPE tokenizer in Qwen2's form (``Ġ`` marks a leading space), whole-word merges for
+    the common words, and Qwen2-VL's special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    alphabet = _byte_level_alphabet()
+    space = alphabet[ord(" ")]
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        merges.extend(_left_to_right_merges([space, *word]))
+        capitalised = word.capitalize()
+        if capitalised != word:
+            merges.extend(_left_to_right_merges([space, *capitalised]))
+    merges = _dedupe(merges)
+    tokens = _dedupe([*alphabet, *(left + right for left, right in merges), *QWEN_SPECIALS])
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=cast(Any, merges),
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIALS[1:]),
+        model_max_length=1024,
+    )
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_qwen2_vl(target: Path) -> None:
+    """A Qwen2-VL vision-language model (a one-layer ViT with 2x2 patch merging, a two-layer Qwen2
+    text model with multimodal rotary positions) and its processor, which takes several images per
+    question: each image is ``QWEN_IMAGE_SIZE`` px square after its processor, so 4 image tokens."""
+    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _make_qwen_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    seed_torch(6101)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]
+    )
+    model.save_pretrained(target, safe_serialization=True)
+    pixels = QWEN_IMAGE_SIZE * QWEN_IMAGE_SIZE
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    # The processor's parts as Qwen2VLProcessor.save_pretrained writes them. (transformers builds a
+    # Qwen2VLProcessor only with its video processor, which needs torchvision, not a dependency here.)
+    image_processor.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "chat_template.jinja").write_text(_QWEN_CHAT_TEMPLATE)
+    (target / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2) + "\n"
+    )

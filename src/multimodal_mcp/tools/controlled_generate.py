@@ -59,7 +59,7 @@ ResizeModeArg = Annotated[
     ResizeMode,
     Field(description="Fitting pictures of another aspect ratio: cut the overhang, fill bands, or stretch."),
 ]
-CONTROL_TYPES_HELP = "canny, depth: made from a photo unless preprocess=false; others: a prepared map."
+CONTROL_TYPES_HELP = "canny, depth: made from a photo; others: a prepared map."
 
 
 class ControlSpec(BaseModel):
@@ -82,7 +82,7 @@ class ControlledGenerateParams(Params):
         ),
     ] = None
     control_type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
-    preprocess: bool = True  # described at control_type
+    preprocess: Annotated[bool, Field(description="false: a prepared map.")] = True
     low_threshold: Annotated[Threshold, Field(description="Canny low threshold.")] = 100
     high_threshold: Annotated[Threshold, Field(description="Canny high threshold.")] = 200
     conditioning_scale: ControlScale = 0.8
@@ -91,7 +91,7 @@ class ControlledGenerateParams(Params):
         Field(
             min_length=1,
             max_length=3,
-            description="Several ControlNet maps at once, instead of control_image: {image, type, scale}.",
+            description="Several ControlNet maps at once, instead of control_image.",
         ),
     ] = None
     control_start: Annotated[
