@@ -27,6 +27,7 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-owlv2",
         "tiny-depth",
         "tiny-qwen2-vl",
+        "tiny-siglip",
     }
     assert models["tiny-text"]["default_for"] == ["prompt_rewrite"] and models["tiny-text"]["task"] == "text"
     assert (models["tiny-owlv2"]["default_for"], models["tiny-owlv2"]["task"]) == (["detector"], "detector")

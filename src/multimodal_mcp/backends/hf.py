@@ -3,6 +3,8 @@ and loading both from the configured source."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -18,8 +20,32 @@ from multimodal_mcp.backends.sources import (
     resolve_source,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.config import Config, ModelSpec
+from multimodal_mcp.config import TINY_SOURCE_PREFIX, Config, ModelSpec
 from multimodal_mcp.registry import LocalBackend
+
+_NAMED_TYPES = ("qwen2_5_vl", "qwen2_vl", "siglip", "llava")
+"""Architectures recognised in a hub id, most specific first."""
+_TINY_TYPES = {"vlm": "llava", "qwen2-vl": "qwen2_vl", "clip": "clip", "siglip": "siglip"}
+
+
+def model_type(spec: ModelSpec) -> str:
+    """A transformers model's architecture before loading it: ``model_type`` from the checkpoint's
+    config.json when it is on disk, else read from the source's name (``Qwen/Qwen2.5-VL-7B-Instruct``
+    gives qwen2_5_vl); "" when neither says."""
+    source = spec.source
+    if source.startswith(TINY_SOURCE_PREFIX):
+        return _TINY_TYPES.get(source[len(TINY_SOURCE_PREFIX) :], "")
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            return str(json.loads(config.read_text()).get("model_type", ""))
+        except (OSError, ValueError):
+            pass
+    lowered = source.lower().replace(".", "_").replace("-", "_")
+    for known in _NAMED_TYPES:
+        if known in lowered:
+            return known
+    return ""
 
 
 class TransformersModel:
@@ -104,7 +130,7 @@ class TransformersBackend(LocalBackend):
 
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
         if spec.task == "clip":
-            return Capabilities(sigmoid_scores="siglip" in spec.source.lower())
+            return Capabilities(sigmoid_scores="siglip" in (model_type(spec) or spec.source.lower()))
         if spec.task == "vlm":
             from multimodal_mcp.backends.vlm import images_per_question
 

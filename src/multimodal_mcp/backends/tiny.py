@@ -46,6 +46,7 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "detector": "detector",
     "depth": "depth",
     "qwen2-vl": "qwen2-vl",
+    "siglip": "siglip",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -88,6 +89,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "detector": tiny_transformers.build_detector,
     "depth": tiny_transformers.build_depth,
     "qwen2-vl": tiny_transformers.build_qwen2_vl,
+    "siglip": tiny_transformers.build_siglip,
 }
 
 

@@ -66,6 +66,12 @@ _TEXT_CHAT_TEMPLATE = (
 )
 
 
+def torch_no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
+
+
 def seed_torch(value: int) -> None:
     """Reseed the global torch RNG before creating a model (builds run inside a forked RNG state)."""
     import torch
@@ -493,3 +499,40 @@ def build_qwen2_vl(target: Path) -> None:
     (target / "processor_config.json").write_text(
         json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2) + "\n"
     )
+
+
+def build_siglip(target: Path) -> None:
+    """A SigLIP dual encoder (sigmoid loss: a learnt logit bias), with the hand-written CLIP tokenizer
+    and a 16-token text window (SigLIP pads every text to its window) on 32 px images."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+
+    tokenizer = make_clip_tokenizer()
+    tokenizer.model_max_length = 16
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": CLIP_IMAGE_SIZE,
+            "patch_size": CLIP_PATCH_SIZE,
+        },
+    )
+    seed_torch(5101)
+    model = SiglipModel(config).eval()
+    with torch_no_grad():
+        model.logit_bias.fill_(-2.0)  # real SigLIP starts at -10: most pairs are negatives
+    model.save_pretrained(target, safe_serialization=True)
+    image_processor = SiglipImageProcessorPil(size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)

@@ -4,15 +4,13 @@ image-text-to-text API."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from PIL import Image
 
 from multimodal_mcp.backends.base import LoadContext
-from multimodal_mcp.backends.hf import TransformersModel, load_pretrained
-from multimodal_mcp.config import TINY_SOURCE_PREFIX, ModelSpec
+from multimodal_mcp.backends.hf import TransformersModel, load_pretrained, model_type
+from multimodal_mcp.config import ModelSpec
 from multimodal_mcp.errors import BackendError
 
 MULTI_IMAGE = {"qwen2_vl": 4, "qwen2_5_vl": 4}
@@ -20,26 +18,6 @@ MULTI_IMAGE = {"qwen2_vl": 4, "qwen2_5_vl": 4}
 (each image its own tokens between vision start and end markers), and how many a question may carry
 here: each image costs up to the processor's ``max_pixels`` / 784 tokens of context. Other VLMs
 (LLaVA 1.5/1.6) take one."""
-_TINY_TYPES = {"vlm": "llava", "qwen2-vl": "qwen2_vl"}
-
-
-def model_type(spec: ModelSpec) -> str:
-    """The architecture of a VLM before loading it: ``model_type`` from the checkpoint's config.json
-    when it is on disk, else read from the source's name (``Qwen/Qwen2.5-VL-7B-Instruct``)."""
-    source = spec.source
-    if source.startswith(TINY_SOURCE_PREFIX):
-        return _TINY_TYPES.get(source[len(TINY_SOURCE_PREFIX) :], "llava")
-    config = Path(source) / "config.json"
-    if config.is_file():
-        try:
-            return str(json.loads(config.read_text()).get("model_type", ""))
-        except (OSError, ValueError):
-            pass
-    lowered = source.lower().replace(".", "_").replace("-", "_")
-    for known in sorted(MULTI_IMAGE, key=len, reverse=True):
-        if known in lowered:
-            return known
-    return "llava" if "llava" in lowered else ""
 
 
 def images_per_question(spec: ModelSpec) -> int:
