@@ -101,3 +101,15 @@ async def test_maps_the_server_cannot_make_from_a_photo_are_refused_naming_what_
         },
     )
     assert out["controls"][0]["controlnet"] == "tiny-controlnet-pose"
+
+
+def test_a_thin_picture_gets_a_depth_map_of_its_own_size(config: Config, tiny_dir: Path) -> None:
+    from multimodal_mcp.backends.base import LoadContext
+    from multimodal_mcp.backends.depth import load_depth
+
+    model = load_depth("tiny-depth", config.models["tiny-depth"], LoadContext("cpu", tiny_dir))
+    # Thinner than 1:2: estimated padded with its edge pixels (the processor would round a thin
+    # side to no patch), the padding cut off again.
+    for size in [(96, 8), (3, 200), (64, 48), (1, 1)]:
+        made = model.depth_map(photo("astronaut", 64).resize(size))
+        assert made.size == size and made.mode == "RGB"
