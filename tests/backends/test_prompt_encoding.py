@@ -12,7 +12,7 @@ from multimodal_mcp.backends.prompt_encoding import to_compel_syntax
 from multimodal_mcp.config import Config
 from multimodal_mcp.server.app import build_server, create_services
 
-from helpers import call_ok, cpu_only, open_png, read_png
+from helpers import call_ok, cpu_only, data_uri, open_png, photo, read_png
 
 # Words the tiny CLIP tokenizer holds whole: one token each, so the window counts words.
 _FILLER = "a small red house with a blue car near the sea and a white horse on the road " * 8
@@ -124,3 +124,19 @@ async def test_prompt_weighting_false_reads_parentheses_as_text_and_reports_the_
     listed = await call_ok(literal_client, "list_models", {})
     (entry,) = [m for m in listed["models"] if m["name"] == "tiny-sd15"]
     assert entry["capabilities"]["prompt_weighting"] is False
+
+
+@pytest.mark.parametrize("base", ["tiny-sd15", "tiny-sdxl"])
+async def test_controlled_generation_and_img2img_read_long_weighted_prompts_whole(
+    client: Client, base: str
+) -> None:
+    picture = data_uri(photo("astronaut", 64))
+    weighted = "(red umbrella:1.4) " + _LONG
+    for extra in ({"control_image": picture}, {"init_image": picture, "strength": 0.6}):
+        out = await call_ok(
+            client, "controlled_generate", {"prompt": weighted, "model": base, "seed": 1, "steps": 2, **extra}
+        )
+        notes = _said(out)
+        assert any("encoded whole" in note for note in notes)
+        assert any("'red umbrella' x1.4" in note for note in notes)
+        assert all(a["dropped"] is None for a in out["adjustments"])
