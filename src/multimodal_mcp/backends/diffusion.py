@@ -19,7 +19,6 @@ from multimodal_mcp.backends.base import (
     StepCallback,
 )
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
-from multimodal_mcp.backends.prompt_encoding import PromptEncoding
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import (
     TINY_SOURCE_PREFIX,
@@ -114,7 +113,9 @@ class DiffusionModel:
         self.size_multiple = vae_factor * 2 if self.family == "flux" else vae_factor
         self.takes_negative_prompt = "negative_prompt" in inspect.signature(type(pipe).__call__).parameters
         self._bytes = module_bytes(pipe.components.values())
-        self.prompts = PromptEncoding(pipe, self.family, spec.capabilities.get("prompt_weighting", True))
+        self.prompts = prompt_encoding.PromptEncoding(
+            pipe, self.family, spec.capabilities.get("prompt_weighting", True)
+        )
 
     def memory_bytes(self) -> int:
         return self._bytes
