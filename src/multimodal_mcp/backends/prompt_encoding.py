@@ -23,6 +23,7 @@ T5-encoded families (Flux, SD3) are not encoded here: they report their own wind
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from typing import Any
@@ -56,22 +57,38 @@ def weights(text: str) -> list[tuple[str, float]]:
     Raises:
         InvalidArgument: compel cannot parse the prompt.
     """
-    from compel import Compel
+    return [(fragment, weight) for fragment, weight in _parsed(text) if weight != 1.0]
+
+
+_SYNTAX = re.compile(r"[()\[\]+-]")
+"""Characters compel's syntax needs (weights, groups, .and()/.blend()); text without any is plain."""
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> tuple[tuple[str, float], ...]:
+    """Every fragment of ``text`` as compel parses it, weights and all (the syntax removed).
+
+    compel's parser (pyparsing) takes about 1 ms per word, so text without syntax characters is
+    not parsed, and results are kept for the notes, the check and the encoding of one request.
+    """
+    if not _SYNTAX.search(text):
+        return ((text, 1.0),)
+    from compel.prompt_parser import PromptParser
 
     try:
-        conjunction = Compel.parse_prompt_string(to_compel_syntax(text))
+        conjunction = PromptParser().parse_conjunction(to_compel_syntax(text))
     except Exception as exc:  # pyparsing's errors are several classes
         raise InvalidArgument(
             f"the prompt's weighting syntax could not be read ({type(exc).__name__}); write weights as "
             "(words:1.3), or set capabilities = {prompt_weighting = false} on the model for literal text"
         ) from None
-    found: list[tuple[str, float]] = []
-    for prompt in conjunction.prompts:
-        for fragment in getattr(prompt, "children", []):
-            weight = getattr(fragment, "weight", 1.0)
-            if isinstance(weight, int | float) and weight != 1.0:
-                found.append((str(getattr(fragment, "text", "")), round(float(weight), 4)))
-    return found
+    found = tuple(
+        (str(getattr(fragment, "text", "")), round(float(getattr(fragment, "weight", 1.0)), 4))
+        for prompt in conjunction.prompts
+        for fragment in getattr(prompt, "children", [])
+        if isinstance(getattr(fragment, "weight", 1.0), int | float)
+    )
+    return found or ((text, 1.0),)
 
 
 class PromptEncoding:
@@ -93,7 +110,7 @@ class PromptEncoding:
         self._compel: Any = None
 
     def _tokens(self, text: str) -> int:
-        plain = " ".join(fragment for fragment, _ in _fragments(text))
+        plain = " ".join(fragment for fragment, _ in _parsed(text))
         return len(self.tokenizer(plain, add_special_tokens=False, verbose=False).input_ids)
 
     def needs(self, text: str | None) -> bool:
@@ -177,18 +194,3 @@ class PromptEncoding:
             if encoded.negative_pooled_embeds is not None:
                 kwargs["negative_pooled_prompt_embeds"] = encoded.negative_pooled_embeds
         return kwargs
-
-
-def _fragments(text: str) -> list[tuple[str, float]]:
-    """Every fragment of ``text`` as compel parses it, weights and all (the syntax removed)."""
-    from compel import Compel
-
-    try:
-        conjunction = Compel.parse_prompt_string(to_compel_syntax(text))
-    except Exception:
-        return [(text, 1.0)]
-    return [
-        (str(getattr(fragment, "text", "")), float(getattr(fragment, "weight", 1.0)))
-        for prompt in conjunction.prompts
-        for fragment in getattr(prompt, "children", [])
-    ] or [(text, 1.0)]
