@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,40 @@ def make_config(tmp_path: Path, tiny_dir: Path, allowed_root: Path, **server: An
         default_allowed_roots=[allowed_root],
         overrides={"store_dir": tmp_path / "store", "tiny_dir": tiny_dir, **server},
     )
+
+
+def qwen_vl_without_torchvision(monkeypatch: Any) -> None:
+    """Let the tiny Qwen2-VL load where torchvision is not installed (here and in CI).
+
+    transformers builds a Qwen2VLProcessor only together with its video processor, which needs
+    torchvision; without it the server refuses the model (a test says so). For the tiny Qwen2-VL the
+    processor is assembled from its saved parts instead (image processor, tokenizer, chat template:
+    what its ``__call__`` uses for images), and the refusal is lifted. With torchvision installed this
+    does nothing and the real loading path runs.
+    """
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLProcessor
+
+    from multimodal_mcp.backends import vlm
+
+    original = transformers.AutoProcessor.from_pretrained
+
+    def from_pretrained(source: Any, *args: Any, **kwargs: Any) -> Any:
+        folder = Path(str(source))
+        config = folder / "config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("model_type") != "qwen2_vl":
+            return original(source, *args, **kwargs)
+        processor = Qwen2VLProcessor.__new__(Qwen2VLProcessor)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor.image_processor = AutoImageProcessor.from_pretrained(folder)
+        processor.tokenizer, processor.video_processor = tokenizer, None
+        processor.chat_template = (folder / "chat_template.jinja").read_text()
+        processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+        processor.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        processor.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        return processor
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(vlm, "_missing_torchvision", lambda: False)

@@ -216,8 +216,8 @@ def test_auto_picks_per_key_in_the_order_the_rules_give(
         "compare_images(describe=True)"
     ), "a provider the rules give no name is called by its backend"
     assert auto.profile_reasons[1] == (
-        "controlled_generate, clip_classify, enhance_prompt and verify='thorough' have no hosted default "
-        "-> 'tiny' models (random weights)"
+        "controlled_generate, clip_classify, enhance_prompt, verify='thorough' and depth maps from photos "
+        "have no hosted default -> 'tiny' models (random weights)"
     )
     only_openai = _load(tmp_path, profile="auto", environ={"OPENAI_API_KEY": "k"})
     assert only_openai.defaults["text_to_image"] == "gpt-image-2", "the next in the list whose key is set"

@@ -125,6 +125,11 @@ class Capabilities(_Frozen):
         default=False, description="Inpainting returns every pixel outside the mask unchanged."
     )
     loras: tuple[str, ...] = Field(default=(), description="The configured LoRAs it takes (loras=), by name.")
+    prompt_weighting: bool = Field(
+        default=False,
+        description="Reads weights in prompts, (words:1.3), and encodes prompts past the text encoder's "
+        "window whole, in chunks (compel); false in a model's config reads parentheses as text.",
+    )
     # --- vision and text chat (tasks vlm, text) ---
     images_per_request: int = Field(default=0, ge=0, description="Images one question may carry.")
     detail_levels: tuple[str, ...] = Field(default=(), description="Levels it takes for detail=.")

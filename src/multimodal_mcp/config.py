@@ -52,7 +52,9 @@ from multimodal_mcp.server_settings import (  # noqa: F401 (re-exported: importe
     VerificationSettings,
 )
 
-Task = Literal["text_to_image", "controlnet", "ip_adapter", "lora", "clip", "vlm", "text", "detector"]
+Task = Literal[
+    "text_to_image", "controlnet", "ip_adapter", "lora", "clip", "vlm", "text", "detector", "depth"
+]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PreviewFormat = Literal["jpeg", "webp", "png"]
@@ -63,11 +65,12 @@ when it fits the client's limits, else a preview), ``none`` (text and links only
 plus the stored PNG's local absolute path)."""
 ClientLimitsPreset = Literal["claude-desktop", "claude-code", "generic"]
 
-DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm", "prompt_rewrite", "detector"]
+DefaultFor = Literal["text_to_image", "controlled", "clip", "vlm", "prompt_rewrite", "detector", "depth"]
 """Keys of ``[defaults]``: the model a tool uses when its ``model`` argument is omitted.
 ``controlled`` names the *base* text-to-image model for ``controlled_generate``; ``prompt_rewrite``
 the text model that ``enhance_prompt=True`` rewrites prompts with (and verify="thorough" lists facts
-with); ``detector`` the zero-shot object detector verify="thorough" counts and places objects with."""
+with); ``detector`` the zero-shot object detector verify="thorough" counts and places objects with;
+``depth`` the depth estimator that makes depth maps from photos for controlled_generate."""
 _DEFAULT_TASK: dict[str, Task] = {
     "text_to_image": "text_to_image",
     "controlled": "text_to_image",
@@ -75,6 +78,7 @@ _DEFAULT_TASK: dict[str, Task] = {
     "vlm": "vlm",
     "prompt_rewrite": "text",
     "detector": "detector",
+    "depth": "depth",
 }
 TINY_SOURCE_PREFIX = "tiny:"
 

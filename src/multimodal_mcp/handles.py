@@ -262,7 +262,8 @@ class ImageTextEmbedder(Protocol):
         ...
 
     async def classify(self, image: Image.Image, texts: Sequence[str]) -> list[float]:
-        """Softmax over the model's logits for ``texts``: one probability each, summing to 1."""
+        """One probability per text: a softmax over the model's logits, summing to 1 (CLIP), or each
+        logit's sigmoid, independent of the other texts (``capabilities.sigmoid_scores``: SigLIP)."""
         ...
 
     async def similarities(

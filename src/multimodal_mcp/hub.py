@@ -29,6 +29,7 @@ from multimodal_mcp.handles import (
 from multimodal_mcp.imaging.analysis import CannyEdges
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.handles import (
+    PooledDepthEstimator,
     PooledDetector,
     PooledEmbedder,
     PooledImageGenerator,
@@ -50,6 +51,16 @@ _KINDS: dict[str, type[Handle]] = {
     "clip": ImageTextEmbedder,
     "detector": ObjectDetector,
 }
+
+
+_ANNOTATORS = {
+    "pose": "an OpenPose annotator (controlnet_aux OpenposeDetector)",
+    "lineart": "a line-art annotator (controlnet_aux LineartDetector)",
+    "softedge": "a soft-edge annotator (controlnet_aux HEDdetector or PidiNetDetector)",
+    "segmentation": "a segmentation annotator (e.g. UperNet on ADE20K, as the seg ControlNets were trained)",
+    "normal": "a surface-normal annotator (controlnet_aux NormalBaeDetector)",
+}
+"""What makes each map type from a photo, for the errors of the types this server does not make."""
 
 
 class Whereabouts(TypedDict):
@@ -313,9 +324,41 @@ class ModelHub:
         return found
 
     def preprocessor(self, control_type: str) -> ControlPreprocessor | None:
-        """What turns a picture into a ``control_type`` map (canny: edges with OpenCV), or None when
-        that type takes a prepared map as given."""
-        return self._preprocessors.get(control_type)
+        """What turns a photo into a ``control_type`` map: canny edges (OpenCV), depth (the
+        ``[defaults] depth`` model, run in the pool); None for scribble, a drawing that is its own map.
+
+        Raises:
+            UnsupportedOperation: this server makes no such map from a photo (no depth model
+                configured; pose, lineart, soft edges, segmentation and normals need annotator models
+                it does not run). The message says what to configure or download, and that
+                ``preprocess=false`` passes a prepared map as given.
+        """
+        found = self._preprocessors.get(control_type)
+        if found is not None or control_type == "scribble":
+            return found
+        as_given = "or pass a prepared map with preprocess=false"
+        if control_type == "depth":
+            name = self.config.defaults.get("depth")
+            if name is None:
+                raise UnsupportedOperation(
+                    "control_type='depth' from a photo needs a depth-estimation model: configure one (task "
+                    '= "depth", e.g. source = "depth-anything/Depth-Anything-V2-Small-hf") as [defaults] '
+                    f"depth, {as_given}"
+                )
+            if self.spec(name).task != "depth" or not isinstance(self.backend(name), registry.LocalBackend):
+                raise UnsupportedOperation(
+                    f"[defaults] depth = {name!r} is not a local depth model; {as_given}"
+                )
+            made = self._preprocessors["depth"] = PooledDepthEstimator(
+                self.pool, name, self.capabilities(name)
+            )
+            return made
+        annotator = _ANNOTATORS.get(control_type, "an annotator model")
+        raise UnsupportedOperation(
+            f"control_type={control_type!r} from a photo needs {annotator}, which this server does not run; "
+            f"make the map with it (controlnet_aux, weights lllyasviel/Annotators) and pass it with "
+            "preprocess=false"
+        )
 
     async def aclose(self) -> None:
         """Close the hosted connections (the pool is closed by its own context)."""

@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "multimodal_mcp.backends"
-TASKS = ("text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text", "detector")
+TASKS = ("text_to_image", "controlnet", "ip_adapter", "clip", "vlm", "text", "detector", "depth")
 """Every task a model may have. Handles exist for text_to_image, vlm, text, clip and detector; controlnet and
-ip_adapter models are components a text_to_image handle attaches by name."""
+ip_adapter models are components a text_to_image handle attaches by name; a depth model makes the depth
+ControlNet's maps from photos (the hub's preprocessor for control_type depth)."""
 
 
 class Backend(ABC):

@@ -27,7 +27,7 @@ from fake_providers import (
     Scripted,
 )
 from fake_providers import hosted_config as make_hosted_config
-from helpers import cpu_only
+from helpers import cpu_only, qwen_vl_without_torchvision
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 COMFY_TEMPLATE = {
@@ -142,9 +142,11 @@ def contract_services(
     anthropic_fake: AnthropicFake,
     comfy_fake: ComfyFake,
     token_fake: GoogleTokenFake,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Services:
     """The tiny profile, the hosted models on loopback fakes, and the plugins' painter and echo-vlm.
     Tests run its models inside ``running`` (test_contract.py), which also closes the hosted clients."""
+    qwen_vl_without_torchvision(monkeypatch)
     template = tmp_path / "comfy.json"
     template.write_text(json.dumps(COMFY_TEMPLATE))
     config = make_hosted_config(

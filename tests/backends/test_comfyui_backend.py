@@ -371,6 +371,7 @@ async def test_models_sharing_a_template_send_their_own_lora(
                 "model": "comfy-depth-b",
                 "control_image": data_uri(depth),
                 "control_type": "depth",
+                "preprocess": False,
             },
         )
     (graph,) = comfy.graphs

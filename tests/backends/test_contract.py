@@ -42,6 +42,7 @@ GENERATORS = [
 ]
 VISION_CHATS = [
     "tiny-vlm",
+    "tiny-qwen2-vl",
     "gpt-4o",
     "gemini-2.5-flash",
     "vertex-flash",
@@ -50,7 +51,7 @@ VISION_CHATS = [
     "echo-vlm",
 ]
 TEXT_CHATS = ["tiny-text", "gpt-4o-mini", "gemini-2.5-flash-lite", "claude-haiku-5-5"]
-EMBEDDERS = ["tiny-clip"]
+EMBEDDERS = ["tiny-clip", "tiny-siglip"]
 
 # A value for each argument that only some models take, as a tool would pass it.
 SAMPLE_VALUES: dict[str, object] = {
@@ -326,7 +327,9 @@ async def test_an_embedder_gives_unit_vectors_and_probabilities(
         scores = await embedder.classify(photo("coffee", 32), ["a cup", "a cat"])
         rows, scale = await embedder.similarities([photo("coffee", 32)], ["a cup", "a cat", "a dog"])
     assert a.shape == b.shape and abs(float(np.linalg.norm(a)) - 1) < 1e-4
-    assert len(scores) == 2 and abs(sum(scores) - 1) < 1e-5
+    assert len(scores) == 2 and all(0 <= score <= 1 for score in scores)
+    if not embedder.capabilities.sigmoid_scores:  # a softmax over the labels; sigmoid scores stand alone
+        assert abs(sum(scores) - 1) < 1e-5
     assert len(rows) == 1 and len(rows[0]) == 3 and scale > 0
 
 
@@ -339,12 +342,22 @@ async def test_control_maps_come_from_the_types_preprocessor_and_prepared_types_
     from multimodal_mcp.handles import ControlPreprocessor
     from multimodal_mcp.imaging.analysis import canny_edges
 
-    canny = contract_services.hub.preprocessor("canny")
+    hub = contract_services.hub
+    canny = hub.preprocessor("canny")
     assert isinstance(canny, ControlPreprocessor) and canny.control_type == "canny"
     picture = photo("astronaut", 64)
     edges = await canny(picture, {"low_threshold": 50, "high_threshold": 150})
     assert edges.mode == "RGB" and edges.tobytes() == canny_edges(picture, 50, 150).tobytes()
-    assert contract_services.hub.preprocessor("depth") is None  # a prepared map, used as given
+    # Depth: the [defaults] depth model, run in the pool; a map the size of the picture.
+    depth = hub.preprocessor("depth")
+    assert isinstance(depth, ControlPreprocessor) and depth.control_type == "depth"
+    async with running(contract_services):
+        made = await depth(photo("astronaut", 48).resize((80, 48)), {})
+    assert made.mode == "RGB" and made.size == (80, 48)
+    assert contract_services.pool.is_loaded(hub.config.defaults["depth"])
+    assert hub.preprocessor("scribble") is None  # a drawing is its own map, used as given
+    with pytest.raises(UnsupportedOperation, match=r"OpenPose.*controlnet_aux.*preprocess=false"):
+        hub.preprocessor("pose")
 
 
 async def test_the_safety_gate_is_a_safety_checker_that_screens_off_the_event_loop() -> None:

@@ -184,44 +184,14 @@ def _notes(out: dict, argument: str) -> list[dict]:  # type: ignore[type-arg]
     return [a for a in out["adjustments"] if a["argument"] == argument]
 
 
-async def test_prompt_text_past_the_text_encoder_window_is_reported_word_for_word(client: Client) -> None:
-    words = _PROMPT_A.split()
-    assert len(words) > 75
-    a = await client.call_tool("generate_image", {"prompt": _PROMPT_A, "seed": 5})
-    b = await call_ok(client, "generate_image", {"prompt": _PROMPT_B, "seed": 5})
-    out = a.structured_content
-    assert out is not None
-    # The two prompts differ only after the window: the same image, and each result says what was cut.
-    assert _pixels(await read_png(client, out["images"][0]["uri"])) == _pixels(
-        await read_png(client, b["images"][0]["uri"])
-    )  # (the PNGs differ: each records its own prompt)
-    (cut,) = _notes(out, "prompt")
-    assert cut["dropped"] == " ".join(words[75:])  # CLIP's 77 tokens hold 75 words and BOS/EOS
-    assert cut["dropped"].endswith("under the sky") and _notes(b, "prompt")[0]["dropped"].endswith(
-        "at the city"
-    )
-    assert f"is {len(words)} tokens for text_encoder (CLIP)" in cut["message"] and cut["message"] in text_of(
-        a
-    )
-    short = await call_ok(client, "generate_image", {"prompt": " ".join(words[:75]), "seed": 5})
-    assert short["adjustments"] == []
-
-
-async def test_each_text_encoder_reports_its_own_window_and_shared_cuts_are_named_together(
-    client: Client,
-) -> None:
+async def test_each_text_encoder_reports_its_own_window(client: Client) -> None:
+    # (SD 1.5 and SDXL encode long prompts whole: tests/backends/test_prompt_encoding.py; with
+    # prompt_weighting = false they cut them, named together: there too.)
     words = _PROMPT_A.split()
     flux = await call_ok(client, "generate_image", {"prompt": _PROMPT_A, "model": "tiny-flux", "seed": 1})
     cuts = {c["message"].split(" tokens for ")[1].split(",")[0]: c["dropped"] for c in _notes(flux, "prompt")}
     # CLIP reads 75 words; the T5 encoder reads max_sequence_length=32 tokens (the config's), EOS included.
     assert cuts == {"text_encoder (CLIP)": " ".join(words[75:]), "text_encoder_2 (T5)": " ".join(words[31:])}
-    sdxl = await call_ok(client, "generate_image", {"prompt": _PROMPT_A, "model": "tiny-sdxl", "seed": 1})
-    (both,) = _notes(sdxl, "prompt")
-    assert "text_encoder (CLIP) and text_encoder_2 (CLIP), which read the first 75" in both["message"]
-    negative = await call_ok(
-        client, "generate_image", {"prompt": "a cat", "negative_prompt": _PROMPT_B, "seed": 1}
-    )
-    assert _notes(negative, "negative_prompt")[0]["dropped"] == " ".join(_PROMPT_B.split()[75:])
 
 
 async def test_guidance_up_to_one_turns_guidance_off_and_the_result_says_what_it_did_not_use(

@@ -123,6 +123,7 @@ async def test_a_16_bit_depth_map_steers_as_a_ramp_not_as_white(client: Client) 
             "prompt": "a hall",
             "control_image": "data:image/png;base64," + _b64(buf.getvalue()),
             "control_type": "depth",
+            "preprocess": False,
             "seed": 1,
         },
     )

@@ -30,9 +30,13 @@ async def test_list_models_shows_tasks_defaults_and_what_is_loaded(client: Clien
         "tiny-vlm",
         "tiny-text",
         "tiny-owlv2",
+        "tiny-depth",
+        "tiny-qwen2-vl",
+        "tiny-siglip",
     }
     assert models["tiny-text"]["default_for"] == ["prompt_rewrite"] and models["tiny-text"]["task"] == "text"
     assert (models["tiny-owlv2"]["default_for"], models["tiny-owlv2"]["task"]) == (["detector"], "detector")
+    assert (models["tiny-depth"]["default_for"], models["tiny-depth"]["task"]) == (["depth"], "depth")
     assert not any(m["paid"] for m in models.values())
     assert models["tiny-sd15"]["default_for"] == ["text_to_image", "controlled"]
     assert models["tiny-flux"]["schedulers"][0] == "flow_euler"

@@ -1,4 +1,10 @@
-"""CLIP-style dual encoders: zero-shot classification and image embeddings."""
+"""CLIP-style dual encoders: zero-shot classification and image embeddings.
+
+SigLIP (trained with a sigmoid loss, so it has a logit bias) scores each label on its own:
+``sigmoid(scale * cos + bias)``; CLIP's scores are a softmax over the labels given. SigLIP's text
+tower was trained on texts padded to its full window and reads the last position, so its texts are
+padded to ``max_length`` here, as its model card says.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,17 @@ from multimodal_mcp.config import ModelSpec
 class ClipModel(TransformersModel):
     """A loaded CLIP model and its processor. Methods are blocking; they run in pool worker threads."""
 
+    @property
+    def sigmoid(self) -> bool:
+        """True for sigmoid-loss models (SigLIP: they have a logit bias): labels scored independently."""
+        return getattr(self.model, "logit_bias", None) is not None
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """L2-normalised text embeddings of a batch, shape (n, dim), float32 on the CPU."""
         import torch
 
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(
+        padding = "max_length" if self.sigmoid else True
+        inputs = self.processor(text=texts, return_tensors="pt", padding=padding, truncation=True).to(
             self.device
         )
         with torch.inference_mode():

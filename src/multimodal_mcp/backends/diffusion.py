@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from multimodal_mcp.backends import prompt_encoding
 from multimodal_mcp.backends.base import (
     CancelToken,
     GenerationRequest,
@@ -119,6 +120,9 @@ class DiffusionModel:
         self.size_multiple = vae_factor * 2 if self.family in _PATCHED else vae_factor
         self.takes_negative_prompt = "negative_prompt" in inspect.signature(type(pipe).__call__).parameters
         self._bytes = module_bytes(pipe.components.values())
+        self.prompts = prompt_encoding.PromptEncoding(
+            pipe, self.family, spec.capabilities.get("prompt_weighting", True)
+        )
 
     def memory_bytes(self) -> int:
         return self._bytes
@@ -158,9 +162,10 @@ class DiffusionModel:
         window (counted with the pipeline's own tokenizers), the denoising steps img2img and
         inpainting skip, and guidance settings that change nothing."""
         notes: list[RequestNote] = []
+        chunked = self.prompts.used_for(request.prompt, request.negative_prompt)  # compel: nothing cut
         for argument, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
             if text:
-                notes += self._unread(argument, text)
+                notes += self.prompts.notes(argument, text) if chunked else self._unread(argument, text)
         guidance = request.guidance_scale
         if self.family in ("sd", "sdxl", "sd3") and guidance <= 1:
             # These pipelines run classifier-free guidance only when guidance_scale > 1.
@@ -307,6 +312,10 @@ class DiffusionModel:
         }
         if request.negative_prompt:
             kwargs["negative_prompt"] = request.negative_prompt
+        if self.prompts.used_for(request.prompt, request.negative_prompt):  # long or weighted: compel
+            del kwargs["prompt"]
+            kwargs.pop("negative_prompt", None)
+            kwargs.update(self.prompts.embeddings(request.prompt, request.negative_prompt))
         if request.controls:
             images = [
                 c.image.convert("RGB").resize((request.width, request.height)) for c in request.controls
@@ -624,6 +633,7 @@ class DiffusersBackend(LocalBackend):
             reference_scale=adapters,
             exact_outside_mask=(family, "inpaint") in _PIPELINES,
             loras=loras_for(name, config),
+            prompt_weighting=family in prompt_encoding.FAMILIES and prompt_encoding.available(),
         )
 
 

@@ -3,6 +3,8 @@ and loading both from the configured source."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -18,8 +20,32 @@ from multimodal_mcp.backends.sources import (
     resolve_source,
 )
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.config import Config, ModelSpec
+from multimodal_mcp.config import TINY_SOURCE_PREFIX, Config, ModelSpec
 from multimodal_mcp.registry import LocalBackend
+
+_NAMED_TYPES = ("qwen2_5_vl", "qwen2_vl", "siglip", "llava")
+"""Architectures recognised in a hub id, most specific first."""
+_TINY_TYPES = {"vlm": "llava", "qwen2-vl": "qwen2_vl", "clip": "clip", "siglip": "siglip"}
+
+
+def model_type(spec: ModelSpec) -> str:
+    """A transformers model's architecture before loading it: ``model_type`` from the checkpoint's
+    config.json when it is on disk, else read from the source's name (``Qwen/Qwen2.5-VL-7B-Instruct``
+    gives qwen2_5_vl); "" when neither says."""
+    source = spec.source
+    if source.startswith(TINY_SOURCE_PREFIX):
+        return _TINY_TYPES.get(source[len(TINY_SOURCE_PREFIX) :], "")
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            return str(json.loads(config.read_text()).get("model_type", ""))
+        except (OSError, ValueError):
+            pass
+    lowered = source.lower().replace(".", "_").replace("-", "_")
+    for known in _NAMED_TYPES:
+        if known in lowered:
+            return known
+    return ""
 
 
 class TransformersModel:
@@ -75,11 +101,11 @@ def load_pretrained(name: str, spec: ModelSpec, ctx: LoadContext, auto_class: st
 
 
 class TransformersBackend(LocalBackend):
-    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text), text chat models and
-    zero-shot object detectors."""
+    """CLIP/SigLIP dual encoders, vision-language models (image-text-to-text), text chat models,
+    zero-shot object detectors and depth estimators."""
 
     title = "transformers"
-    tasks = frozenset({"clip", "vlm", "text", "detector"})
+    tasks = frozenset({"clip", "vlm", "text", "detector", "depth"})
 
     def load(self, name: str, spec: ModelSpec, ctx: LoadContext) -> Any:
         if spec.task == "clip":
@@ -94,17 +120,27 @@ class TransformersBackend(LocalBackend):
             from multimodal_mcp.backends.detector import load_detector
 
             return load_detector(name, spec, ctx)
+        if spec.task == "depth":
+            from multimodal_mcp.backends.depth import load_depth
+
+            return load_depth(name, spec, ctx)
         from multimodal_mcp.backends.text import load_text
 
         return load_text(name, spec, ctx)
 
     def capabilities(self, name: str, spec: ModelSpec, config: Config) -> Capabilities:
         if spec.task == "clip":
-            return Capabilities(sigmoid_scores="siglip" in spec.source.lower())
+            return Capabilities(sigmoid_scores="siglip" in (model_type(spec) or spec.source.lower()))
         if spec.task == "vlm":
-            # One image per question (LLaVA-style processors); answers as JSON by asking for it.
+            from multimodal_mcp.backends.vlm import images_per_question
+
+            # One image per question for LLaVA, several for Qwen2-VL; answers as JSON by asking for it.
             # Yes/no questions are scored by the answer's likelihood (verify="thorough").
-            return Capabilities(images_per_request=1, structured_output="prompted", yes_probability=True)
+            return Capabilities(
+                images_per_request=images_per_question(spec),
+                structured_output="prompted",
+                yes_probability=True,
+            )
         return Capabilities()
 
 

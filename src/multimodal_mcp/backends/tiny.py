@@ -32,7 +32,7 @@ from multimodal_mcp.backends import tiny_diffusion, tiny_lora, tiny_sd3, tiny_tr
 
 logger = logging.getLogger(__name__)
 
-TINY_BUILD_VERSION: str = "7"
+TINY_BUILD_VERSION: str = "8"
 
 TINY_MODEL_DIRS: dict[str, str] = {
     "sd15": "sd15",
@@ -51,6 +51,9 @@ TINY_MODEL_DIRS: dict[str, str] = {
     "vlm": "vlm",
     "text": "text",
     "detector": "detector",
+    "depth": "depth",
+    "qwen2-vl": "qwen2-vl",
+    "siglip": "siglip",
 }
 
 BUILD_INFO_FILE = "BUILD_INFO.json"
@@ -96,6 +99,9 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "vlm": tiny_transformers.build_vlm,
     "text": tiny_transformers.build_text,
     "detector": tiny_transformers.build_detector,
+    "depth": tiny_transformers.build_depth,
+    "qwen2-vl": tiny_transformers.build_qwen2_vl,
+    "siglip": tiny_transformers.build_siglip,
 }
 
 

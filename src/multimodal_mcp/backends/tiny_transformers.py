@@ -1,5 +1,5 @@
 """Tiny random-weight transformers pieces: hand-written tokenizers, CLIP/Llama configs, and the CLIP,
-VLM (LLaVA), text (Llama chat) and detector (OWLv2) checkpoints.
+VLM (LLaVA), text (Llama chat), detector (OWLv2) and depth (Depth Anything) checkpoints.
 
 The diffusion builders in :mod:`multimodal_mcp.backends.tiny_diffusion` reuse the tokenizers and CLIP text
 encoders from here. All tokenizers are built from hand-written vocabularies, so nothing is ever downloaded.
@@ -7,6 +7,7 @@ encoders from here. All tokenizers are built from hand-written vocabularies, so 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -63,6 +64,12 @@ _TEXT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
+
+
+def torch_no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
 
 
 def seed_torch(value: int) -> None:
@@ -344,3 +351,188 @@ def build_detector(target: Path) -> None:
     model.save_pretrained(target, safe_serialization=True)
     image_processor = Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
+
+
+def build_depth(target: Path) -> None:
+    """A Depth Anything depth estimator (DINOv2 backbone, DPT head) on 56 px inputs (4x4 patches of 14
+    px), with the image processor Depth Anything V2 ships: aspect kept, sides multiples of 14."""
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        DPTImageProcessorPil,
+    )
+
+    backbone = {  # a DINOv2 (Dinov2Config's fields)
+        "model_type": "dinov2",
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "mlp_ratio": 2,
+        "image_size": 56,
+        "patch_size": 14,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+        "reshape_hidden_states": False,
+    }
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    seed_torch(9001)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    model.save_pretrained(target, safe_serialization=True)
+    DPTImageProcessorPil(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
+    ).save_pretrained(target)
+
+
+# Qwen2-VL: several images per question, each between <|vision_start|> and <|vision_end|>.
+QWEN_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_IMAGE_SIZE = 56  # 4x4 patches of 14 px, merged 2x2: 4 image tokens per picture
+_QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def _make_qwen_tokenizer() -> Any:
+    """A byte-level BPE tokenizer in Qwen2's form (``Ġ`` marks a leading space), whole-word merges for
+    the common words, and Qwen2-VL's special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    alphabet = _byte_level_alphabet()
+    space = alphabet[ord(" ")]
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        merges.extend(_left_to_right_merges([space, *word]))
+        capitalised = word.capitalize()
+        if capitalised != word:
+            merges.extend(_left_to_right_merges([space, *capitalised]))
+    merges = _dedupe(merges)
+    tokens = _dedupe([*alphabet, *(left + right for left, right in merges), *QWEN_SPECIALS])
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=cast(Any, merges),
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIALS[1:]),
+        model_max_length=1024,
+    )
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_qwen2_vl(target: Path) -> None:
+    """A Qwen2-VL vision-language model (a one-layer ViT with 2x2 patch merging, a two-layer Qwen2
+    text model with multimodal rotary positions) and its processor, which takes several images per
+    question: each image is ``QWEN_IMAGE_SIZE`` px square after its processor, so 4 image tokens."""
+    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _make_qwen_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    seed_torch(6101)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]
+    )
+    model.save_pretrained(target, safe_serialization=True)
+    pixels = QWEN_IMAGE_SIZE * QWEN_IMAGE_SIZE
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    # The processor's parts as Qwen2VLProcessor.save_pretrained writes them. (transformers builds a
+    # Qwen2VLProcessor only with its video processor, which needs torchvision, not a dependency here.)
+    image_processor.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "chat_template.jinja").write_text(_QWEN_CHAT_TEMPLATE)
+    (target / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2VLProcessor"}, indent=2) + "\n"
+    )
+
+
+def build_siglip(target: Path) -> None:
+    """A SigLIP dual encoder (sigmoid loss: a learnt logit bias), with the hand-written CLIP tokenizer
+    and a 16-token text window (SigLIP pads every text to its window) on 32 px images."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+
+    tokenizer = make_clip_tokenizer()
+    tokenizer.model_max_length = 16
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": CLIP_IMAGE_SIZE,
+            "patch_size": CLIP_PATCH_SIZE,
+        },
+    )
+    seed_torch(5101)
+    model = SiglipModel(config).eval()
+    with torch_no_grad():
+        model.logit_bias.fill_(-2.0)  # real SigLIP starts at -10: most pairs are negatives
+    model.save_pretrained(target, safe_serialization=True)
+    image_processor = SiglipImageProcessorPil(size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)

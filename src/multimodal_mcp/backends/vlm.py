@@ -1,14 +1,28 @@
-"""Vision-language models (LLaVA and relatives) through transformers' image-text-to-text API."""
+"""Vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL and relatives) through transformers'
+image-text-to-text API."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 from PIL import Image
 
 from multimodal_mcp.backends.base import LoadContext
-from multimodal_mcp.backends.hf import TransformersModel, load_pretrained
+from multimodal_mcp.backends.hf import TransformersModel, load_pretrained, model_type
 from multimodal_mcp.config import ModelSpec
+from multimodal_mcp.errors import BackendError
+
+MULTI_IMAGE = {"qwen2_vl": 4, "qwen2_5_vl": 4}
+"""Architectures (config.json ``model_type``) that take several images in one question, natively
+(each image its own tokens between vision start and end markers), and how many a question may carry
+here: each image costs up to the processor's ``max_pixels`` / 784 tokens of context. Other VLMs
+(LLaVA 1.5/1.6) take one."""
+
+
+def images_per_question(spec: ModelSpec) -> int:
+    """Images one question to this VLM may carry (see :data:`MULTI_IMAGE`)."""
+    return MULTI_IMAGE.get(model_type(spec), 1)
 
 
 class VisionLanguageModel(TransformersModel):
@@ -55,14 +69,19 @@ class VisionLanguageModel(TransformersModel):
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         prompt_ids, prompt_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        # Per-token inputs beside the ids (Qwen2-VL's mm_token_type_ids: 0 for text) grow with them.
+        per_token = {k: inputs.pop(k) for k in list(inputs) if inputs[k].shape == prompt_ids.shape}
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         log_likelihoods = []
         for answer in ("Yes", "No"):
             ids = torch.tensor([tokenizer(answer, add_special_tokens=False)["input_ids"]], device=self.device)
             input_ids = torch.cat([prompt_ids, ids], dim=1)
             mask = torch.cat([prompt_mask, torch.ones_like(ids)], dim=1)
+            extra = {
+                k: torch.cat([v, torch.zeros_like(ids, dtype=v.dtype)], dim=1) for k, v in per_token.items()
+            }
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask, **inputs).logits
+                logits = self.model(input_ids=input_ids, attention_mask=mask, **inputs, **extra).logits
             start = prompt_ids.shape[1]
             # The logits at position t predict token t + 1.
             steps = torch.log_softmax(logits[0, start - 1 : -1].float(), dim=-1)
@@ -70,6 +89,16 @@ class VisionLanguageModel(TransformersModel):
         return float(torch.softmax(torch.stack(log_likelihoods), dim=0)[0])
 
 
+def _missing_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is None
+
+
 def load_vlm(name: str, spec: ModelSpec, ctx: LoadContext) -> VisionLanguageModel:
+    if model_type(spec) in MULTI_IMAGE and _missing_torchvision():
+        # transformers builds the Qwen2-VL processors only with their video processor, which needs it.
+        raise BackendError(
+            f"model {name!r} ({model_type(spec)}) needs torchvision for its processor: install the "
+            "torchvision build that matches your torch (pip install torchvision), or choose another model"
+        )
     model, processor = load_pretrained(name, spec, ctx, "AutoModelForImageTextToText")
     return VisionLanguageModel(name, spec, model, processor, ctx.device)

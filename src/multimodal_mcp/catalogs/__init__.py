@@ -42,6 +42,7 @@ SERVES: dict[str, tuple[str, ...]] = {
     "vlm": ("describe_image", "compare_images(describe=True)"),
     "prompt_rewrite": ("enhance_prompt",),
     "detector": ("verify='thorough'",),
+    "depth": ("depth maps from photos",),
 }
 """What the model of each ``[defaults]`` key serves: the words the ``auto`` profile's reasons use."""
 _REWRITER = "prompt_rewrite"

@@ -61,7 +61,8 @@ class ClipBatcher:
         }
 
     async def classify(self, image: Image.Image, texts: list[str]) -> list[float]:
-        """Softmax over the model's logits for ``texts``, one probability each."""
+        """One probability per text: a softmax over the model's logits (CLIP, summing to 1), or each
+        logit's sigmoid for sigmoid-loss models (SigLIP, independent of the other texts)."""
         (probabilities,) = await self._submit([_Request(image, texts)])
         return list(probabilities)
 
@@ -117,6 +118,7 @@ class ClipBatcher:
         self.requests += len(batch)
         try:
             async with self.pool.use(self.name) as model:
+                sigmoid = bool(getattr(model, "sigmoid", False))
                 wanted = list(dict.fromkeys(t for r in batch if r.texts for t in r.texts))
                 known = {t: self._cache[t] for t in wanted if t in self._cache}
                 missing = [t for t in wanted if t not in known]
@@ -141,6 +143,9 @@ class ClipBatcher:
                         request.result = ((texts @ emb).tolist(), scale)
                         continue
                     logits = scale * (texts @ emb) + bias
+                    if sigmoid:  # SigLIP: each label's own probability
+                        request.result = (1 / (1 + np.exp(-logits))).tolist()
+                        continue
                     exp = np.exp(logits - logits.max())
                     request.result = (exp / exp.sum()).tolist()
         except BaseException as exc:

@@ -178,6 +178,19 @@ class PooledDetector(_Pooled):
         return list(found)
 
 
+class PooledDepthEstimator(_Pooled):
+    """A local depth estimator as the depth :class:`~multimodal_mcp.handles.ControlPreprocessor`:
+    a photo in, its depth map out (near bright), run in the pool like any model."""
+
+    control_type = "depth"
+
+    async def __call__(self, image: Image.Image, settings: Mapping[str, Any]) -> Image.Image:
+        shown = picture(image)
+        async with self.pool.use(self.name) as model:
+            made: Image.Image = await self.pool.run(model, lambda m, _step, _cancel: m.depth_map(shown))
+        return made
+
+
 class PooledEmbedder(_Pooled):
     """A local CLIP/SigLIP model (an :class:`~multimodal_mcp.handles.ImageTextEmbedder`): concurrent
     calls share forward passes through the pool's batcher, and label embeddings are cached."""

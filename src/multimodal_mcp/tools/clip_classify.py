@@ -35,7 +35,7 @@ class ClipClassifyParams(Params):
         Field(
             min_length=2,
             max_length=256,
-            description="Two or more labels, e.g. ['a cat', 'a dog']; scores sum to 1.",
+            description="Two or more labels, e.g. ['a cat', 'a dog'].",
         ),
     ]
     model: ModelArg = None
@@ -50,13 +50,20 @@ class ClipClassifyParams(Params):
 
 class LabelScore(BaseModel):
     label: str
-    score: float = Field(description="Probability in [0, 1]: softmax over the model's scaled logits.")
+    score: float = Field(
+        description="Probability in [0, 1]: a softmax over the labels (CLIP: scores sum to 1), or the "
+        "label's own sigmoid (SigLIP: independent, need not sum to 1)."
+    )
 
 
 class ClipClassifyResult(Result):
     labels: list[LabelScore] = Field(description="Every label with its score, highest first.")
     top_label: str
     model: str
+    sigmoid_scores: bool = Field(
+        default=False,
+        description="True: each score is the label's own probability (SigLIP); false: a softmax (CLIP).",
+    )
     template: str | None
     image: ImageRef
     timings: Timings
@@ -66,7 +73,11 @@ class ClipClassifyResult(Result):
         more = f" (+{len(self.labels) - 5} more)" if len(self.labels) > 5 else ""
         return (
             f"{self.image.uri} is most likely '{self.top_label}' according to {self.model}: {ranked}{more}. "
-            "Scores are relative to the labels given; add labels to test other hypotheses."
+            + (
+                "Each score is that label's own probability (sigmoid); they need not sum to 1."
+                if self.sigmoid_scores
+                else "Scores are relative to the labels given; add labels to test other hypotheses."
+            )
         )
 
 
@@ -75,8 +86,8 @@ async def clip_classify(
 ) -> ClipClassifyResult:
     """Zero-shot classify an image over your labels with CLIP: each label's probability.
 
-    Scores are a softmax over the labels given, so include plausible alternatives
-    (e.g. 'something else').
+    CLIP: a softmax over the labels (add alternatives, e.g. 'something else'); SigLIP: each
+    label alone.
     """
     # 1. Check inputs
     clock = Clock()
@@ -116,6 +127,7 @@ async def clip_classify(
         labels=ranked,
         top_label=ranked[0].label,
         model=name,
+        sigmoid_scores=services.hub.capabilities(name).sigmoid_scores,
         template=template,
         image=ImageRef.of(source.record),
         timings=clock.timings(),

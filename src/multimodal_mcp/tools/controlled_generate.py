@@ -60,7 +60,7 @@ ResizeModeArg = Annotated[
     ResizeMode,
     Field(description="Fitting pictures of another aspect ratio: cut the overhang, fill bands, or stretch."),
 ]
-CONTROL_TYPES_HELP = "canny: edges from any picture; the others: a prepared map."
+CONTROL_TYPES_HELP = "canny, depth: made from a photo; others: a prepared map."
 
 
 class ControlSpec(BaseModel):
@@ -71,6 +71,7 @@ class ControlSpec(BaseModel):
     image: ImageArg
     type: ControlType = "canny"  # described at control_type and conditioning_scale
     scale: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    preprocess: bool = True  # described at preprocess
 
 
 class ControlledGenerateParams(Params):
@@ -82,6 +83,7 @@ class ControlledGenerateParams(Params):
         ),
     ] = None
     control_type: Annotated[ControlType, Field(description=CONTROL_TYPES_HELP)] = "canny"
+    preprocess: Annotated[bool, Field(description="false: a prepared map.")] = True
     low_threshold: Annotated[Threshold, Field(description="Canny low threshold.")] = 100
     high_threshold: Annotated[Threshold, Field(description="Canny high threshold.")] = 200
     conditioning_scale: ControlScale = 0.8
@@ -90,7 +92,7 @@ class ControlledGenerateParams(Params):
         Field(
             min_length=1,
             max_length=3,
-            description="Several ControlNet maps at once, instead of control_image: {image, type, scale}.",
+            description="Several ControlNet maps at once, instead of control_image.",
         ),
     ] = None
     control_start: Annotated[
@@ -191,7 +193,12 @@ class ControlledGenerateParams(Params):
             return list(self.controls)
         if self.control_image is not None:
             return [
-                ControlSpec(image=self.control_image, type=self.control_type, scale=self.conditioning_scale)
+                ControlSpec(
+                    image=self.control_image,
+                    type=self.control_type,
+                    scale=self.conditioning_scale,
+                    preprocess=self.preprocess,
+                )
             ]
         return []
 
@@ -309,7 +316,7 @@ def _mask_from(image: Image.Image) -> MaskReading:
 
 def _unused(params: ControlledGenerateParams, specs: list[ControlSpec]) -> list[Adjustment]:
     """The arguments the caller gave that this call's modes do not use."""
-    canny = any(c.type == "canny" for c in specs)
+    canny = any(c.type == "canny" and c.preprocess for c in specs)
     with_control = "it applies with control_image or controls"
     rules = {
         "strength": (params.init_image is None, "it applies with init_image"),
@@ -323,6 +330,10 @@ def _unused(params: ControlledGenerateParams, specs: list[ControlSpec]) -> list[
             "it applies to control_image (controls take a type each)",
         ),
         "controlnet": (params.control_image is None, "it applies to control_image"),
+        "preprocess": (
+            params.controls is not None or not specs,
+            "it applies to control_image (controls take it each)",
+        ),
         "control_start": (not specs, with_control),
         "control_end": (not specs, with_control),
         "low_threshold": (not canny, "it applies to canny control maps only"),
@@ -426,6 +437,8 @@ async def controlled_generate(
         hub.controlnet_for(name, c.type, params.controlnet if params.controls is None else None)
         for c in specs
     ]
+    # What makes each map from a photo (canny, depth); None: the picture is the map, used as given.
+    preprocessors = [hub.preprocessor(c.type) if c.preprocess else None for c in specs]
     ip_adapter = hub.ip_adapter_for(name) if params.reference_image is not None else None
     sources = [
         await resolve_image(
@@ -502,9 +515,14 @@ async def controlled_generate(
     mode_ = params.resize_mode
     fits = [plan_fit(source.image.size, target, mode_) if target else None for source in sources]
     maps: list[tuple[Image.Image, dict[str, int]]] = []
-    for i, (control, source, fit) in enumerate(zip(specs, sources, fits, strict=True)):
-        preprocessor = hub.preprocessor(control.type)
-        settings = {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
+    for i, (control, source, fit, preprocessor) in enumerate(
+        zip(specs, sources, fits, preprocessors, strict=True)
+    ):
+        settings = (
+            {"low_threshold": params.low_threshold, "high_threshold": params.high_threshold}
+            if control.type == "canny"
+            else {}
+        )
         # A map given as is: transparency is its empty value (black); a picture for a preprocessor: white.
         image = control_map(source.image) if preprocessor is None else picture(source.image)
         if preprocessor is None:
