@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import cast
 
 import anyio
@@ -22,7 +23,7 @@ from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import NotFound
-from multimodal_mcp.hub import ModelHub
+from multimodal_mcp.hub import Engine, ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import ImageStore, validate_id
 from multimodal_mcp.jobs import JobManager, describe_failure
@@ -63,10 +64,13 @@ until it is done. Models marked paid in list_models cost money per call; the ser
 the user to confirm, and a declined call returns an error: do not retry it unasked."""
 
 
-def create_services(config: Config, devices: list[Device] | None = None) -> Services:
+def create_services(
+    config: Config, devices: list[Device] | None = None, engine: Engine | None = None
+) -> Services:
     """Everything the tools share. Creates the store directory; loads no model.
 
     ``devices`` defaults to what is discovered (GPUs, then the CPU); tests pass their own.
+    ``engine`` runs the local models elsewhere (``serve --engine ray``); None: in this process's pool.
     """
     if devices is None:
         pool_settings = config.server.pool
@@ -98,7 +102,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         resolver=resolver,
         pool=pool,
         jobs=jobs,
-        hub=ModelHub(config, pool, HostedConnections(config.hosted)),
+        hub=ModelHub(config, pool, HostedConnections(config.hosted), engine),
         safety=safety,
     )
 
@@ -124,8 +128,11 @@ def _reaches_out(config: Config, tasks: tuple[str, ...], takes_images: bool) -> 
     )
 
 
-def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
+def build_server(
+    config: Config, services: Services | None = None, *, engine: Engine | None = None
+) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
+    ``engine``: where local models run when not in this process (see :class:`ModelHub`).
 
     Raises:
         ConfigError: the safety filter is on but its classifier is not installed.
@@ -138,7 +145,9 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     @asynccontextmanager
     async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
         created = (
-            services if services is not None else await anyio.to_thread.run_sync(create_services, config)
+            services
+            if services is not None
+            else await anyio.to_thread.run_sync(partial(create_services, config, engine=engine))
         )
         logger.info(
             "multimodal-mcp %s: profile %s, store %s, devices %s, safety filter %s",
