@@ -138,10 +138,20 @@ class ServeCaller:
                     except Exception:  # progress is best effort
                         logger.debug("progress notification failed", exc_info=True)
         except BaseException as exc:
-            response.cancel()
+            _cancel(response)
             if isinstance(exc, Exception) and not isinstance(exc, MultimodalError):
                 raise _from_ray(exc, model, family, settings) from None
             raise
+
+
+def _cancel(response: Any) -> None:
+    """Cancel a deployment response: the replica's call is cancelled (its generator closed), or a
+    request still waiting for a replica is dropped. A response that already failed (e.g. refused by
+    backpressure) raises its error again from ``cancel``: nothing is left to cancel then."""
+    try:
+        response.cancel()
+    except Exception:
+        logger.debug("cancelling a deployment response that had already ended", exc_info=True)
 
 
 def _from_ray(exc: Exception, model: str, family: str, settings: RaySettings) -> Exception:
