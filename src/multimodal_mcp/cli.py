@@ -165,13 +165,31 @@ def _serve(args: argparse.Namespace) -> int:
     )
     engine = _ray_engine(args, config) if args.engine == "ray" else None
     try:
-        app = http_app(build_server(config, engine=engine), config, host=host)
+        board = _job_board(args, config, on_ray=engine is not None)
+        app = http_app(build_server(config, engine=engine, job_board=board), config, host=host)
         uv = uvicorn.Server(uvicorn_config(app, http, host=host, port=port))
         anyio.run(uv.serve)
     finally:
         if engine is not None:
             engine.stop()
     _exit_after_shutdown(0)
+
+
+def _job_board(args: argparse.Namespace, config: Config, *, on_ray: bool) -> Any:
+    """The job board shared by the fronts: Redis when named, else the cluster's actor on Ray."""
+    ttl = config.server.pool.job_ttl_seconds
+    if args.job_board_redis:
+        try:
+            from multimodal_mcp.job_board import RedisJobBoard
+
+            return RedisJobBoard.from_url(args.job_board_redis, ttl_seconds=ttl)
+        except ImportError:
+            raise ConfigError("--job-board-redis needs redis: pip install 'multimodal-mcp[redis]'") from None
+    if on_ray:
+        from multimodal_mcp.job_board import RayJobBoard
+
+        return RayJobBoard.connect(ttl_seconds=ttl)
+    return None
 
 
 def _ray_engine(args: argparse.Namespace, config: Config) -> Any:
@@ -372,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="seconds deploying may take before an unschedulable deployment is reported",
+    )
+    serve.add_argument(
+        "--job-board-redis",
+        metavar="URL",
+        help="share jobs with other fronts through Redis (redis://host:6379/0; the 'redis' extra); "
+        "with --engine ray they are shared through a Ray actor without it",
     )
     serve.set_defaults(func=_serve)
 

@@ -201,6 +201,17 @@ async def test_serve_backpressure_is_the_busy_error(ray_config: Config, engine: 
     assert "Try again" in str(busy[0]) and "ray" not in str(busy[0]).lower()
 
 
+async def test_the_job_board_actor_is_shared_by_every_front_of_the_cluster(engine: Any) -> None:
+    from multimodal_mcp.job_board import RayJobBoard
+
+    one, other = RayJobBoard.connect(name="test-jobs"), RayJobBoard.connect(name="test-jobs")
+    await one.put({"id": "0123456789abcdef", "status": "running", "owner": "user:alice"})
+    await other.request_cancel("0123456789abcdef")
+    assert (await other.get("0123456789abcdef") or {}).get("status") == "running"
+    assert await one.cancel_requested("0123456789abcdef")
+    assert await one.get("fedcba9876543210") is None
+
+
 async def test_a_replica_lost_mid_call_gives_a_clear_error_not_a_hang(
     ray_config: Config, engine: Any
 ) -> None:

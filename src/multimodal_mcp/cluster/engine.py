@@ -105,7 +105,11 @@ class ServeCaller:
     ) -> Any:
         family = self._where[model]
         settings = self._settings
-        response = self._handle(family).options(stream=True).call.remote(model, method, args, kwargs)
+        response = (
+            self._handle(family)
+            .options(stream=True)
+            .call.remote(model, method, args, kwargs, progress is not None)
+        )
         deadline = time.monotonic() + settings.call_timeout
         try:
             while True:

@@ -117,9 +117,10 @@ class ModelReplica:
     # --- calls ----------------------------------------------------------------------------------
 
     async def call(
-        self, model: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, model: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], progress: bool = True
     ) -> AsyncIterator[Frame]:
-        """Run ``handle(model).method(*args, **kwargs)``, streaming frames (see :mod:`.wire`)."""
+        """Run ``handle(model).method(*args, **kwargs)``, streaming frames (see :mod:`.wire`);
+        ``progress`` False: the front has no one to tell, so no progress frames are sent."""
         call_id = next(self._ids)
         try:
             if model not in self._models:
@@ -134,13 +135,14 @@ class ModelReplica:
 
         frames: asyncio.Queue[Frame | None] = asyncio.Queue()
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
+        async def forward(done: float, total: float | None, message: str | None) -> None:
             if total is not None:
                 self._recent.append(("step", call_id, done, total, time.monotonic()))
-            frames.put_nowait(("progress", done, total, message))
+            if progress:
+                frames.put_nowait(("progress", done, total, message))
 
         async def run() -> Any:
-            extra = {"progress": progress} if METHODS[method] else {}
+            extra = {"progress": forward} if METHODS[method] else {}
             return await getattr(handle, method)(*args, **kwargs, **extra)
 
         self._recent.append(("start", call_id, model, method, time.monotonic()))

@@ -26,6 +26,7 @@ from multimodal_mcp.errors import NotFound
 from multimodal_mcp.hub import Engine, ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import ImageStore, validate_id
+from multimodal_mcp.job_board import JobBoard
 from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
@@ -65,12 +66,16 @@ the user to confirm, and a declined call returns an error: do not retry it unask
 
 
 def create_services(
-    config: Config, devices: list[Device] | None = None, engine: Engine | None = None
+    config: Config,
+    devices: list[Device] | None = None,
+    engine: Engine | None = None,
+    job_board: JobBoard | None = None,
 ) -> Services:
     """Everything the tools share. Creates the store directory; loads no model.
 
     ``devices`` defaults to what is discovered (GPUs, then the CPU); tests pass their own.
     ``engine`` runs the local models elsewhere (``serve --engine ray``); None: in this process's pool.
+    ``job_board``: where jobs are mirrored for the other fronts (see :mod:`multimodal_mcp.job_board`).
     """
     if devices is None:
         pool_settings = config.server.pool
@@ -93,6 +98,7 @@ def create_services(
         describe_failure=describe_failure,
         max_retained_per_principal=config.server.pool.max_jobs_per_principal,
         max_retained_bytes=config.server.pool.max_job_bytes,
+        board=job_board,
     )
     store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
     safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
@@ -129,10 +135,15 @@ def _reaches_out(config: Config, tasks: tuple[str, ...], takes_images: bool) -> 
 
 
 def build_server(
-    config: Config, services: Services | None = None, *, engine: Engine | None = None
+    config: Config,
+    services: Services | None = None,
+    *,
+    engine: Engine | None = None,
+    job_board: JobBoard | None = None,
 ) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
-    ``engine``: where local models run when not in this process (see :class:`ModelHub`).
+    ``engine``: where local models run when not in this process (see :class:`ModelHub`);
+    ``job_board``: the job board shared with other fronts.
 
     Raises:
         ConfigError: the safety filter is on but its classifier is not installed.
@@ -147,7 +158,9 @@ def build_server(
         created = (
             services
             if services is not None
-            else await anyio.to_thread.run_sync(partial(create_services, config, engine=engine))
+            else await anyio.to_thread.run_sync(
+                partial(create_services, config, engine=engine, job_board=job_board)
+            )
         )
         logger.info(
             "multimodal-mcp %s: profile %s, store %s, devices %s, safety filter %s",
