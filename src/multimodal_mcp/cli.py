@@ -199,6 +199,7 @@ def _ray_engine(args: argparse.Namespace, config: Config) -> Any:
 
     settings = RaySettings(
         address=args.ray_address,
+        deploy=not args.ray_deployed,
         call_timeout=args.ray_call_timeout,
         silence_timeout=args.ray_silence_timeout,
         deploy_timeout=args.ray_deploy_timeout,
@@ -375,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--ray-address", help="with --engine ray: join this cluster (e.g. 'auto'); default: start a local one"
+    )
+    serve.add_argument(
+        "--ray-deployed",
+        action="store_true",
+        help="with --engine ray: the model families were deployed already (serve deploy, KubeRay); "
+        "only connect to them",
     )
     serve.add_argument(
         "--ray-call-timeout", type=float, default=1800.0, help="seconds a call to a deployment may take"

@@ -74,7 +74,7 @@ def family_deployment(
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options=actor,
     )
-    return deployment.bind(config, models, gpu_share=settings.num_gpus if settings.num_gpus else 1.0, **kw)
+    return deployment.bind(config, models, **kw)
 
 
 class ServeCaller:
@@ -244,7 +244,7 @@ class RayEngine:
         serve.start(proxy_location=ProxyLocation.Disabled)
         from ray.serve.api import _run
 
-        for family, models in self.plan.items():
+        for family, models in self.plan.items() if settings.deploy else ():
             app = family_deployment(
                 self.config, family, models, settings.family(family), **self._replica_kwargs
             )

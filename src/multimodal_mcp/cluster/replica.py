@@ -43,6 +43,7 @@ class ModelReplica:
         models: the model names this deployment serves (its family).
         gpu_share: this replica's share of each GPU it sees (Ray's ``num_gpus`` per replica, 1 when
             whole): its pool's GPU budgets are scaled by it, since Ray's fractions bound no memory.
+            None: the share Ray assigned to this replica (1 outside Ray).
         heartbeat: seconds between ``("alive",)`` frames while a call waits or works.
         devices: the devices to use (tests); default: discovered when the first call comes.
     """
@@ -52,7 +53,7 @@ class ModelReplica:
         config: Config,
         models: Sequence[str],
         *,
-        gpu_share: float = 1.0,
+        gpu_share: float | None = None,
         heartbeat: float = 2.0,
         devices: list[Device] | None = None,
     ) -> None:
@@ -80,7 +81,8 @@ class ModelReplica:
             gpu_headroom_bytes=int(pool.gpu_headroom_gib * GiB),
             cpu_budget_bytes=int(pool.cpu_budget_gib * GiB) if pool.cpu_budget_gib is not None else None,
         )
-        share = min(max(self._gpu_share, 0.0), 1.0) or 1.0
+        share = self._gpu_share if self._gpu_share is not None else _assigned_gpu_share()
+        share = min(max(share, 0.0), 1.0) or 1.0
         return [replace(d, budget_bytes=int(d.budget_bytes * share)) if d.is_gpu else d for d in found]
 
     async def _keep(self) -> None:
@@ -186,3 +188,17 @@ class ModelReplica:
         """The replica's pool status (devices, models, queues), as ``pool://status`` shows it."""
         hub = await self._started()
         return hub.pool.status()
+
+
+def _assigned_gpu_share() -> float:
+    """The GPU fraction Ray assigned to this process (a replica with ``num_gpus: 0.5`` gets 0.5), or
+    1 when not in a Ray worker or given whole GPUs."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return 1.0
+        gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except Exception:
+        return 1.0
+    return gpus if 0 < gpus < 1 else 1.0

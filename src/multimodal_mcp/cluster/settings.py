@@ -28,6 +28,9 @@ class FamilySettings:
 class RaySettings:
     """The engine's settings (CLI flags: ``--engine ray``, ``--ray-address``, ``--ray-*-timeout``).
 
+    ``deploy`` False: the families were deployed already (``serve deploy`` with a config file, or a
+    KubeRay RayService); the engine only checks that they run.
+
     Times are seconds. ``call_timeout`` bounds a whole call to a deployment; ``silence_timeout`` the
     time without a word from the replica (replicas send a heartbeat every ``heartbeat`` s while they
     work, so a lost node is noticed within it); ``deploy_timeout`` how long deploying may take before
@@ -38,6 +41,7 @@ class RaySettings:
     """
 
     address: str | None = None
+    deploy: bool = True
     app_name: str = "multimodal-mcp"
     call_timeout: float = 1800.0
     silence_timeout: float = 60.0
