@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
+# Ray sets OMP_NUM_THREADS to a replica's num_cpus (1 for 0) unless it is set: set it here, before
+# torch is imported, so the replicas (which inherit this environment) and the in-process pool run
+# torch with the same number of threads.
+os.environ.setdefault(
+    "OMP_NUM_THREADS",
+    str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -11,7 +11,7 @@ Markers (see pyproject.toml), applied here so that no test has to remember them:
 - ``browser``: the views in headless Chromium (tests/browser).
 - ``slow``: long-running tests (real checkpoints, big sizes).
 
-``make test-fast`` runs the rest (``-m "not model and not node and not browser and not slow"``) with
+``make test-fast`` runs the rest (``-m "not model and not node and not browser and not slow and not ray"``) with
 ``--torch-free`` (tests/torch_free.py), which fails a test of that subset that imports torch. Tool
 logic is tested there against tests/fake_hub.py.
 """

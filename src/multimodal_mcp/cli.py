@@ -200,6 +200,9 @@ def _ray_engine(args: argparse.Namespace, config: Config) -> Any:
     settings = RaySettings(
         address=args.ray_address,
         deploy=not args.ray_deployed,
+        only=frozenset(m.strip() for m in args.ray_models.split(",") if m.strip())
+        if args.ray_models
+        else None,
         call_timeout=args.ray_call_timeout,
         silence_timeout=args.ray_silence_timeout,
         deploy_timeout=args.ray_deploy_timeout,
@@ -382,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --engine ray: the model families were deployed already (serve deploy, KubeRay); "
         "only connect to them",
+    )
+    serve.add_argument(
+        "--ray-models",
+        metavar="NAME,...",
+        help="with --engine ray: run only these local models (and their ControlNets and IP-Adapters) on "
+        "Ray; the others stay in this process's pool (default: every local model)",
     )
     serve.add_argument(
         "--ray-call-timeout", type=float, default=1800.0, help="seconds a call to a deployment may take"

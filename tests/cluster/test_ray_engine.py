@@ -1,13 +1,16 @@
 """The Ray Serve engine on a single-node local cluster on loopback (marker ``ray``).
 
 One small cluster for the whole session (2 CPUs, a 150 MB object store, no dashboard, Serve's HTTP
-proxy off), two deployments: ``gen`` (tiny-sd15 and its components) and ``clip`` (tiny-clip). Every
+proxy off), two deployments: ``tiny-sd15`` (with its components) and ``clip`` (tiny-clip). Every
 test has a timeout: a hang is a failure, not a stuck CI job.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +30,7 @@ from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.server.app import build_server, create_services
 
 from helpers import cpu_only, make_config
+from http_helpers import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -46,8 +50,7 @@ def engine(ray_config: Config) -> Iterator[Any]:
 
     settings = RaySettings(
         only=frozenset({"tiny-sd15", "tiny-clip"}),
-        assign={"tiny-sd15": "gen"},
-        families={"gen": FamilySettings(max_ongoing_requests=2, max_queued_requests=1)},
+        families={"tiny-sd15": FamilySettings(max_ongoing_requests=2, max_queued_requests=1)},
         call_timeout=120,
         silence_timeout=30,
         heartbeat=0.5,
@@ -136,7 +139,7 @@ async def test_a_cancelled_generation_stops_and_the_next_starts_on_its_lane_only
             await stepped.wait()
         first.cancel()  # the front cancels the deployment response
         await generator.generate(_request(2, seed=8))
-    events = await _recent(engine, "gen")
+    events = await _recent(engine, "tiny-sd15")
     cancelled = [e for e in events if e[0] == "end" and e[2] == "cancelled"][-1]
     call = cancelled[1]
     later = min(e[1] for e in events if e[0] == "start" and e[1] > call)
@@ -175,7 +178,7 @@ async def test_a_call_past_its_timeout_is_cancelled_in_the_replica_and_says_so(
         await generator.generate(_request(400, seed=9))
     with anyio.fail_after(30):
         while True:  # the replica saw the cancel and stopped the work
-            events = await _recent(engine, "gen")
+            events = await _recent(engine, "tiny-sd15")
             if events[-1][0] == "end":
                 break
             await anyio.sleep(0.2)
@@ -212,6 +215,53 @@ async def test_the_job_board_actor_is_shared_by_every_front_of_the_cluster(engin
     assert await one.get("fedcba9876543210") is None
 
 
+async def test_the_cli_serves_the_tools_over_http_with_the_model_work_on_the_cluster(
+    tmp_path: Path, tiny_dir: Path, engine: Any
+) -> None:
+    """`multimodal-mcp serve --engine ray` as users run it, joining this session's cluster and the
+    families its engine deployed (--ray-deployed), over streamable HTTP on loopback."""
+    import ray
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'profile = "tiny"\n[server]\nstore_dir = "{tmp_path / "store"}"\ntiny_dir = "{tiny_dir}"\n'
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "multimodal_mcp", "serve", "--transport", "http", "--port", str(port)]
+    command += [
+        "--config",
+        str(config),
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray.get_runtime_context().gcs_address,
+    ]
+    command += ["--ray-deployed", "--ray-models", "tiny-sd15,tiny-clip"]
+    process = await anyio.open_process(command, stdout=None, stderr=None)
+    try:
+        with anyio.fail_after(90):
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    await anyio.sleep(0.3)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            made = await client.call_tool("generate_image", {"prompt": "a red cube", "seed": 5})
+            assert not made.is_error, made.content
+            uri = made.structured_content["images"][0]["uri"]
+            classified = await client.call_tool(
+                "clip_classify", {"image": uri, "labels": ["a cube", "a dog"]}
+            )
+            assert not classified.is_error, classified.content
+            status = json.loads((await client.read_resource("pool://status")).contents[0].text)
+        assert not any(m["loaded"] for m in status["models"]), "the front loaded no model itself"
+    finally:
+        process.terminate()
+        with anyio.fail_after(30):
+            await process.wait()
+
+
 async def test_a_replica_lost_mid_call_gives_a_clear_error_not_a_hang(
     ray_config: Config, engine: Any
 ) -> None:
@@ -231,7 +281,7 @@ async def test_a_replica_lost_mid_call_gives_a_clear_error_not_a_hang(
         names = [
             a["name"]
             for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith("SERVE_REPLICA::") and "#gen#" in a["name"]
+            if a["name"].startswith("SERVE_REPLICA::") and "#tiny-sd15#" in a["name"]
         ]
         for name in names:
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)

@@ -66,7 +66,7 @@ def family_deployment(
     actor: dict[str, Any] = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
     if settings.node_labels:
         actor["label_selector"] = dict(settings.node_labels)
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         ModelReplica,
         name=family,
         num_replicas=settings.num_replicas,
