@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -260,6 +261,29 @@ async def test_the_cli_serves_the_tools_over_http_with_the_model_work_on_the_clu
         process.terminate()
         with anyio.fail_after(30):
             await process.wait()
+
+
+def test_a_deployment_no_node_can_take_fails_the_start_naming_it(ray_config: Config, engine: Any) -> None:
+    from ray import serve
+
+    from multimodal_mcp.cluster.engine import RayEngine, app_name
+    from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
+    from multimodal_mcp.config import ConfigError
+
+    settings = RaySettings(
+        app_name="mmcp-unschedulable",
+        only=frozenset({"tiny-text"}),
+        families={"text": FamilySettings(node_labels={"zone": "nowhere"})},
+        deploy_timeout=6,
+    )
+    unplaceable = RayEngine(ray_config, settings)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"did not start 'text' within 6 s"):
+            unplaceable.start()
+        assert time.monotonic() - started < 60
+    finally:
+        serve.delete(app_name(settings, "text"))
 
 
 async def test_a_replica_lost_mid_call_gives_a_clear_error_not_a_hang(
