@@ -185,9 +185,10 @@ class ModelReplica:
         return list(self._recent)
 
     async def status(self) -> dict[str, Any]:
-        """The replica's pool status (devices, models, queues), as ``pool://status`` shows it."""
+        """The replica's pool status (devices, models, queues), as ``pool://status`` shows it, and
+        ``node``: the Ray node it runs on (None outside Ray)."""
         hub = await self._started()
-        return hub.pool.status()
+        return {**hub.pool.status(), "node": _node_id()}
 
 
 def _assigned_gpu_share() -> float:
@@ -202,3 +203,12 @@ def _assigned_gpu_share() -> float:
     except Exception:
         return 1.0
     return gpus if 0 < gpus < 1 else 1.0
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+    except Exception:
+        return None
