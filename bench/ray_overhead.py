@@ -12,6 +12,9 @@ calls and the ratio ray/local are printed for
 - ``generate_image`` with the tiny SD 1.5 at ``--size`` px and ``--steps`` steps, chosen to take
   about one second in process (target: ratio at most 1.03).
 
+"in the replica" is the median time the same Serve calls spent inside the replica (its own record
+of each call's start and end): the difference to "through Serve" is what the hops cost.
+
     python bench/ray_overhead.py [--runs 15] [--steps 30] [--size 128]
 
 Needs the ``ray`` extra. The cluster is started with 2 CPUs, a 150 MB object store and no dashboard,
@@ -103,9 +106,26 @@ async def _measure(args: argparse.Namespace, config: Any, engine: Any) -> list[l
                     f"{far_s * 1000:.1f} ms",
                     f"{(far_s - near_s) * 1000:+.1f} ms",
                     f"{far_s / near_s:.3f}",
+                    f"{median(await _replica_seconds(engine, tool, args.runs)) * 1000:.1f} ms",
                 ]
             )
     return rows
+
+
+async def _replica_seconds(engine: Any, tool: str, runs: int) -> list[float]:
+    """How long the last ``runs`` calls of ``tool``'s model took inside its replica (start to end as
+    the replica records them): what is left of the front's figure is the hops."""
+    from ray import serve
+
+    from multimodal_mcp.cluster.engine import app_name
+
+    model = "tiny-clip" if tool == "clip_classify" else "tiny-sd15"
+    family = engine.where[model]
+    handle = serve.get_deployment_handle(family, app_name=app_name(engine.settings, family))
+    events = await handle.recent.remote()
+    starts = {e[1]: e[-1] for e in events if e[0] == "start" and e[2] == model}
+    ends = [(e[1], e[-1]) for e in events if e[0] == "end" and e[1] in starts]
+    return [end - starts[call] for call, end in ends[-runs:]]
 
 
 def main() -> None:
@@ -154,7 +174,7 @@ def main() -> None:
         f"\nmedians of {args.runs} alternating calls per side; generate_image at {args.size} px, "
         f"{args.steps} steps\n"
     )
-    print(table(["tool", "in process", "through Serve", "overhead", "ratio"], rows))
+    print(table(["tool", "in process", "through Serve", "overhead", "ratio", "in the replica"], rows))
 
 
 if __name__ == "__main__":

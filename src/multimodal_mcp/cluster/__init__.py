@@ -10,6 +10,7 @@ each replica owning a model pool of its own. The pieces, from the front to the G
 - :mod:`.remote`: the front's handles (:mod:`multimodal_mcp.handles` interfaces) over a caller.
 - :mod:`.replica`: the deployment class, async methods feeding its pool's device lane.
 - :mod:`.engine`: starting or joining the cluster, deploying, and calling with timeouts and cancel.
+- :mod:`.apps`: application builders for ``serve deploy`` config files and KubeRay (docs/ray/).
 
-Only :mod:`.engine` imports ``ray``, and only when the engine starts.
+Nothing here imports ``ray`` at import time: the engine when it starts, a replica inside Ray.
 """
