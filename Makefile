@@ -9,7 +9,7 @@ test:
 test-fast:
 	python -m pytest -m "not model and not node and not browser and not slow and not ray" --torch-free
 
-# The Ray Serve engine on one local cluster on loopback (the ray extra; about a minute on 2 cores).
+# The Ray Serve engine on one local cluster on loopback (the ray extra; about 2 minutes on 2 cores).
 test-ray:
 	python -m pytest -m ray tests/cluster
 
