@@ -65,6 +65,10 @@ class Engine(Protocol):
         """The handle of model ``name`` (a ``spec.task`` handle), or None when it runs here."""
         ...
 
+    def location(self, name: str) -> str | None:
+        """Where model ``name`` runs, for listings (e.g. ``ray:sdxl``), or None when it runs here."""
+        ...
+
 
 class Whereabouts(TypedDict):
     """Where a model runs and how it is doing, as ``list_models`` shows it (see :meth:`ModelHub.where`)."""
@@ -322,6 +326,11 @@ class ModelHub:
             found["api_key_env"] = settings.api_key_env or None
             at = f" at {settings.base_url}" if settings.own_endpoint else ""
             found["status"] = f"hosted ({backend.name}{at}, {key_status})"
+            return found
+        remote = self.engine.location(name) if self.engine is not None else None
+        if remote is not None:
+            found["location"] = remote
+            found["status"] = f"served by {remote}"
             return found
         state = {s.name: s for s in self.pool.states()}.get(name)
         if state is None:

@@ -210,6 +210,10 @@ class RayEngine:
             return None
         return cast(Handle, REMOTE[spec.task](self.caller, name, capabilities))
 
+    def location(self, name: str) -> str | None:
+        family = self.where.get(name)
+        return f"ray:{family}" if family is not None else None
+
     def start(self) -> None:
         """Join the cluster at ``settings.address`` or start a local one on loopback, then deploy
         every family and wait until each runs.
