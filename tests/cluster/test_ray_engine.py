@@ -175,7 +175,7 @@ async def test_a_call_past_its_timeout_is_cancelled_in_the_replica_and_says_so(
     generator = RemoteImageGenerator(
         impatient, "tiny-sd15", _hub(ray_config, engine).capabilities("tiny-sd15")
     )
-    with pytest.raises(BackendError, match=r"did not finish within 2 s"):
+    with pytest.raises(BackendError, match=r"did not finish within 1.5 s"):
         await generator.generate(_request(400, seed=9))
     with anyio.fail_after(30):
         while True:  # the replica saw the cancel and stopped the work
@@ -184,6 +184,30 @@ async def test_a_call_past_its_timeout_is_cancelled_in_the_replica_and_says_so(
                 break
             await anyio.sleep(0.2)
     assert events[-1][2] == "cancelled"
+
+
+async def test_a_replica_silent_past_the_silence_timeout_fails_the_call_and_is_cancelled(
+    ray_config: Config, engine: Any
+) -> None:
+    """The replica sends a heartbeat every 0.5 s here; a caller that waits only 0.2 s for a word
+    takes the silence for a lost node: the call fails saying so, and the replica stops the work."""
+    from multimodal_mcp.cluster.engine import ServeCaller
+    from multimodal_mcp.cluster.remote import RemoteImageGenerator
+
+    hub = _hub(ray_config, engine)
+    await hub.image_generator("tiny-sd15").generate(_request(2))  # the replica and the model are up
+    before = max(e[1] for e in await _recent(engine, "tiny-sd15"))
+    hasty = ServeCaller(replace(engine.settings, silence_timeout=0.2), engine.where)
+    generator = RemoteImageGenerator(hasty, "tiny-sd15", hub.capabilities("tiny-sd15"))
+    with pytest.raises(BackendError, match=r"stopped answering \(0.2 s without a word"):
+        await generator.generate(_request(400, seed=11))  # no progress asked: only heartbeats come
+    with anyio.fail_after(30):
+        while True:
+            ends = [e for e in await _recent(engine, "tiny-sd15") if e[0] == "end" and e[1] > before]
+            if ends:
+                break
+            await anyio.sleep(0.2)
+    assert ends[0][2] == "cancelled"
 
 
 async def test_serve_backpressure_is_the_busy_error(ray_config: Config, engine: Any) -> None:

@@ -121,10 +121,10 @@ class ServeCaller:
                     frame = await asyncio.wait_for(response.__anext__(), wait)
                 except TimeoutError:
                     raise BackendError(
-                        f"model {model!r} did not finish within {settings.call_timeout:.0f} s "
+                        f"model {model!r} did not finish within {settings.call_timeout:g} s "
                         "(the engine's call timeout); try fewer steps, a smaller image or fewer tokens"
                         if wait >= remaining
-                        else f"model {model!r} stopped answering ({settings.silence_timeout:.0f} s without a "
+                        else f"model {model!r} stopped answering ({settings.silence_timeout:g} s without a "
                         "word from its replica: its node may be lost); try again"
                     ) from None
                 except StopAsyncIteration:

@@ -151,6 +151,10 @@ class ModelReplica:
         task = asyncio.create_task(run())
         task.add_done_callback(lambda _: frames.put_nowait(None))
         try:
+            if METHODS[method]:
+                # A long call (generation, chat) says at once that it arrived: from then on, silence
+                # past the front's timeout means this replica, not the way to it.
+                yield ("alive",)
             while True:
                 try:
                     frame = await asyncio.wait_for(frames.get(), self._heartbeat)

@@ -3,8 +3,9 @@
 A replica's ``call`` streams tuples:
 
 - ``("progress", done, total, message)``: the pool's progress (queue position, denoising steps);
-- ``("alive",)``: a heartbeat every few seconds while the call waits or works, so the front notices
-  a replica that went silent (a lost node) instead of waiting forever;
+- ``("alive",)``: at once when a long call (one that reports progress) arrives, then a heartbeat every
+  few seconds while the call waits or works, so the front notices a replica that went silent (a lost
+  node) instead of waiting forever;
 - ``("result", value)``: the handle method's return value (plain data: PIL images, numbers, text);
 - ``("error", kind, message)``: a curated error (``kind`` names a class of
   :mod:`multimodal_mcp.errors`) or, for anything else, ``kind`` "internal" and a message carrying
