@@ -15,7 +15,13 @@ calls and the ratio ray/local are printed for
 "in the replica" is the median time the same Serve calls spent inside the replica (its own record
 of each call's start and end): the difference to "through Serve" is what the hops cost.
 
-    python bench/ray_overhead.py [--runs 15] [--steps 30] [--size 128]
+    python bench/ray_overhead.py [--runs 15] [--steps 48] [--size 128]
+    python bench/ray_overhead.py --throughput [--calls 8]
+
+``--throughput`` measures instead how many ``generate_image`` calls per second the engine serves
+with one and with two replicas of the tiny SD 1.5, on a simulated two-node cluster (two Ray nodes
+on this machine, one CPU each; a replica takes one CPU, so two replicas land on the two nodes):
+``--calls`` concurrent calls, after a warm-up that loads the model in every replica.
 
 Needs the ``ray`` extra. The cluster is started with 2 CPUs, a 150 MB object store and no dashboard,
 and shut down at the end.
@@ -128,6 +134,59 @@ async def _replica_seconds(engine: Any, tool: str, runs: int) -> list[float]:
     return [end - starts[call] for call, end in ends[-runs:]]
 
 
+async def _throughput(args: argparse.Namespace, config: Any, engine: Any) -> float:
+    from mcp import Client
+
+    from multimodal_mcp.server.app import build_server, create_services
+
+    arguments = {"prompt": "a lighthouse", "width": args.size, "height": args.size, "steps": args.steps}
+    async with Client(build_server(config, create_services(config, engine=engine))) as client:
+
+        async def one(seed: int) -> None:
+            await _timed(client, "generate_image", {**arguments, "seed": seed})
+
+        async with anyio.create_task_group() as tg:  # warm: every replica loads the model
+            for seed in range(4):
+                tg.start_soon(one, seed)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for seed in range(args.calls):
+                tg.start_soon(one, 100 + seed)
+        return args.calls / (time.perf_counter() - started)
+
+
+def throughput(args: argparse.Namespace, config: Any) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from multimodal_mcp.cluster.engine import RayEngine
+    from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # one CPU per replica: one torch thread (the nodes inherit it)
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.2", "object_store_memory": 100 * 1024**2}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    ray.init(address=cluster.address, log_to_driver=False)
+    rows = []
+    try:
+        for replicas in (1, 2):
+            family = FamilySettings(num_replicas=replicas, num_cpus=1, max_queued_requests=64)
+            settings = RaySettings(only=frozenset({"tiny-sd15"}), families={"tiny-sd15": family})
+            engine = RayEngine(config, settings)
+            engine.start()  # deploys, or redeploys with the new replica count
+            rate = anyio.run(_throughput, args, config, engine)
+            rows.append(
+                [str(replicas), f"{rate:.2f}", f"{args.calls} concurrent, {args.size} px, {args.steps} steps"]
+            )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    base = float(rows[0][1])
+    for row in rows:
+        row.insert(2, f"{float(row[1]) / base:.2f}x")
+    print(table(["replicas", "calls/s", "vs one", "calls"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed calls per side and tool")
@@ -136,6 +195,8 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "multimodal-mcp-bench-cache"
     )
+    parser.add_argument("--throughput", action="store_true", help="calls/s with one and two replicas")
+    parser.add_argument("--calls", type=int, default=8, help="--throughput: concurrent generate_image calls")
     args = parser.parse_args()
     import logging
 
@@ -156,6 +217,10 @@ def main() -> None:
             default_allowed_roots=[],
             overrides={"store_dir": root / "store", "tiny_dir": tiny},
         )
+        if args.throughput:
+            print("generate_image calls/s with one and two replicas on two simulated nodes (1 CPU each)\n")
+            throughput(args, config)
+            return
         settings = RaySettings(
             only=frozenset({"tiny-sd15", "tiny-clip"}),
             local_cpus=2,
