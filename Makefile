@@ -1,13 +1,17 @@
-.PHONY: test test-fast lint format typecheck ci demo clients browser bench
+.PHONY: test test-fast test-ray lint format typecheck ci demo clients browser bench
 
 # Everything, the Node client tests included when `npm ci --prefix clients` has been run (else they skip).
 test:
-	python -m pytest
+	python -m pytest -m "not ray"
 
 # The tests that need no model (markers: see Development in the README): under a minute, and
 # --torch-free fails any of them that imports torch.
 test-fast:
-	python -m pytest -m "not model and not node and not browser and not slow" --torch-free
+	python -m pytest -m "not model and not node and not browser and not slow and not ray" --torch-free
+
+# The Ray Serve engine on one local cluster on loopback (the ray extra; about 2 minutes on 2 cores).
+test-ray:
+	python -m pytest -m ray tests/cluster
 
 lint:
 	ruff check src tests examples

@@ -10,10 +10,12 @@ Markers (see pyproject.toml), applied here so that no test has to remember them:
 - ``node``: the third-party Node.js client tests (tests/clients).
 - ``browser``: the views in headless Chromium (tests/browser).
 - ``slow``: long-running tests (real checkpoints, big sizes).
+- ``ray``: the Ray Serve engine on a local cluster (tests/cluster/test_ray_*.py), marked by hand;
+  ``make test-ray`` and their own CI step run them.
 
-``make test-fast`` runs the rest (``-m "not model and not node and not browser and not slow"``) with
-``--torch-free`` (tests/torch_free.py), which fails a test of that subset that imports torch. Tool
-logic is tested there against tests/fake_hub.py.
+``make test-fast`` runs the rest (``-m "not model and not node and not browser and not slow and not
+ray"``) with ``--torch-free`` (tests/torch_free.py), which fails a test of that subset that imports
+torch. Tool logic is tested there against tests/fake_hub.py.
 """
 
 from __future__ import annotations

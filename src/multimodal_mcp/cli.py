@@ -135,6 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
     from multimodal_mcp.server.app import build_server
 
     config = _config_from(args, http=args.transport == "http")
+    if args.engine == "ray" and args.transport != "http":
+        raise ConfigError("--engine ray serves over HTTP: add --transport http")
     if args.transport == "stdio":
         server = build_server(config)
         _stop_at_once_on_ctrl_c()
@@ -170,10 +172,58 @@ def _serve(args: argparse.Namespace) -> int:
         )
         or "none",
     )
-    app = http_app(build_server(config), config, host=host)
-    uv = uvicorn.Server(uvicorn_config(app, http, host=host, port=port))
-    anyio.run(uv.serve)
+    engine = _ray_engine(args, config) if args.engine == "ray" else None
+    try:
+        board = _job_board(args, config, on_ray=engine is not None)
+        app = http_app(build_server(config, engine=engine, job_board=board), config, host=host)
+        uv = uvicorn.Server(uvicorn_config(app, http, host=host, port=port))
+        anyio.run(uv.serve)
+    finally:
+        if engine is not None:
+            engine.stop()
     _exit_after_shutdown(0)
+
+
+def _job_board(args: argparse.Namespace, config: Config, *, on_ray: bool) -> Any:
+    """The job board shared by the fronts: Redis when named, else the cluster's actor on Ray."""
+    ttl = config.server.pool.job_ttl_seconds
+    if args.job_board_redis:
+        try:
+            from multimodal_mcp.job_board import RedisJobBoard
+
+            return RedisJobBoard.from_url(args.job_board_redis, ttl_seconds=ttl)
+        except ImportError:
+            raise ConfigError("--job-board-redis needs redis: pip install 'multimodal-mcp[redis]'") from None
+    if on_ray:
+        from multimodal_mcp.job_board import RayJobBoard
+
+        return RayJobBoard.connect(ttl_seconds=ttl)
+    return None
+
+
+def _ray_engine(args: argparse.Namespace, config: Config) -> Any:
+    """Start (or join) the Ray cluster and deploy the model families (blocks until they run)."""
+    from multimodal_mcp.cluster.engine import RayEngine
+    from multimodal_mcp.cluster.settings import RaySettings
+
+    settings = RaySettings(
+        address=args.ray_address,
+        deploy=not args.ray_deployed,
+        only=frozenset(m.strip() for m in args.ray_models.split(",") if m.strip())
+        if args.ray_models
+        else None,
+        call_timeout=args.ray_call_timeout,
+        silence_timeout=args.ray_silence_timeout,
+        deploy_timeout=args.ray_deploy_timeout,
+    )
+    engine = RayEngine(config, settings)
+    logger.info(
+        "engine ray: %s; deploying %s",
+        f"joining {settings.address}" if settings.address else "starting a local cluster on loopback",
+        ", ".join(engine.plan) or "nothing (no local models)",
+    )
+    engine.start()
+    return engine
 
 
 def _stop_at_once_on_ctrl_c() -> None:
@@ -345,6 +395,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-no-auth",
         action="store_true",
         help="serve HTTP beyond loopback with no authentication (only behind a proxy that authenticates)",
+    )
+    serve.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where local models run: 'local' (this process's pool) or 'ray' (Ray Serve deployments, "
+        "one per model family; needs the 'ray' extra and --transport http)",
+    )
+    serve.add_argument(
+        "--ray-address", help="with --engine ray: join this cluster (e.g. 'auto'); default: start a local one"
+    )
+    serve.add_argument(
+        "--ray-deployed",
+        action="store_true",
+        help="with --engine ray: the model families were deployed already (serve deploy, KubeRay); "
+        "only connect to them",
+    )
+    serve.add_argument(
+        "--ray-models",
+        metavar="NAME,...",
+        help="with --engine ray: run only these local models (and their ControlNets and IP-Adapters) on "
+        "Ray; the others stay in this process's pool (default: every local model)",
+    )
+    serve.add_argument(
+        "--ray-call-timeout", type=float, default=1800.0, help="seconds a call to a deployment may take"
+    )
+    serve.add_argument(
+        "--ray-silence-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without a word from a replica before its call fails (a lost node)",
+    )
+    serve.add_argument(
+        "--ray-deploy-timeout",
+        type=float,
+        default=300.0,
+        help="seconds deploying may take before an unschedulable deployment is reported",
+    )
+    serve.add_argument(
+        "--job-board-redis",
+        metavar="URL",
+        help="share jobs with other fronts through Redis (redis://host:6379/0; the 'redis' extra); "
+        "with --engine ray they are shared through a Ray actor without it",
     )
     serve.set_defaults(func=_serve)
 

@@ -9,7 +9,7 @@ backends' models are wrapped in pool-backed handles, hosted backends make their 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 from multimodal_mcp import registry
 from multimodal_mcp.backends.hosted import HostedConnections
@@ -63,6 +63,24 @@ _ANNOTATORS = {
 """What makes each map type from a photo, for the errors of the types this server does not make."""
 
 
+class Engine(Protocol):
+    """Where local models run when not in this process's pool: the engine boundary.
+
+    With an engine (``serve --engine ray``: :class:`multimodal_mcp.cluster.engine.RayEngine`), the
+    hub asks it first for the handle of each local model; it answers a handle whose calls cross a
+    process boundary (addressed by model name, with plain-data requests and answers), or None to
+    leave that model to this process's pool. Hosted models never go through it.
+    """
+
+    def handle(self, name: str, spec: ModelSpec, capabilities: Capabilities) -> Handle | None:
+        """The handle of model ``name`` (a ``spec.task`` handle), or None when it runs here."""
+        ...
+
+    def location(self, name: str) -> str | None:
+        """Where model ``name`` runs, for listings (e.g. ``ray:sdxl``), or None when it runs here."""
+        ...
+
+
 class Whereabouts(TypedDict):
     """Where a model runs and how it is doing, as ``list_models`` shows it (see :meth:`ModelHub.where`)."""
 
@@ -82,10 +100,17 @@ class Whereabouts(TypedDict):
 class ModelHub:
     """Every configured model by name: its spec, capabilities and handle. One per server."""
 
-    def __init__(self, config: Config, pool: ModelPool, connections: HostedConnections) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pool: ModelPool,
+        connections: HostedConnections,
+        engine: Engine | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
         self.connections = connections
+        self.engine = engine
         self._capabilities: dict[str, Capabilities] = {}
         self._handles: dict[str, Handle] = {}
         self._preprocessors: dict[str, ControlPreprocessor] = {"canny": CannyEdges()}
@@ -170,7 +195,8 @@ class ModelHub:
             )
         backend = self.backend(name)
         if isinstance(backend, registry.LocalBackend):
-            made: Handle = _POOLED[spec.task](self.pool, name, self.capabilities(name))
+            remote = self.engine.handle(name, spec, self.capabilities(name)) if self.engine else None
+            made: Handle = remote or _POOLED[spec.task](self.pool, name, self.capabilities(name))
         elif isinstance(backend, registry.HostedBackend):
             settings = self.config.hosted.for_model(name, spec)
             made = backend.handle(name, spec, self.connections.connection(backend, settings))
@@ -306,6 +332,11 @@ class ModelHub:
             found["api_key_env"] = settings.api_key_env or None
             at = f" at {settings.base_url}" if settings.own_endpoint else ""
             found["status"] = f"hosted ({backend.name}{at}, {backend.key_status(settings)})"
+            return found
+        remote = self.engine.location(name) if self.engine is not None else None
+        if remote is not None:
+            found["location"] = remote
+            found["status"] = f"served by {remote}"
             return found
         state = {s.name: s for s in self.pool.states()}.get(name)
         if state is None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from multimodal_mcp.errors import MultimodalError, NotFound
 from multimodal_mcp.imaging.store import holding
+from multimodal_mcp.job_board import JobBoard, Record
 from multimodal_mcp.principals import acting_as, current_principal
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,12 @@ class JobManager:
         describe_failure: Callable[[str, BaseException], str],
         max_retained_per_principal: int = 64,
         max_retained_bytes: int = 64 * 1024 * 1024,
+        board: JobBoard | None = None,
+        mirror_interval: float = 0.5,
     ) -> None:
         self._spawn = spawn
+        self._board = board
+        self._mirror_interval = mirror_interval
         self._ttl = ttl_seconds
         self._per_principal = max_retained_per_principal
         self._max_bytes = max_retained_bytes
@@ -146,17 +151,87 @@ class JobManager:
                 self._bound(job.owner)
 
         self._spawn(body)
+        if self._board is not None:
+            self._spawn(lambda: self._mirror(job))
         return job
+
+    # --- the shared board (several fronts: see multimodal_mcp.job_board) ---------------------------
+
+    def _record(self, job: Job) -> Record:
+        done = job.status == "done"
+        summary = getattr(job.result, "summary", None) if done else None
+        return {
+            **job.info(self._clock()).model_dump(mode="json"),
+            "owner": job.owner,
+            "result": job.result.model_dump(mode="json")
+            if done and isinstance(job.result, BaseModel)
+            else None,
+            "summary": summary() if callable(summary) else None,
+        }
+
+    async def _mirror(self, job: Job) -> None:
+        """Publish ``job`` on the board while it runs (when it changed) and once finished; cancel it
+        when another front posted a cancel request."""
+        assert self._board is not None
+        sent: tuple[Any, ...] | None = None
+        try:
+            while True:
+                finished = job.done.is_set()
+                state = (job.status, job.progress, job.total, job.message)
+                if state != sent or finished:
+                    await self._board.put(self._record(job))
+                    sent = state
+                if finished:
+                    return
+                if await self._board.cancel_requested(job.id):
+                    job.scope.cancel()
+                with anyio.move_on_after(self._mirror_interval):
+                    await job.done.wait()
+        except Exception:  # the board is best effort: this front's own get_job still works
+            logger.warning("publishing job %s on the shared job board failed", job.id, exc_info=True)
+
+    async def shared(
+        self, job_id: str, wait_seconds: float
+    ) -> tuple[JobInfo, dict[str, Any] | None, str | None]:
+        """A job another front runs, from the board: its info, result (JSON) and summary, waiting up
+        to ``wait_seconds`` for it to finish.
+
+        Raises:
+            NotFound: no board, the board has no such job, or it belongs to another principal.
+        """
+        deadline = self._clock() + wait_seconds
+        while True:
+            record = await self._board.get(job_id) if self._board is not None else None
+            if record is None or record.get("owner") != current_principal():
+                raise self._not_found(job_id)
+            if record["status"] != "running" or self._clock() >= deadline:
+                info = JobInfo.model_validate({k: record[k] for k in JobInfo.model_fields if k in record})
+                return info, record.get("result"), record.get("summary")
+            await anyio.sleep(min(self._mirror_interval, max(0.0, deadline - self._clock())))
+
+    async def cancel_shared(self, job_id: str) -> None:
+        """Ask the front running job ``job_id`` to cancel it (see :meth:`shared` for errors)."""
+        await self.shared(job_id, 0)  # the same existence and owner check
+        assert self._board is not None
+        await self._board.request_cancel(job_id)
 
     def get(self, job_id: str) -> Job:
         self._purge()
         job = self._jobs.get(job_id)
         if job is None or job.owner != current_principal():
-            raise NotFound(
-                f"no job {job_id[:40]!r}: it never existed, finished more than {self._ttl:.0f} s ago, or "
-                "was dropped as the oldest past pool.max_jobs_per_principal or pool.max_job_bytes"
-            )
+            raise self._not_found(job_id)
         return job
+
+    @property
+    def shares(self) -> bool:
+        """Whether jobs are mirrored on a board several fronts share."""
+        return self._board is not None
+
+    def _not_found(self, job_id: str) -> NotFound:
+        return NotFound(
+            f"no job {job_id[:40]!r}: it never existed, finished more than {self._ttl:.0f} s ago, or "
+            "was dropped as the oldest past pool.max_jobs_per_principal or pool.max_job_bytes"
+        )
 
     async def wait(self, job: Job, seconds: float, listener: Progress | None = None) -> bool:
         """Wait up to ``seconds`` for ``job``, forwarding its progress to ``listener`` meanwhile."""

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import cast
 
 import anyio
@@ -22,9 +23,10 @@ from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import NotFound
-from multimodal_mcp.hub import ModelHub
+from multimodal_mcp.hub import Engine, ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import open_image_store, validate_id
+from multimodal_mcp.job_board import JobBoard
 from multimodal_mcp.jobs import JobManager, describe_failure
 from multimodal_mcp.pool import Device, ModelPool, discover_devices
 from multimodal_mcp.pool.devices import GiB
@@ -63,12 +65,19 @@ until it is done. Models marked paid in list_models cost money per call; the ser
 the user to confirm, and a declined call returns an error: do not retry it unasked."""
 
 
-def create_services(config: Config, devices: list[Device] | None = None) -> Services:
+def create_services(
+    config: Config,
+    devices: list[Device] | None = None,
+    engine: Engine | None = None,
+    job_board: JobBoard | None = None,
+) -> Services:
     """Everything the tools share. Creates the store directory; loads no model.
 
     ``devices`` defaults to what is discovered (GPUs, then the CPU) when first needed, which may
     import torch: in the background once the pool runs, so the server answers meanwhile (see
     :meth:`ModelPool.discover`); tests pass their own.
+    ``engine`` runs the local models elsewhere (``serve --engine ray``); None: in this process's pool.
+    ``job_board``: where jobs are mirrored for the other fronts (see :mod:`multimodal_mcp.job_board`).
     """
     pool_settings = config.server.pool
     cpu_budget = pool_settings.cpu_budget_gib
@@ -91,6 +100,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         describe_failure=describe_failure,
         max_retained_per_principal=config.server.pool.max_jobs_per_principal,
         max_retained_bytes=config.server.pool.max_job_bytes,
+        board=job_board,
     )
     store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
     safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
@@ -100,7 +110,7 @@ def create_services(config: Config, devices: list[Device] | None = None) -> Serv
         resolver=resolver,
         pool=pool,
         jobs=jobs,
-        hub=ModelHub(config, pool, HostedConnections(config.hosted)),
+        hub=ModelHub(config, pool, HostedConnections(config.hosted), engine),
         safety=safety,
     )
 
@@ -126,8 +136,16 @@ def _reaches_out(config: Config, tasks: tuple[str, ...], takes_images: bool) -> 
     )
 
 
-def build_server(config: Config, services: Services | None = None) -> MultimodalServer:
+def build_server(
+    config: Config,
+    services: Services | None = None,
+    *,
+    engine: Engine | None = None,
+    job_board: JobBoard | None = None,
+) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
+    ``engine``: where local models run when not in this process (see :class:`ModelHub`);
+    ``job_board``: the job board shared with other fronts.
 
     Raises:
         ConfigError: the safety filter is on but its classifier is not installed.
@@ -140,7 +158,11 @@ def build_server(config: Config, services: Services | None = None) -> Multimodal
     @asynccontextmanager
     async def lifespan(_: MCPServer[Services]) -> AsyncIterator[Services]:
         created = (
-            services if services is not None else await anyio.to_thread.run_sync(create_services, config)
+            services
+            if services is not None
+            else await anyio.to_thread.run_sync(
+                partial(create_services, config, engine=engine, job_board=job_board)
+            )
         )
         logger.info(  # the devices are logged once discovered (pool.core)
             "multimodal-mcp %s: profile %s, store %s, safety filter %s",

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, PrivateAttr
 
+from multimodal_mcp.errors import NotFound
 from multimodal_mcp.jobs import JobInfo
 from multimodal_mcp.tools.common import Params, Progress, Result, Services
 
@@ -27,11 +28,14 @@ class JobResult(Result):
         description="The tool's result once the job is done, as that tool returns it."
     )
     _inner: Result | None = PrivateAttr(default=None)
+    _said: str | None = PrivateAttr(default=None)  # the summary of a job another front ran
 
     def summary(self) -> str:
         job = self.job
         if self._inner is not None:
             return self._inner.summary()
+        if self._said is not None:
+            return self._said
         if job.status == "running":
             where = f" ({job.message})" if job.message else ""
             return (
@@ -54,7 +58,15 @@ def job_result(info: JobInfo, inner: Result | None) -> JobResult:
 
 async def get_job(params: GetJobParams, services: Services, progress: Progress | None = None) -> JobResult:
     """Get the result of a call that returned a job handle, or its status while it runs."""
-    job = services.jobs.get(params.job_id)
+    try:
+        job = services.jobs.get(params.job_id)
+    except NotFound:
+        if not services.jobs.shares:
+            raise
+        info, result, said = await services.jobs.shared(params.job_id, params.wait_seconds)
+        out = JobResult(job=info, result=result)
+        out._said = said
+        return out
     await services.jobs.wait(job, params.wait_seconds, progress)
     info = job.info(services.jobs.now())
     if job.status == "done":
@@ -70,7 +82,14 @@ async def cancel_job(
     params: CancelJobParams, services: Services, progress: Progress | None = None
 ) -> JobResult:
     """Cancel a running job; a generation stops at its next step."""
-    job = services.jobs.get(params.job_id)
+    try:
+        job = services.jobs.get(params.job_id)
+    except NotFound:
+        if not services.jobs.shares:
+            raise
+        await services.jobs.cancel_shared(params.job_id)  # the front running it cancels it
+        info, _, _ = await services.jobs.shared(params.job_id, 10)
+        return job_result(info, None)
     services.jobs.cancel(job)
     await services.jobs.wait(job, 10)
     return job_result(job.info(services.jobs.now()), None)

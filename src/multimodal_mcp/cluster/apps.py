@@ -1,0 +1,53 @@
+"""Serve application builders, for ``serve deploy`` config files and KubeRay's RayService.
+
+A config file names ``multimodal_mcp.cluster.apps:family_app`` as an application's ``import_path``
+with ``args`` saying which family it is and where the config comes from; Serve calls the builder on
+the cluster (so this is where the environment is read, as the CLI does for the front). The front
+then joins with ``serve --engine ray --ray-address auto --ray-deployed``. Application names must be
+``multimodal-mcp-<family>`` and deployment names ``<family>``, the names the front looks for
+(families as :func:`multimodal_mcp.cluster.families.plan` makes them). See deploy/ray/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from multimodal_mcp.cluster.families import plan
+from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
+from multimodal_mcp.config import Config, load_config
+
+
+def _config(args: dict[str, Any]) -> Config:
+    from platformdirs import user_cache_dir
+
+    config_file = args.get("config") or os.environ.get("MULTIMODAL_MCP_CONFIG")
+    return load_config(
+        profile=args.get("profile"),
+        config_file=Path(config_file) if config_file else None,
+        cache_dir=Path(user_cache_dir("multimodal-mcp", appauthor=False)),
+        home=Path.home(),
+        environ=os.environ,
+    )
+
+
+def family_app(args: dict[str, Any]) -> Any:
+    """The Serve application of one family.
+
+    ``args``: ``family`` (a deployment name the front's plan has, e.g. ``sdxl`` or ``clip``);
+    ``profile`` and ``config`` (a TOML file on the nodes; default ``$MULTIMODAL_MCP_CONFIG``) as
+    the front's. Replicas, GPUs, node labels and autoscaling come from the config file's
+    ``deployments`` section, which overrides the defaults here.
+
+    Raises:
+        ValueError: the family is not in the plan of that config (the message lists those that are).
+    """
+    from multimodal_mcp.cluster.engine import family_deployment, local_models
+
+    config = _config(args)
+    families = plan(config, RaySettings(), local=local_models(config))
+    family = str(args.get("family", ""))
+    if family not in families:
+        raise ValueError(f"no family {family!r} in this config; its families: {', '.join(families)}")
+    return family_deployment(config, family, families[family], FamilySettings())

@@ -1,0 +1,90 @@
+"""The replica in this process (no Ray): frames, cancellation that holds the lane, error hygiene."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from multimodal_mcp.cluster.replica import ModelReplica
+from multimodal_mcp.config import Config
+from multimodal_mcp.errors import UnknownModel
+from multimodal_mcp.handles import GeneratedImages, ImageRequest
+
+from helpers import cpu_only
+
+
+def _request(steps: int, seed: int = 1) -> ImageRequest:
+    return ImageRequest(
+        prompt="a red cube", width=64, height=64, steps=steps, scheduler="euler", seeds=(seed,)
+    )
+
+
+@pytest.fixture
+async def replica(config: Config) -> AsyncIterator[ModelReplica]:
+    made = ModelReplica(config, ["tiny-sd15", "tiny-clip"], devices=cpu_only(), heartbeat=0.2)
+    yield made
+    await made.stop()
+
+
+async def _frames(replica: ModelReplica, *call: Any) -> list[tuple[Any, ...]]:
+    return [frame async for frame in replica.call(*call)]
+
+
+async def test_a_call_streams_the_pools_progress_then_the_result(replica: ModelReplica) -> None:
+    frames = await _frames(replica, "tiny-sd15", "generate", (_request(3),), {})
+    steps = [f for f in frames if f[0] == "progress" and f[2] == 3]
+    assert [f[1] for f in steps][-1] == 3
+    assert frames[-1][0] == "result" and isinstance(frames[-1][1], GeneratedImages)
+    assert frames[-1][1].images[0].size == (64, 64)
+
+
+async def test_a_model_the_deployment_does_not_serve_is_refused_by_name(replica: ModelReplica) -> None:
+    frames = await _frames(replica, "tiny-sdxl", "generate", (_request(2),), {})
+    assert frames == [("error", UnknownModel.__name__, "this deployment does not serve model 'tiny-sdxl'")]
+
+
+async def test_an_internal_failure_crosses_as_an_error_id_only(replica: ModelReplica) -> None:
+    broken = ImageRequest(prompt="x", steps=2)  # no size: the pooled handle's assertion fails
+    frames = await _frames(replica, "tiny-sd15", "generate", (broken,), {})
+    kind, message = frames[-1][1], frames[-1][2]
+    assert kind == "internal"
+    assert "error id" in message and "Traceback" not in message and "assert" not in message.lower()
+
+
+async def test_a_cancelled_call_ends_after_its_work_stops_and_the_next_call_starts_after_it(
+    replica: ModelReplica,
+) -> None:
+    stepped = anyio.Event()
+
+    async def first() -> None:
+        async for frame in replica.call("tiny-sd15", "generate", (_request(200),), {}):
+            if frame[0] == "progress" and frame[2] == 200:
+                stepped.set()
+
+    async def second() -> None:
+        await _frames(replica, "tiny-sd15", "generate", (_request(2, seed=2),), {})
+
+    async with anyio.create_task_group() as tg:
+        cancel = anyio.CancelScope()
+
+        async def run_first() -> None:
+            with cancel:
+                await first()
+
+        tg.start_soon(run_first)
+        with anyio.fail_after(60):
+            await stepped.wait()
+        tg.start_soon(second)
+        await anyio.sleep(0.05)  # the second call is queued on the lane behind the first
+        cancel.cancel()
+    events = await replica.recent()
+    first_id, second_id = sorted({e[1] for e in events if e[0] == "start"})[-2:]
+    first_steps = [e for e in events if e[0] == "step" and e[1] == first_id]
+    first_end = next(e for e in events if e[0] == "end" and e[1] == first_id)
+    second_steps = [e for e in events if e[0] == "step" and e[1] == second_id]
+    assert first_end[2] == "cancelled"
+    assert first_steps[-1][2] < 200, "the cancel stopped the work before its last step"
+    assert first_end[-1] <= second_steps[0][-1], "the next call ran only once the cancelled one stopped"
