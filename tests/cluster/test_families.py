@@ -23,7 +23,7 @@ def test_each_text_to_image_model_is_a_family_with_the_components_that_attach_to
     assert {"tiny-controlnet-canny", "tiny-controlnet-depth", "tiny-ip-adapter"} <= set(found["tiny-sd15"])
     assert "tiny-controlnet-canny-sdxl" in found["tiny-sdxl"]
     assert "tiny-controlnet-canny-sdxl" not in found["tiny-sd15"]
-    assert found["clip"] == ["tiny-clip"]
+    assert found["clip"] == ["tiny-clip", "tiny-siglip"]  # CLIP and SigLIP share one deployment
     assert "tiny-vlm" in found["vlm"]
     served = [model for models in found.values() for model in models]
     assert len(served) == len(set(served)), "a model is in one deployment unless shared by bases"

@@ -38,7 +38,7 @@ MAX_IMAGE_ARG_CHARS = 48_000_000
 ImageArg = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_IMAGE_ARG_CHARS),
-    Field(description="image://<id> from a result, a data: URI, base64, a file path or a URL."),
+    Field(description="image://<id>, a data: URI, base64, a file path or a URL."),
 ]
 DetailArg = Annotated[
     Detail | None,

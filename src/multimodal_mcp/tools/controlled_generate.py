@@ -64,7 +64,7 @@ CONTROL_TYPES_HELP = "canny, depth: made from a photo; others: a prepared map."
 
 
 class ControlSpec(BaseModel):
-    """One ControlNet condition, for several at once."""
+    """One ControlNet condition."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -107,7 +107,7 @@ class ControlledGenerateParams(Params):
         str | None,
         Field(
             max_length=64,
-            description="A configured ControlNet; omit for the model's one for control_type.",
+            description="Omit for the model's ControlNet for control_type.",
         ),
     ] = None
     width: Side = None
@@ -122,8 +122,8 @@ class ControlledGenerateParams(Params):
         OptionalImage,
         Field(
             description=(
-                "img2img/inpainting: the picture to start from; the output keeps its aspect ratio unless "
-                "width/height say otherwise."
+                "img2img/inpainting: the starting picture; its aspect ratio is kept unless width/height "
+                "are given."
             ),
         ),
     ] = None
