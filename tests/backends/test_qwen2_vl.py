@@ -90,7 +90,17 @@ async def test_without_torchvision_a_qwen2_vl_model_is_refused_naming_it(
     monkeypatch.setattr(vlm, "_missing_torchvision", lambda: True)
     image = data_uri(Image.new("RGB", (32, 32), (10, 200, 10)))
     message = await call_error(client, "describe_image", {"image": image, "model": "tiny-qwen2-vl"})
-    assert "needs torchvision" in message and "pip install torchvision" in message
+    import torch
+
+    minor = int(torch.__version__.split(".")[1])
+    assert "needs torchvision" in message
+    # The release paired with this torch, from PyTorch's index for its build (a plain pip install
+    # torchvision would replace a CPU torch with PyPI's CUDA build).
+    index = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
+    assert (
+        f"pip install 'torchvision==0.{minor + 15}.*' --index-url https://download.pytorch.org/whl/{index}"
+        in message
+    )
 
 
 def test_p_yes_on_qwen2_vl_scores_the_answers_after_the_images_tokens(

@@ -93,12 +93,26 @@ def _missing_torchvision() -> bool:
     return importlib.util.find_spec("torchvision") is None
 
 
+def torchvision_install_command() -> str:
+    """The pip command for the torchvision release paired with the installed torch, from PyTorch's
+    index for its build (CPU or CUDA): torch 2.N pairs with torchvision 0.(N+15), and a plain
+    ``pip install torchvision`` installs PyPI's newest CUDA build, replacing a CPU torch."""
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    cuda = torch.version.cuda
+    index = "cpu" if cuda is None else "cu" + cuda.replace(".", "")
+    paired = f"0.{minor + 15}.*" if major == 2 else "<the release for your torch>"
+    return f"pip install 'torchvision=={paired}' --index-url https://download.pytorch.org/whl/{index}"
+
+
 def load_vlm(name: str, spec: ModelSpec, ctx: LoadContext) -> VisionLanguageModel:
     if model_type(spec) in MULTI_IMAGE and _missing_torchvision():
         # transformers builds the Qwen2-VL processors only with their video processor, which needs it.
         raise BackendError(
             f"model {name!r} ({model_type(spec)}) needs torchvision for its processor: install the "
-            "torchvision build that matches your torch (pip install torchvision), or choose another model"
+            f"release paired with your torch ({torchvision_install_command()}; a plain pip install "
+            "torchvision may replace your torch), or choose another model"
         )
     model, processor = load_pretrained(name, spec, ctx, "AutoModelForImageTextToText")
     return VisionLanguageModel(name, spec, model, processor, ctx.device)
