@@ -8,6 +8,7 @@ so that ``config.py`` holds the models, the profiles' reading and :class:`~multi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -147,6 +148,11 @@ class StoreSettings(_Frozen):
                 f"server.store.url {url[:80]!r} is not an object store URL; use one of "
                 f"{', '.join(s + '://' for s in sorted(STORE_URL_SCHEMES))} (e.g. 's3://bucket/images'), "
                 "or leave it out to keep images in server.store_dir"
+            )
+        if importlib.util.find_spec("obstore") is None:
+            raise ValueError(
+                "server.store.url needs obstore, which is not installed: pip install 'multimodal-mcp[s3]', "
+                "or leave url out to keep images in server.store_dir"
             )
         return url
 

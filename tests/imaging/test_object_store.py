@@ -108,3 +108,52 @@ def test_server_store_url_opens_an_object_store_and_bad_urls_are_refused_up_fron
             StoreSettings(url=bad)
     with pytest.raises(ValueError, match=r"\[server\.store\] url"):
         open_image_store(tmp_path, StoreSettings(url="s3://bucket/x", options={"no_such_option": "1"}))
+
+
+@pytest.mark.model
+async def test_path_delivery_on_an_object_store_is_refused_before_any_work(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    from mcp import Client
+
+    from multimodal_mcp.config import load_config
+    from multimodal_mcp.server.app import build_server, create_services
+
+    from helpers import call_error, call_ok, cpu_only
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[server.store]\nurl = "memory://"\nmax_bytes = 0\nmax_age_days = 0\n')
+    config = load_config(
+        profile="tiny",
+        config_file=config_file,
+        cache_dir=tmp_path / "cache",
+        home=tmp_path,
+        overrides={"tiny_dir": tiny_dir},
+        transport="stdio",
+    )
+    services = create_services(config, devices=cpu_only())
+    server = build_server(config, services)
+    async with Client(server) as client:
+        arguments = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seed": 1}
+        error = await call_error(client, "generate_image", {**arguments, "delivery": "path"})
+        assert "object store" in error and "'preview'" in error
+        assert services.store.recent(limit=10) == []  # refused up front: nothing was generated or stored
+        made = await call_ok(client, "generate_image", {**arguments, "delivery": "none"})
+        assert made["images"][0]["uri"].startswith("image://")
+
+
+def test_an_object_store_url_without_obstore_is_a_config_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from multimodal_mcp.config import ConfigError, load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "obstore" else real(name, *a)
+    )
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[server.store]\nurl = "s3://bucket/images"\n')
+    with pytest.raises(ConfigError, match=r"pip install 'multimodal-mcp\[s3\]'"):
+        load_config(profile="tiny", config_file=config_file, cache_dir=tmp_path, home=tmp_path)

@@ -323,6 +323,12 @@ def register_tool(
                 "share its disk, e.g. over HTTP); use 'preview', 'full' or 'none' and read image:// "
                 "resources."
             )
+        if (rendering.delivery or config.server.delivery) == "path" and config.server.store.url is not None:
+            raise ToolError(
+                f"Invalid arguments for {name}: delivery='path' needs images on the server's disk, and this "
+                "server keeps them in an object store ([server.store] url); use 'preview', 'full' or "
+                "'none' and read image:// resources."
+            )
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(done, total, message)
