@@ -25,7 +25,7 @@ typecheck:
 	mypy
 
 # Every benchmark in its short mode, then one table: each ratio measured against its alternative in
-# the same run, its target, pass/FAIL (bench/table.py; about 6 minutes on 2 CPU cores, no GPU needed).
+# the same run, its target, pass/FAIL (bench/table.py; 2.5 to 7 minutes on 2 CPU cores, more on the first run, no GPU needed; needs the dev extra).
 bench:
 	python bench/table.py
 
