@@ -253,7 +253,7 @@ class DiffusionModel:
     ) -> list[Image.Image]:
         """Run the pipeline; one image per seed, each reproducible from its own seed. The request's
         LoRAs are attached for this call only (see :func:`~multimodal_mcp.backends.lora.attached_loras`)."""
-        with attached_loras(self.pipe, request.loras):
+        with attached_loras(self.pipe, request.loras, self.name):
             return self._generate(request, on_step, cancel)
 
     def _generate(
