@@ -269,6 +269,8 @@ async def test_controlled_generate_takes_loras_and_stays_unchanged_after_them(cl
         client, "controlled_generate", {**args, "loras": [{"name": "tiny-lora-glow", "scale": 1.5}]}
     )
     assert np.abs(await _pixels(client, plain) - await _pixels(client, styled)).mean() > 1
+    assert styled["parameters"]["loras"] == [{"name": "tiny-lora-glow", "scale": 1.5}]
+    assert plain["parameters"]["loras"] is None
     again = await call_ok(client, "controlled_generate", args)
     assert await _bytes(client, again) == await _bytes(client, plain)
 
