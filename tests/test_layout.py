@@ -40,6 +40,7 @@ SHARED_MODULES = frozenset(
         "facts",
         "claims",
         "loras",
+        "prompt_weights",
     }
 )
 """What the tools share; any tools module may import these."""

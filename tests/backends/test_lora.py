@@ -4,6 +4,7 @@ that does not fit its base model gives."""
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,37 @@ base_models = ["tiny-sdxl"]
     async with Client(build_server(config, create_services(config, devices=cpu_only()))) as client:
         before = await call_ok(client, "generate_image", args)
         message = await call_error(client, "generate_image", {**args, "loras": [{"name": "wrong-base"}]})
-        assert "LoRA 'wrong-base' does not fit this model" in message and "base_models" in message
+        assert "LoRA 'wrong-base' does not fit model 'tiny-sdxl'" in message and "base_models" in message
         assert "Traceback" not in message
+        after = await call_ok(client, "generate_image", args)
+        assert await read_png(client, after["images"][0]["uri"]) == await read_png(
+            client, before["images"][0]["uri"]
+        )
+
+
+async def test_a_lora_for_another_family_whose_weights_match_nothing_is_a_curated_error(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    # The SD3 LoRA's keys name the SD3 transformer: on SD 1.5 diffusers keeps none of them and
+    # attaches nothing, without an error of its own.
+    config = _config(
+        tmp_path,
+        tiny_dir,
+        f"""
+[models.sd3-on-sd15]
+task = "lora"
+backend = "diffusers"
+source = "{tiny_dir / "lora-sd3"}"
+base_models = ["tiny-sd15"]
+""",
+    )
+    args = {"prompt": "a boat", "model": "tiny-sd15", "seed": 2}
+    async with Client(build_server(config, create_services(config, devices=cpu_only()))) as client:
+        before = await call_ok(client, "generate_image", args)
+        message = await call_error(client, "generate_image", {**args, "loras": [{"name": "sd3-on-sd15"}]})
+        assert "LoRA 'sd3-on-sd15' does not fit model 'tiny-sd15'" in message
+        assert "none of its weights match" in message and "base_models" in message
+        assert "internal error" not in message.lower() and "Traceback" not in message
         after = await call_ok(client, "generate_image", args)
         assert await read_png(client, after["images"][0]["uri"]) == await read_png(
             client, before["images"][0]["uri"]
@@ -107,3 +137,15 @@ def test_a_lora_table_without_its_base_models_or_with_pickle_weights_is_refused(
     config_file.write_text(f'[models.x]\ntask = "lora"\nbackend = "diffusers"\n{table}\n')
     with pytest.raises(ConfigError, match=message):
         load_config(config_file=config_file, cache_dir=tmp_path / "cache", home=tmp_path)
+
+
+async def test_combining_loras_does_not_warn_that_a_peft_config_is_already_there(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    config = _config(tmp_path, tiny_dir, "")
+    two = [{"name": "tiny-lora-ink", "scale": 1.0}, {"name": "tiny-lora-glow", "scale": 0.5}]
+    async with Client(build_server(config, create_services(config, devices=cpu_only()))) as client:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await call_ok(client, "generate_image", {"prompt": "a boat", "seed": 2, "loras": two})
+    assert not [w for w in caught if "peft_config" in str(w.message)]

@@ -74,6 +74,7 @@ async def test_weights_change_the_image_and_a_weight_of_one_is_the_plain_prompt(
     assert one_pixels == plain_pixels  # (words:1.0) leaves the text as it is
     (note,) = _said(up)
     assert "weights were read (compel): 'red umbrella' x1.5" in note
+    assert "Weights are written (words:weight)" in note and "1.3" not in note  # no example weight
     assert one["adjustments"] == []
 
 
@@ -109,7 +110,9 @@ async def test_prompt_weighting_false_reads_parentheses_as_text_and_reports_the_
 ) -> None:
     weighted, weighted_pixels = await _make(literal_client, "a (red umbrella:1.5) in the rain")
     _, native_pixels = await _make(literal_client, "a (red umbrella)1.5 in the rain")
-    assert weighted["adjustments"] == [] and weighted_pixels != native_pixels  # different literal text
+    assert weighted_pixels != native_pixels  # different literal text
+    (plain_text,) = _said(weighted)
+    assert "'(red umbrella:1.5)' were read as plain text: model 'tiny-sd15' does not read" in plain_text
     long, long_pixels = await _make(literal_client, _LONG)
     _, head_pixels = await _make(literal_client, _HEAD)
     assert long_pixels == head_pixels
@@ -124,6 +127,25 @@ async def test_prompt_weighting_false_reads_parentheses_as_text_and_reports_the_
     listed = await call_ok(literal_client, "list_models", {})
     (entry,) = [m for m in listed["models"] if m["name"] == "tiny-sd15"]
     assert entry["capabilities"]["prompt_weighting"] is False
+
+
+async def test_weights_on_sd3_are_reported_as_read_as_plain_text(client: Client) -> None:
+    prompt = "a (red umbrella:1.3) in the rain"
+    for tool, extra in (
+        ("generate_image", {}),
+        ("controlled_generate", {"init_image": _picture(), "strength": 0.6}),
+    ):
+        out = await call_ok(
+            client, tool, {"prompt": prompt, "model": "tiny-sd3", "seed": 1, "steps": 2, **extra}
+        )
+        (note,) = _said(out)
+        assert "'(red umbrella:1.3)' were read as plain text: model 'tiny-sd3' does not read" in note
+        readers = note.split("(capabilities.prompt_weighting): ")[1].rstrip(").").split(", ")
+        assert {"tiny-sd15", "tiny-sdxl"} <= set(readers) and "tiny-sd3" not in readers
+
+
+def _picture() -> str:
+    return data_uri(photo("astronaut", 64))
 
 
 @pytest.mark.parametrize("base", ["tiny-sd15", "tiny-sdxl"])

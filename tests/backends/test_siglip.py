@@ -8,7 +8,7 @@ from mcp import Client
 
 from multimodal_mcp.config import Config
 
-from helpers import call_ok, data_uri, photo, text_of
+from helpers import call_error, call_ok, data_uri, photo, text_of
 
 
 async def test_siglip_scores_are_each_labels_sigmoid_as_transformers_computes_them(
@@ -56,3 +56,21 @@ async def test_a_siglip_labels_score_does_not_depend_on_the_other_labels_unlike_
     listed = {m["name"]: m for m in (await call_ok(client, "list_models", {}))["models"]}
     assert listed["tiny-siglip"]["capabilities"]["sigmoid_scores"] is True
     assert listed["tiny-clip"]["capabilities"]["sigmoid_scores"] is False
+
+
+async def test_siglip_takes_one_label_and_clip_refuses_it_naming_a_siglip_model(client: Client) -> None:
+    image = data_uri(photo("chelsea"))
+    one = await call_ok(
+        client, "clip_classify", {"image": image, "labels": ["a cat"], "model": "tiny-siglip"}
+    )
+    two = await call_ok(
+        client, "clip_classify", {"image": image, "labels": ["a cat", "a dog"], "model": "tiny-siglip"}
+    )
+    (alone,) = one["labels"]
+    cat = next(entry["score"] for entry in two["labels"] if entry["label"] == "a cat")
+    assert alone["label"] == one["top_label"] == "a cat" and math.isclose(alone["score"], cat, abs_tol=1e-6)
+    assert 0 < alone["score"] < 1  # its own probability, not a softmax of one (always 1)
+    message = await call_error(
+        client, "clip_classify", {"image": image, "labels": ["a cat"], "model": "tiny-clip"}
+    )
+    assert "model 'tiny-clip' needs at least 2 labels" in message and "model='tiny-siglip'" in message

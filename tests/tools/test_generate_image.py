@@ -29,6 +29,7 @@ async def test_generate_image_returns_stored_images_matching_the_output_schema(c
         "guidance_scale": 7.5,
         "scheduler": "dpm++",
         "num_images": 1,
+        "loras": None,  # no LoRAs applied
     }
     (image,) = out["images"]
     assert image["uri"] == f"image://{image['id']}" and (image["width"], image["height"]) == (64, 64)

@@ -73,8 +73,28 @@ async def test_the_handle_gets_each_lora_with_its_scale_or_the_configured_one(
     assert [a.message for a in result.adjustments if a.argument == "prompt"] == [
         "The LoRAs' trigger words were appended to the prompt: 'ink sketch' (LoRA 'fake-ink')."
     ]
-    await generate_image(GenerateImageParams(prompt="a cat"), lora_services)
+    plain = await generate_image(GenerateImageParams(prompt="a cat"), lora_services)
     assert _sent(lora_services).loras == () and _sent(lora_services).prompt == "a cat"
+    assert plain.parameters.loras is None
+
+
+async def test_the_result_parameters_name_the_loras_applied_with_their_scales_as_the_record_does(
+    lora_services: Services,
+) -> None:
+    chosen = [{"name": "fake-glow", "scale": -0.5}, {"name": "fake-ink"}]
+    result = await generate_image(
+        GenerateImageParams.model_validate({"prompt": "a cat", "loras": chosen}), lora_services
+    )
+    applied = [{"name": "fake-glow", "scale": -0.5}, {"name": "fake-ink", "scale": 0.7}]  # 0.7: configured
+    assert result.model_dump(mode="json")["parameters"]["loras"] == applied
+    record = lora_services.store.record(result.images[0].id)
+    assert record.parameters["loras"] == applied
+    # What the result shows is a loras argument that repeats the call.
+    again = await generate_image(
+        GenerateImageParams.model_validate({"prompt": "a cat", "loras": applied}), lora_services
+    )
+    assert _sent(lora_services).loras == (LoraCondition("fake-glow", -0.5), LoraCondition("fake-ink", 0.7))
+    assert again.parameters.loras == result.parameters.loras
 
 
 @pytest.mark.parametrize(
@@ -249,6 +269,8 @@ async def test_controlled_generate_takes_loras_and_stays_unchanged_after_them(cl
         client, "controlled_generate", {**args, "loras": [{"name": "tiny-lora-glow", "scale": 1.5}]}
     )
     assert np.abs(await _pixels(client, plain) - await _pixels(client, styled)).mean() > 1
+    assert styled["parameters"]["loras"] == [{"name": "tiny-lora-glow", "scale": 1.5}]
+    assert plain["parameters"]["loras"] is None
     again = await call_ok(client, "controlled_generate", args)
     assert await _bytes(client, again) == await _bytes(client, plain)
 

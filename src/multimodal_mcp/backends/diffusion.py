@@ -20,6 +20,7 @@ from multimodal_mcp.backends.base import (
 )
 from multimodal_mcp.backends.devices import module_bytes, pick_dtype
 from multimodal_mcp.backends.lora import attached_loras, load_lora, loras_for
+from multimodal_mcp.backends.prompt_window import Dropped, dropped_text
 from multimodal_mcp.backends.schedulers import build_scheduler, check_scheduler, choices_for
 from multimodal_mcp.backends.sources import (
     TINY_SOURCE_PREFIX,
@@ -213,7 +214,7 @@ class DiffusionModel:
     def _unread(self, argument: str, text: str) -> list[RequestNote]:
         """Notes for the part of ``text`` each text encoder's window leaves out (encoders that cut
         the same text are named together)."""
-        cuts: dict[tuple[int, int, str], list[str]] = {}
+        cuts: dict[tuple[int, int, Dropped], list[str]] = {}
         for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             tokenizer = getattr(self.pipe, attr, None)
             if tokenizer is None:
@@ -224,8 +225,8 @@ class DiffusionModel:
                 continue
             room = window - len(tokenizer("").input_ids)  # the window also holds BOS/EOS tokens
             ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-            if len(ids) > room:
-                dropped = " ".join(tokenizer.decode(ids[room:], skip_special_tokens=True).split())
+            dropped = dropped_text(tokenizer, text, room) if len(ids) > room else None
+            if dropped is not None:
                 key = (len(ids), room, dropped)
                 cuts.setdefault(key, []).append(f"{attr.replace('tokenizer', 'text_encoder')} ({kind})")
         return [
@@ -233,8 +234,10 @@ class DiffusionModel:
                 argument,
                 f"{argument} is {tokens} tokens for {' and '.join(encoders)}, which read"
                 f"{'s' if len(encoders) == 1 else ''} the first {room}; the last {tokens - room} were "
-                f"not read: {dropped!r}. Shorten it, or put what matters first.",
-                dropped,
+                f"not read: {dropped.text!r}"
+                f"{' (its first word was read in part)' if dropped.partial else ''}. Shorten it, or put "
+                "what matters first.",
+                dropped.text,
             )
             for (tokens, room, dropped), encoders in cuts.items()
         ]
@@ -253,7 +256,7 @@ class DiffusionModel:
     ) -> list[Image.Image]:
         """Run the pipeline; one image per seed, each reproducible from its own seed. The request's
         LoRAs are attached for this call only (see :func:`~multimodal_mcp.backends.lora.attached_loras`)."""
-        with attached_loras(self.pipe, request.loras):
+        with attached_loras(self.pipe, request.loras, self.name):
             return self._generate(request, on_step, cancel)
 
     def _generate(

@@ -11,6 +11,7 @@ diffusers' ``save_lora_weights`` writes). diffusers converts the layout when the
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,31 +90,55 @@ def load_lora(name: str, spec: ModelSpec, ctx: LoadContext) -> LoraWeights:
 
 
 @contextlib.contextmanager
-def attached_loras(pipe: Any, loras: Sequence[LoraInput]) -> Iterator[None]:
+def attached_loras(pipe: Any, loras: Sequence[LoraInput], model: str = "") -> Iterator[None]:
     """``pipe`` with ``loras`` attached (each under its configured name, weighted by its scale) for
     the block, and without them after it, as before: the LoRA layers are removed, not just disabled.
+    ``model`` (the base model's configured name) is named in errors.
 
     ``pipe``'s modules are shared by every call of the model; the caller runs on the model's device
     lane, one call at a time, so no other call sees the LoRAs.
 
     Raises:
-        BackendError: a LoRA does not fit the pipeline (its layers are not the model's).
+        BackendError: a LoRA does not fit the pipeline (its layers are not the model's, or none of
+            its weights name the model's layers); the pipeline is left without LoRAs.
     """
+    base = f"model {model!r}" if model else "this model"
     if not loras:
         yield
         return
     try:
         for lora in loras:
             try:
-                # A copy: diffusers converts other layouts by popping keys from the dict it is given.
-                pipe.load_lora_weights(dict(lora.weights.state_dict), adapter_name=lora.name)
+                with warnings.catch_warnings():
+                    # peft warns on each adapter after the first that the model already holds a
+                    # peft_config: combining LoRAs is what this does, so the warning says nothing.
+                    warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
+                    # A copy: diffusers converts other layouts by popping keys from the dict it is given.
+                    pipe.load_lora_weights(dict(lora.weights.state_dict), adapter_name=lora.name)
             except (ValueError, KeyError, RuntimeError) as exc:
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise BackendError(
-                    f"LoRA {lora.name!r} does not fit this model ({type(exc).__name__}: {first}); check "
+                    f"LoRA {lora.name!r} does not fit {base} ({type(exc).__name__}: {first}); check "
                     "its base_models in the config"
                 ) from None
+            if not _attached(pipe, lora.name):
+                # diffusers keeps only the keys whose prefix names one of the pipeline's modules
+                # (unet, transformer, text_encoder): a LoRA made for another family (an SD3 LoRA's
+                # "transformer." keys on an SD 1.5 pipeline) loads nothing, without an error.
+                raise BackendError(
+                    f"LoRA {lora.name!r} does not fit {base}: none of its weights match the layers of "
+                    f"{base} ({type(pipe).__name__}), so it was made for another base model; check its "
+                    "base_models in the config"
+                )
         pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.scale for lora in loras])
         yield
     finally:
         pipe.unload_lora_weights()
+
+
+def _attached(pipe: Any, name: str) -> bool:
+    """Whether adapter ``name`` was loaded into any of ``pipe``'s modules."""
+    listed = getattr(pipe, "get_list_adapters", None)
+    if listed is None:  # not a diffusers LoRA-loading pipeline: nothing to check against
+        return True
+    return any(name in adapters for adapters in listed().values())

@@ -34,7 +34,8 @@ from multimodal_mcp.errors import InvalidArgument
 FAMILIES = ("sd", "sdxl")
 """The pipeline families whose prompts compel encodes (CLIP text encoders only)."""
 
-_COLON_WEIGHT = re.compile(r"\(([^():]+):\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
+COLON_WEIGHT = re.compile(r"\(([^():]+):\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
+"""A weight in the form most tools use, ``(words:1.3)``: the words (group 1) and the weight (group 2)."""
 
 
 def available() -> bool:
@@ -48,7 +49,7 @@ def to_compel_syntax(text: str) -> str:
     >>> to_compel_syntax("a (red umbrella:1.3) in (fog:0.8)")
     'a (red umbrella)1.3 in (fog)0.8'
     """
-    return _COLON_WEIGHT.sub(lambda m: f"({m.group(1).strip()}){m.group(2)}", text)
+    return COLON_WEIGHT.sub(lambda m: f"({m.group(1).strip()}){m.group(2)}", text)
 
 
 def weights(text: str) -> list[tuple[str, float]]:
@@ -151,7 +152,8 @@ class PromptEncoding:
                 RequestNote(
                     argument,
                     f"{argument} weights were read (compel): {listed}{more}. Weights are written "
-                    "(words:1.3); the model's capabilities = {prompt_weighting = false} reads them as text.",
+                    "(words:weight); the model's capabilities = {prompt_weighting = false} reads them as "
+                    "text.",
                 )
             )
         return said

@@ -33,9 +33,9 @@ class ClipClassifyParams(Params):
     labels: Annotated[
         list[Label],
         Field(
-            min_length=2,
+            min_length=1,
             max_length=256,
-            description="Two or more labels, e.g. ['a cat', 'a dog'].",
+            description="Labels, e.g. ['a cat', 'a dog']; one for SigLIP.",
         ),
     ]
     model: ModelArg = None
@@ -95,6 +95,19 @@ async def clip_classify(
     check_limit(
         "number of labels", len(params.labels), services.config.server.limits.max_labels, "pass fewer labels"
     )
+    sigmoid = services.hub.capabilities(name).sigmoid_scores
+    if len(params.labels) < 2 and not sigmoid:
+        siglip = [m for m in services.hub.models_for("clip") if services.hub.capabilities(m).sigmoid_scores]
+        instead = (
+            f", or a SigLIP model, which scores one label alone: model={siglip[0]!r}"
+            if siglip
+            else "; SigLIP models (sigmoid scores) take one label, and none is configured"
+        )
+        raise InvalidArgument(
+            f"model {name!r} needs at least 2 labels: its scores are a softmax over the labels, so one "
+            f"label always scores 1. Add an alternative, e.g. labels=[{params.labels[0][:60]!r}, "
+            f"'something else']{instead}"
+        )
     if len(set(params.labels)) != len(params.labels):
         duplicates = sorted({label for label in params.labels if params.labels.count(label) > 1})
         raise InvalidArgument(f"labels must be distinct; repeated: {duplicates}")
@@ -127,7 +140,7 @@ async def clip_classify(
         labels=ranked,
         top_label=ranked[0].label,
         model=name,
-        sigmoid_scores=services.hub.capabilities(name).sigmoid_scores,
+        sigmoid_scores=sigmoid,
         template=template,
         image=ImageRef.of(source.record),
         timings=clock.timings(),

@@ -50,6 +50,7 @@ from multimodal_mcp.tools.generation import (
     Steps,
 )
 from multimodal_mcp.tools.loras import LoraPlan, Loras
+from multimodal_mcp.tools.prompt_weights import unread_weights
 from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 ControlType = Literal["canny", "depth", "pose", "scribble", "segmentation", "lineart", "softedge", "normal"]
@@ -505,6 +506,9 @@ async def controlled_generate(
     planned = await generation.confirm_and_rewrite(services, planned, edit=edit, progress=progress)
     planned, lora_notes = loras.apply(planned)
     adjustments += lora_notes
+    adjustments += unread_weights(
+        services, name, {"prompt": planned.parameters.prompt, "negative_prompt": params.negative_prompt}
+    )
     # The mask is read before anything is kept: a picture that is not a mask refuses the call.
     reading = await in_thread(_mask_from, mask_source.image) if mask_source and init else None
     await keep_inputs(services, *sources, reference, init, mask_source)

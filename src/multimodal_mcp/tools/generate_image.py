@@ -22,6 +22,7 @@ from multimodal_mcp.tools.generation import (
     Steps,
 )
 from multimodal_mcp.tools.loras import LoraPlan, Loras
+from multimodal_mcp.tools.prompt_weights import unread_weights
 from multimodal_mcp.tools.verification import Verify, VerifyLabels
 
 Quality = Annotated[
@@ -71,6 +72,9 @@ async def generate_image(
     #    LoRAs' trigger words
     planned = await generation.confirm_and_rewrite(services, planned, progress=progress)
     planned, adjustments = loras.apply(planned)
+    adjustments += unread_weights(
+        services, name, {"prompt": planned.parameters.prompt, "negative_prompt": params.negative_prompt}
+    )
 
     # 3. Generate, verify, screen and store
     outcome = await generation.run(

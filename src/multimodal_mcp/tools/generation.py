@@ -147,6 +147,11 @@ class WithheldImage(BaseModel):
     reason: str
 
 
+class AppliedLora(BaseModel):
+    name: str
+    scale: float
+
+
 class GenerationParameters(Params):
     prompt: str
     negative_prompt: str | None
@@ -156,6 +161,7 @@ class GenerationParameters(Params):
     guidance_scale: float | None = Field(description="Null for models that take no guidance scale.")
     scheduler: str | None = Field(description="Null for models that take no scheduler.")
     num_images: int
+    loras: list[AppliedLora] | None = Field(default=None, description="LoRAs applied, scale as used.")
 
 
 class GenerationResult(Result):
@@ -589,7 +595,7 @@ async def store_generated(
 
     def write() -> list[ImageRecord]:
         recorded = {
-            **parameters.model_dump(exclude={"prompt", "negative_prompt"}),
+            **parameters.model_dump(exclude={"prompt", "negative_prompt", "loras"}),
             **(extra_parameters or {}),
         }
         return [

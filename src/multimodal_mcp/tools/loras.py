@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from multimodal_mcp.errors import InvalidArgument
 from multimodal_mcp.handles import Adjustment, LoraCondition
 from multimodal_mcp.tools.common import Services
-from multimodal_mcp.tools.generation import Plan
+from multimodal_mcp.tools.generation import AppliedLora, Plan
 
 MAX_LORAS = 4
 MAX_SCALE = 2.0
@@ -92,22 +92,28 @@ class LoraPlan:
 
     def apply(self, planned: Plan) -> tuple[Plan, list[Adjustment]]:
         """``planned`` with the trigger words its prompt lacks appended (after any prompt rewrite,
-        so that they stay as written), and the adjustment saying which were added."""
+        so that they stay as written) and the LoRAs in its parameters (name and the scale used, as
+        the result shows them), and the adjustment saying which words were added."""
+        if not self.conditions:
+            return planned, []
         prompt = planned.parameters.prompt
         added: list[tuple[str, str]] = []
         for lora, word in self.trigger_words:
             if word.lower() not in prompt.lower():
                 prompt = f"{prompt}, {word}"
                 added.append((lora, word))
-        if not added:
-            return planned, []
-        listed = "; ".join(f"{word!r} (LoRA {lora!r})" for lora, word in added)
-        note = Adjustment(
-            argument="prompt",
-            message=f"The LoRAs' trigger words were appended to the prompt: {listed}.",
-        )
-        parameters = planned.parameters.model_copy(update={"prompt": prompt})
-        return replace(planned, parameters=parameters), [note]
+        applied = [AppliedLora(name=c.name, scale=c.scale) for c in self.conditions]
+        parameters = planned.parameters.model_copy(update={"prompt": prompt, "loras": applied})
+        notes = []
+        if added:
+            listed = "; ".join(f"{word!r} (LoRA {lora!r})" for lora, word in added)
+            notes.append(
+                Adjustment(
+                    argument="prompt",
+                    message=f"The LoRAs' trigger words were appended to the prompt: {listed}.",
+                )
+            )
+        return replace(planned, parameters=parameters), notes
 
     def stored(self) -> dict[str, Any]:
         """What the image records keep of the LoRAs (nothing without them)."""
