@@ -3,6 +3,7 @@ no timing (the ratios of a smoke run mean nothing; the table says so)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,9 @@ def test_the_table_runner_runs_a_script_records_its_ratio_and_shows_a_missing_sc
     assert lines[1].split()[:2] == ["benchmark", "measured"]
     preview = next(line for line in lines if line.startswith("previews:"))
     assert "a WebP preview" in preview and "<= 1.0x" in preview
-    store = next(line for line in lines if line.startswith("store scaling"))
-    assert "not available" in store or "x" in store.split()[-4]  # the store helper's script, once added
+    store = next(line for line in lines if line.startswith("store scaling: store opening"))
+    assert "the same at 200 images" in store and "<= 1.1x" in store
+    assert re.search(r"\s\d+\.\d\dx\s", store)  # the ratio measured in this run
     assert (tmp_path / "previews.log").is_file()
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from mcp import Client
+from pydantic import ValidationError
 
 from multimodal_mcp.errors import InvalidArgument, UnsupportedOperation
 from multimodal_mcp.handles import LoraCondition
@@ -106,8 +107,6 @@ async def test_the_result_parameters_name_the_loras_applied_with_their_scales_as
             "no LoRA named 'fake-sepia'; its LoRAs: fake-ink, fake-glow",
         ),
         ([{"name": "fake-ink"}, {"name": "fake-ink"}], InvalidArgument, "LoRA 'fake-ink' is given twice"),
-        ([{"name": "fake-ink", "scale": 2.5}], InvalidArgument, "scales run from -2.0 to 2.0"),
-        ([{"name": "fake-ink"}] * 5, InvalidArgument, "at most 4 LoRAs"),
     ],
 )
 async def test_bad_loras_are_refused_before_the_model_is_asked(
@@ -119,6 +118,24 @@ async def test_bad_loras_are_refused_before_the_model_is_asked(
         )
     handle = lora_services.hub.handle("fake-sd")
     assert isinstance(handle, FakeImageGenerator) and handle.requests == []
+
+
+@pytest.mark.parametrize(
+    ("loras", "message"),
+    [
+        ([{"name": "fake-ink", "scale": 2.5}], "less than or equal to 2"),
+        ([{"name": "fake-ink", "scale": -2.5}], "greater than or equal to -2"),
+        ([{"name": "fake-ink"}] * 5, "at most 4 items"),
+    ],
+)
+def test_how_many_loras_and_their_scales_are_bounds_of_the_arguments_schema(
+    loras: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        GenerateImageParams.model_validate({"prompt": "x", "loras": loras})
+    schema = GenerateImageParams.model_json_schema()
+    choice = schema["$defs"]["LoraChoice"]["properties"]["scale"]["anyOf"][0]
+    assert (choice["minimum"], choice["maximum"]) == (-2.0, 2.0)
 
 
 async def test_a_model_without_loras_refuses_the_argument_naming_the_models_with_some(
@@ -232,9 +249,9 @@ async def test_unknown_duplicate_and_out_of_range_loras_are_refused_with_what_wo
     loud = await call_error(
         client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink", "scale": 3}]}
     )
-    assert "scale" in loud and "2" in loud
+    assert "loras.0.scale" in loud and "less than or equal to 2" in loud
     many = await call_error(client, "generate_image", {**BASE, "loras": [{"name": "tiny-lora-ink"}] * 5})
-    assert "loras" in many and "4" in many
+    assert "loras" in many and "at most 4 items" in many
     other = await call_error(
         client, "generate_image", {**BASE, "model": "tiny-sdxl", "loras": [{"name": "tiny-lora-ink"}]}
     )

@@ -412,7 +412,7 @@ async def controlled_generate(
     """Generate images steered by pictures, any of: ControlNet (control_image and control_type,
     or controls), img2img (init_image), inpainting (init_image and mask_image; the rest is kept
     exactly) and IP-Adapter (reference_image). Otherwise as generate_image; list_models says which
-    model takes what. The result's adjustments say what was fitted, cut or not used.
+    model takes what; adjustments say what was fitted, cut or not used.
     """
     # 1. Check inputs and pick the models
     hub = services.hub

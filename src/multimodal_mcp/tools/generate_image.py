@@ -60,8 +60,8 @@ async def generate_image(
 
     Each image gets an id: pass 'image://<id>' to the other tools to check or edit it; keep the seed
     to keep the composition while you revise the prompt. Omitted arguments use the model's defaults.
-    An argument the model does not take, or a call over the pixel budget, is an error saying what to
-    change; the result's adjustments say what was cut or not used.
+    An argument the model does not take, or a call over the pixel or pixel-steps budget, is an error
+    saying what to change; the result's adjustments say what was cut or not used.
     """
     # 1. Check inputs against the model's capabilities and the server's limits
     name = services.hub.pick(params.model, "text_to_image", "text_to_image")

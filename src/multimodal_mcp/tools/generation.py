@@ -67,7 +67,7 @@ NegativePrompt = Annotated[
     str | None,
     Field(
         max_length=4000,
-        description="What the image should not show (not Flux).",
+        description="What the image should not show.",
     ),
 ]
 MIN_SIDE = 64
@@ -98,7 +98,7 @@ Guidance = Annotated[
 ]
 Scheduler = Annotated[
     SchedulerName | None,
-    Field(description="A sampler the model lists (list_models: schedulers)."),
+    Field(description="One the model lists (list_models)."),
     # The names are advertised per model by list_models; all of them here would read as if any model
     # took any. Validation still checks the name.
     WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 32}, {"type": "null"}]}),

@@ -23,20 +23,20 @@ MAX_SCALE = 2.0
 
 
 # One LoRA for a call: a name from the model's ``capabilities.loras`` (list_models) and its scale
-# (adapter weight: 1 as trained, 0 off, negative inverts it; None: its configured scale). Neither a
-# docstring, field descriptions nor bounds here: they would all be in every tool list a model reads
-# (issue 14's token budget), so the ``loras`` argument's description says it in a few words and
-# ``LoraPlan.of`` checks the bounds with an error that names them.
+# (adapter weight: 1 as trained, 0 off, negative inverts it; None: its configured scale). Bounds but
+# neither a docstring nor field descriptions here: those would be in every tool list a model reads
+# (issue 14's token budget), so the ``loras`` argument's description says it in a few words, and
+# ``LoraPlan.of`` checks the rest (names, repeats) with errors that name them.
 class LoraChoice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
-    scale: float | None = None
+    scale: float | None = Field(default=None, ge=-MAX_SCALE, le=MAX_SCALE)
 
 
 Loras = Annotated[
     list[LoraChoice] | None,
-    Field(description="LoRAs (list_models) to combine."),
+    Field(description="LoRAs (list_models) to combine.", max_length=MAX_LORAS),
 ]
 
 
@@ -59,16 +59,7 @@ class LoraPlan:
         """
         if not chosen:
             return cls()
-        if len(chosen) > MAX_LORAS:
-            raise InvalidArgument(
-                f"loras has {len(chosen)} entries; at most {MAX_LORAS} LoRAs combine in one call"
-            )
-        for choice in chosen:
-            if choice.scale is not None and not -MAX_SCALE <= choice.scale <= MAX_SCALE:
-                raise InvalidArgument(
-                    f"LoRA {choice.name[:64]!r} has scale={choice.scale}; scales run from {-MAX_SCALE} to "
-                    f"{MAX_SCALE} (1 as trained, 0 off); e.g. scale=0.8"
-                )
+        # How many and each scale's range are bounds of the argument's schema (LoraChoice, Loras).
         offered = planned.capabilities.loras
         names = [choice.name for choice in chosen]
         for name in names:

@@ -54,7 +54,7 @@ Verify = Annotated[
     # Advertised as a nullable string enum, the form every converter keeps with its description;
     # true (= 'fast') and false (= null) are still accepted.
     WithJsonSchema({"type": ["string", "null"], "enum": ["fast", "thorough", None]}),
-    Field(description="'fast' (or true): CLIP scores. 'thorough': each fact checked (VLM, detector, OCR)."),
+    Field(description="'fast' (or true): CLIP scores; 'thorough': each fact checked too."),
 ]
 
 
