@@ -39,7 +39,7 @@ COLON_WEIGHT = re.compile(r"\(([^():]+):\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
 
 
 def available() -> bool:
-    """Whether compel is installed (the ``prompts`` extra); found without importing it."""
+    """Whether compel is installed (a dependency of the server); found without importing it."""
     return importlib.util.find_spec("compel") is not None
 
 
