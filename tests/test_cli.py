@@ -199,7 +199,7 @@ def test_the_model_libraries_warn_only_when_the_server_logs_at_debug() -> None:
 
 
 def test_recover_store_rebuilds_the_index_from_the_files_and_removes_leftovers(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from multimodal_mcp.imaging.store import ImageStore
 
@@ -207,13 +207,16 @@ def test_recover_store_rebuilds_the_index_from_the_files_and_removes_leftovers(
 
     store_dir = tmp_path / "store"
     kept = ImageStore(store_dir).put(photo("coffee", 16), kind="input")
-    (store_dir / kept.id[:2] / "00000000000000ff.png").write_bytes(b"\x89PNG")  # an image without record
+    orphan = store_dir / kept.id[:2] / "00000000000000ff.png"
+    orphan.write_bytes(b"\x89PNG")  # an image without record
     with pytest.raises(SystemExit) as exit_info:
         main(["recover-store", "--profile", "tiny", "--store-dir", str(store_dir)])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "1 image(s)" in out and "1 image(s) without a record" in out
-    assert not (store_dir / kept.id[:2] / "00000000000000ff.png").exists()
+    assert not orphan.exists()
+    # Each file it deletes is named, so a user who copied files in by hand sees what went.
+    assert f"removed {orphan} (an image without its record)" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -294,11 +294,13 @@ class LocalDiskBackend:
                 if stale_stray(stray, alone=alone):
                     stray.unlink(missing_ok=True)
                     removed["image_without_record"] += 1
+                    logger.warning("image store: removed %s (an image without its record)", stray)
             if record is None or record_path is None:
                 continue
             if image_path is None:
                 record_path.unlink(missing_ok=True)
                 removed["record_without_image"] += 1
+                logger.warning("image store: removed %s (a record whose image is missing)", record_path)
                 continue
             yield record, image_path.stat().st_size + len(raw_record)
 
