@@ -42,6 +42,28 @@ def _frame(text: str) -> bytes:
     return head + data
 
 
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes from ``sock`` (TCP may deliver a frame in pieces); ConnectionError when it closes."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the client closed the connection")
+        data += chunk
+    return data
+
+
+def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One client frame (RFC 6455: masked, any length): its opcode and unmasked payload."""
+    first, second = _read_exact(sock, 2)
+    length = second & 0x7F
+    if length in (126, 127):
+        length = int.from_bytes(_read_exact(sock, 2 if length == 126 else 8), "big")
+    mask = _read_exact(sock, 4) if second & 0x80 else b"\0\0\0\0"
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(_read_exact(sock, length)))
+    return first & 0x0F, payload
+
+
 class ComfyFake:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or form field names)
@@ -51,6 +73,7 @@ class ComfyFake:
         self.history: dict[str, Any] = {}
         self.outputs: dict[str, bytes] = {}
         self.sockets: dict[str, socket.socket] = {}
+        self._send_lock = threading.Lock()
         self.connected = threading.Event()
         self.hold = False
         self.interrupted = threading.Event()
@@ -85,22 +108,24 @@ class ComfyFake:
                 accept = base64.b64encode(
                     hashlib.sha1((self.headers["sec-websocket-key"] + WS_GUID).encode()).digest()
                 ).decode()
-                self.send_response(101)
-                self.send_header("upgrade", "websocket")
-                self.send_header("connection", "Upgrade")
-                self.send_header("sec-websocket-accept", accept)
-                self.end_headers()
-                self.wfile.flush()
                 sock = self.connection
-                sock.sendall(_frame(json.dumps({"type": "status", "data": {"sid": client_id}})))
+                # Known before the handshake's answer, so that a prompt queued as soon as the client
+                # has it always finds this socket for its progress messages.
                 fake.sockets[client_id] = sock
+                with fake._send_lock:
+                    self.send_response(101)
+                    self.send_header("upgrade", "websocket")
+                    self.send_header("connection", "Upgrade")
+                    self.send_header("sec-websocket-accept", accept)
+                    self.end_headers()
+                    self.wfile.flush()
+                    sock.sendall(_frame(json.dumps({"type": "status", "data": {"sid": client_id}})))
                 fake.connected.set()
-                try:  # until the client's close frame (masked; 0x88) or a dropped connection
-                    while (first := sock.recv(2)) and first[0] & 0x0F != 0x8:
-                        length = first[1] & 0x7F
-                        extra = {126: 2, 127: 8}.get(length, 0)
-                        sock.recv(extra + 4 + (length if not extra else 0))
-                    sock.sendall(bytes([0x88, 0x02, 0x03, 0xE8]))  # close, 1000
+                try:  # until the client's close frame or a dropped connection
+                    while (opcode_payload := _read_frame(sock))[0] != 0x8:
+                        if opcode_payload[0] == 0x9:  # a ping: answered with a pong of its payload
+                            fake._send_raw(sock, bytes([0x8A, len(opcode_payload[1])]) + opcode_payload[1])
+                    fake._send_raw(sock, bytes([0x88, 0x02, 0x03, 0xE8]))  # close, 1000
                 except OSError:
                     pass
                 fake.sockets.pop(client_id, None)
@@ -153,7 +178,12 @@ class ComfyFake:
     def _send(self, client_id: str, kind: str, data: dict[str, Any]) -> None:
         sock = self.sockets.get(client_id)
         if sock is not None:
-            sock.sendall(_frame(json.dumps({"type": kind, "data": data})))
+            self._send_raw(sock, _frame(json.dumps({"type": kind, "data": data})))
+
+    def _send_raw(self, sock: socket.socket, data: bytes) -> None:
+        """One whole frame on ``sock``: the prompt's thread and the websocket's handler both send."""
+        with self._send_lock:
+            sock.sendall(data)
 
     def _run(self, pid: str, payload: dict[str, Any]) -> None:
         graph, client_id = payload["prompt"], payload["client_id"]
