@@ -236,3 +236,21 @@ def test_the_help_of_profile_says_its_default(
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
     profile = help_text.split("--profile {auto,default,tiny} ", 1)[1]
     assert profile.startswith("built-in model profile:") and f"else tiny); {default}" in profile
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--front-replicas", "2"], "--front-replicas runs the front on Ray Serve: add --engine ray"),
+        (["--engine", "ray", "--front-replicas", "65"], "must be a whole number from 0 to 64"),
+        (["--engine", "ray", "--front-replicas", "two"], "e.g. --front-replicas 2"),
+    ],
+)
+def test_front_replicas_are_refused_without_the_ray_engine_or_past_their_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    command = ["serve", "--transport", "http", "--profile", "tiny", "--store-dir", str(tmp_path), *extra]
+    with pytest.raises(SystemExit) as exited:
+        main(command)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

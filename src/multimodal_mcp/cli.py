@@ -47,24 +47,11 @@ def _cache_dir() -> Path:
     return Path(user_cache_dir("multimodal-mcp", appauthor=False))
 
 
-TOKENS_ENV = "MULTIMODAL_MCP_TOKENS"
-
-
 def _tokens_from_env() -> dict[str, str]:
     """``MULTIMODAL_MCP_TOKENS="alice:<token>,bob:<token>"`` -> {principal: token}."""
-    tokens: dict[str, str] = {}
-    for entry in os.environ.get(TOKENS_ENV, "").split(","):
-        if not entry.strip():
-            continue
-        principal, sep, token = entry.strip().partition(":")
-        if not sep or not principal or not token:
-            raise ConfigError(
-                f"{TOKENS_ENV}: each entry must be 'principal:token' (entries are comma-separated)"
-            )
-        if principal in tokens:
-            raise ConfigError(f"{TOKENS_ENV}: principal {principal[:64]!r} appears twice")
-        tokens[principal] = token
-    return tokens
+    from multimodal_mcp.server.http import tokens_from_env
+
+    return tokens_from_env(os.environ)
 
 
 def _cuda_available() -> bool:
@@ -172,6 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         or "none",
     )
+    if args.front_replicas:
+        _serve_front_on_ray(args, config, host, port)
+        _exit_after_shutdown(0)
     engine = _ray_engine(args, config) if args.engine == "ray" else None
     try:
         board = _job_board(args, config, on_ray=engine is not None)
@@ -201,12 +191,56 @@ def _job_board(args: argparse.Namespace, config: Config, *, on_ray: bool) -> Any
     return None
 
 
-def _ray_engine(args: argparse.Namespace, config: Config) -> Any:
-    """Start (or join) the Ray cluster and deploy the model families (blocks until they run)."""
+def _replicas(text: str) -> int:
+    """``--front-replicas``: a whole number from 0 to 64."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to 64, e.g. --front-replicas 2 (got {text!r})"
+        )
+    return value
+
+
+def _serve_front_on_ray(args: argparse.Namespace, config: Config, host: str, port: int) -> None:
+    """``--front-replicas N``: the MCP front as N Serve replicas behind Serve's HTTP proxy; this
+    process deploys everything, then waits for Ctrl-C or SIGTERM (see cluster/front.py)."""
+    import signal
+    import threading
+
+    from multimodal_mcp.cluster.settings import FamilySettings
+
+    if args.engine != "ray":
+        raise ConfigError("--front-replicas runs the front on Ray Serve: add --engine ray")
+    front = FamilySettings(num_replicas=args.front_replicas, max_ongoing_requests=64, max_queued_requests=256)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    engine = _ray_engine(
+        args, config, front=front, http_host=host, http_port=port, job_board_redis=args.job_board_redis
+    )
+    try:
+        logger.info(
+            "MCP front: %d replica(s) behind Ray Serve's HTTP proxy at http://%s:%d/mcp (stateless HTTP)",
+            args.front_replicas,
+            host,
+            port,
+        )
+        stop.wait()
+    finally:
+        engine.stop()
+
+
+def _ray_engine(args: argparse.Namespace, config: Config, **front: Any) -> Any:
+    """Start (or join) the Ray cluster and deploy the model families (blocks until they run), and
+    the front when ``front`` says so (:class:`~multimodal_mcp.cluster.settings.RaySettings` fields)."""
     from multimodal_mcp.cluster.engine import RayEngine
     from multimodal_mcp.cluster.settings import RaySettings
 
     settings = RaySettings(
+        **front,
         address=args.ray_address,
         deploy=not args.ray_deployed,
         only=frozenset(m.strip() for m in args.ray_models.split(",") if m.strip())
@@ -432,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="seconds deploying may take before an unschedulable deployment is reported",
+    )
+    serve.add_argument(
+        "--front-replicas",
+        type=_replicas,
+        default=0,
+        metavar="N",
+        help="with --engine ray: run the MCP front itself as N Ray Serve replicas behind Serve's HTTP proxy "
+        "at --host/--port (stateless HTTP; default 0: the front runs in this process)",
     )
     serve.add_argument(
         "--job-board-redis",

@@ -213,6 +213,9 @@ def test_allowed_hosts_and_origins_come_from_the_bind_address_and_the_config() -
     assert {"127.0.0.1:*", "localhost:*", "[::1]:*"} <= set(loopback.allowed_hosts)
     assert "http://localhost:*" in loopback.allowed_origins
     assert not any("example" in h for h in loopback.allowed_hosts)
+    # Any of 127.0.0.0/8 is loopback, but only 127.0.0.1 is a loopback name: the address itself too.
+    other_loopback = transport_security(HttpSettings(), "127.0.0.2")
+    assert {"127.0.0.2:*", "127.0.0.1:*", "localhost:*"} <= set(other_loopback.allowed_hosts)
     team = transport_security(
         HttpSettings(allowed_hosts=("mcp.example.com",), allowed_origins=("https://chat.example.com",)),
         "10.0.0.7",

@@ -22,6 +22,7 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
 from multimodal_mcp.capabilities import Capabilities
@@ -244,8 +245,14 @@ class RayEngine:
                     **local,
                 )
                 self._owns_cluster = True
-        # The front calls the deployments through handles: Serve's own HTTP proxy is not needed.
-        serve.start(proxy_location=ProxyLocation.Disabled)
+        if settings.front is None:
+            # The front calls the deployments through handles: Serve's HTTP proxy is not needed.
+            serve.start(proxy_location=ProxyLocation.Disabled)
+        else:
+            serve.start(
+                proxy_location=ProxyLocation.HeadOnly,
+                http_options={"host": settings.http_host, "port": settings.http_port},
+            )
         from ray.serve.api import _run
 
         for family, models in self.plan.items() if settings.deploy else ():
@@ -253,13 +260,32 @@ class RayEngine:
                 self.config, family, models, settings.family(family), **self._replica_kwargs
             )
             _run(app, _blocking=False, name=app_name(settings, family), route_prefix=None)
-        self._wait_running()
+        self._wait_running(self.plan)
+        if settings.front is not None:
+            self._deploy_front(settings.front)
         logger.info(
             "Ray Serve engine: %s",
             "; ".join(f"{family}: {', '.join(models)}" for family, models in self.plan.items()),
         )
 
-    def _wait_running(self) -> None:
+    def _deploy_front(self, front: FamilySettings) -> None:
+        """Deploy the MCP front behind Serve's HTTP proxy (after the families it calls run)."""
+        from ray.serve.api import _run
+
+        from multimodal_mcp.cluster.front import FRONT, front_deployment, request_state_key
+
+        app = front_deployment(
+            self.config,
+            self.settings,
+            front,
+            host=self.settings.http_host,
+            state_key=request_state_key(),
+            job_board_redis=self.settings.job_board_redis,
+        )
+        _run(app, _blocking=False, name=app_name(self.settings, FRONT), route_prefix="/")
+        self._wait_running([FRONT])
+
+    def _wait_running(self, families: Iterable[str]) -> None:
         from ray import serve
 
         deadline = time.monotonic() + self.settings.deploy_timeout
@@ -267,7 +293,7 @@ class RayEngine:
         while True:
             applications = serve.status().applications
             waiting = {}
-            for family in self.plan:
+            for family in families:
                 app = applications.get(app_name(self.settings, family))
                 state = str(app.status) if app is not None else "NOT_STARTED"
                 if state.endswith("RUNNING"):
@@ -286,12 +312,17 @@ class RayEngine:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Shut the local cluster down (one this engine started); deployments on a joined cluster
-        stay for the other fronts."""
-        if not self._owns_cluster:
-            return
+        """Shut the local cluster down (one this engine started); on a joined cluster, remove the
+        front this engine deployed, while the families stay for the other fronts."""
         import ray
         from ray import serve
+
+        if not self._owns_cluster:
+            if self.settings.front is not None and ray.is_initialized():
+                from multimodal_mcp.cluster.front import FRONT
+
+                serve.delete(app_name(self.settings, FRONT))  # this process's front, not the families
+            return
 
         try:
             serve.shutdown()

@@ -38,6 +38,11 @@ class RaySettings:
     ``assign`` maps a model name to a deployment name (default: see :func:`.families.plan`);
     ``only``, when set, names the models to run on Ray: the other local models stay in the front's
     own pool (e.g. a CLIP model, whose calls are short enough for the hops to show).
+
+    ``front``, when set, deploys the MCP front itself as ``front.num_replicas`` replicas behind
+    Serve's HTTP proxy at ``http_host``:``http_port`` (see :mod:`.front`; ``job_board_redis`` then
+    names the fronts' Redis job board, else they share the cluster's actor); unset, the front runs
+    in the process that starts the engine.
     """
 
     address: str | None = None
@@ -51,6 +56,10 @@ class RaySettings:
     families: dict[str, FamilySettings] = field(default_factory=dict)
     assign: dict[str, str] = field(default_factory=dict)
     only: frozenset[str] | None = None
+    front: FamilySettings | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    job_board_redis: str | None = None
     local_cpus: int | None = None
     local_object_store_bytes: int | None = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import cast
@@ -17,6 +17,7 @@ from typing import cast
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.request_state import RequestStateSecurity
 
 from multimodal_mcp import __version__
 from multimodal_mcp.backends.hosted import HostedConnections
@@ -142,10 +143,14 @@ def build_server(
     *,
     engine: Engine | None = None,
     job_board: JobBoard | None = None,
+    request_state_keys: Sequence[bytes] | None = None,
 ) -> MultimodalServer:
     """The MCP server over ``config``. Services are created in the lifespan unless given (tests).
     ``engine``: where local models run when not in this process (see :class:`ModelHub`);
-    ``job_board``: the job board shared with other fronts.
+    ``job_board``: the job board shared with other fronts; ``request_state_keys``: the secrets
+    (32 bytes or more each; the first seals) that seal the ``requestState`` of protocol 2026-07-28
+    input rounds, shared by every front that may receive a round's answer (default: a key of this
+    process only, see the SDK's ``RequestStateSecurity``).
 
     Raises:
         ConfigError: the safety filter is on but its classifier is not installed.
@@ -192,6 +197,9 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
         extensions=[apps_extension()],  # MCP Apps views: multimodal_mcp.views
+        request_state_security=RequestStateSecurity(keys=list(request_state_keys))
+        if request_state_keys
+        else None,
     )
 
     def services_of(ctx: Context) -> Services:

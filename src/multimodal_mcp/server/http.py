@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +53,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+TOKENS_ENV = "MULTIMODAL_MCP_TOKENS"
+
+
+def tokens_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``MULTIMODAL_MCP_TOKENS="alice:<token>,bob:<token>"`` -> {principal: token}.
+
+    Raises:
+        ConfigError: an entry is not ``principal:token``, or a principal appears twice.
+    """
+    tokens: dict[str, str] = {}
+    for entry in environ.get(TOKENS_ENV, "").split(","):
+        if not entry.strip():
+            continue
+        principal, sep, token = entry.strip().partition(":")
+        if not sep or not principal or not token:
+            raise ConfigError(
+                f"{TOKENS_ENV}: each entry must be 'principal:token' (entries are comma-separated)"
+            )
+        if principal in tokens:
+            raise ConfigError(f"{TOKENS_ENV}: principal {principal[:64]!r} appears twice")
+        tokens[principal] = token
+    return tokens
 
 
 def check_binding(host: str, auth: AuthConfig, *, insecure_no_auth: bool) -> None:
@@ -99,8 +124,8 @@ def transport_security(http: HttpSettings, host: str) -> TransportSecuritySettin
     names: list[str] = []
     if is_loopback(host) or host in ("0.0.0.0", "::", ""):
         names.extend(_LOOPBACK_NAMES)
-    if not is_loopback(host) and host not in ("0.0.0.0", "::", ""):
-        names.append(_split_host(host)[0])
+    if host not in ("0.0.0.0", "::", "") and _split_host(host)[0] not in names:
+        names.append(_split_host(host)[0])  # e.g. 127.0.0.2: loopback, but not a loopback name
     hosts: list[str] = []
     origins: list[str] = []
     for entry in [*names, *http.allowed_hosts]:
@@ -384,11 +409,19 @@ def auth_for(config: Config) -> tuple[AuthSettings | None, TokenVerifier | None]
     return settings, CombinedVerifier(verifiers)
 
 
-def http_app(server: Any, config: Config, *, host: str) -> Starlette:
-    """The streamable HTTP ASGI app, with our Host/Origin allow-list and body limit."""
+def http_app(server: Any, config: Config, *, host: str, stateless: bool = False) -> Starlette:
+    """The streamable HTTP ASGI app, with our Host/Origin allow-list and body limit.
+
+    ``stateless``: no MCP sessions (the SDK's stateless HTTP), so that any of several front
+    replicas can answer any request. Protocol 2026-07-28 requests are self-contained either way;
+    clients of earlier revisions still connect, but the server cannot send them a request in the
+    middle of a call (its answer could reach another replica), so they are never asked to confirm
+    a paid call (``server.spending.default_without_elicitation`` applies to them).
+    """
     http = config.server.http
     app: Starlette = server.streamable_http_app(
         streamable_http_path="/mcp",
+        stateless_http=stateless,
         # The SDK's own Host/Origin check matches by prefix; HostOriginGuard parses and compares.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=http.max_request_bytes,

@@ -294,7 +294,9 @@ async def approve_spending(services: Services, model: str, what: str) -> None:
             return
         raise SpendingRefused(
             f"{model!r} is a paid model; this server confirms paid calls with the user, but this client "
-            "cannot ask (no MCP elicitation support) and server.spending.default_without_elicitation = "
+            "cannot ask (it has no MCP elicitation support, or it speaks a protocol revision before "
+            "2026-07-28 to a server on stateless HTTP, which cannot ask in the middle of a call) and "
+            "server.spending.default_without_elicitation = "
             "'deny'; nothing was spent. Use a local model instead (list_models)."
         )
     if decision != "accept":
