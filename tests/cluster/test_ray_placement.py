@@ -47,5 +47,7 @@ def test_losing_the_node_of_a_running_call_is_a_clear_error_soon_not_a_hang(two_
     lost = two_nodes["NODELOSS"]
     assert lost["error"] == "BackendError", lost
     assert "try again" in lost["message"], lost
-    assert not any(word in lost["message"].lower() for word in ("traceback", "pid", "127.0.0", "actor", "node_id")), lost
+    assert not any(
+        word in lost["message"].lower() for word in ("traceback", "pid", "127.0.0", "actor", "node_id")
+    ), lost
     assert lost["seconds_after_removal"] <= 20 + 5, "within the engine's silence timeout (20 s)"
