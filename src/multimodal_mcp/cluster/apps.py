@@ -44,10 +44,13 @@ def family_app(args: dict[str, Any]) -> Any:
         ValueError: the family is not in the plan of that config (the message lists those that are).
     """
     from multimodal_mcp.cluster.engine import family_deployment, local_models
+    from multimodal_mcp.cluster.status import board_name
 
     config = _config(args)
     families = plan(config, RaySettings(), local=local_models(config))
     family = str(args.get("family", ""))
     if family not in families:
         raise ValueError(f"no family {family!r} in this config; its families: {', '.join(families)}")
-    return family_deployment(config, family, families[family], FamilySettings())
+    return family_deployment(
+        config, family, families[family], FamilySettings(), status_board=board_name(RaySettings().app_name)
+    )

@@ -5,6 +5,8 @@ ray``: it deploys one Serve application per model family (:mod:`.families`), eac
 :class:`.replica.ModelReplica`, and hands the hub a remote handle (:mod:`.remote`) for each model
 it serves. Every call to a deployment goes through :class:`ServeCaller`, which
 
+- sends the model name as Serve's multiplexed model id, so the calls of a family's checkpoint go to
+  the replica that has it loaded (see :mod:`.replica` for what Serve's cache evicts);
 - streams the replica's frames (progress, heartbeats, the result) and forwards the progress;
 - bounds the call by ``call_timeout`` and by ``silence_timeout`` without a frame (a lost node is
   noticed, never waited for), cancelling the deployment response on either;
@@ -22,10 +24,12 @@ import logging
 import secrets
 import sys
 import time
+from collections import deque
 from typing import Any, cast
 
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.cluster.families import plan
+from multimodal_mcp.cluster import status as status_board
+from multimodal_mcp.cluster.families import SERVED_TASKS, plan
 from multimodal_mcp.cluster.remote import REMOTE
 from multimodal_mcp.cluster.replica import ModelReplica
 from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
@@ -60,7 +64,8 @@ def app_name(settings: RaySettings, family: str) -> str:
 def family_deployment(
     config: Config, family: str, models: list[str], settings: FamilySettings, **kw: Any
 ) -> Any:
-    """The bound Serve application running ``models`` as deployment ``family``."""
+    """The bound Serve application running ``models`` as deployment ``family``; ``kw`` go to
+    :class:`.replica.ModelReplica` (``max_models`` comes from ``settings``)."""
     from ray import serve
 
     actor: dict[str, Any] = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
@@ -74,7 +79,9 @@ def family_deployment(
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options=actor,
     )
-    return deployment.bind(config, models, **kw)
+    called = [m for m in models if config.models[m].task in SERVED_TASKS]
+    max_models = settings.max_models_per_replica or max(len(called), 1)
+    return deployment.bind(config, models, max_models=max_models, **kw)
 
 
 class ServeCaller:
@@ -84,6 +91,9 @@ class ServeCaller:
         self._settings = settings
         self._where = where
         self._handles: dict[str, Any] = {}
+        self.answered_by: deque[tuple[str, str | None]] = deque(maxlen=256)
+        """``(model, replica id)`` of the last calls answered, oldest first (for debugging: which
+        replica Serve's multiplexed routing chose; also logged at debug level)."""
 
     def _handle(self, family: str) -> Any:
         found = self._handles.get(family)
@@ -107,7 +117,7 @@ class ServeCaller:
         settings = self._settings
         response = (
             self._handle(family)
-            .options(stream=True)
+            .options(stream=True, multiplexed_model_id=model)
             .call.remote(model, method, args, kwargs, progress is not None)
         )
         deadline = time.monotonic() + settings.call_timeout
@@ -133,6 +143,9 @@ class ServeCaller:
                     ) from None
                 kind = frame[0]
                 if kind == "result":
+                    replica = frame[2] if len(frame) > 2 else None
+                    self.answered_by.append((model, replica))
+                    logger.debug("%s.%s answered by replica %s of %s", model, method, replica, family)
                     return frame[1]
                 if kind == "error":
                     raise_error(frame[1], frame[2])
@@ -202,8 +215,14 @@ class RayEngine:
         self.plan = plan(config, settings, local=local_models(config))
         self.where = {model: family for family, models in self.plan.items() for model in models}
         self.caller = ServeCaller(settings, self.where)
-        self._replica_kwargs = {"heartbeat": settings.heartbeat, **(replica_kwargs or {})}
+        self._replica_kwargs = {
+            "heartbeat": settings.heartbeat,
+            "status_board": status_board.board_name(settings.app_name),
+            "status_interval": settings.status_interval,
+            **(replica_kwargs or {}),
+        }
         self._owns_cluster = False
+        self._board: Any = None
 
     def handle(self, name: str, spec: ModelSpec, capabilities: Capabilities) -> Handle | None:
         if name not in self.where:
@@ -213,6 +232,25 @@ class RayEngine:
     def location(self, name: str) -> str | None:
         family = self.where.get(name)
         return f"ray:{family}" if family is not None else None
+
+    async def replica_status(self) -> dict[str, Any]:
+        """Each replica's status as it last published it (see :mod:`.status` and
+        :meth:`.replica.ModelReplica.status`), with ``reachable`` and ``last_heard_seconds``; a
+        replica silent for ``status_stale_after`` s shows unreachable. Never waits longer than
+        ``status_timeout`` s: ``{"reachable": false, "error": ...}`` then."""
+        settings = self.settings
+        if self._board is None:
+            try:
+                self._board = await asyncio.wait_for(
+                    asyncio.to_thread(status_board.connect, status_board.board_name(settings.app_name)),
+                    settings.status_timeout,
+                )
+            except Exception:
+                logger.warning("cannot reach the replicas' status board", exc_info=True)
+                return {"reachable": False, "error": "the replicas' status board cannot be reached"}
+        return await status_board.gather(
+            self._board, wait_seconds=settings.status_timeout, stale_after=settings.status_stale_after
+        )
 
     def start(self) -> None:
         """Join the cluster at ``settings.address`` or start a local one on loopback, then deploy

@@ -14,7 +14,8 @@ import re
 from multimodal_mcp.cluster.settings import RaySettings
 from multimodal_mcp.config import Config
 
-_SERVED_TASKS = ("text_to_image", "clip", "vlm", "text", "detector")
+SERVED_TASKS = ("text_to_image", "clip", "vlm", "text", "detector")
+"""The tasks whose models the front calls by name (the others are components of a base model)."""
 
 
 def deployment_name(model: str) -> str:
@@ -32,7 +33,7 @@ def plan(config: Config, settings: RaySettings, *, local: set[str]) -> dict[str,
         components = {
             name
             for name, spec in config.models.items()
-            if spec.task not in _SERVED_TASKS and set(spec.base_models) & settings.only
+            if spec.task not in SERVED_TASKS and set(spec.base_models) & settings.only
         }
         local = local & (settings.only | components)
     out: dict[str, list[str]] = {}
@@ -43,11 +44,11 @@ def plan(config: Config, settings: RaySettings, *, local: set[str]) -> dict[str,
             out.setdefault(settings.assign[name], []).append(name)
         elif spec.task == "text_to_image":
             out.setdefault(deployment_name(name), []).append(name)
-        elif spec.task in _SERVED_TASKS:
+        elif spec.task in SERVED_TASKS:
             out.setdefault(spec.task, []).append(name)
     where = {model: deployment for deployment, models in out.items() for model in models}
     for name, spec in config.models.items():
-        if name in local and name not in where and spec.task not in _SERVED_TASKS:
+        if name in local and name not in where and spec.task not in SERVED_TASKS:
             homes = {where[base] for base in spec.base_models if base in where}
             for home in sorted(homes):
                 out[home].append(name)

@@ -271,7 +271,8 @@ def build_server(
         "pool://status",
         name="pool-status",
         title="Model pool status",
-        description="Devices with budgets and use; models with location, size and queue; hit/miss counts.",
+        description="Devices with budgets and use; models with location, size and queue; hit/miss counts; "
+        "under --engine ray, each replica's pool too (deployment, replica, node, models, memory, queue).",
         mime_type="application/json",
     )
     async def pool_status() -> str:
@@ -279,6 +280,10 @@ def build_server(
             raise ResourceNotFoundError("the server is not running")
         pool = running[-1].pool
         await pool.discover()
-        return json.dumps(pool.status(), indent=1)
+        status = pool.status()
+        replica_status = getattr(running[-1].hub.engine, "replica_status", None)
+        if replica_status is not None:  # the Ray engine: each replica's pool, gathered with a timeout
+            status["cluster"] = await replica_status()
+        return json.dumps(status, indent=1)
 
     return server
