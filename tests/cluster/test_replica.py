@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from PIL import Image
 
 from multimodal_mcp.cluster.replica import ModelReplica
 from multimodal_mcp.config import Config
@@ -88,3 +89,30 @@ async def test_a_cancelled_call_ends_after_its_work_stops_and_the_next_call_star
     assert first_end[2] == "cancelled"
     assert first_steps[-1][2] < 200, "the cancel stopped the work before its last step"
     assert first_end[-1] <= second_steps[0][-1], "the next call ran only once the cancelled one stopped"
+
+
+async def test_serves_eviction_of_a_model_releases_it_from_the_pool_once_its_calls_end(
+    replica: ModelReplica,
+) -> None:
+    """What Serve's multiplexed cache does on eviction: await the ``__del__`` of the object the
+    replica's loader gave it. The model stays while a call holds it, and is dropped after."""
+    lease = await replica._lease("tiny-clip")
+    hub = await replica._started()
+    assert hub.pool.is_loaded("tiny-clip")
+    assert (await replica.status())["multiplexed"] == ["tiny-clip"]
+    async with anyio.create_task_group() as tg, hub.pool.use("tiny-clip"):
+        tg.start_soon(lease.__del__)
+        await anyio.wait_all_tasks_blocked()  # the release waits for the call to end
+        assert hub.pool.is_loaded("tiny-clip"), "not dropped under a call that holds it"
+    assert not hub.pool.is_loaded("tiny-clip")
+    status = await replica.status()
+    assert status["loaded"] == [] and status["multiplexed"] == []
+    assert (await replica.recent())[-1][:3] == ("released", "tiny-clip", True)
+
+
+async def test_the_status_names_the_deployments_models_only(replica: ModelReplica) -> None:
+    await _frames(replica, "tiny-clip", "classify", (Image.new("RGB", (32, 32)), ["a", "b"]), {})
+    status = await replica.status()
+    assert {m["name"] for m in status["models"]} == {"tiny-sd15", "tiny-clip"}
+    assert status["loaded"] == ["tiny-clip"] and status["ongoing_calls"] == 0
+    assert status["devices"][-1]["used_bytes"] > 0

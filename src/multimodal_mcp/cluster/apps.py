@@ -37,11 +37,14 @@ def family_app(args: dict[str, Any]) -> Any:
 
     ``args``: ``family`` (a deployment name the front's plan has, e.g. ``sdxl`` or ``clip``);
     ``profile`` and ``config`` (a TOML file on the nodes; default ``$MULTIMODAL_MCP_CONFIG``) as
-    the front's. Replicas, GPUs, node labels and autoscaling come from the config file's
-    ``deployments`` section, which overrides the defaults here.
+    the front's; ``max_models_per_replica`` (optional, a positive integer): how many of the family's
+    checkpoints Serve's multiplexed cache keeps per replica (default: all of them; see
+    :class:`.settings.FamilySettings`). Replicas, GPUs, node labels and autoscaling come from the
+    config file's ``deployments`` section, which overrides the defaults here.
 
     Raises:
-        ValueError: the family is not in the plan of that config (the message lists those that are).
+        ValueError: the family is not in the plan of that config (the message lists those that are),
+            or ``max_models_per_replica`` is not a positive integer.
     """
     from multimodal_mcp.cluster.engine import family_deployment, local_models
     from multimodal_mcp.cluster.status import board_name
@@ -51,6 +54,16 @@ def family_app(args: dict[str, Any]) -> Any:
     family = str(args.get("family", ""))
     if family not in families:
         raise ValueError(f"no family {family!r} in this config; its families: {', '.join(families)}")
+    max_models = args.get("max_models_per_replica")
+    if max_models is not None and (not isinstance(max_models, int) or max_models < 1):
+        raise ValueError(
+            f"max_models_per_replica must be a positive integer, got {max_models!r}; "
+            "e.g. max_models_per_replica: 1, or leave it out to keep all of the family's checkpoints"
+        )
     return family_deployment(
-        config, family, families[family], FamilySettings(), status_board=board_name(RaySettings().app_name)
+        config,
+        family,
+        families[family],
+        FamilySettings(max_models_per_replica=max_models),
+        status_board=board_name(RaySettings().app_name),
     )
