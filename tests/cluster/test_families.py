@@ -25,6 +25,7 @@ def test_each_text_to_image_model_is_a_family_with_the_components_that_attach_to
     assert "tiny-controlnet-canny-sdxl" not in found["tiny-sd15"]
     assert found["clip"] == ["tiny-clip", "tiny-siglip"]  # CLIP and SigLIP share one deployment
     assert "tiny-vlm" in found["vlm"]
+    assert found["depth"] == ["tiny-depth"]  # depth maps from photos: a deployment, not the front
     served = [model for models in found.values() for model in models]
     assert len(served) == len(set(served)), "a model is in one deployment unless shared by bases"
 

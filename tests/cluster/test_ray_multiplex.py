@@ -1,8 +1,9 @@
 """Serve's model multiplexing and the replicas' status, on the session's cluster (marker ``ray``).
 
-A deployment ``mux`` of its own (application ``mmcp-mux``): two replicas (no CPU reserved: the
+A deployment ``mux`` of its own (application ``mmcp-mux-mux``): two replicas (no CPU reserved: the
 session's cluster has 2) serving three small models, tiny-clip, tiny-siglip and tiny-text, with
-Serve's multiplexed cache holding one model per replica, and a status record every 0.5 s.
+Serve's multiplexed cache holding one model per replica, and a status record every 0.5 s; and the
+``depth`` deployment (tiny-depth), which makes depth maps from photos for the front.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def mux(ray_config: Config, engine: Any) -> Iterator[Any]:
 
     settings = RaySettings(
         app_name="mmcp-mux",
-        only=frozenset(_MODELS),
+        only=frozenset({*_MODELS, "tiny-depth"}),
         assign=dict.fromkeys(_MODELS, "mux"),
         families={"mux": FamilySettings(num_replicas=2, max_models_per_replica=1)},
         call_timeout=120,
@@ -53,8 +54,10 @@ def mux(ray_config: Config, engine: Any) -> Iterator[Any]:
     )
     made = RayEngine(ray_config, settings)
     made.start()
+    assert made.plan == {"mux": list(_MODELS), "depth": ["tiny-depth"]}
     yield made
-    serve.delete(app_name(settings, "mux"))
+    for family in made.plan:
+        serve.delete(app_name(settings, family))
 
 
 def _hub(config: Config, engine: Any) -> ModelHub:
@@ -78,7 +81,9 @@ async def _replicas(mux: Any, since: float, until: Any = None) -> dict[str, dict
             replicas = {
                 r["replica"]: r
                 for r in found.get("replicas", [])
-                if r["reachable"] and r["last_heard_seconds"] + 0.05 < asked - since
+                if r["deployment"] == "mux"
+                and r["reachable"]
+                and r["last_heard_seconds"] + 0.05 < asked - since
             }
             if until is None or until(replicas):
                 return replicas
@@ -176,6 +181,21 @@ async def test_a_status_board_that_does_not_answer_is_reported_within_the_timeou
         }
     finally:
         ray.kill(board)
+
+
+async def test_depth_maps_from_photos_are_made_by_the_depth_deployment(ray_config: Config, mux: Any) -> None:
+    photo = Image.radial_gradient("L").convert("RGB").resize((64, 64))
+    remote, here = _hub(ray_config, mux), _hub(ray_config, None)
+    far = remote.preprocessor("depth")
+    assert far is not None and type(far).__name__ == "RemoteDepthEstimator"
+    async with here.pool.running():
+        near = here.preprocessor("depth")
+        assert near is not None
+        expected = await near(photo, {})
+        made = await far(photo, {})
+    assert made.size == expected.size and made.tobytes() == expected.tobytes()
+    assert remote.pool.load_counts == {}, "the front's pool loaded no depth model"
+    assert mux.caller.answered_by[-1][0] == "tiny-depth"
 
 
 async def test_a_lost_replica_shows_unreachable_and_status_never_waits_for_it(mux: Any) -> None:

@@ -3,7 +3,8 @@
 A text-to-image model is a family of its own, with the components that attach to it (ControlNets,
 IP-Adapters whose ``base_models`` name it), so a replica that holds the base model also holds what
 it attaches on the same device. CLIP/SigLIP models share one deployment (``clip``), as do VLMs
-(``vlm``), text models (``text``) and detectors (``detector``). ``RaySettings.assign`` overrides any
+(``vlm``), text models (``text``), detectors (``detector``) and depth estimators (``depth``, which
+make depth maps from photos for ``control_type="depth"``). ``RaySettings.assign`` overrides any
 of it, e.g. to put several checkpoints in one deployment or all tiny models in one.
 """
 
@@ -14,7 +15,7 @@ import re
 from multimodal_mcp.cluster.settings import RaySettings
 from multimodal_mcp.config import Config
 
-SERVED_TASKS = ("text_to_image", "clip", "vlm", "text", "detector")
+SERVED_TASKS = ("text_to_image", "clip", "vlm", "text", "detector", "depth")
 """The tasks whose models the front calls by name (the others are components of a base model)."""
 
 

@@ -121,6 +121,18 @@ class RemoteEmbedder(_Remote):
         return rows, float(scale)
 
 
+class RemoteDepthEstimator(_Remote):
+    """The depth :class:`~multimodal_mcp.handles.ControlPreprocessor` served by a replica: a photo
+    in, its depth map out (near bright), made by the replica's depth model."""
+
+    control_type = "depth"
+
+    async def __call__(self, image: Image.Image, settings: Mapping[str, Any]) -> Image.Image:
+        made = await self._call("depth_map", image)
+        assert isinstance(made, Image.Image)
+        return made
+
+
 class RemoteDetector(_Remote):
     """An :class:`~multimodal_mcp.handles.ObjectDetector` served by a replica."""
 
@@ -134,5 +146,6 @@ REMOTE: dict[str, type[_Remote]] = {
     "text": RemoteTextChat,
     "clip": RemoteEmbedder,
     "detector": RemoteDetector,
+    "depth": RemoteDepthEstimator,
 }
 """The remote handle class for each task a deployment serves."""

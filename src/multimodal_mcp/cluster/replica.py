@@ -42,6 +42,7 @@ from multimodal_mcp.errors import UnknownModel, UnsupportedOperation
 from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.pool.devices import Device, GiB, discover_devices
+from multimodal_mcp.pool.handles import PooledDepthEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class ModelReplica:
             if method not in METHODS:
                 raise UnsupportedOperation(f"no handle method {method!r}")
             hub = await self._started()
-            handle = hub.handle(model)
+            handle = _handle(hub, model)
         except Exception as exc:
             yield error_frame(exc, model=model, method=method)
             return
@@ -351,6 +352,23 @@ def _replica_id() -> str | None:
 def _deployment() -> str | None:
     context = _replica_context()
     return str(context.deployment) if context is not None else None
+
+
+class _DepthMaps:
+    """A depth model's handle as a replica runs it (the hub gives depth models no handle by name:
+    they are the server's depth-map preprocessor)."""
+
+    def __init__(self, estimator: PooledDepthEstimator) -> None:
+        self._estimator = estimator
+
+    async def depth_map(self, image: Any) -> Any:
+        return await self._estimator(image, {})
+
+
+def _handle(hub: ModelHub, model: str) -> Any:
+    if hub.spec(model).task == "depth":
+        return _DepthMaps(PooledDepthEstimator(hub.pool, model, hub.capabilities(model)))
+    return hub.handle(model)
 
 
 def _assigned_gpu_share() -> float:

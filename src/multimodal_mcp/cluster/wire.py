@@ -35,6 +35,7 @@ METHODS: dict[str, bool] = {
     "embed_images": False,
     "classify": False,
     "similarities": False,
+    "depth_map": False,
 }
 """The handle methods a replica runs, and whether each takes a ``progress`` callback."""
 
