@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from multimodal_mcp.cluster.families import plan
+from multimodal_mcp.cluster.families import SAFETY, plan
 from multimodal_mcp.cluster.settings import RaySettings
 from multimodal_mcp.config import load_config
+from multimodal_mcp.server_settings import SafetySettings
 
 
 def _tiny_config(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -45,3 +46,13 @@ def test_hosted_models_are_never_deployed(tmp_path: Path) -> None:
     config = _tiny_config(tmp_path)
     found = plan(config, RaySettings(), local={"tiny-clip"})
     assert found == {"clip": ["tiny-clip"]}
+
+
+def test_the_safety_filter_is_a_deployment_only_when_asked_and_on(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    on = config.model_copy(
+        update={"server": config.server.model_copy(update={"safety": SafetySettings(filter="on")})}
+    )
+    assert "safety" not in plan(on, RaySettings(), local=set())
+    assert plan(on, RaySettings(safety=True), local=set()) == {"safety": [SAFETY]}
+    assert "safety" not in plan(config, RaySettings(safety=True), local=set()), "a filter that is off"

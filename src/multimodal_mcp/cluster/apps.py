@@ -39,19 +39,27 @@ def family_app(args: dict[str, Any]) -> Any:
     ``profile`` and ``config`` (a TOML file on the nodes; default ``$MULTIMODAL_MCP_CONFIG``) as
     the front's; ``max_models_per_replica`` (optional, a positive integer): how many of the family's
     checkpoints Serve's multiplexed cache keeps per replica (default: all of them; see
-    :class:`.settings.FamilySettings`). Replicas, GPUs, node labels and autoscaling come from the
-    config file's ``deployments`` section, which overrides the defaults here.
+    :class:`.settings.FamilySettings`). Family ``safety`` runs the safety filter (for fronts with
+    ``RaySettings.safety``); the config must turn it on (``[server.safety] filter = "on"``).
+    Replicas, GPUs, node labels and autoscaling come from the config file's ``deployments``
+    section, which overrides the defaults here.
 
     Raises:
         ValueError: the family is not in the plan of that config (the message lists those that are),
-            or ``max_models_per_replica`` is not a positive integer.
+            the safety filter is off in it (for ``safety``), or ``max_models_per_replica`` is not a
+            positive integer.
     """
     from multimodal_mcp.cluster.engine import family_deployment, local_models
     from multimodal_mcp.cluster.status import board_name
 
     config = _config(args)
-    families = plan(config, RaySettings(), local=local_models(config))
+    families = plan(config, RaySettings(safety=True), local=local_models(config))
     family = str(args.get("family", ""))
+    if family == "safety" and family not in families:
+        raise ValueError(
+            "the safety filter is off in this config (filter 'auto' is off without a transport): set "
+            '[server.safety] filter = "on" in the config file the replicas load'
+        )
     if family not in families:
         raise ValueError(f"no family {family!r} in this config; its families: {', '.join(families)}")
     max_models = args.get("max_models_per_replica")

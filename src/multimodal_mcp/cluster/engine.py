@@ -29,8 +29,8 @@ from typing import Any, cast
 
 from multimodal_mcp.capabilities import Capabilities
 from multimodal_mcp.cluster import status as status_board
-from multimodal_mcp.cluster.families import SERVED_TASKS, plan
-from multimodal_mcp.cluster.remote import REMOTE
+from multimodal_mcp.cluster.families import SAFETY, SERVED_TASKS, plan
+from multimodal_mcp.cluster.remote import REMOTE, RemoteSafetyChecker
 from multimodal_mcp.cluster.replica import ModelReplica
 from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
 from multimodal_mcp.cluster.wire import raise_error
@@ -79,7 +79,7 @@ def family_deployment(
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options=actor,
     )
-    called = [m for m in models if config.models[m].task in SERVED_TASKS]
+    called = [m for m in models if m in config.models and config.models[m].task in SERVED_TASKS]
     max_models = settings.max_models_per_replica or max(len(called), 1)
     return deployment.bind(config, models, max_models=max_models, **kw)
 
@@ -228,6 +228,11 @@ class RayEngine:
         if name not in self.where:
             return None
         return cast(Handle, REMOTE[spec.task](self.caller, name, capabilities))
+
+    def safety_checker(self) -> RemoteSafetyChecker | None:
+        """The safety filter as deployment ``safety`` (``RaySettings.safety`` with the filter on),
+        or None when it runs in the front."""
+        return RemoteSafetyChecker(self.caller, SAFETY) if SAFETY in self.where else None
 
     def location(self, name: str) -> str | None:
         family = self.where.get(name)

@@ -5,7 +5,9 @@ IP-Adapters whose ``base_models`` name it), so a replica that holds the base mod
 it attaches on the same device. CLIP/SigLIP models share one deployment (``clip``), as do VLMs
 (``vlm``), text models (``text``), detectors (``detector``) and depth estimators (``depth``, which
 make depth maps from photos for ``control_type="depth"``). ``RaySettings.assign`` overrides any
-of it, e.g. to put several checkpoints in one deployment or all tiny models in one.
+of it, e.g. to put several checkpoints in one deployment or all tiny models in one. With
+``RaySettings.safety`` and the safety filter on, the filter is a deployment too (``safety``, serving
+the pseudo-model :data:`SAFETY`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from multimodal_mcp.config import Config
 
 SERVED_TASKS = ("text_to_image", "clip", "vlm", "text", "detector", "depth")
 """The tasks whose models the front calls by name (the others are components of a base model)."""
+
+SAFETY = "safety-filter"
+"""The name the front calls the safety filter by ([server.safety]; not a configured model)."""
 
 
 def deployment_name(model: str) -> str:
@@ -53,4 +58,6 @@ def plan(config: Config, settings: RaySettings, *, local: set[str]) -> dict[str,
             homes = {where[base] for base in spec.base_models if base in where}
             for home in sorted(homes):
                 out[home].append(name)
+    if settings.safety and config.server.safety.enabled:
+        out["safety"] = [SAFETY]
     return out

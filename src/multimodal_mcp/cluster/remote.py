@@ -21,6 +21,7 @@ from multimodal_mcp.handles import (
     GeneratedImages,
     ImageRequest,
     Progress,
+    Verdict,
 )
 
 
@@ -131,6 +132,28 @@ class RemoteDepthEstimator(_Remote):
         made = await self._call("depth_map", image)
         assert isinstance(made, Image.Image)
         return made
+
+
+class RemoteSafetyChecker:
+    """The server's :class:`~multimodal_mcp.handles.SafetyChecker` run by a replica (deployment
+    ``safety``): the generated images go there and their verdicts come back. Raises when the
+    replica cannot judge, so callers fail closed as with the in-process filter."""
+
+    def __init__(self, caller: Caller, name: str) -> None:
+        self._caller = caller
+        self.name = name
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    async def screen(self, images: Sequence[Image.Image]) -> list[Verdict]:
+        verdicts = list(await self._caller(self.name, "screen", (list(images),), {}, None))
+        if len(verdicts) != len(images) or not all(isinstance(v, Verdict) for v in verdicts):
+            raise RuntimeError(
+                f"the safety replica returned {len(verdicts)} verdicts for {len(images)} images"
+            )
+        return verdicts
 
 
 class RemoteDetector(_Remote):

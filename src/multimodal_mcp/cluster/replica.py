@@ -35,7 +35,9 @@ from dataclasses import replace
 from typing import Any
 
 from multimodal_mcp.backends.hosted import HostedConnections
+from multimodal_mcp.backends.safety import SafetyGate
 from multimodal_mcp.cluster import status as status_board
+from multimodal_mcp.cluster.families import SAFETY
 from multimodal_mcp.cluster.wire import METHODS, Frame, error_frame
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import UnknownModel, UnsupportedOperation
@@ -96,6 +98,7 @@ class ModelReplica:
         self._status_board = status_board
         self._status_interval = status_interval
         self._ongoing = 0
+        self._safety: SafetyGate | None = None
 
     # --- the pool's life ------------------------------------------------------------------------
 
@@ -162,7 +165,7 @@ class ModelReplica:
             if method not in METHODS:
                 raise UnsupportedOperation(f"no handle method {method!r}")
             hub = await self._started()
-            handle = _handle(hub, model)
+            handle = self._safety_gate() if model == SAFETY else _handle(hub, model)
         except Exception as exc:
             yield error_frame(exc, model=model, method=method)
             return
@@ -176,7 +179,8 @@ class ModelReplica:
                 frames.put_nowait(("progress", done, total, message))
 
         async def run() -> Any:
-            await self._checkout(model)  # in the task: heartbeats flow while a model loads
+            if model != SAFETY:  # the filter is no pool model: Serve's cache has nothing to route
+                await self._checkout(model)  # in the task: heartbeats flow while a model loads
             extra = {"progress": forward} if METHODS[method] else {}
             return await getattr(handle, method)(*args, **kwargs, **extra)
 
@@ -216,6 +220,19 @@ class ModelReplica:
             outcome = "cancelled" if task.cancelled() else "failed" if task.exception() else "done"
             self._recent.append(("end", call_id, outcome, time.monotonic()))
             self._ongoing -= 1
+
+    def _safety_gate(self) -> SafetyGate:
+        """The safety filter of this deployment's config (loaded on its first check)."""
+        if self._safety is None:
+            settings = self._config.server.safety
+            if not settings.enabled:
+                # Never answer "not flagged" for a filter that is off: the front relies on it.
+                raise UnsupportedOperation(
+                    "the safety filter is off in this deployment's config; set [server.safety] "
+                    'filter = "on" in the config the replicas load'
+                )
+            self._safety = SafetyGate(settings)
+        return self._safety
 
     # --- Serve's multiplexed-model cache ----------------------------------------------------------
 
@@ -271,6 +288,11 @@ class ModelReplica:
             "devices": pool["devices"],
             "models": models,
             "counters": pool["counters"],
+            **(
+                {"safety": {"checked": self._safety.checked, "withheld": self._safety.withheld}}
+                if self._safety is not None
+                else {}
+            ),
         }
 
     async def check_health(self) -> None:

@@ -44,6 +44,8 @@ class RaySettings:
     ``assign`` maps a model name to a deployment name (default: see :func:`.families.plan`);
     ``only``, when set, names the models to run on Ray: the other local models stay in the front's
     own pool (e.g. a CLIP model, whose calls are short enough for the hops to show).
+    ``safety`` True runs the safety filter (``[server.safety]``, when on) as deployment ``safety``
+    instead of in the front (its classifier is then needed on the nodes, not in the front).
 
     Each replica publishes its status every ``status_interval`` s; ``pool://status`` waits at most
     ``status_timeout`` s for them and shows a replica not heard from for ``status_stale_after`` s
@@ -64,6 +66,7 @@ class RaySettings:
     families: dict[str, FamilySettings] = field(default_factory=dict)
     assign: dict[str, str] = field(default_factory=dict)
     only: frozenset[str] | None = None
+    safety: bool = False
     local_cpus: int | None = None
     local_object_store_bytes: int | None = None
 

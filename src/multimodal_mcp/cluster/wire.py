@@ -36,6 +36,7 @@ METHODS: dict[str, bool] = {
     "classify": False,
     "similarities": False,
     "depth_map": False,
+    "screen": False,
 }
 """The handle methods a replica runs, and whether each takes a ``progress`` callback."""
 

@@ -23,6 +23,7 @@ from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import NotFound
+from multimodal_mcp.handles import SafetyChecker
 from multimodal_mcp.hub import Engine, ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import open_image_store, validate_id
@@ -103,7 +104,10 @@ def create_services(
         board=job_board,
     )
     store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
-    safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
+    safety: SafetyChecker | None = SafetyGate(config.server.safety) if config.server.safety.enabled else None
+    remote_safety = getattr(engine, "safety_checker", None)  # the Ray engine may run the filter
+    if safety is not None and remote_safety is not None:
+        safety = remote_safety() or safety
     return Services(
         config=config,
         store=store,
