@@ -151,3 +151,20 @@ async def test_a_safety_replica_gives_the_in_process_filters_verdicts(config: Co
     assert frames[-1][1] == SafetyGate(on.server.safety).check(images)
     assert all(v.flagged for v in frames[-1][1])
     assert status["safety"] == {"checked": 2, "withheld": 2}
+
+
+async def test_the_health_check_starts_the_pool_and_fails_once_it_could_not_start(config: Config) -> None:
+    broken = ModelReplica(config, ["tiny-clip"], devices=[])  # no CPU device: the pool refuses
+    await broken.check_health()  # starts the pool without waiting for it
+    with anyio.fail_after(30), pytest.raises(RuntimeError, match="model pool did not start"):
+        await broken.status()
+    with pytest.raises(RuntimeError, match="model pool did not start"):
+        await broken.check_health()  # Serve replaces a replica whose health check fails
+
+
+async def test_the_health_check_starts_a_working_pool(replica: ModelReplica) -> None:
+    await replica.check_health()
+    with anyio.fail_after(30):
+        status = await replica.status()
+    assert status["loaded"] == [] and status["devices"][-1]["kind"] == "cpu"
+    await replica.check_health()

@@ -61,7 +61,7 @@ class ModelReplica:
             whole): its pool's GPU budgets are scaled by it, since Ray's fractions bound no memory.
             None: the share Ray assigned to this replica (1 outside Ray).
         heartbeat: seconds between ``("alive",)`` frames while a call waits or works.
-        devices: the devices to use (tests); default: discovered when the first call comes.
+        devices: the devices to use (tests); default: discovered when the replica starts.
         max_models: how many of ``models`` Serve's multiplexed cache keeps on this replica (its
             ``max_num_models_per_replica``); None: all of them (the pool's budget alone evicts).
         status_board: the name of the status board actor to publish to (None: not published).
@@ -129,18 +129,24 @@ class ModelReplica:
                 finally:
                     if publisher is not None:
                         publisher.cancel()
-        except BaseException as exc:
+        except Exception as exc:  # kept for the calls and health checks that come (never raised here)
+            logger.error("the replica's model pool did not start", exc_info=exc)
             self._failure = exc
+        finally:
             self._ready.set()
-            raise
 
-    async def _started(self) -> ModelHub:
-        """The replica's hub, its pool running in a task of the replica's event loop (started by the
-        first call, so that the pool's background tasks and lanes live on the loop that calls them)."""
+    def _start(self) -> asyncio.Event:
+        """Start the pool in a task of the replica's event loop, once (from the first call or
+        Serve's first health check, so that the pool's background tasks and lanes live on the loop
+        that calls them); returns the event set when it runs or failed."""
         if self._ready is None:
             self._ready, self._stop = asyncio.Event(), asyncio.Event()
             self._keeper = asyncio.create_task(self._keep())
-        await self._ready.wait()
+        return self._ready
+
+    async def _started(self) -> ModelHub:
+        """The replica's hub, once its pool runs."""
+        await self._start().wait()
         if self._hub is None or self._failure is not None:
             raise RuntimeError("the replica's model pool did not start") from self._failure
         return self._hub
@@ -297,8 +303,12 @@ class ModelReplica:
 
     async def check_health(self) -> None:
         """Serve's periodic health check: starts the pool (and the status publisher) with the
-        replica rather than with its first call, and fails while the pool cannot start."""
-        await self._started()
+        replica rather than with its first call, without waiting for it (discovering the devices
+        may take longer than a health check may), and fails once the pool could not start, so Serve
+        replaces the replica."""
+        self._start()
+        if self._failure is not None:
+            raise RuntimeError("the replica's model pool did not start") from self._failure
 
     async def _publish(self) -> None:
         assert self._status_board is not None
