@@ -198,6 +198,22 @@ async def test_depth_maps_from_photos_are_made_by_the_depth_deployment(ray_confi
     assert mux.caller.answered_by[-1][0] == "tiny-depth"
 
 
+async def test_a_lost_status_board_is_reported_then_made_again_by_the_front_and_the_replicas(
+    mux: Any,
+) -> None:
+    import ray
+
+    from multimodal_mcp.cluster.status import NAMESPACE, board_name
+
+    await _replicas(mux, time.monotonic(), lambda found: len(found) == 2)
+    ray.kill(ray.get_actor(board_name("mmcp-mux"), namespace=NAMESPACE), no_restart=True)
+    with anyio.fail_after(mux.settings.status_timeout + 5):
+        lost = await mux.replica_status()
+    assert lost == {"reachable": False, "error": lost["error"]} and "did not answer" in lost["error"]
+    after = await _replicas(mux, time.monotonic(), lambda found: len(found) == 2)
+    assert {r["deployment"] for r in after.values()} == {"mux"}
+
+
 async def test_a_lost_replica_shows_unreachable_and_status_never_waits_for_it(mux: Any) -> None:
     """Runs last in this file: Serve replaces the killed replica, which no later test waits for."""
     import ray

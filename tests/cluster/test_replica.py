@@ -109,7 +109,7 @@ async def test_serves_eviction_of_a_model_releases_it_from_the_pool_once_its_cal
     assert not hub.pool.is_loaded("tiny-clip")
     status = await replica.status()
     assert status["loaded"] == [] and status["multiplexed"] == []
-    assert (await replica.recent())[-1][:3] == ("released", "tiny-clip", True)
+    assert status["counters"]["evictions_dropped"] == 1
 
 
 async def test_the_status_names_the_deployments_models_only(replica: ModelReplica) -> None:

@@ -241,8 +241,10 @@ class RayEngine:
     async def replica_status(self) -> dict[str, Any]:
         """Each replica's status as it last published it (see :mod:`.status` and
         :meth:`.replica.ModelReplica.status`), with ``reachable`` and ``last_heard_seconds``; a
-        replica silent for ``status_stale_after`` s shows unreachable. Never waits longer than
-        ``status_timeout`` s: ``{"reachable": false, "error": ...}`` then."""
+        replica silent for ``status_stale_after`` s shows unreachable. Each step (finding the
+        board, the first time; reading it) waits at most ``status_timeout`` s: ``{"reachable":
+        false, "error": ...}`` then, and the next read looks for the board again (it may have been
+        lost with its node and created anew by the replicas)."""
         settings = self.settings
         if self._board is None:
             try:
@@ -253,9 +255,12 @@ class RayEngine:
             except Exception:
                 logger.warning("cannot reach the replicas' status board", exc_info=True)
                 return {"reachable": False, "error": "the replicas' status board cannot be reached"}
-        return await status_board.gather(
+        found = await status_board.gather(
             self._board, wait_seconds=settings.status_timeout, stale_after=settings.status_stale_after
         )
+        if not found["reachable"]:
+            self._board = None
+        return found
 
     def start(self) -> None:
         """Join the cluster at ``settings.address`` or start a local one on loopback, then deploy
@@ -279,7 +284,10 @@ class RayEngine:
                 local: dict[str, Any] = {}
                 if sys.platform.startswith("linux"):
                     local["_node_ip_address"] = LOOPBACK
+                # address "local": a cluster of its own, never one another program left running
+                # on this machine (which a bare ray.init would join).
                 ray.init(
+                    address="local",
                     num_cpus=settings.local_cpus,
                     object_store_memory=settings.local_object_store_bytes,
                     include_dashboard=False,

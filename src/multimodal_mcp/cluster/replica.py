@@ -262,8 +262,8 @@ class ModelReplica:
         """Serve evicted ``model`` from this replica's cache: drop it from the pool (once the calls
         that hold it end), so its memory serves the model Serve routes here instead."""
         self._multiplexed.discard(model)
-        released = await self._hub.pool.unload(model) if self._hub is not None else False
-        self._recent.append(("released", model, released, time.monotonic()))
+        if self._hub is not None and await self._hub.pool.unload(model):
+            logger.info("released %s: Serve's multiplexed cache evicted it", model)
 
     async def recent(self) -> list[tuple[Any, ...]]:
         """The replica's last calls, as events on its monotonic clock: ``("start", id, model,
