@@ -185,10 +185,14 @@ class ModelReplica:
                 frames.put_nowait(("progress", done, total, message))
 
         async def run() -> Any:
-            if model != SAFETY:  # the filter is no pool model: Serve's cache has nothing to route
-                await self._checkout(model)  # in the task: heartbeats flow while a model loads
             extra = {"progress": forward} if METHODS[method] else {}
-            return await getattr(handle, method)(*args, **kwargs, **extra)
+            if model == SAFETY:  # the filter is no pool model: Serve's cache has nothing to route
+                return await getattr(handle, method)(*args, **kwargs, **extra)
+            # In the task, so heartbeats flow while a model loads; held from the checkout to the
+            # end, so that Serve evicting the model meanwhile waits for this call to end.
+            await self._checkout(model)
+            async with hub.pool.use(model):
+                return await getattr(handle, method)(*args, **kwargs, **extra)
 
         self._recent.append(("start", call_id, model, method, time.monotonic()))
         self._ongoing += 1
