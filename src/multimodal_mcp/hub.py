@@ -73,7 +73,8 @@ class Engine(Protocol):
     """
 
     def handle(self, name: str, spec: ModelSpec, capabilities: Capabilities) -> Handle | None:
-        """The handle of model ``name`` (a ``spec.task`` handle), or None when it runs here."""
+        """The handle of model ``name`` (a ``spec.task`` handle; for a depth model, the depth
+        :class:`ControlPreprocessor`), or None when it runs here."""
         ...
 
     def location(self, name: str) -> str | None:
@@ -356,7 +357,8 @@ class ModelHub:
 
     def preprocessor(self, control_type: str) -> ControlPreprocessor | None:
         """What turns a photo into a ``control_type`` map: canny edges (OpenCV), depth (the
-        ``[defaults] depth`` model, run in the pool); None for scribble, a drawing that is its own map.
+        ``[defaults] depth`` model, run in the pool or by the engine); None for scribble, a drawing
+        that is its own map.
 
         Raises:
             UnsupportedOperation: this server makes no such map from a photo (no depth model
@@ -380,9 +382,13 @@ class ModelHub:
                 raise UnsupportedOperation(
                     f"[defaults] depth = {name!r} is not a local depth model; {as_given}"
                 )
-            made = self._preprocessors["depth"] = PooledDepthEstimator(
-                self.pool, name, self.capabilities(name)
-            )
+            engine, capabilities = self.engine, self.capabilities(name)
+            remote = engine.handle(name, self.spec(name), capabilities) if engine else None
+            if isinstance(remote, ControlPreprocessor):  # run by the engine (a Ray Serve deployment)
+                made: ControlPreprocessor = remote
+            else:
+                made = PooledDepthEstimator(self.pool, name, capabilities)
+            self._preprocessors["depth"] = made
             return made
         annotator = _ANNOTATORS.get(control_type, "an annotator model")
         raise UnsupportedOperation(

@@ -58,3 +58,18 @@ def test_the_application_builder_refuses_a_family_the_config_does_not_have() -> 
 
     with pytest.raises(ValueError, match=r"its families: .*sdxl"):
         family_app({"family": "nope", "profile": "default"})
+
+
+def test_the_application_builder_refuses_a_max_models_per_replica_that_is_not_a_positive_integer() -> None:
+    pytest.importorskip("ray.serve")
+    from multimodal_mcp.cluster.apps import family_app
+
+    with pytest.raises(ValueError, match=r"max_models_per_replica must be a positive integer, got 0; e\.g\."):
+        family_app({"family": "vlm", "profile": "default", "max_models_per_replica": 0})
+
+
+def test_the_serve_config_gives_each_vlm_a_replica_of_its_own(tmp_path: Path) -> None:
+    """One model per replica swaps models on every other call unless there are as many replicas."""
+    vlm = next(a for a in _serve_config()["applications"] if a["args"]["family"] == "vlm")
+    assert vlm["args"]["max_models_per_replica"] == 1
+    assert vlm["deployments"][0]["num_replicas"] == len(_default_plan(tmp_path)["vlm"])

@@ -1,8 +1,8 @@
 """The Ray Serve engine on a single-node local cluster on loopback (marker ``ray``).
 
-One small cluster for the whole session (2 CPUs, a 150 MB object store, no dashboard, Serve's HTTP
-proxy off), two deployments: ``tiny-sd15`` (with its components) and ``clip`` (tiny-clip). Every
-test has a timeout: a hang is a failure, not a stuck CI job.
+One small cluster for the whole session (``engine`` in conftest.py: 2 CPUs, a 150 MB object store,
+no dashboard, Serve's HTTP proxy off), two deployments: ``tiny-sd15`` (with its components) and
+``clip`` (tiny-clip). Every test has a timeout: a hang is a failure, not a stuck CI job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,39 +29,10 @@ from multimodal_mcp.hub import ModelHub
 from multimodal_mcp.pool.core import ModelPool
 from multimodal_mcp.server.app import build_server, create_services
 
-from helpers import cpu_only, make_config
+from helpers import cpu_only
 from http_helpers import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
-
-
-@pytest.fixture(scope="session")
-def ray_config(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Config:
-    root = tmp_path_factory.mktemp("ray-engine")
-    (root / "allowed").mkdir()
-    return make_config(root, tiny_dir, root / "allowed")
-
-
-@pytest.fixture(scope="session")
-def engine(ray_config: Config) -> Iterator[Any]:
-    pytest.importorskip("ray.serve")
-    from multimodal_mcp.cluster.engine import RayEngine
-    from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
-
-    settings = RaySettings(
-        only=frozenset({"tiny-sd15", "tiny-clip"}),
-        families={"tiny-sd15": FamilySettings(max_ongoing_requests=2, max_queued_requests=1)},
-        call_timeout=120,
-        silence_timeout=30,
-        heartbeat=0.5,
-        deploy_timeout=150,
-        local_cpus=2,
-        local_object_store_bytes=150 * 1024**2,
-    )
-    made = RayEngine(ray_config, settings)
-    made.start()
-    yield made
-    made.stop()
 
 
 def _hub(config: Config, engine: Any) -> ModelHub:

@@ -5,6 +5,8 @@ ray``: it deploys one Serve application per model family (:mod:`.families`), eac
 :class:`.replica.ModelReplica`, and hands the hub a remote handle (:mod:`.remote`) for each model
 it serves. Every call to a deployment goes through :class:`ServeCaller`, which
 
+- sends the model name as Serve's multiplexed model id, so the calls of a family's checkpoint go to
+  the replica that has it loaded (see :mod:`.replica` for what Serve's cache evicts);
 - streams the replica's frames (progress, heartbeats, the result) and forwards the progress;
 - bounds the call by ``call_timeout`` and by ``silence_timeout`` without a frame (a lost node is
   noticed, never waited for), cancelling the deployment response on either;
@@ -22,12 +24,14 @@ import logging
 import secrets
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, cast
 
 from multimodal_mcp.capabilities import Capabilities
-from multimodal_mcp.cluster.families import plan
-from multimodal_mcp.cluster.remote import REMOTE
+from multimodal_mcp.cluster import status as status_board
+from multimodal_mcp.cluster.families import SAFETY, SERVED_TASKS, plan
+from multimodal_mcp.cluster.remote import REMOTE, RemoteSafetyChecker
 from multimodal_mcp.cluster.replica import ModelReplica
 from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
 from multimodal_mcp.cluster.wire import raise_error
@@ -61,7 +65,8 @@ def app_name(settings: RaySettings, family: str) -> str:
 def family_deployment(
     config: Config, family: str, models: list[str], settings: FamilySettings, **kw: Any
 ) -> Any:
-    """The bound Serve application running ``models`` as deployment ``family``."""
+    """The bound Serve application running ``models`` as deployment ``family``; ``kw`` go to
+    :class:`.replica.ModelReplica` (``max_models`` comes from ``settings``)."""
     from ray import serve
 
     actor: dict[str, Any] = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
@@ -75,7 +80,9 @@ def family_deployment(
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options=actor,
     )
-    return deployment.bind(config, models, **kw)
+    called = [m for m in models if m in config.models and config.models[m].task in SERVED_TASKS]
+    max_models = settings.max_models_per_replica or max(len(called), 1)
+    return deployment.bind(config, models, max_models=max_models, **kw)
 
 
 class ServeCaller:
@@ -85,6 +92,9 @@ class ServeCaller:
         self._settings = settings
         self._where = where
         self._handles: dict[str, Any] = {}
+        self.answered_by: deque[tuple[str, str | None]] = deque(maxlen=256)
+        """``(model, replica id)`` of the last calls answered, oldest first (for debugging: which
+        replica Serve's multiplexed routing chose; also logged at debug level)."""
 
     def _handle(self, family: str) -> Any:
         found = self._handles.get(family)
@@ -108,7 +118,7 @@ class ServeCaller:
         settings = self._settings
         response = (
             self._handle(family)
-            .options(stream=True)
+            .options(stream=True, multiplexed_model_id=model)
             .call.remote(model, method, args, kwargs, progress is not None)
         )
         deadline = time.monotonic() + settings.call_timeout
@@ -134,6 +144,9 @@ class ServeCaller:
                     ) from None
                 kind = frame[0]
                 if kind == "result":
+                    replica = frame[2] if len(frame) > 2 else None
+                    self.answered_by.append((model, replica))
+                    logger.debug("%s.%s answered by replica %s of %s", model, method, replica, family)
                     return frame[1]
                 if kind == "error":
                     raise_error(frame[1], frame[2])
@@ -203,17 +216,52 @@ class RayEngine:
         self.plan = plan(config, settings, local=local_models(config))
         self.where = {model: family for family, models in self.plan.items() for model in models}
         self.caller = ServeCaller(settings, self.where)
-        self._replica_kwargs = {"heartbeat": settings.heartbeat, **(replica_kwargs or {})}
+        self._replica_kwargs = {
+            "heartbeat": settings.heartbeat,
+            "status_board": status_board.board_name(settings.app_name),
+            "status_interval": settings.status_interval,
+            **(replica_kwargs or {}),
+        }
         self._owns_cluster = False
+        self._board: Any = None
 
     def handle(self, name: str, spec: ModelSpec, capabilities: Capabilities) -> Handle | None:
         if name not in self.where:
             return None
         return cast(Handle, REMOTE[spec.task](self.caller, name, capabilities))
 
+    def safety_checker(self) -> RemoteSafetyChecker | None:
+        """The safety filter as deployment ``safety`` (``RaySettings.safety`` with the filter on),
+        or None when it runs in the front."""
+        return RemoteSafetyChecker(self.caller, SAFETY) if SAFETY in self.where else None
+
     def location(self, name: str) -> str | None:
         family = self.where.get(name)
         return f"ray:{family}" if family is not None else None
+
+    async def replica_status(self) -> dict[str, Any]:
+        """Each replica's status as it last published it (see :mod:`.status` and
+        :meth:`.replica.ModelReplica.status`), with ``reachable`` and ``last_heard_seconds``; a
+        replica silent for ``status_stale_after`` s shows unreachable. Each step (finding the
+        board, the first time; reading it) waits at most ``status_timeout`` s: ``{"reachable":
+        false, "error": ...}`` then, and the next read looks for the board again (it may have been
+        lost with its node and created anew by the replicas)."""
+        settings = self.settings
+        if self._board is None:
+            try:
+                self._board = await asyncio.wait_for(
+                    asyncio.to_thread(status_board.connect, status_board.board_name(settings.app_name)),
+                    settings.status_timeout,
+                )
+            except Exception:
+                logger.warning("cannot reach the replicas' status board", exc_info=True)
+                return {"reachable": False, "error": "the replicas' status board cannot be reached"}
+        found = await status_board.gather(
+            self._board, wait_seconds=settings.status_timeout, stale_after=settings.status_stale_after
+        )
+        if not found["reachable"]:
+            self._board = None
+        return found
 
     def start(self) -> None:
         """Join the cluster at ``settings.address`` or start a local one on loopback, then deploy
@@ -237,7 +285,10 @@ class RayEngine:
                 local: dict[str, Any] = {}
                 if sys.platform.startswith("linux"):
                     local["_node_ip_address"] = LOOPBACK
+                # address "local": a cluster of its own, never one another program left running
+                # on this machine (which a bare ray.init would join).
                 ray.init(
+                    address="local",
                     num_cpus=settings.local_cpus,
                     object_store_memory=settings.local_object_store_bytes,
                     include_dashboard=False,

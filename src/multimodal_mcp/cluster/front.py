@@ -19,7 +19,7 @@ proxy at ``--host``/``--port`` (path ``/mcp``); the model families stay in their
 What the replicas share: jobs through the cluster's job board (a named Ray actor, or Redis), images
 through the store (``server.store_dir`` on a shared filesystem, or an object store: S3, GCS, Azure),
 and the ``requestState`` key. Each replica has its own model pool for the models that run in the
-front (the safety filter, depth estimation, models left out of ``--ray-models``).
+front (the safety filter unless it runs as a deployment, models left out of ``--ray-models``).
 """
 
 from __future__ import annotations

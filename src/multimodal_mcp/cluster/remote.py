@@ -21,6 +21,7 @@ from multimodal_mcp.handles import (
     GeneratedImages,
     ImageRequest,
     Progress,
+    Verdict,
 )
 
 
@@ -121,6 +122,40 @@ class RemoteEmbedder(_Remote):
         return rows, float(scale)
 
 
+class RemoteDepthEstimator(_Remote):
+    """The depth :class:`~multimodal_mcp.handles.ControlPreprocessor` served by a replica: a photo
+    in, its depth map out (near bright), made by the replica's depth model."""
+
+    control_type = "depth"
+
+    async def __call__(self, image: Image.Image, settings: Mapping[str, Any]) -> Image.Image:
+        made = await self._call("depth_map", image)
+        assert isinstance(made, Image.Image)
+        return made
+
+
+class RemoteSafetyChecker:
+    """The server's :class:`~multimodal_mcp.handles.SafetyChecker` run by a replica (deployment
+    ``safety``): the generated images go there and their verdicts come back. Raises when the
+    replica cannot judge, so callers fail closed as with the in-process filter."""
+
+    def __init__(self, caller: Caller, name: str) -> None:
+        self._caller = caller
+        self.name = name
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    async def screen(self, images: Sequence[Image.Image]) -> list[Verdict]:
+        verdicts = list(await self._caller(self.name, "screen", (list(images),), {}, None))
+        if len(verdicts) != len(images) or not all(isinstance(v, Verdict) for v in verdicts):
+            raise RuntimeError(
+                f"the safety replica returned {len(verdicts)} verdicts for {len(images)} images"
+            )
+        return verdicts
+
+
 class RemoteDetector(_Remote):
     """An :class:`~multimodal_mcp.handles.ObjectDetector` served by a replica."""
 
@@ -134,5 +169,6 @@ REMOTE: dict[str, type[_Remote]] = {
     "text": RemoteTextChat,
     "clip": RemoteEmbedder,
     "detector": RemoteDetector,
+    "depth": RemoteDepthEstimator,
 }
 """The remote handle class for each task a deployment serves."""

@@ -14,6 +14,11 @@ class FamilySettings:
     how many calls a replica takes at once (its pool's lane queues them), ``max_queued_requests`` how
     many may wait in front of all replicas before callers are told the server is busy.
     ``node_labels`` places the replicas on nodes carrying those labels (e.g. ``{"gpu": "h100"}``).
+    ``max_models_per_replica`` is how many of the family's checkpoints (the models called by name)
+    Serve's multiplexed cache keeps on one replica (``max_num_models_per_replica``): when a call for
+    another one is routed there, the least recently used is released from that replica's pool. None:
+    all of them (only the pool's memory budget evicts); 1 for checkpoints that each fill the
+    replica's GPU share, so Serve spreads them over the replicas instead of swapping them.
     """
 
     num_replicas: int = 1
@@ -22,6 +27,7 @@ class FamilySettings:
     max_ongoing_requests: int = 8
     max_queued_requests: int = 16
     node_labels: dict[str, str] = field(default_factory=dict)
+    max_models_per_replica: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,13 @@ class RaySettings:
     Serve's HTTP proxy at ``http_host``:``http_port`` (see :mod:`.front`; ``job_board_redis`` then
     names the fronts' Redis job board, else they share the cluster's actor); unset, the front runs
     in the process that starts the engine.
+
+    ``safety`` True runs the safety filter (``[server.safety]``, when on) as deployment ``safety``
+    instead of in the front (its classifier is then needed on the nodes, not in the front).
+
+    Each replica publishes its status every ``status_interval`` s; ``pool://status`` waits at most
+    ``status_timeout`` s for them and shows a replica not heard from for ``status_stale_after`` s
+    as unreachable.
     """
 
     address: str | None = None
@@ -52,6 +65,9 @@ class RaySettings:
     silence_timeout: float = 60.0
     heartbeat: float = 2.0
     deploy_timeout: float = 300.0
+    status_interval: float = 5.0
+    status_timeout: float = 3.0
+    status_stale_after: float = 20.0
     default_family: FamilySettings = FamilySettings()
     families: dict[str, FamilySettings] = field(default_factory=dict)
     assign: dict[str, str] = field(default_factory=dict)
@@ -60,6 +76,7 @@ class RaySettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     job_board_redis: str | None = None
+    safety: bool = False
     local_cpus: int | None = None
     local_object_store_bytes: int | None = None
 

@@ -6,7 +6,8 @@ A replica's ``call`` streams tuples:
 - ``("alive",)``: at once when a long call (one that reports progress) arrives, then a heartbeat every
   few seconds while the call waits or works, so the front notices a replica that went silent (a lost
   node) instead of waiting forever;
-- ``("result", value)``: the handle method's return value (plain data: PIL images, numbers, text);
+- ``("result", value, replica)``: the handle method's return value (plain data: PIL images, numbers,
+  text) and the id of the Serve replica that ran it (None outside Serve), for the front's debug log;
 - ``("error", kind, message)``: a curated error (``kind`` names a class of
   :mod:`multimodal_mcp.errors`) or, for anything else, ``kind`` "internal" and a message carrying
   only the id the replica logged the details under. No traceback, process id or address crosses.
@@ -34,6 +35,8 @@ METHODS: dict[str, bool] = {
     "embed_images": False,
     "classify": False,
     "similarities": False,
+    "depth_map": False,
+    "screen": False,
 }
 """The handle methods a replica runs, and whether each takes a ``progress`` callback."""
 

@@ -308,6 +308,21 @@ class ModelPool:
                     dropped.append(entry.name)
         return dropped
 
+    async def unload(self, name: str) -> bool:
+        """Drop model ``name`` once no call holds it (waiting for the calls that do); False when it
+        was not loaded. Used when something above the pool decides where models live (a Ray Serve
+        replica whose multiplexed cache let it go)."""
+        entry = self._entry(name)
+        while True:
+            released = self._released
+            async with self._placement:
+                if entry.model is None:
+                    return False
+                if entry.in_use == 0:
+                    await self._drop(entry, reason="released by its owner")
+                    return True
+            await released.wait()
+
     # --- state ---------------------------------------------------------------------------------
 
     def states(self) -> list[ModelState]:

@@ -24,6 +24,7 @@ from multimodal_mcp.backends.hosted import HostedConnections
 from multimodal_mcp.backends.safety import SafetyGate, check_available
 from multimodal_mcp.config import Config
 from multimodal_mcp.errors import NotFound
+from multimodal_mcp.handles import SafetyChecker
 from multimodal_mcp.hub import Engine, ModelHub
 from multimodal_mcp.imaging.inputs import ImageResolver
 from multimodal_mcp.imaging.store import open_image_store, validate_id
@@ -104,7 +105,10 @@ def create_services(
         board=job_board,
     )
     store.guard(jobs.held_images)  # retention never removes what a running or retained job refers to
-    safety = SafetyGate(config.server.safety) if config.server.safety.enabled else None
+    safety: SafetyChecker | None = SafetyGate(config.server.safety) if config.server.safety.enabled else None
+    remote_safety = getattr(engine, "safety_checker", None)  # the Ray engine may run the filter
+    if safety is not None and remote_safety is not None:
+        safety = remote_safety() or safety
     return Services(
         config=config,
         store=store,
@@ -279,7 +283,8 @@ def build_server(
         "pool://status",
         name="pool-status",
         title="Model pool status",
-        description="Devices with budgets and use; models with location, size and queue; hit/miss counts.",
+        description="Devices with budgets and use; models with location, size and queue; hit/miss counts; "
+        "under --engine ray, each replica's pool too (deployment, replica, node, models, memory, queue).",
         mime_type="application/json",
     )
     async def pool_status() -> str:
@@ -287,6 +292,10 @@ def build_server(
             raise ResourceNotFoundError("the server is not running")
         pool = running[-1].pool
         await pool.discover()
-        return json.dumps(pool.status(), indent=1)
+        status = pool.status()
+        replica_status = getattr(running[-1].hub.engine, "replica_status", None)
+        if replica_status is not None:  # the Ray engine: each replica's pool, gathered with a timeout
+            status["cluster"] = await replica_status()
+        return json.dumps(status, indent=1)
 
     return server
