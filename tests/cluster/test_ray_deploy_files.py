@@ -39,7 +39,10 @@ def test_the_serve_config_deploys_every_family_of_the_default_profile_under_the_
 ) -> None:
     families = _default_plan(tmp_path)
     apps = {app["name"]: app for app in _serve_config()["applications"]}
-    assert set(apps) == {app_name(RaySettings(), family) for family in families}
+    front = app_name(RaySettings(), "front")
+    assert set(apps) == {app_name(RaySettings(), family) for family in families} | {front}
+    assert apps[front]["import_path"] == "multimodal_mcp.cluster.apps:front_app"
+    assert [d["name"] for d in apps[front]["deployments"]] == ["front"]
     for family in families:
         app = apps[app_name(RaySettings(), family)]
         assert app["args"]["family"] == family
@@ -73,3 +76,31 @@ def test_the_serve_config_gives_each_vlm_a_replica_of_its_own(tmp_path: Path) ->
     vlm = next(a for a in _serve_config()["applications"] if a["args"]["family"] == "vlm")
     assert vlm["args"]["max_models_per_replica"] == 1
     assert vlm["deployments"][0]["num_replicas"] == len(_default_plan(tmp_path)["vlm"])
+
+
+def test_the_front_builder_refuses_to_serve_beyond_loopback_without_auth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("ray.serve")
+    from multimodal_mcp.cluster.apps import front_app
+    from multimodal_mcp.config import ConfigError
+
+    monkeypatch.delenv("MULTIMODAL_MCP_TOKENS", raising=False)
+    with pytest.raises(ConfigError, match="without authentication"):
+        front_app({"profile": "tiny", "host": "0.0.0.0"})
+
+
+def test_the_front_builder_takes_the_tokens_and_the_allowed_hosts_it_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("ray.serve")
+    from multimodal_mcp.cluster.apps import front_app
+    from multimodal_mcp.cluster.front import REQUEST_STATE_KEY_ENV
+
+    monkeypatch.setenv("MULTIMODAL_MCP_TOKENS", "alice:" + "a" * 32)
+    monkeypatch.setenv(REQUEST_STATE_KEY_ENV, "k" * 40)
+    app = front_app({"profile": "tiny", "host": "0.0.0.0", "allowed_hosts": ["mcp.example.com:8000"]})
+    config, _settings, host, key, _redis = app._bound_deployment.init_args  # what each replica gets
+    assert host == "0.0.0.0" and key == b"k" * 40
+    assert [t.principal for t in config.server.http.auth.tokens] == ["alice"]
+    assert "mcp.example.com:8000" in config.server.http.allowed_hosts

@@ -91,11 +91,12 @@ def front_app(args: dict[str, Any]) -> Any:
 
     ``args``: ``profile`` and ``config`` as :func:`family_app`; ``host`` (default ``0.0.0.0``):
     the address clients reach, which the Host/Origin check allows besides
-    ``server.http.allowed_hosts``; ``job_board_redis`` (a Redis URL; default: the cluster's job
-    board actor); ``insecure_no_auth`` (true: serve beyond loopback without the auth of
-    ``server.http.auth``, only behind a proxy that authenticates). The ``requestState`` key is
-    ``$MULTIMODAL_MCP_REQUEST_STATE_KEY`` when set (keep it stable across redeploys), else random
-    for this deployment. Replicas and resources come from the config file's ``deployments`` section.
+    ``server.http.allowed_hosts`` and ``allowed_hosts`` (a list: the names clients use, e.g. a
+    Kubernetes service ``multimodal-mcp-serve-svc:8000``); ``job_board_redis`` (a Redis URL;
+    default: the cluster's job board actor); ``insecure_no_auth`` (true: serve beyond loopback
+    without the auth of ``server.http.auth``, only behind a proxy that authenticates). The
+    ``requestState`` key is ``$MULTIMODAL_MCP_REQUEST_STATE_KEY`` when set (keep it stable across
+    redeploys), else random for this deployment. Replicas and resources come from the config file's ``deployments`` section.
 
     Raises:
         ConfigError: no auth configured for a host beyond loopback, or a request-state key too short.
@@ -104,6 +105,11 @@ def front_app(args: dict[str, Any]) -> Any:
     from multimodal_mcp.server.http import check_binding
 
     config = _config(args, http=True)
+    extra_hosts = tuple(str(h) for h in args.get("allowed_hosts") or ())
+    if extra_hosts:
+        http = config.server.http
+        http = http.model_copy(update={"allowed_hosts": (*http.allowed_hosts, *extra_hosts)})
+        config = config.model_copy(update={"server": config.server.model_copy(update={"http": http})})
     host = str(args.get("host", "0.0.0.0"))
     check_binding(host, config.server.http.auth, insecure_no_auth=bool(args.get("insecure_no_auth")))
     redis = args.get("job_board_redis")
