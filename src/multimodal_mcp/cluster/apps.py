@@ -96,7 +96,8 @@ def front_app(args: dict[str, Any]) -> Any:
     default: the cluster's job board actor); ``insecure_no_auth`` (true: serve beyond loopback
     without the auth of ``server.http.auth``, only behind a proxy that authenticates). The
     ``requestState`` key is ``$MULTIMODAL_MCP_REQUEST_STATE_KEY`` when set (keep it stable across
-    redeploys), else random for this deployment. Replicas and resources come from the config file's ``deployments`` section.
+    redeploys), else random for this deployment. Replicas and resources come from the config
+    file's ``deployments`` section.
 
     Raises:
         ConfigError: no auth configured for a host beyond loopback, or a request-state key too short.
