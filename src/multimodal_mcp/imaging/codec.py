@@ -92,11 +92,12 @@ def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
                 "a data: URI image must be base64 encoded, like 'data:image/png;base64,iVBORw0...'"
             )
         payload = text[match.end() :]
-    if payload and len(payload) * 3 // 4 <= max_bytes and "-" not in payload and "_" not in payload:
+    if payload and len(payload) * 3 // 4 <= max_bytes:
         # The common case, padded standard base64 with no whitespace: one validating pass of
         # pybase64's SIMD decoder (a 6 MB data URI: about 0.4 ms against 13 ms for the standard
-        # library's, plus 5 ms of the checks below). Anything else it refuses takes the path below,
-        # which accepts the variants (whitespace, no padding, URL-safe) or names the problem.
+        # library's, plus 5 ms of the checks below). Anything else it refuses (any character outside
+        # the standard alphabet) takes the path below, which accepts the variants (whitespace, no
+        # padding, URL-safe) or names the problem.
         with contextlib.suppress(ValueError):
             return pybase64.b64decode(payload, validate=True)
     try:  # whitespace removed: bytes.translate is several times faster than str.split and join
