@@ -254,3 +254,54 @@ def test_front_replicas_are_refused_without_the_ray_engine_or_past_their_bound(
         main(command)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_serve_builds_the_server_with_the_garbage_collector_off_and_serves_with_it_on_and_the_start_frozen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from multimodal_mcp import cli
+
+    seen: dict[str, object] = {}
+
+    class Server:
+        def run(self, transport: str) -> None:
+            seen["serving"] = (transport, gc.isenabled(), gc.get_freeze_count())
+
+    def build_server(config: object) -> Server:
+        seen["building"] = gc.isenabled()
+        return Server()
+
+    def stop(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("multimodal_mcp.server.app.build_server", build_server)
+    monkeypatch.setattr(cli, "_stop_at_once_on_ctrl_c", lambda: None)
+    monkeypatch.setattr(cli, "_exit_after_shutdown", stop)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--profile", "tiny", "--store-dir", str(tmp_path / "store")])
+        assert exit_info.value.code == 0
+        assert seen["building"] is False  # the start makes ~180,000 long-lived objects: no collection
+        transport, enabled, frozen = seen["serving"]  # type: ignore[misc]
+        assert transport == "stdio" and enabled is True and frozen > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert gc.isenabled()
+
+
+def test_every_other_command_runs_with_the_garbage_collector_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from multimodal_mcp import cli
+
+    during: list[bool] = []
+    monkeypatch.setattr(cli, "_models", lambda args: during.append(gc.isenabled()) or 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "--profile", "tiny"])
+    assert exit_info.value.code == 0 and during == [True]
+    with pytest.raises(SystemExit):
+        main(["--version"])  # argparse exits while parsing
+    assert gc.isenabled()

@@ -78,6 +78,20 @@ def test_data_uris_and_bare_base64_decode_to_the_same_bytes() -> None:
     assert decode_base64_payload(base64.urlsafe_b64encode(raw).decode(), max_bytes=10**6) == raw
 
 
+def test_base64_with_whitespace_without_padding_or_in_both_alphabets_decodes_to_the_same_bytes() -> None:
+    png = _encoded(photo("astronaut", 8), "PNG")
+    raw = png + b"\x00" * (-len(png) % 3) + b"\xfb\xff"  # its base64 ends in "+/8="
+    b64 = base64.b64encode(raw).decode()
+    assert "+" in b64 and "/" in b64 and b64.endswith("=")
+    wrapped = "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))  # MIME line breaks
+    assert decode_base64_payload(f"data:image/png;base64,{wrapped}\n", max_bytes=10**6) == raw
+    assert decode_base64_payload(b64.rstrip("="), max_bytes=10**6) == raw
+    mixed = b64.replace("+", "-", 1)  # one URL-safe character among standard ones
+    assert decode_base64_payload(mixed, max_bytes=10**6) == raw
+    with pytest.raises(ImageInputError, match="not valid base64"):
+        decode_base64_payload("data:image/png;base64,", max_bytes=1000)
+
+
 def test_malformed_base64_and_non_base64_data_uris_are_refused() -> None:
     with pytest.raises(ImageInputError, match="not valid base64"):
         decode_base64_payload("data:image/png;base64,@@@@", max_bytes=1000)

@@ -238,23 +238,22 @@ def _large_jpeg(width: int = 2048, height: int = 1536) -> bytes:
     return buf.getvalue()
 
 
-def test_a_data_uri_sent_again_is_recognised_by_its_text_before_its_base64_is_decoded(
+def test_a_data_uri_sent_again_is_recognised_by_the_hash_of_its_bytes_and_not_decoded_as_an_image_again(
     resolver: ImageResolver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from multimodal_mcp.imaging import inputs
 
-    payloads: list[int] = []
-    real = inputs.decode_base64_payload
-    monkeypatch.setattr(
-        inputs, "decode_base64_payload", lambda text, **kw: (payloads.append(1), real(text, **kw))[1]
-    )
+    decodes: list[int] = []
+    real = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda data, **kw: (decodes.append(1), real(data, **kw))[1])
     value = "data:image/png;base64," + b64_png(photo("chelsea", 32))
     first = resolver.resolve(value)
     assert first.pending is not None
     resolver.store.commit(first.pending)
     again = resolver.resolve(value)
     assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
-    assert payloads == [1]
+    assert decodes == [1]
+    assert again.pending is not None and again.pending.data == first.pending.data  # read back, not encoded
 
 
 def test_an_id_of_a_large_jpeg_gives_the_reduced_picture_the_first_call_got_and_keeps_it(

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from multimodal_mcp.server.stdio import reply_to_malformed
 
@@ -48,6 +52,45 @@ def test_valid_messages_and_blank_lines_pass_through() -> None:
         is None
     )
     assert reply_to_malformed("\n") is None
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from(["", "2.0", "1.0", "5", "ping", "tools/call", "\u00e9"]),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.fixed_dictionaries(
+        {
+            "code": st.one_of(st.integers(), st.floats(), st.text(max_size=3)),
+            "message": st.one_of(st.text(max_size=5), st.integers()),
+        }
+    ),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_MESSAGES = st.dictionaries(
+    st.sampled_from(["jsonrpc", "id", "method", "params", "result", "error", "other"]),
+    st.one_of(st.just("2.0"), _VALUES),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_MESSAGES)
+def test_a_line_passes_the_screen_only_when_the_sdk_reads_it_as_a_json_rpc_message(
+    message: dict[str, Any],
+) -> None:
+    # The screen validates the value it parsed; the SDK validates the line: they must agree, so that
+    # no line the SDK would drop without a word passes unanswered.
+    line = json.dumps(message)
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        sdk_reads_it = True
+    except ValidationError:
+        sdk_reads_it = False
+    if reply_to_malformed(line) is None:
+        assert sdk_reads_it, line
 
 
 async def _reply(stdout: BufferedByteReceiveStream) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64
 from anyio import NoEventLoopError, from_thread
 from PIL import Image, ImageOps, PngImagePlugin
 
@@ -33,6 +34,10 @@ _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
 )
 
+
+_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+"""Where a JPEG scan's entropy-coded data ends: a 0xFF not followed by 0x00 (a stuffed byte) or by
+0xD0-0xD7 (a restart marker)."""
 
 MAX_JPEG_SCANS = 100
 """Scans a JPEG may have. Each scan of a progressive JPEG is a pass over all of the image's
@@ -87,6 +92,14 @@ def decode_base64_payload(text: str, *, max_bytes: int) -> bytes:
                 "a data: URI image must be base64 encoded, like 'data:image/png;base64,iVBORw0...'"
             )
         payload = text[match.end() :]
+    if payload and len(payload) * 3 // 4 <= max_bytes:
+        # The common case, padded standard base64 with no whitespace: one validating pass of
+        # pybase64's SIMD decoder (a 6 MB data URI: about 0.4 ms against 13 ms for the standard
+        # library's, plus 5 ms of the checks below). Anything else it refuses (any character outside
+        # the standard alphabet) takes the path below, which accepts the variants (whitespace, no
+        # padding, URL-safe) or names the problem.
+        with contextlib.suppress(ValueError):
+            return pybase64.b64decode(payload, validate=True)
     try:  # whitespace removed: bytes.translate is several times faster than str.split and join
         data = payload.encode("ascii").translate(None, _ASCII_WHITESPACE)
     except UnicodeEncodeError:  # not base64 anyway, unless the only non-ASCII is whitespace
@@ -252,15 +265,12 @@ def jpeg_scan_count(data: bytes) -> int:
         if marker != 0xDA:
             continue
         scans += 1
-        while True:  # entropy-coded data up to the next marker
-            i = data.find(b"\xff", i)
-            if i < 0 or i + 1 >= end:
-                return scans
-            following = data[i + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                i += 2
-                continue
-            break
+        # Entropy-coded data up to the next 0xFF that is neither a stuffed byte nor a restart marker
+        # (a regex walks the megabytes of a photo's scan at C speed, not 0xFF by 0xFF in Python).
+        found = _AFTER_SCAN.search(data, i)
+        if found is None:
+            return scans
+        i = found.start()
     return scans
 
 

@@ -25,6 +25,7 @@ slower methods gain under 1% for several times the time.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +43,9 @@ WEBP_MAX_SIDE = 16383
 PNG_KEPT_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB"})
 WEBP_KEPT_CHUNKS = frozenset({b"VP8X", b"ALPH", b"VP8 ", b"VP8L"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""The marker that ends a JPEG scan's entropy-coded data: a 0xFF followed by neither 0x00 (a stuffed
+byte), 0xD0-0xD7 (a restart marker) nor 0xFF (a fill byte, the marker follows it)."""
 # VP8X flag bits (WebP container spec): ICC profile, alpha, EXIF, XMP, animation.
 _VP8X_ICC, _VP8X_EXIF, _VP8X_XMP, _VP8X_ANIMATION = 0x20, 0x08, 0x04, 0x02
 
@@ -167,18 +171,10 @@ def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
 def _scan_end(data: bytes, i: int) -> int:
     """Where the entropy-coded data starting at ``i`` ends: the next 0xFF that starts a marker
     (not a stuffed 0xFF00, a restart marker or a fill byte)."""
-    n = len(data)
-    while True:
-        j = data.find(b"\xff", i)
-        if j < 0 or j + 1 >= n:
-            raise Unstrippable("scan data runs to the end without EOI")
-        following = data[j + 1]
-        if following == 0xFF:
-            i = j + 1
-        elif following == 0x00 or 0xD0 <= following <= 0xD7:
-            i = j + 2
-        else:
-            return j
+    found = _MARKER_AFTER_SCAN.search(data, i)  # at C speed: a photo's scan holds thousands of 0xFF
+    if found is None:
+        raise Unstrippable("scan data runs to the end without EOI")
+    return found.start()
 
 
 def strip_png(data: bytes) -> Encoded:

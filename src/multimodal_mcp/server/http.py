@@ -4,6 +4,9 @@ Part of the MCP surface (it builds on the SDK's ``TokenVerifier``, ``AuthSetting
 ``TransportSecuritySettings``). A verified token becomes a principal *name*
 (:mod:`multimodal_mcp.principals`); the token itself goes no further than the verifier, so no tool,
 backend or log line ever sees it.
+
+PyJWT (with cryptography) and the connection limits (uvicorn's h11 protocol) are imported where they
+are used, so a stdio server, which needs neither, does not pay for them at its start.
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
 import httpx2
-import jwt
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -33,7 +35,9 @@ from starlette.responses import Response
 from multimodal_mcp.config import AuthConfig, Config, ConfigError, HttpSettings, OAuthSettings
 from multimodal_mcp.logs import redact_access_log
 from multimodal_mcp.principals import ANONYMOUS, LOCAL, oauth_principal, static_principal
-from multimodal_mcp.server.connections import InflightRequests, SessionRefusals, limit_sessions
+
+if TYPE_CHECKING:
+    import jwt
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +279,8 @@ class OAuthVerifier:
     """
 
     def __init__(self, settings: OAuthSettings, *, http_client: httpx2.AsyncClient | None = None) -> None:
+        import jwt
+
         self.settings = settings
         self._key: Any = None
         self._jwks: jwt.PyJWKSet | None = None
@@ -291,6 +297,8 @@ class OAuthVerifier:
             self._jwks_client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, timeout=10)
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        import jwt
+
         try:
             if self.settings.introspection_url is not None:
                 claims = await self._introspect(token)
@@ -321,6 +329,8 @@ class OAuthVerifier:
         )
 
     async def _decode(self, token: str) -> dict[str, Any]:
+        import jwt
+
         key: Any = self._key
         if self._jwks is not None:
             kid = jwt.get_unverified_header(token).get("kid")
@@ -418,6 +428,8 @@ def http_app(server: Any, config: Config, *, host: str, stateless: bool = False)
     middle of a call (its answer could reach another replica), so they are never asked to confirm
     a paid call (``server.spending.default_without_elicitation`` applies to them).
     """
+    from multimodal_mcp.server.connections import InflightRequests, SessionRefusals, limit_sessions
+
     http = config.server.http
     app: Starlette = server.streamable_http_app(
         streamable_http_path="/mcp",

@@ -5,7 +5,9 @@ size and depth up front, a time budget for the whole validation (``VALIDATION_SE
 matched by the ``regex`` engine with a timeout (Python's ``re`` backtracks without end on
 ``^(a+)+$``), and a ``$ref`` cycle ends in a curated error instead of a RecursionError. The functions
 here block: callers run them off the event loop (:func:`check_schema_off_loop`,
-:func:`parse_answer_off_loop`).
+:func:`parse_answer_off_loop`). ``jsonschema`` and ``regex`` are imported by the first call that
+needs them (in its worker thread), not by the server's start: they cost about 60 ms of a start
+that answers ``initialize`` without them.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import json
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
-
-import regex
-from jsonschema import Draft202012Validator, ValidationError, validators
-from jsonschema.exceptions import SchemaError
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from multimodal_mcp.backends.base import json_prompt
 from multimodal_mcp.errors import BackendError, InvalidArgument
 from multimodal_mcp.tools.common import in_thread
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 __all__ = [
     "MAX_SCHEMA_CHARS",
@@ -48,6 +50,8 @@ class _OutOfTime(Exception):
 
 
 def _search(pattern: str, text: str) -> bool:
+    import regex
+
     deadline = _deadline.get()
     left = VALIDATION_SECONDS if deadline is None else deadline - time.monotonic()
     if left <= 0:
@@ -60,6 +64,8 @@ def _search(pattern: str, text: str) -> bool:
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    from jsonschema import ValidationError
+
     if validator.is_type(instance, "string") and not _search(pattern, instance):
         yield ValidationError(f"{instance[:40]!r} does not match {pattern[:40]!r}")
 
@@ -75,10 +81,15 @@ def _pattern_properties(
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
-# Draft 2020-12 with the two keywords that match patterns swapped for bounded ones.
-_Bounded = validators.extend(
-    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
-)
+@cache
+def _bounded() -> Any:
+    """Draft 2020-12's validator class with the two keywords that match patterns swapped for bounded
+    ones."""
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(
+        Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
+    )
 
 
 def _patterns(value: Any) -> Iterator[str]:
@@ -120,6 +131,9 @@ def check_schema(schema: dict[str, Any]) -> Draft202012Validator:
         InvalidArgument: the schema is too big, too deep, refers outside itself, has a pattern the
             engine cannot compile, is not a 2020-12 schema, or refers to itself without end.
     """
+    import regex
+    from jsonschema.exceptions import SchemaError
+
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_CHARS:
         raise InvalidArgument(
@@ -140,13 +154,13 @@ def check_schema(schema: dict[str, Any]) -> Draft202012Validator:
                 f"response_schema has a pattern that does not compile ({pattern[:40]!r}...: {exc})"
             ) from None
     try:
-        _Bounded.check_schema(schema)
+        _bounded().check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(top)"
         raise InvalidArgument(
             f"response_schema is not a valid JSON Schema (2020-12) at {where}: {exc.message[:200]}"
         ) from None
-    validator: Draft202012Validator = _Bounded(schema)
+    validator: Draft202012Validator = _bounded()(schema)
     # A reference cycle that consumes nothing ({"$ref": "#"}) recurses on any value: find it now.
     try:
         probes: tuple[Any, ...] = (None, {}, [], "", 0)
