@@ -16,6 +16,14 @@ calls and the ratio ray/local are printed for
 of each call's start and end): the difference to "through Serve" is what the hops cost.
 
     python bench/ray_overhead.py [--runs 15] [--steps 48] [--size 128]
+    OMP_NUM_THREADS=1 python bench/ray_overhead.py --runs 21 --steps 75   # one torch thread per side
+
+Torch threads: as many as the machine has CPUs unless ``OMP_NUM_THREADS`` says otherwise. On the
+2-vCPU VM, with 2 threads the replica's own denoising took 8% longer than the same denoising in the
+front (1464 vs 1349 ms); with 1 thread, 1-2% (959 vs 951 ms). A parallel step waits for its slowest
+thread, and threads that fill every core share them with the Ray processes and threads that are
+busy while a call streams (the likely cause; not isolated further). With one thread per side the
+ratio shows the engine's own cost on such a machine.
     python bench/ray_overhead.py --throughput [--calls 8]
 
 ``--throughput`` measures instead how many ``generate_image`` calls per second the engine serves
@@ -237,7 +245,7 @@ def main() -> None:
             engine.stop()
     print(
         f"\nmedians of {args.runs} alternating calls per side; generate_image at {args.size} px, "
-        f"{args.steps} steps\n"
+        f"{args.steps} steps; {os.environ['OMP_NUM_THREADS']} torch thread(s) per side\n"
     )
     print(table(["tool", "in process", "through Serve", "overhead", "ratio", "in the replica"], rows))
 
