@@ -160,6 +160,10 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or http.host
     port = args.port if args.port is not None else http.port
     check_binding(host, http.auth, insecure_no_auth=args.insecure_no_auth)
+    if args.front_replicas:
+        _started()  # this process deploys and waits: no server of its own to build
+        _serve_front_on_ray(args, config, host, port)
+        _exit_after_shutdown(0)
     auth = http.auth
     logger.info(
         "serving MCP over streamable HTTP at http://%s:%d/mcp; auth: %s",
@@ -171,10 +175,6 @@ def _serve(args: argparse.Namespace) -> int:
         )
         or "none",
     )
-    if args.front_replicas:
-        _started()  # this process deploys and waits: no server of its own to build
-        _serve_front_on_ray(args, config, host, port)
-        _exit_after_shutdown(0)
     engine = _ray_engine(args, config) if args.engine == "ray" else None
     try:
         board = _job_board(args, config, on_ray=engine is not None)
@@ -226,28 +226,34 @@ def _serve_front_on_ray(args: argparse.Namespace, config: Config, host: str, por
     import signal
     import threading
 
+    from multimodal_mcp.cluster.front import request_state_key
     from multimodal_mcp.cluster.settings import FamilySettings
     from multimodal_mcp.config import ConfigError
 
     if args.engine != "ray":
         raise ConfigError("--front-replicas runs the front on Ray Serve: add --engine ray")
+    request_state_key()  # a key set too short is refused now, not after Ray has started
     front = FamilySettings(num_replicas=args.front_replicas, max_ongoing_requests=64, max_queued_requests=256)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     engine = _ray_engine(
         args, config, front=front, http_host=host, http_port=port, job_board_redis=args.job_board_redis
     )
+    # After Ray has started: ray.init installs a SIGTERM handler of its own (a crash dump, exit 134).
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         logger.info(
-            "MCP front: %d replica(s) behind Ray Serve's HTTP proxy at http://%s:%d/mcp (stateless HTTP)",
+            "MCP front up: %d replica(s) behind Ray Serve's HTTP proxy at http://%s:%d/mcp (stateless HTTP); "
+            "Ctrl-C or SIGTERM stops it",
             args.front_replicas,
             host,
             port,
         )
         stop.wait()
+        logger.info("stopping: removing the front and the deployments this process started")
     finally:
         engine.stop()
+    logger.info("stopped")
 
 
 def _ray_engine(args: argparse.Namespace, config: Config, **front: Any) -> Any:

@@ -58,17 +58,19 @@ def front(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 200
-        while "MCP front: 2 replica(s)" not in log.read_text():
+        while "MCP front up: 2 replica(s)" not in log.read_text():
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the front did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield f"http://127.0.0.2:{port}/mcp"
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM, as systemd or Kubernetes stop it
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
+    assert process.returncode == 0, f"SIGTERM did not stop the front cleanly:\n{log.read_text()[-3000:]}"
+    assert "multimodal_mcp: stopped" in log.read_text(), "the front was removed and the log says so"
 
 
 class User:

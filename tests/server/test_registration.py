@@ -177,9 +177,23 @@ async def test_a_width_past_the_schemas_bound_names_the_servers_max_side(
     async with Client(build_server(config, services)) as client:
         wide = await call_error(client, "generate_image", {"prompt": "a fox", "width": 8192})
         tall = await call_error(client, "controlled_generate", {"prompt": "a fox", "height": 5000})
-    assert "width: Input should be less than or equal to 4096; this server's largest side is 1020 px" in wide
-    assert "(its max_side setting): use width=1016 or less" in wide
-    assert "height: Input should be less than or equal to 4096; this server's largest side is 1020 px" in tall
+    # Only this server's limit is named (the schema's 4096 would be a second, wrong suggestion).
+    assert "width: at most 1016 on this server (its max_side setting): use width=1016 or less" in wide
+    assert "height: at most 1016 on this server (its max_side setting): use height=1016 or less" in tall
+    assert "4096" not in wide + tall
+
+
+async def test_steps_past_the_schemas_bound_name_the_servers_max_steps_in_one_try(
+    tmp_path: Path, allowed_root: Path
+) -> None:
+    """The schema allows 200 steps; a server that takes 100 says 100 at once, not 200 then 100."""
+    config = fake_config(tmp_path, allowed_root)
+    services = fake_services_for(config, fake_handles())
+    async with Client(build_server(config, services)) as client:
+        refused = await call_error(client, "generate_image", {"prompt": "a fox", "steps": 300})
+        assert "steps: at most 100 on this server (its max_steps setting): use steps=100 or less" in refused
+        suggested = await client.call_tool("generate_image", {"prompt": "a fox", "steps": 100})
+    assert not suggested.is_error, suggested.content
 
 
 async def test_a_malformed_job_id_is_described_in_words_not_as_a_regular_expression(

@@ -8,7 +8,7 @@ client gave (``model_fields_set``), as opposed to those left at their defaults.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -79,11 +79,28 @@ PATTERN_WORDS = {
 """What each argument pattern asks for, in words: errors never show a client the regular expression."""
 
 
+def server_limits(limits: Any) -> dict[str, tuple[int, str]]:
+    """The arguments whose schema bound a server setting may lower: argument -> (the largest value
+    this server takes, the setting's name). Width and height are kept multiples of 8."""
+    side = limits.max_side - limits.max_side % 8
+    return {
+        "width": (side, "max_side"),
+        "height": (side, "max_side"),
+        "steps": (limits.max_steps, "max_steps"),
+        "num_images": (limits.max_images, "max_images"),
+        "max_tokens": (limits.max_tokens, "max_tokens"),
+    }
+
+
 def _friendly_validation(
-    tool: str, exc: ValidationError, what: str = "arguments", max_side: int | None = None
+    tool: str,
+    exc: ValidationError,
+    what: str = "arguments",
+    limits: Mapping[str, tuple[int, str]] | None = None,
 ) -> str:
-    """``exc``'s problems as sentences: bounds with a value that passes, patterns in words, and a
-    width or height over the schema's bound with the server's own ``max_side``."""
+    """``exc``'s problems as sentences: bounds with a value that passes, patterns in words, and an
+    argument over the schema's bound named with this server's own lower limit (``limits``, see
+    :func:`server_limits`), so that the value suggested is one the server takes."""
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "arguments"
@@ -92,6 +109,8 @@ def _friendly_validation(
             message = message[len("Value error, ") :]
         ctx = err.get("ctx") or {}
         step = ctx.get("multiple_of")
+        bound = ctx.get("le")
+        own = (limits or {}).get(where)
         if err["type"] == "multiple_of" and isinstance(step, int) and isinstance(err.get("input"), int):
             value = err["input"]  # name the two nearest values that pass
             low, high = value // step * step, (value // step + 1) * step
@@ -100,11 +119,8 @@ def _friendly_validation(
             message = PATTERN_WORDS.get(
                 str(ctx.get("pattern")), "is not in the form this argument takes (see its description)"
             )
-        elif err["type"] == "less_than_equal" and where in ("width", "height") and max_side is not None:
-            message += (
-                f"; this server's largest side is {max_side} px (its max_side setting): "
-                f"use {where}={max_side - max_side % 8} or less"
-            )
+        elif err["type"] == "less_than_equal" and own and isinstance(bound, int) and own[0] < bound:
+            message = f"at most {own[0]} on this server (its {own[1]} setting): use {where}={own[0]} or less"
         problems.append(f"{where}: {message}")
     return (
         f"Invalid arguments for {tool}: "
@@ -167,9 +183,9 @@ class MultimodalServer(MCPServer[Services]):
         super().__init__(*args, **kwargs)
         self.tool_parameters: dict[str, frozenset[str]] = {}
         self.prompt_functions: dict[str, Callable[..., str]] = {}
-        self.max_side: int | None = None
-        """The server's ``limits.max_side``, named in errors for a width or height past the schema's
-        bound (set when tools are registered)."""
+        self.limits: dict[str, tuple[int, str]] = {}
+        """This server's own limits below the schema's bounds (:func:`server_limits`), named in
+        errors for an argument past the schema's bound (set when tools are registered)."""
 
     async def run_stdio_async(self) -> None:
         """Serve over stdio, answering malformed lines as JSON-RPC says (see ``server/stdio.py``)."""
@@ -242,7 +258,7 @@ class MultimodalServer(MCPServer[Services]):
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(
-                    _friendly_validation(name, exc.__cause__, max_side=self.max_side)
+                    _friendly_validation(name, exc.__cause__, limits=self.limits)
                 ) from exc.__cause__
             raise
 
@@ -304,7 +320,7 @@ def register_tool(
     """
     name = implementation.__name__
     options = RenderOptions if _shows_images(name, result_model) else None
-    server.max_side = config.server.limits.max_side
+    server.limits = server_limits(config.server.limits)
 
     async def handler(ctx: Context, **arguments: Any) -> CallToolResult | InputRequiredResult:
         # The SDK checked the arguments against the signature below; the params model validates the
@@ -316,7 +332,7 @@ def register_tool(
             )
             params = params_model.model_validate(arguments)
         except ValidationError as exc:
-            raise ToolError(_friendly_validation(name, exc, max_side=config.server.limits.max_side)) from None
+            raise ToolError(_friendly_validation(name, exc, limits=server.limits)) from None
         if (rendering.delivery or config.server.delivery) == "path" and config.server.path_delivery is False:
             raise ToolError(
                 f"Invalid arguments for {name}: delivery='path' is off on this server (its clients do not "
