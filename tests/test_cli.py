@@ -305,3 +305,34 @@ def test_every_other_command_runs_with_the_garbage_collector_on(monkeypatch: pyt
     with pytest.raises(SystemExit):
         main(["--version"])  # argparse exits while parsing
     assert gc.isenabled()
+
+
+def test_the_ray_engine_flags_reach_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ray-max-models` and `--ray-safety` become the engine's settings (a stand-in engine records
+    them and refuses to start, so no cluster is needed)."""
+    from multimodal_mcp.cluster import engine as ray_engine
+    from multimodal_mcp.config import ConfigError
+
+    seen: list[object] = []
+
+    class Engine:
+        def __init__(self, config: object, settings: object) -> None:
+            self.plan: dict[str, list[str]] = {}
+            seen.append(settings)
+
+        def start(self) -> None:
+            raise ConfigError("not starting a cluster in this test")
+
+    monkeypatch.setattr(ray_engine, "RayEngine", Engine)
+    command = ["serve", "--transport", "http", "--profile", "tiny", "--store-dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*command, "--engine", "ray", "--ray-max-models", "1", "--ray-safety"])
+    settings = seen[0]
+    assert settings.default_family.max_models_per_replica == 1  # type: ignore[attr-defined]
+    assert settings.safety is True  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--engine", "ray", "--ray-max-models", "0"])
+    assert exited.value.code == 2
+    assert "must be a whole number from 1 to 64, e.g. --ray-max-models 1" in capsys.readouterr().err

@@ -207,6 +207,19 @@ def _job_board(args: argparse.Namespace, config: Config, *, on_ray: bool) -> Any
     return None
 
 
+def _models_per_replica(text: str) -> int:
+    """``--ray-max-models``: a whole number from 1 to 64."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to 64, e.g. --ray-max-models 1 (got {text!r})"
+        )
+    return value
+
+
 def _replicas(text: str) -> int:
     """``--front-replicas``: a whole number from 0 to 64."""
     try:
@@ -260,10 +273,12 @@ def _ray_engine(args: argparse.Namespace, config: Config, **front: Any) -> Any:
     """Start (or join) the Ray cluster and deploy the model families (blocks until they run), and
     the front when ``front`` says so (:class:`~multimodal_mcp.cluster.settings.RaySettings` fields)."""
     from multimodal_mcp.cluster.engine import RayEngine
-    from multimodal_mcp.cluster.settings import RaySettings
+    from multimodal_mcp.cluster.settings import FamilySettings, RaySettings
 
     settings = RaySettings(
         **front,
+        default_family=FamilySettings(max_models_per_replica=args.ray_max_models),
+        safety=args.ray_safety,
         address=args.ray_address,
         deploy=not args.ray_deployed,
         only=frozenset(m.strip() for m in args.ray_models.split(",") if m.strip())
@@ -493,6 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="seconds deploying may take before an unschedulable deployment is reported",
+    )
+    serve.add_argument(
+        "--ray-max-models",
+        type=_models_per_replica,
+        metavar="N",
+        help="with --engine ray: how many of a family's checkpoints one replica keeps; Serve routes each "
+        "model's calls to a replica holding it and evicts the least recently used past N (default: all)",
+    )
+    serve.add_argument(
+        "--ray-safety",
+        action="store_true",
+        help="with --engine ray: run the safety filter (when [server.safety] turns it on) as a Serve "
+        "deployment instead of in the front",
     )
     serve.add_argument(
         "--front-replicas",
