@@ -113,6 +113,7 @@ class ModelHub:
         self.connections = connections
         self.engine = engine
         self._capabilities: dict[str, Capabilities] = {}
+        self._image_sides: dict[str, int] = {}
         self._handles: dict[str, Handle] = {}
         self._preprocessors: dict[str, ControlPreprocessor] = {"canny": CannyEdges()}
         self._reader: TextReader | None = None
@@ -165,6 +166,19 @@ class ModelHub:
             declared = self.backend(name).capabilities(name, spec, self.config).merged(spec.capabilities)
             limits = self.config.server.limits
             found = self._capabilities[name] = declared.within(limits.max_images, limits.max_side)
+        return found
+
+    def image_side(self, name: str) -> int | None:
+        """The short side, in pixels, of the images model ``name``'s processor takes (see
+        :meth:`~multimodal_mcp.registry.LocalBackend.image_side`), so that an input is decoded no
+        larger than that; None when not known before loading. A known side is remembered."""
+        found = self._image_sides.get(name)
+        if found is None:
+            backend = self.backend(name)
+            local = isinstance(backend, registry.LocalBackend)
+            side = backend.image_side(name, self.spec(name), self.config) if local else None
+            if side is not None:
+                self._image_sides[name] = found = side
         return found
 
     def check(self, name: str, given: Mapping[str, object]) -> None:

@@ -86,6 +86,12 @@ class LocalBackend(Backend):
             BackendError: with a message naming the model and what to do.
         """
 
+    def image_side(self, name: str, spec: ModelSpec, config: Config) -> int | None:
+        """Pixels on the short side of the images model ``name``'s processor passes to it (each side,
+        for a processor that resizes to a fixed height and width), known before the model is loaded;
+        None when not known (a reader of its inputs then keeps its own, larger default)."""
+        return None
+
 
 class HostedBackend(Backend):
     """Models behind a provider's API, reached through one client per endpoint."""

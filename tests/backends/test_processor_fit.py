@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from multimodal_mcp.backends.hf import fit_to_processor
+from multimodal_mcp.backends.hf import fit_to_processor, processor_image_side
+from multimodal_mcp.config import ModelSpec
 
 from helpers import photo
 
@@ -43,3 +46,27 @@ def test_the_fitted_image_gives_the_processor_s_own_result() -> None:
     fitted = processor(images=[fit_to_processor(image, processor)], return_tensors="np")["pixel_values"]
     assert fitted.shape == direct.shape == (1, 3, 32, 32)
     assert np.abs(fitted - direct).mean() < 0.05  # same region, resampled once instead of twice
+
+
+@pytest.mark.parametrize(
+    ("filename", "settings", "side"),
+    [
+        ("preprocessor_config.json", {"size": {"shortest_edge": 336}, "crop_size": 336}, 336),  # CLIP L/14-336
+        ("preprocessor_config.json", {"size": {"height": 384, "width": 384}}, 384),  # SigLIP: squashed
+        ("preprocessor_config.json", {"size": 224}, 224),  # older processors: a bare number
+        ("processor_config.json", {"image_processor": {"size": {"shortest_edge": 224}}}, 224),  # transformers 5
+        ("preprocessor_config.json", {"size": {"longest_edge": 1024}}, None),  # no short side to say
+        ("preprocessor_config.json", "not settings", None),
+    ],
+)
+def test_the_side_a_processor_takes_is_read_from_its_settings_before_loading(
+    tmp_path: Path, filename: str, settings: object, side: int | None
+) -> None:
+    (tmp_path / filename).write_text(json.dumps(settings))
+    spec = ModelSpec(task="clip", backend="transformers", source=str(tmp_path))
+    assert processor_image_side(spec, tmp_path / "tiny") == side
+
+
+def test_a_hub_model_not_downloaded_has_no_known_side(tmp_path: Path) -> None:
+    spec = ModelSpec(task="clip", backend="transformers", source="openai/clip-vit-base-patch32-never-here")
+    assert processor_image_side(spec, tmp_path) is None  # nothing is fetched to find out

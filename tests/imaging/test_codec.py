@@ -273,11 +273,13 @@ def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -
         "palette png with a colour key": _encoded(img.convert("P"), "PNG", transparency=3),
         "upright exif": _encoded(img, "JPEG", exif=upright.tobytes()),
         "srgb icc profile": _encoded(img, "JPEG", icc_profile=srgb),  # nothing to convert
+        "rotated exif jpeg": _encoded(img, "JPEG", exif=rotated.tobytes()),  # stored with its tag
     }
     frames = [img, photo("coffee", 32)]
     not_kept = {
         "another icc profile": _encoded(img, "JPEG", icc_profile=swapped_profile()),
-        "rotated exif": _encoded(img, "JPEG", exif=rotated.tobytes()),
+        "rotated exif png": _encoded(img, "PNG", exif=rotated.tobytes()),
+        "rotated exif webp": _encoded(img, "WEBP", exif=rotated.tobytes()),
         "16-bit png": _encoded(Image.new("I;16", (8, 8), 40000), "PNG"),
         "cmyk jpeg": _encoded(img.convert("CMYK"), "JPEG"),
         "gif": _encoded(img, "GIF"),

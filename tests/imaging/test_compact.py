@@ -124,9 +124,34 @@ def test_an_icc_profile_is_never_copied_so_a_tiny_image_stays_tiny() -> None:
             assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(decoded.image))
 
 
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_a_turned_jpeg_keeps_its_bytes_and_only_its_orientation_tag(orientation: int) -> None:
+    # A phone's portrait photo: stored as sent, minus its metadata, with the one tag that turns it.
+    img = photo("astronaut", 64).crop((0, 0, 64, 40))  # not square: a turn shows in the size
+    raw = _encoded(img, "JPEG", quality=90, exif=_exif(orientation=orientation))
+    decoded = decode_image(raw, max_pixels=MAX_PIXELS)
+    stored = compact_input(raw, decoded)
+    assert stored.format == "jpeg" and b"a secret place" not in stored.data
+    with Image.open(io.BytesIO(stored.data)) as back:
+        exif = back.getexif()
+        assert dict(exif) == {0x0112: orientation}  # nothing but the orientation
+    assert decoded.image.size == ((40, 64) if orientation >= 5 else (64, 40))
+    assert np.array_equal(_pixels(stored.data), np.asarray(decoded.image))  # upright, the same pixels
+    again = compact_input(stored.data, decode_image(stored.data, max_pixels=MAX_PIXELS))
+    assert again.data == stored.data  # storing the stored file again changes nothing
+
+
+def test_a_jpeg_with_nothing_to_drop_is_kept_without_a_copy() -> None:
+    raw = _encoded(photo("astronaut", 64), "JPEG", quality=90)
+    stored = compact_input(raw, decode_image(raw, max_pixels=MAX_PIXELS))
+    assert stored.data is raw
+    with_exif = _encoded(photo("astronaut", 64), "JPEG", quality=90, exif=_exif())
+    assert compact_input(with_exif, decode_image(with_exif, max_pixels=MAX_PIXELS)).data != with_exif
+
+
 def test_pixels_that_cannot_keep_their_bytes_are_stored_losslessly_and_not_larger_than_png() -> None:
     img = photo("chelsea", None)
-    rotated = _encoded(img, "JPEG", exif=_exif(orientation=6))
+    rotated = _encoded(img, "PNG", exif=_exif(orientation=6))  # a PNG is stored upright
     decoded = decode_image(rotated, max_pixels=MAX_PIXELS)
     stored = compact_input(rotated, decoded)
     assert stored.format == "webp"  # the rotated pixels, losslessly

@@ -291,3 +291,33 @@ def test_an_id_of_a_large_lossless_image_is_reduced_by_a_power_of_two_for_a_use_
     assert resolver.resolve(record.uri, min_side=300).image.size == (400, 300)  # 1/4: still 300
     assert resolver.resolve(record.uri, min_side=100).image.size == (200, 150)  # 1/8 at most
     assert resolver.resolve(record.uri, min_side=700).image.size == (1600, 1200)  # not twice 700: whole
+
+
+def test_a_phone_portrait_jpeg_is_read_reduced_turned_and_stored_as_sent(tmp_path: Path) -> None:
+    # A phone held upright writes a landscape JPEG with EXIF orientation 6 (and its make, place...).
+    # It is read like an upright photo: at the scale the use needs, turned; stored as its own bytes
+    # minus the metadata (the orientation tag kept), never decoded whole, turned and encoded again.
+    from PIL import Image, ImageOps
+
+    store = ImageStore(tmp_path / "store", fsync=False)
+    resolver = ImageResolver(store, (), Limits())
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0110] = 6, "PhoneMaker", "Model X"
+    buf = io.BytesIO()
+    photo("astronaut", 512).resize((2048, 1536)).save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    raw = buf.getvalue()
+    value = "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+    first = resolver.resolve(value, min_side=300)
+    assert first.image.size == (384, 512)  # 1/4 scale, turned upright
+    assert (first.record.width, first.record.height) == (1536, 2048)
+    assert first.record.format == "jpeg" and first.pending is not None
+    assert b"PhoneMaker" not in first.pending.data and len(first.pending.data) < len(raw)
+    store.commit(first.pending)
+    with Image.open(io.BytesIO(raw)) as original:
+        upright = ImageOps.exif_transpose(original).convert("RGB")
+    whole = store.open(first.record.id)
+    assert whole.size == (1536, 2048) and whole.tobytes() == upright.tobytes()
+    fresh = ImageResolver(store, (), Limits())  # nothing in memory: the stored JPEG is read again
+    assert fresh.resolve(first.record.uri, min_side=300).image.tobytes() == first.image.tobytes()
+    again = fresh.resolve(value, min_side=300)  # the same bytes sent again: found by their hash
+    assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()

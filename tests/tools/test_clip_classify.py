@@ -31,7 +31,9 @@ async def test_scores_equal_clip_logits_computed_directly_with_transformers(
     import torch
     from transformers import AutoProcessor, CLIPModel
 
-    image = photo("coffee")
+    # Under twice the side the tiny CLIP's processor takes (32 px), so the image reaches the processor
+    # as sent; a larger one is first reduced by a power of two (see the test at the end).
+    image = photo("coffee", 48)
     labels = ["coffee", "a cat", "a rocket"]
     out = await call_ok(
         client, "clip_classify", {"image": data_uri(image), "labels": labels, "template": "a photo of {}"}
@@ -84,3 +86,34 @@ async def test_bad_labels_and_templates_are_rejected_with_the_rule(client: Clien
     )
     assert "limit of 64" in message
     await call_ok(client, "clip_classify", {"image": image, "labels": ["a", "b"]})
+
+
+async def test_a_large_jpeg_is_decoded_at_the_side_the_model_s_processor_takes(
+    client: Client, services, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    # The tiny CLIP's processor takes 32 px (its processor_config.json says so): a 1024x768 JPEG is
+    # decoded at 1/8 (128x96), not at the 512 px a CLIP model is otherwise assumed to need.
+    import base64
+    import io
+
+    from multimodal_mcp.backends.tiny_transformers import CLIP_IMAGE_SIZE
+    from multimodal_mcp.imaging import inputs
+
+    assert services.hub.image_side("tiny-clip") == CLIP_IMAGE_SIZE
+    decoded: list[tuple[int, int]] = []
+    real = inputs.decode_image
+
+    def spy(data, **kwargs):  # type: ignore[no-untyped-def]
+        found = real(data, **kwargs)
+        decoded.append(found.image.size)
+        return found
+
+    monkeypatch.setattr(inputs, "decode_image", spy)
+    buf = io.BytesIO()
+    photo("astronaut", 512).resize((1024, 768)).save(buf, format="JPEG", quality=90)
+    labels = ["a person", "a cat"]
+    image = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    result = await client.call_tool("clip_classify", {"image": image, "labels": labels})
+    assert not result.is_error, text_of(result)
+    assert decoded == [(128, 96)]
+    assert result.structured_content["image"]["width"] == 1024  # the stored image is the whole photo

@@ -26,6 +26,8 @@ from multimodal_mcp.registry import LocalBackend
 _NAMED_TYPES = ("qwen2_5_vl", "qwen2_vl", "siglip", "llava")
 """Architectures recognised in a hub id, most specific first."""
 _TINY_TYPES = {"vlm": "llava", "qwen2-vl": "qwen2_vl", "clip": "clip", "siglip": "siglip"}
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "processor_config.json"
 
 
 def model_type(spec: ModelSpec) -> str:
@@ -143,8 +145,62 @@ class TransformersBackend(LocalBackend):
             )
         return Capabilities()
 
+    def image_side(self, name: str, spec: ModelSpec, config: Config) -> int | None:
+        if spec.task != "clip":  # VLM processors tile or take dynamic resolutions: no one side
+            return None
+        return processor_image_side(spec, config.server.tiny_dir)
+
 
 backend = TransformersBackend()
+
+
+def processor_image_side(spec: ModelSpec, tiny_dir: Path) -> int | None:
+    """The side from the checkpoint's image processor settings (``size``: ``shortest_edge``, or the
+    larger of ``height`` and ``width``, or a bare number) in ``preprocessor_config.json``, or in
+    ``processor_config.json`` as transformers 5 saves them, read from the source directory or the
+    Hugging Face cache, never downloaded; None when neither is on disk or says a side."""
+    for filename in (PREPROCESSOR_CONFIG, PROCESSOR_CONFIG):
+        path = _local_file(spec, tiny_dir, filename)
+        if path is None:
+            continue
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(settings, dict) and isinstance(settings.get("image_processor"), dict):
+            settings = settings["image_processor"]
+        size = settings.get("size") if isinstance(settings, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            return size
+        if isinstance(size, dict):
+            sides = (
+                [size.get("shortest_edge")] if "shortest_edge" in size else [size.get("height"), size.get("width")]
+            )
+            if all(isinstance(side, int) and side > 0 for side in sides):
+                return max(sides)
+    return None
+
+
+def _local_file(spec: ModelSpec, tiny_dir: Path, filename: str) -> Path | None:
+    """``filename`` of the model's checkpoint if it is on this machine (a tiny model's directory, a
+    local directory, or the Hugging Face cache), else None."""
+    source = spec.source
+    if source.startswith(TINY_SOURCE_PREFIX):
+        from multimodal_mcp.backends.tiny import TINY_MODEL_DIRS
+
+        key = source[len(TINY_SOURCE_PREFIX) :]
+        path = tiny_dir / TINY_MODEL_DIRS[key] / filename if key in TINY_MODEL_DIRS else None
+    elif Path(source).is_dir():
+        path = Path(source) / filename
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, filename, revision=spec.revision)
+        except Exception:  # not a hub id, or no cache
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    return path if path is not None and path.is_file() else None
 
 
 def fit_to_processor(image: Image.Image, image_processor: Any) -> Image.Image:

@@ -60,9 +60,13 @@ class DecodedImage:
     image: Image.Image
     source_format: str
     keeps_original: bool = False
-    """Whether the original bytes decode to exactly ``image``: no colour conversion (no ICC profile),
-    no EXIF rotation, no bit-depth change, a single frame. The store may then keep those bytes
-    (metadata stripped) instead of re-encoding the pixels."""
+    """Whether the original bytes decode to exactly ``image``, their EXIF orientation applied: no
+    colour conversion (no ICC profile but sRGB), no bit-depth change, a single frame, and no EXIF
+    rotation except in a JPEG (whose stored form keeps the orientation tag: :attr:`orientation`).
+    The store may then keep those bytes (metadata stripped) instead of re-encoding the pixels."""
+    orientation: int = 1
+    """The EXIF orientation (1-8) of the original bytes, applied to ``image``: 1 is upright, 6 a
+    phone held upright (turned 90 degrees clockwise for display)."""
     full_size: tuple[int, int] = (0, 0)
     """Width and height the file declares (after EXIF orientation); ``image`` is smaller when the
     decoder was allowed to reduce it (``min_side``)."""
@@ -181,10 +185,11 @@ def decode_image(
         fmt = img.format or "unknown"
         _check_header(img, data, max_pixels=max_pixels, max_aspect=max_aspect)
         try:
-            full = _oriented_size(img)
+            orientation = _orientation(img)
+            full = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
             # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
             img.seek(0)
-            keeps_original = _keeps_original(img, data)
+            keeps_original = _keeps_original(img, data, orientation)
             if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
                 img.draft(None, (min_side, min_side))  # img.size is now the reduced size
         except Exception as exc:  # hostile headers
@@ -216,7 +221,12 @@ def decode_image(
         finally:
             budget.release(peak - kept)
     return DecodedImage(
-        image=image, source_format=fmt, full_size=full, notes=notes, keeps_original=keeps_original
+        image=image,
+        source_format=fmt,
+        full_size=full,
+        notes=notes,
+        keeps_original=keeps_original,
+        orientation=orientation if orientation in ORIENTATIONS else 1,
     )
 
 
@@ -274,14 +284,18 @@ def jpeg_scan_count(data: bytes) -> int:
     return scans
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
-    """The size the header declares, after EXIF orientation (5 to 8 turn by 90 degrees)."""
-    width, height = img.size
+ORIENTATIONS = range(1, 9)
+"""The EXIF orientation values (TIFF tag 0x0112); others are ignored, as ``exif_transpose`` does."""
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag's value (1 when absent); None when the EXIF block cannot be read
+    (``exif_transpose`` then fails on it later, with a curated error)."""
     try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # hostile EXIF: exif_transpose will fail on it later, with a curated error
-        orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # hostile EXIF
+        return None
+    return value if isinstance(value, int) else None
 
 
 class _CancellableReader(io.BytesIO):
@@ -302,9 +316,10 @@ def _check_cancelled() -> None:
         from_thread.check_cancelled()
 
 
-def _keeps_original(img: Image.Image, data: bytes) -> bool:
-    """Conservative: True only where decoding the original bytes again yields exactly the decoded
-    image, so nothing but a mode conversion separates them (see :attr:`DecodedImage.keeps_original`)."""
+def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> bool:
+    """Conservative: True only where decoding the original bytes again (their EXIF orientation
+    applied) yields exactly the decoded image, so nothing but a mode conversion separates them (see
+    :attr:`DecodedImage.keeps_original`)."""
     if img.format not in ("PNG", "JPEG", "WEBP") or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
         return False
     if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1:
@@ -315,10 +330,11 @@ def _keeps_original(img: Image.Image, data: bytes) -> bool:
     icc = img.info.get("icc_profile")
     if icc and not (img.mode in ("RGB", "RGBA") and is_srgb_profile(icc)):
         return False  # converted to sRGB: the pixels differ from the file's (an sRGB profile: same)
-    try:
-        return img.getexif().get(0x0112, 1) == 1  # EXIF orientation: none or "upright"
-    except Exception:  # a hostile EXIF block: the decoder handles it, the original is not kept
+    if orientation is None:  # a hostile EXIF block: the decoder handles it, the original is not kept
         return False
+    # A JPEG keeps its orientation tag when stored (compact.strip_jpeg): a phone's portrait photo is
+    # stored as sent, not decoded whole, turned and encoded again. Other formats store pixels upright.
+    return img.format == "JPEG" or orientation not in ORIENTATIONS or orientation == 1
 
 
 def _has_allowed_magic(data: bytes) -> bool:

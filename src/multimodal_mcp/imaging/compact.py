@@ -6,7 +6,10 @@ format with foreign metadata removed segment by segment, so a 4 MB JPEG stays ab
 
 - JPEG: APP1-APP15 segments (EXIF, XMP, ICC, MPF, Photoshop, ...) except APP14 "Adobe" (it says how
   the colour channels are coded), COM segments, APP0 segments other than JFIF, and anything after
-  EOI are dropped; the rest is copied byte for byte.
+  EOI are dropped; the rest is copied byte for byte. A photo whose EXIF orientation turns it (a
+  phone's portrait shot) gets back an EXIF segment with that one tag, so the stored file is the
+  photo as sent, upright in any viewer that honours EXIF, rather than its pixels decoded whole,
+  turned and encoded again (seconds for 12 megapixels); the store applies the tag when it reads it.
 - PNG: only IHDR, PLTE, IDAT, IEND, tRNS, gAMA, cHRM and sRGB are kept; text, eXIf, tIME, pHYs, iCCP
   and other ancillary chunks, and anything after IEND, are dropped. An unknown critical chunk stops
   the stripping (the pixels are re-encoded instead).
@@ -56,6 +59,8 @@ class Encoded:
 
     data: bytes
     format: StoredFormat
+    sha256: str | None = None
+    """The hex SHA-256 of ``data`` when already known (the client's bytes kept as they were)."""
 
     @property
     def mime_type(self) -> str:
@@ -86,12 +91,14 @@ def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
         NotStorable: ``decoded`` was decoded at reduced scale and ``raw`` cannot be kept.
     """
     if raw is not None and decoded.keeps_original:
-        strip = _STRIPPERS.get(decoded.source_format)
-        if strip is not None:
-            try:
+        try:
+            if decoded.source_format == "JPEG":
+                return strip_jpeg(raw, orientation=decoded.orientation)
+            strip = _STRIPPERS.get(decoded.source_format)
+            if strip is not None:
                 return strip(raw)
-            except Unstrippable:
-                pass
+        except Unstrippable:
+            pass
     if decoded.reduced:
         raise NotStorable("a reduced-scale decode is stored only as its original bytes; decode it whole")
     return encode_lossless(decoded.image)
@@ -119,9 +126,13 @@ def encode_lossless(image: Image.Image) -> Encoded:
     return Encoded(buf.getvalue(), "png")
 
 
-def strip_jpeg(data: bytes) -> Encoded:
+def strip_jpeg(data: bytes, *, orientation: int = 1) -> Encoded:
     """A JPEG without EXIF, XMP, ICC, comments and other APPn segments (APP0 JFIF and APP14 Adobe
-    kept); scans copied byte for byte, nothing after EOI.
+    kept); scans copied byte for byte, nothing after EOI. ``data`` itself when it has nothing to drop.
+
+    ``orientation`` (EXIF, 2-8): an EXIF segment holding only that tag is written after SOI (and
+    APP0), so the stored JPEG still decodes upright in every viewer that honours EXIF (and in this
+    server); 1 writes none.
 
     Raises:
         Unstrippable: not a well-formed JPEG marker sequence.
@@ -130,17 +141,23 @@ def strip_jpeg(data: bytes) -> Encoded:
     if data[:2] != b"\xff\xd8":
         raise Unstrippable("no SOI marker")
     out = [b"\xff\xd8"]
+    exif = orientation_segment(orientation) if 2 <= orientation <= 8 else None
+    changed = exif is not None
     i = 2
     while True:
         if i >= n or data[i] != 0xFF:
             raise Unstrippable("expected a marker")
-        while i < n and data[i] == 0xFF:  # fill bytes before a marker
+        start = i
+        while i < n and data[i] == 0xFF:  # fill bytes before a marker (dropped)
             i += 1
+        changed = changed or i - start > 1
         if i >= n:
             raise Unstrippable("truncated marker")
         marker = data[i]
         i += 1
         if marker == 0xD9:  # EOI
+            if not changed and i == n:
+                return Encoded(data, "jpeg")  # nothing dropped: no copy
             out.append(b"\xff\xd9")
             return Encoded(b"".join(out), "jpeg")
         if 0xD0 <= marker <= 0xD7 or marker in (0x01, 0xD8):
@@ -151,13 +168,26 @@ def strip_jpeg(data: bytes) -> Encoded:
         if length < 2 or i + length > n:
             raise Unstrippable("segment length out of range")
         payload = data[i + 2 : i + length]
+        if exif is not None and marker != 0xE0:  # after SOI and APP0 (JFIF), before the rest
+            out.append(exif)
+            exif = None
         if _keep_jpeg_segment(marker, payload):
             out.append(bytes((0xFF, marker)) + data[i : i + length])
+        else:
+            changed = True
         i += length
         if marker == 0xDA:  # SOS: entropy-coded data up to the next marker that is not RSTn
             end = _scan_end(data, i)
             out.append(data[i:end])
             i = end
+
+
+def orientation_segment(orientation: int) -> bytes:
+    """An APP1 EXIF segment with one tag, Orientation (0x0112) = ``orientation``: a big-endian TIFF
+    header and an IFD0 of one entry (SHORT, count 1, the value in the first two of its four bytes)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    payload = b"Exif\x00\x00" + tiff + struct.pack(">I", 0)  # no next IFD
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
 def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:

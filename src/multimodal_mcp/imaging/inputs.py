@@ -39,6 +39,7 @@ from multimodal_mcp.imaging.codec import (
 )
 from multimodal_mcp.imaging.compact import NotStorable
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
+from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore, PendingImage
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -144,9 +145,12 @@ class ImageResolver:
         except NotStorable:  # reduced, but its own bytes cannot be kept: store the full pixels
             decoded = self._decode(raw, None)
             pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
-        if decoded.reduced and min_side is not None:
-            self._reduced.put((pending.record.id, min_side), decoded.image)
-        return ResolvedImage(pending.record, decoded.image, pending, decoded.notes)
+        picture = decoded.image
+        if min_side is not None and self._reducible(pending.record, min_side):
+            if not decoded.reduced:  # decoded whole: reduced as a later read of its id will be
+                picture = _reduce(picture, min_side)
+            self._reduced.put((pending.record.id, min_side), picture)
+        return ResolvedImage(pending.record, picture, pending, decoded.notes)
 
     def _known(self, digest: str, source: str, min_side: int | None) -> ResolvedImage | None:
         """Bytes stored before (by the SHA-256 of what the client sent): their stored form, decoded
@@ -184,11 +188,7 @@ class ImageResolver:
         if data is not None:
             picture = self._decode(data, min_side).image
         else:
-            whole = full if full is not None else self.store.open(record.id)
-            factor = 2
-            while factor < 8 and min(whole.size) // (factor * 2) >= min_side:
-                factor *= 2
-            picture = whole.reduce(factor)
+            picture = _reduce(full if full is not None else self.store.open(record.id), min_side)
         self._reduced.put(key, picture)
         return picture
 
@@ -301,6 +301,17 @@ class _PictureCache:
             while self._bytes > self._budget:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._bytes -= evicted
+
+
+def _reduce(whole: Image.Image, min_side: int) -> Image.Image:
+    """The picture of ``whole`` (transparency over white, what the model sees: see
+    :func:`~.normalize.picture`) reduced by the largest power of two up to 8 that keeps both sides at
+    least ``min_side`` (box filter: each pixel the mean of a block, as a JPEG decoded at that scale).
+    Flattened first, so that no colour hidden under transparent pixels is averaged into the picture."""
+    factor = 2
+    while factor < 8 and min(whole.size) // (factor * 2) >= min_side:
+        factor *= 2
+    return picture(whole).reduce(factor)
 
 
 def _looks_like_base64(value: str) -> bool:

@@ -33,6 +33,7 @@ Decoded images just written or read are cached, up to a byte budget.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -43,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from multimodal_mcp.config import StoreSettings
@@ -256,7 +257,7 @@ class ImageStore:
         if encoded is None:
             text = generation_text_chunks(meta) if kind == "generated" else None
             encoded = Encoded(encode_png(_bare(image), text), "png")
-        digest = hashlib.sha256(encoded.data).hexdigest()
+        digest = encoded.sha256 or hashlib.sha256(encoded.data).hexdigest()
         record = ImageRecord(
             id=digest[:16],
             kind=kind,
@@ -285,6 +286,8 @@ class ImageStore:
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
         encoded = compact_input(raw, decoded)
+        if encoded.data is raw:  # kept as sent: its hash is the one just made
+            encoded = dataclasses.replace(encoded, sha256=raw_sha256)
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
@@ -554,6 +557,8 @@ class ImageStore:
     def _decode(record: ImageRecord, data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[record.format]]) as img:
             img.load()
+            if record.format == "jpeg":  # a stored JPEG may keep its EXIF orientation (see .compact)
+                ImageOps.exif_transpose(img, in_place=True)
             return img.convert(record.mode or img.mode)
 
     # --- retention -----------------------------------------------------------------------------

@@ -119,7 +119,8 @@ async def clip_classify(
     # replace(), not format(): a template is untrusted text, and format() would evaluate fields
     # such as '{0.__class__}' in it.
     texts = [template.replace("{}", label) if template else label for label in params.labels]
-    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_CLIP)
+    read_side = services.hub.image_side(name) or READ_SIDE_CLIP
+    source = await resolve_image(services, params.image, "image", min_side=read_side)
     await approve_spending(services, name, f"one classification of an image over {len(params.labels)} labels")
 
     # 2. Score, batched with concurrent calls; label embeddings come from the cache when seen before.

@@ -127,7 +127,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 READ_SIDE_CLIP = 512
-"""Short side a CLIP-style encoder needs at most (its processors take 224 to 448 px)."""
+"""Short side a CLIP-style encoder needs at most (its processors take 224 to 448 px); a model whose
+processor settings are on disk is read at its own side instead (:meth:`ModelHub.image_side`)."""
 READ_SIDE_VLM = 1024
 """Short side a vision-language model needs at most (hosted detail levels and local processors
 resize to 768-1024 px on the short side or less)."""
