@@ -9,9 +9,9 @@ and after each case. Cases, each against its alternative in the same run:
   thinnest strip the limits accept (32:1), against the CLIP image processor's own cost for that
   strip in this process without the server's fitting (the short side scaled up to 224 first).
 - **large, one by one**: N ``clip_classify`` calls, each with its own ~40-megapixel JPEG (decoded at
-  the scale CLIP needs), then N EXIF-rotated ones (decoded whole, stored losslessly); memory retained
-  afterwards against before.
-- **large, at once**: N rotated JPEGs in concurrent calls, with the default decode budget against a
+  the scale CLIP needs), then N tagged Display P3 ones (decoded whole, converted to sRGB, stored
+  losslessly); memory retained afterwards against before.
+- **large, at once**: N Display P3 JPEGs in concurrent calls, with the default decode budget against a
   server whose budget is effectively unlimited (``[server.limits] decode_memory_mib = 65536``).
 
     python bench/input_memory.py            # 8 large inputs (about 2 minutes on 2 CPU cores)
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_CACHE,
+    display_p3_profile,
     print_header,
     server_parameters,
     table,
@@ -77,7 +78,7 @@ def _reset_peak(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def _jpeg(megapixels: float, seed: int, orientation: int = 1) -> bytes:
+def _jpeg(megapixels: float, seed: int, icc_profile: bytes | None = None) -> bytes:
     from PIL import Image
     from skimage import data
 
@@ -85,11 +86,8 @@ def _jpeg(megapixels: float, seed: int, orientation: int = 1) -> bytes:
     base = Image.fromarray(data.astronaut()).resize((side, side * 3 // 4))
     noise = np.random.default_rng(seed).integers(0, 24, (side * 3 // 4, side, 3), dtype=np.uint8)
     noisy = Image.fromarray(np.asarray(base, dtype=np.uint8) // 2 + noise)
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
     buf = io.BytesIO()
-    noisy.save(buf, format="JPEG", quality=85, exif=exif)
+    noisy.save(buf, format="JPEG", quality=85, **({"icc_profile": icc_profile} if icc_profile else {}))
     return buf.getvalue()
 
 
@@ -172,8 +170,10 @@ async def main() -> None:
 
     print(f"building {3 * count} JPEGs of {megapixels} megapixels ...", file=sys.stderr)
     plain = [_uri(_jpeg(megapixels, seed), "image/jpeg") for seed in range(count)]
-    # EXIF-rotated photos (as phones write them) are decoded whole: their bytes cannot be kept as is.
-    rotated = [_uri(_jpeg(megapixels, seed, orientation=6), "image/jpeg") for seed in range(count, 3 * count)]
+    # Photos in Display P3 (as iPhones tag them) are decoded whole: their colour is converted to sRGB,
+    # so their bytes cannot be kept as they are.
+    p3 = display_p3_profile()
+    converted = [_uri(_jpeg(megapixels, seed, p3), "image/jpeg") for seed in range(count, 3 * count)]
     rows: list[list[Any]] = []
     peaks: dict[str, int] = {}
     with temp_dir("mmcp-bench-memory") as tmp:
@@ -210,10 +210,10 @@ async def main() -> None:
                 await _case(server, f"{count} x {megapixels} Mpx JPEG, one by one", size, plain, None)
             )
             rows.append(
-                await _case(server, f"{count} x rotated JPEG, one by one", size, rotated[:count], None)
+                await _case(server, f"{count} x Display P3 JPEG, one by one", size, converted[:count], None)
             )
             row = await _case(
-                server, f"{count} x rotated JPEG at once", size, rotated[count:], None, together=True
+                server, f"{count} x Display P3 JPEG at once", size, converted[count:], None, together=True
             )
             peaks["budget"] = row.pop()
             rows.append(row)
@@ -222,7 +222,7 @@ async def main() -> None:
         async with Server(config("unbounded", **limits)) as server:
             await _classify(server, _uri(_png(64, 64), "image/png"))
             row = await _case(
-                server, "  the same, no decode budget", "", rotated[count:], None, together=True
+                server, "  the same, no decode budget", "", converted[count:], None, together=True
             )
             peaks["none"] = row.pop()
             rows.append(row)
@@ -230,7 +230,7 @@ async def main() -> None:
     print(table(["case", "input", "peak MiB", "retained MiB", "outcome"], rows))
     print()
     ratio = peaks["budget"] / max(peaks["none"], 1)
-    print(f"rotated JPEGs at once, peak with the decode budget / without: {ratio:.2f}")
+    print(f"Display P3 JPEGs at once, peak with the decode budget / without: {ratio:.2f}")
     print("targets: the thin strip refused at its header with no peak; memory retained after the large")
     print("inputs within a few tens of MiB of before; the concurrent peak lowered by the decode budget.")
 

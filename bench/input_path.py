@@ -5,10 +5,13 @@ Every call goes through the real server (``python -m multimodal_mcp serve``) ove
 client session, sequentially, with the same 10 labels and template (their embeddings are cached after
 the warm-up, so every side pays the same model cost: one image forward pass). The sides:
 
-- ``path``: a new 4000x3000 JPEG (about 4 MB) each call, by its absolute file path;
+- ``path``: a new 4000x3000 JPEG (about 4 MB, with a phone's EXIF block) each call, by its absolute
+  file path;
 - ``data URI``: a new 4000x3000 JPEG each call, as a base64 data URI (about 6 MB of JSON);
+- ``portrait``: a new 4000x3000 JPEG whose EXIF orientation (6) turns it to 3000x4000, as a phone
+  held upright writes it, by path;
 - ``448 px``: the same new photos, downscaled by the client to 448 px on the short side, as a data URI
-  (what a careful client sends): the alternative for the two above (target: at most 1.5x);
+  (what a careful client sends): the alternative for the three above (target: at most 1.5x);
 - ``data URI again``: one 4000x3000 JPEG sent as the same data URI every call;
 - ``image://``: that photo's id: the alternative for the row above (target: at most 1.2x).
 
@@ -74,8 +77,21 @@ def base_photo() -> Any:
     return np.asarray(small.resize(PHOTO_SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
 
 
-def phone_jpeg(base: Any, seed: int) -> tuple[bytes, bytes]:
-    """(the 12 MP JPEG, the client's 448 px JPEG of the same photo) with sensor-like grain."""
+def phone_exif(orientation: int = 1) -> bytes:
+    """An EXIF block as a phone writes one (maker, model, time, place), with ``orientation``."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0132] = "PhoneMaker", "Phone 12", "2026:11:30 10:00:00"
+    exif[0x0112] = orientation
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (48.0, 51.0, 24.0), "E", (2.0, 21.0, 7.0)
+    return exif.tobytes()
+
+
+def phone_jpeg(base: Any, seed: int, orientation: int = 1) -> tuple[bytes, bytes]:
+    """(the 12 MP JPEG with a phone's EXIF block, the client's 448 px JPEG of the same photo, upright
+    and without metadata) with sensor-like grain."""
     import numpy as np
     from PIL import Image
 
@@ -83,9 +99,12 @@ def phone_jpeg(base: Any, seed: int) -> tuple[bytes, bytes]:
     grain = rng.integers(-20, 21, size=base.shape, dtype=np.int16)  # ~4 MB, as a phone writes
     photo = Image.fromarray((base + grain).clip(0, 255).astype(np.uint8))
     large = io.BytesIO()
-    photo.save(large, format="JPEG", quality=90)
+    photo.save(large, format="JPEG", quality=90, exif=phone_exif(orientation))
+    if orientation == 6:
+        photo = photo.transpose(Image.Transpose.ROTATE_270)  # what the viewer shows: turned clockwise
     small = photo.copy()
-    small.thumbnail((CLIENT_SIDE * PHOTO_SIZE[0] // PHOTO_SIZE[1], CLIENT_SIDE), Image.Resampling.LANCZOS)
+    long_side = CLIENT_SIDE * PHOTO_SIZE[0] // PHOTO_SIZE[1]
+    small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)  # 448 px on the short side
     out = io.BytesIO()
     small.save(out, format="JPEG", quality=90)
     return large.getvalue(), out.getvalue()
@@ -106,7 +125,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         f"({'built now' if built else 'cached'})"
     )
     base = base_photo()
-    sides = ["path", "data URI", "448 px", "data URI again", "image://"]
+    sides = ["path", "data URI", "portrait", "448 px", "data URI again", "image://"]
     times: dict[str, list[float]] = {side: [] for side in sides}
     server_s: dict[str, list[float]] = {side: [] for side in sides}
     model_s: dict[str, list[float]] = {side: [] for side in sides}
@@ -115,9 +134,10 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         photos_dir.mkdir()
         print("making photos ...", file=sys.stderr, flush=True)
         fresh = [phone_jpeg(base, seed) for seed in range(2 * rounds + 2)]
+        portraits = [phone_jpeg(base, 1000 + seed, orientation=6)[0] for seed in range(rounds)]
         sizes = [len(large) for large, _ in fresh]
         print(
-            f"photos:       {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90, "
+            f"photos:       {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90 with a phone's EXIF block, "
             f"{min(sizes) / 2**20:.1f}-{max(sizes) / 2**20:.1f} MiB "
             f"(a new one per call); client-side {CLIENT_SIDE} px JPEG {len(fresh[0][1]) / 1024:.0f} KiB"
         )
@@ -125,11 +145,15 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             f"workload:     {rounds} rounds, sides alternating; {len(LABELS)} labels, template {TEMPLATE!r}"
         )
         print()
-        paths = []
+        paths, portrait_paths = [], []
         for index, (large, _) in enumerate(fresh):
             path = photos_dir / f"photo-{index}.jpg"
             path.write_bytes(large)
             paths.append(path)
+        for index, large in enumerate(portraits):
+            path = photos_dir / f"portrait-{index}.jpg"
+            path.write_bytes(large)
+            portrait_paths.append(path)
         config = write_config(
             tmp / "server.toml",
             store_dir=tmp / "store",
@@ -164,6 +188,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
                 inputs = {
                     "path": str(large_path),
                     "data URI": data_uri(large_data),
+                    "portrait": str(portrait_paths[r]),
                     "448 px": data_uri(fresh[2 * r][1]),
                     "data URI again": repeated,
                     "image://": image_id,
@@ -195,16 +220,20 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     ratios = {
         "path / 448 px": med["path"] / med["448 px"],
         "data URI / 448 px": med["data URI"] / med["448 px"],
+        "portrait / 448 px": med["portrait"] / med["448 px"],
         "data URI again / image://": med["data URI again"] / med["image://"],
     }
     targets = {
         "path / 448 px": TARGET_LARGE,
         "data URI / 448 px": TARGET_LARGE,
+        "portrait / 448 px": TARGET_LARGE,
         "data URI again / image://": TARGET_REPEAT,
     }
+    client_side = "the photo downscaled to 448 px by the client"
     alternatives = {
-        "path / 448 px": "the photo downscaled to 448 px by the client",
-        "data URI / 448 px": "the photo downscaled to 448 px by the client",
+        "path / 448 px": client_side,
+        "data URI / 448 px": client_side,
+        "portrait / 448 px": client_side,
         "data URI again / image://": "its image:// id",
     }
     best = {side: min(values) for side, values in times.items()}
@@ -212,6 +241,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         "cross-check, fastest calls: "
         f"path / 448 px {best['path'] / best['448 px']:.2f}x, "
         f"data URI / 448 px {best['data URI'] / best['448 px']:.2f}x, "
+        f"portrait / 448 px {best['portrait'] / best['448 px']:.2f}x, "
         f"data URI again / image:// {best['data URI again'] / best['image://']:.2f}x"
     )
     print()
@@ -221,6 +251,7 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         label = {
             "path / 448 px": "clip_classify, 12 MP JPEG by path",
             "data URI / 448 px": "clip_classify, 12 MP JPEG as a new data URI",
+            "portrait / 448 px": "clip_classify, 12 MP portrait JPEG (EXIF-turned) by path",
             "data URI again / image://": "clip_classify, the same 12 MP data URI again",
         }[name]
         record_ratio(label, value, alternative=alternatives[name], target=targets[name])

@@ -6,8 +6,9 @@ kept, metadata stripped, when they decode to exactly the pixels used, else the p
 losslessly (imaging/compact.py). Both are measured here in the same run, on inputs built in code:
 
 - a noisy photo-like JPEG (scikit-image's astronaut upscaled to --side px with Gaussian noise,
-  quality 92, with EXIF), and the same JPEG with EXIF orientation 6 (it must be rotated, so its
-  pixels are re-encoded);
+  quality 92, with EXIF), the same JPEG with EXIF orientation 6 (a phone's portrait photo: kept
+  with its orientation tag), and the same photo tagged Display P3 (its colour must be converted to
+  sRGB, so its pixels are re-encoded);
 - a PNG (scikit-image's coffee upscaled, level 6, with a text chunk);
 - a lossy WebP of the noisy photo (quality 80, with EXIF and XMP);
 - a 16x16 JPEG carrying a 16 MB ICC profile.
@@ -29,12 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model
+from _common import cpu_model, display_p3_profile
 
 from multimodal_mcp.imaging.codec import decode_image, encode_png
 from multimodal_mcp.imaging.compact import PIL_FORMATS, compact_input
@@ -79,6 +80,7 @@ def inputs(side: int) -> dict[str, bytes]:
     return {
         "noisy photo JPEG": _save(photo, "JPEG", quality=92, exif=_exif(1)),
         "same JPEG, EXIF-rotated": _save(photo, "JPEG", quality=92, exif=_exif(6)),
+        "same photo, Display P3": _save(photo, "JPEG", quality=92, exif=_exif(1), icc_profile=display_p3_profile()),
         "PNG": _save(coffee, "PNG", compress_level=6, pnginfo=text),
         "lossy WebP": _save(photo, "WEBP", quality=80, exif=_exif(1), xmp=b"<x:xmpmeta>...</x:xmpmeta>"),
         "16x16 + 16 MB ICC": _save(
@@ -115,7 +117,8 @@ def main() -> None:
         now = compact_input(raw, decoded)
         seconds = time.perf_counter() - t
         with Image.open(io.BytesIO(now.data), formats=[PIL_FORMATS[now.format]]) as back:
-            exact = np.array_equal(np.asarray(back.convert(decoded.image.mode)), np.asarray(decoded.image))
+            upright = ImageOps.exif_transpose(back)  # a stored JPEG may keep its orientation tag
+            exact = np.array_equal(np.asarray(upright.convert(decoded.image.mode)), np.asarray(decoded.image))
         print(
             f"{name:<25} {_size(len(raw)):>9} {_size(len(before)):>9} {len(before) / len(raw):7.3g}"
             f" {_size(len(now.data)):>9} {len(now.data) / len(raw):8.3g}  {now.format:<6}  {exact!s:<5}"

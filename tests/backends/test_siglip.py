@@ -17,7 +17,7 @@ async def test_siglip_scores_are_each_labels_sigmoid_as_transformers_computes_th
     import torch
     from transformers import AutoProcessor, SiglipModel
 
-    image = photo("coffee")
+    image = photo("coffee", 48)  # under twice the processor's side (32 px): it reaches it as sent
     labels = ["coffee", "a cat", "a rocket"]
     out = await call_ok(
         client, "clip_classify", {"image": data_uri(image), "labels": labels, "model": "tiny-siglip"}
