@@ -80,7 +80,9 @@ def inputs(side: int) -> dict[str, bytes]:
     return {
         "noisy photo JPEG": _save(photo, "JPEG", quality=92, exif=_exif(1)),
         "same JPEG, EXIF-rotated": _save(photo, "JPEG", quality=92, exif=_exif(6)),
-        "same photo, Display P3": _save(photo, "JPEG", quality=92, exif=_exif(1), icc_profile=display_p3_profile()),
+        "same photo, Display P3": _save(
+            photo, "JPEG", quality=92, exif=_exif(1), icc_profile=display_p3_profile()
+        ),
         "PNG": _save(coffee, "PNG", compress_level=6, pnginfo=text),
         "lossy WebP": _save(photo, "WEBP", quality=80, exif=_exif(1), xmp=b"<x:xmpmeta>...</x:xmpmeta>"),
         "16x16 + 16 MB ICC": _save(

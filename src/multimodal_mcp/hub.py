@@ -175,8 +175,9 @@ class ModelHub:
         found = self._image_sides.get(name)
         if found is None:
             backend = self.backend(name)
-            local = isinstance(backend, registry.LocalBackend)
-            side = backend.image_side(name, self.spec(name), self.config) if local else None
+            side = None
+            if isinstance(backend, registry.LocalBackend):
+                side = backend.image_side(name, self.spec(name), self.config)
             if side is not None:
                 self._image_sides[name] = found = side
         return found

@@ -51,10 +51,11 @@ def test_the_fitted_image_gives_the_processor_s_own_result() -> None:
 @pytest.mark.parametrize(
     ("filename", "settings", "side"),
     [
-        ("preprocessor_config.json", {"size": {"shortest_edge": 336}, "crop_size": 336}, 336),  # CLIP L/14-336
+        ("preprocessor_config.json", {"size": {"shortest_edge": 336}}, 336),  # CLIP L/14-336
         ("preprocessor_config.json", {"size": {"height": 384, "width": 384}}, 384),  # SigLIP: squashed
         ("preprocessor_config.json", {"size": 224}, 224),  # older processors: a bare number
-        ("processor_config.json", {"image_processor": {"size": {"shortest_edge": 224}}}, 224),  # transformers 5
+        # transformers 5 saves the image processor's settings inside processor_config.json
+        ("processor_config.json", {"image_processor": {"size": {"shortest_edge": 224}}}, 224),
         ("preprocessor_config.json", {"size": {"longest_edge": 1024}}, None),  # no short side to say
         ("preprocessor_config.json", "not settings", None),
     ],

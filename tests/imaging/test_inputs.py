@@ -321,3 +321,45 @@ def test_a_phone_portrait_jpeg_is_read_reduced_turned_and_stored_as_sent(tmp_pat
     assert fresh.resolve(first.record.uri, min_side=300).image.tobytes() == first.image.tobytes()
     again = fresh.resolve(value, min_side=300)  # the same bytes sent again: found by their hash
     assert again.record.id == first.record.id and again.image.tobytes() == first.image.tobytes()
+
+
+def test_the_kept_form_made_while_decoding_is_the_stored_form_and_hashed_right(tmp_path: Path) -> None:
+    # The stripped bytes are made on another thread while the pixels decode; the store gets exactly
+    # what compact_input makes after the decode, with the SHA-256 of those bytes as the id.
+    import hashlib
+
+    from PIL import Image
+
+    from multimodal_mcp.imaging.codec import decode_image
+    from multimodal_mcp.imaging.compact import compact_input
+
+    from helpers import swapped_profile
+
+    resolver = ImageResolver(ImageStore(tmp_path / "store", fsync=False), (), Limits())
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "PhoneMaker"
+    cases = {
+        "jpeg, turned, with exif": {"format": "JPEG", "exif": exif.tobytes()},
+        "jpeg, nothing to strip": {"format": "JPEG"},
+        "png with text": {"format": "PNG", "pnginfo": _png_text()},
+        "jpeg to convert (not kept)": {"format": "JPEG", "icc_profile": swapped_profile()},
+    }
+    for name, options in cases.items():
+        buf = io.BytesIO()
+        photo("chelsea", 96).save(buf, **options)
+        raw = buf.getvalue()
+        resolved = resolver.resolve(base64.b64encode(raw).decode(), min_side=32)
+        assert resolved.pending is not None
+        expected = compact_input(raw, decode_image(raw, max_pixels=10**8))
+        assert resolved.pending.data == expected.data, name
+        assert resolved.record.format == expected.format, name
+        assert resolved.record.sha256 == hashlib.sha256(resolved.pending.data).hexdigest(), name
+        assert resolved.record.id == resolved.record.sha256[:16], name
+
+
+def _png_text():  # type: ignore[no-untyped-def]
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "an editor")
+    return info

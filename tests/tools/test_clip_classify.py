@@ -89,7 +89,9 @@ async def test_bad_labels_and_templates_are_rejected_with_the_rule(client: Clien
 
 
 async def test_a_large_jpeg_is_decoded_at_the_side_the_model_s_processor_takes(
-    client: Client, services, monkeypatch  # type: ignore[no-untyped-def]
+    client: Client,
+    services,
+    monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
     # The tiny CLIP's processor takes 32 px (its processor_config.json says so): a 1024x768 JPEG is
     # decoded at 1/8 (128x96), not at the 512 px a CLIP model is otherwise assumed to need.

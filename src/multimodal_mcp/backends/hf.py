@@ -173,10 +173,13 @@ def processor_image_side(spec: ModelSpec, tiny_dir: Path) -> int | None:
         if isinstance(size, int) and not isinstance(size, bool) and size > 0:
             return size
         if isinstance(size, dict):
-            sides = (
-                [size.get("shortest_edge")] if "shortest_edge" in size else [size.get("height"), size.get("width")]
+            named = (
+                [size.get("shortest_edge")]
+                if "shortest_edge" in size
+                else [size.get("height"), size.get("width")]
             )
-            if all(isinstance(side, int) and side > 0 for side in sides):
+            sides = [side for side in named if isinstance(side, int) and side > 0]
+            if sides and len(sides) == len(named):
                 return max(sides)
     return None
 

@@ -9,7 +9,7 @@ import io
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,9 +139,13 @@ def decode_image(
     max_aspect: float = MAX_ASPECT,
     min_side: int | None = None,
     budget: DecodeBudget | None = None,
+    on_header: Callable[[str, int, bool], None] | None = None,
 ) -> DecodedImage:
     """Decode untrusted bytes into the server's standard form (8-bit sRGB ``RGB`` or ``RGBA``; first
     frame only; EXIF orientation, bit depth and ICC profile applied: see :mod:`.normalize`).
+
+    ``on_header(format, orientation, keeps_original)`` is called once the header passed its checks,
+    before any pixel is decoded (the caller may start work that needs only those, meanwhile).
 
     Before any pixel is decoded, from the header: the format (magic bytes, then Pillow limited to
     :data:`ALLOWED_FORMATS`), the pixel count against ``max_pixels``, the aspect ratio against
@@ -185,15 +189,21 @@ def decode_image(
         fmt = img.format or "unknown"
         _check_header(img, data, max_pixels=max_pixels, max_aspect=max_aspect)
         try:
-            orientation = _orientation(img)
+            exif_orientation = _orientation(img)
+            # The orientation applied: 1 (as sent) for a value outside 1-8, as exif_transpose does.
+            orientation = (
+                exif_orientation if exif_orientation is not None and 1 <= exif_orientation <= 8 else 1
+            )
             full = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
             # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
             img.seek(0)
-            keeps_original = _keeps_original(img, data, orientation)
+            keeps_original = _keeps_original(img, data, exif_orientation)
             if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
                 img.draft(None, (min_side, min_side))  # img.size is now the reduced size
         except Exception as exc:  # hostile headers
             raise ImageInputError("the image data is corrupt or truncated") from exc
+        if on_header is not None:
+            on_header(fmt, orientation, keeps_original)
         calls = current_call_pixels()
         if calls is not None:
             calls.take(*img.size)
@@ -226,7 +236,7 @@ def decode_image(
         full_size=full,
         notes=notes,
         keeps_original=keeps_original,
-        orientation=orientation if orientation in ORIENTATIONS else 1,
+        orientation=orientation,
     )
 
 

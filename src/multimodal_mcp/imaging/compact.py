@@ -27,6 +27,8 @@ slower methods gain under 1% for several times the time.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import re
 import struct
@@ -91,17 +93,34 @@ def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
         NotStorable: ``decoded`` was decoded at reduced scale and ``raw`` cannot be kept.
     """
     if raw is not None and decoded.keeps_original:
-        try:
-            if decoded.source_format == "JPEG":
-                return strip_jpeg(raw, orientation=decoded.orientation)
-            strip = _STRIPPERS.get(decoded.source_format)
-            if strip is not None:
-                return strip(raw)
-        except Unstrippable:
-            pass
+        kept = kept_form(raw, decoded.source_format, decoded.orientation)
+        if kept is not None:
+            return kept
     if decoded.reduced:
         raise NotStorable("a reduced-scale decode is stored only as its original bytes; decode it whole")
     return encode_lossless(decoded.image)
+
+
+def kept_form(
+    raw: bytes, source_format: str, orientation: int = 1, raw_sha256: str | None = None
+) -> Encoded | None:
+    """``raw`` as the store keeps it when its decode keeps the original (see :func:`compact_input`):
+    stripped of metadata by ``source_format`` (Pillow's name: JPEG, PNG, WEBP), a JPEG keeping its
+    EXIF ``orientation``; with its SHA-256 (``raw_sha256`` when nothing was stripped). None for a
+    format without a stripper or a structure the stripper does not follow. Pure: any thread may run
+    it, e.g. while another decodes the pixels (see :meth:`.inputs.ImageResolver.resolve`)."""
+    try:
+        if source_format == "JPEG":
+            kept = strip_jpeg(raw, orientation=orientation)
+        elif (strip := _STRIPPERS.get(source_format)) is not None:
+            kept = strip(raw)
+        else:
+            return None
+    except Unstrippable:
+        return None
+    if kept.data is raw and raw_sha256 is not None:
+        return dataclasses.replace(kept, sha256=raw_sha256)
+    return dataclasses.replace(kept, sha256=hashlib.sha256(kept.data).hexdigest())
 
 
 class NotStorable(ValueError):

@@ -9,9 +9,12 @@ What is read costs what the use needs (issue 20): bytes are hashed before any de
 store has seen are read back, never decoded, encoded or written again; a data URI or base64 string
 is first decoded from base64 (SIMD, about 0.5 ms for 6 MB: less than hashing its text would cost),
 then its bytes are hashed like any other; a use that needs fewer pixels (``min_side``) gets a JPEG
-decoded at reduced scale, and the reduced picture of a stored image is kept in memory
-(:data:`REDUCED_CACHE_BYTES`), so ``image://`` ids and repeated data URIs of a 12-megapixel photo
-cost a copy of a 1000x750 picture rather than a 12-megapixel decode.
+decoded at reduced scale (at the side the model's processor takes: 1/8 of a 12-megapixel photo for
+CLIP), other images are reduced by a power of two, and the reduced picture of a stored image is kept
+in memory (:data:`REDUCED_CACHE_BYTES`), so ``image://`` ids and repeated data URIs of a
+12-megapixel photo cost a copy of a 500x375 picture rather than a 12-megapixel decode. While one core
+decodes new bytes, another strips and hashes the form the store will keep of them (when they are
+kept: see :mod:`.compact`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +41,7 @@ from multimodal_mcp.imaging.codec import (
     decode_image,
     looks_like_data_uri,
 )
-from multimodal_mcp.imaging.compact import NotStorable
+from multimodal_mcp.imaging.compact import Encoded, NotStorable, kept_form
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
 from multimodal_mcp.imaging.normalize import picture
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore, PendingImage
@@ -86,6 +90,7 @@ class ImageResolver:
         self.fetcher = fetcher or UrlFetcher(urls or UrlSettings())
         self.decode_budget = DecodeBudget(limits.decode_memory_mib * 2**20)
         self._reduced = _PictureCache(REDUCED_CACHE_BYTES)
+        self._helpers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-kept-form")
 
     def resolve(self, value: str, *, argument: str = "image", min_side: int | None = None) -> ResolvedImage:
         """Resolve one image argument: decode it and prepare its stored form, writing nothing.
@@ -139,9 +144,18 @@ class ImageResolver:
         known = self._known(digest, source, min_side)
         if known is not None:
             return known
-        decoded = self._decode(raw, min_side)
+        kept: list[Future[Encoded | None]] = []
+
+        def strip_meanwhile(source_format: str, orientation: int, keeps_original: bool) -> None:
+            # The bytes the store keeps are stripped and hashed on another core while this one decodes.
+            if keeps_original:
+                kept.append(self._helpers.submit(kept_form, raw, source_format, orientation, digest))
+
+        decoded = self._decode(raw, min_side, on_header=strip_meanwhile)
         try:
-            pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
+            pending = self.store.prepare_input(
+                decoded, raw=raw, source=source, raw_sha256=digest, kept=kept[0].result() if kept else None
+            )
         except NotStorable:  # reduced, but its own bytes cannot be kept: store the full pixels
             decoded = self._decode(raw, None)
             pending = self.store.prepare_input(decoded, raw=raw, source=source, raw_sha256=digest)
@@ -192,13 +206,19 @@ class ImageResolver:
         self._reduced.put(key, picture)
         return picture
 
-    def _decode(self, raw: bytes, min_side: int | None) -> DecodedImage:
+    def _decode(
+        self,
+        raw: bytes,
+        min_side: int | None,
+        on_header: Callable[[str, int, bool], None] | None = None,
+    ) -> DecodedImage:
         return decode_image(
             raw,
             max_pixels=self.limits.max_input_pixels,
             max_aspect=self.limits.max_input_aspect,
             min_side=min_side,
             budget=self.decode_budget,
+            on_header=on_header,
         )
 
     def _from_path(self, value: str, min_side: int | None) -> ResolvedImage:

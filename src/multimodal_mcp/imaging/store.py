@@ -276,17 +276,24 @@ class ImageStore:
         return PendingImage(record, encoded.data, image)
 
     def prepare_input(
-        self, decoded: DecodedImage, *, raw: bytes | None, source: str, raw_sha256: str | None = None
+        self,
+        decoded: DecodedImage,
+        *,
+        raw: bytes | None,
+        source: str,
+        raw_sha256: str | None = None,
+        kept: Encoded | None = None,
     ) -> PendingImage:
         """An input as it will be stored (see :mod:`.compact`), not yet written.
 
         ``raw`` is what the client sent (kept, stripped of metadata, when ``decoded.keeps_original``);
-        ``raw_sha256`` its hash, so the same bytes sent again are found by :meth:`prepare_known`.
+        ``raw_sha256`` its hash, so the same bytes sent again are found by :meth:`prepare_known`;
+        ``kept``: that stripped form, made already (:func:`.compact.kept_form`), when it was.
         """
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
-        encoded = compact_input(raw, decoded)
-        if encoded.data is raw:  # kept as sent: its hash is the one just made
+        encoded = kept if kept is not None and decoded.keeps_original else compact_input(raw, decoded)
+        if encoded.data is raw and encoded.sha256 is None:  # kept as sent: its hash is the one made
             encoded = dataclasses.replace(encoded, sha256=raw_sha256)
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
