@@ -196,3 +196,79 @@ def test_mime_types_come_from_the_bytes() -> None:
         "image/webp",
     ]
     assert mime_of(b"GIF89a") is None
+
+
+def _exif_segment(tiff: bytes) -> bytes:
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _odd_model_tag_exif(orientation: int) -> bytes:
+    """An EXIF block whose Model tag (0x0110) is typed RATIONAL, as some makers write, and Orientation."""
+    head = b"MM\x00\x2a" + struct.pack(">I", 8)
+    ifd = struct.pack(">H", 2) + struct.pack(">HHII", 0x0110, 5, 1, 38)
+    ifd += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    return head + ifd + struct.pack(">II", 1, 1)
+
+
+def test_a_turned_jpeg_with_an_oddly_typed_exif_tag_is_read_upright_not_refused() -> None:
+    # Only the orientation is read of the EXIF block; nothing else in it can fail the read.
+    img = photo("astronaut", 64).crop((0, 0, 64, 40))
+    plain = _encoded(img, "JPEG", quality=90)
+    raw = plain[:2] + _exif_segment(_odd_model_tag_exif(6)) + plain[2:]
+    decoded = decode_image(raw, max_pixels=MAX_PIXELS)
+    assert decoded.image.size == (40, 64) and decoded.keeps_original
+    expected = np.asarray(Image.open(io.BytesIO(plain)).convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(np.asarray(decoded.image), expected)
+    stored = compact_input(raw, decoded)
+    assert np.array_equal(_pixels(stored.data), expected)
+
+
+def test_an_orientation_only_in_xmp_is_not_applied_or_stored() -> None:
+    # Viewers turn a photo by its EXIF tag; an XMP tiff:Orientation alone leaves it as it is.
+    img = photo("astronaut", 64).crop((0, 0, 64, 40))
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    raw = _encoded(img, "JPEG", quality=90, xmp=xmp)
+    decoded = decode_image(raw, max_pixels=MAX_PIXELS)
+    assert decoded.image.size == (64, 40) and decoded.orientation == 1
+    stored = compact_input(raw, decoded)
+    assert b"Exif" not in stored.data and b"tiff:Orientation" not in stored.data
+
+
+def test_a_phone_mpo_keeps_its_first_picture_as_a_jpeg() -> None:
+    # A JPEG with a Multi-Picture index and a second image (an HDR gain map, a depth map) is stored
+    # as its first picture's JPEG, minus the index and the rest, and decoded at reduced scale.
+    img = photo("astronaut", 256).crop((0, 0, 256, 192))
+    buf = io.BytesIO()
+    img.save(buf, "MPO", save_all=True, append_images=[img.resize((64, 48))], exif=_exif(6), quality=90)
+    raw = buf.getvalue()
+    assert Image.open(io.BytesIO(raw)).format == "MPO"
+    decoded = decode_image(raw, max_pixels=MAX_PIXELS)
+    assert decoded.keeps_original and decoded.source_format == "JPEG" and decoded.image.size == (192, 256)
+    stored = compact_input(raw, decoded)
+    assert stored.format == "jpeg" and b"MPF" not in stored.data and len(stored.data) < len(raw)
+    assert Image.open(io.BytesIO(stored.data)).format == "JPEG"
+    assert np.array_equal(_pixels(stored.data), np.asarray(decoded.image))
+    reduced = decode_image(raw, max_pixels=MAX_PIXELS, min_side=48)
+    assert reduced.image.size == (48, 64)  # read at 1/4: the draft works for an MPO too
+
+
+def test_only_the_fields_decoders_read_of_app0_and_app14_are_kept() -> None:
+    # A JFIF thumbnail, or bytes hidden after the fields, are not copied; the pixels are unchanged.
+    raw = _encoded(photo("astronaut", 64), "JPEG", quality=90)
+    assert raw[2:4] == b"\xff\xe0"
+    (length,) = struct.unpack(">H", raw[4:6])
+    jfif = raw[6 : 4 + length]
+    thumbnail = jfif[:12] + b"\x02\x02" + b"\x11\x22\x33" * 4 + b"hidden after the thumbnail"
+    fat = raw[:4] + struct.pack(">H", len(thumbnail) + 2) + thumbnail + raw[4 + length :]
+    adobe = b"Adobe\x00\x64\x00\x00\x00\x00\x01" + b"hidden after the transform"
+    fat = fat[:2] + b"\xff\xee" + struct.pack(">H", len(adobe) + 2) + adobe + fat[2:]
+    decoded = decode_image(fat, max_pixels=MAX_PIXELS)
+    stored = compact_input(fat, decoded)
+    assert b"hidden" not in stored.data and b"\x11\x22\x33" not in stored.data
+    assert b"JFIF\x00" in stored.data and b"Adobe" in stored.data
+    assert np.array_equal(_pixels(stored.data), np.asarray(decoded.image))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pybase64
 from anyio import NoEventLoopError, from_thread
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, current_call_pixels
@@ -156,9 +156,13 @@ def decode_image(
     every 64 KiB, so a cancelled call stops decoding.
 
     ``min_side``: the use needs no more than this many pixels on the short side; a JPEG whose own
-    bytes can be stored (``keeps_original``: no profile to convert, no rotation) is then decoded at
-    a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both sides at least
-    ``min_side``. The result's ``full_size`` keeps the declared size.
+    bytes can be stored (``keeps_original``: no profile to convert; an EXIF orientation is kept with
+    them) is then decoded at a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both
+    sides at least ``min_side``, then turned upright. The result's ``full_size`` keeps the declared
+    size, upright.
+
+    The EXIF orientation is read from the EXIF block only (:func:`read_orientation`), as viewers read
+    it; a block that cannot be parsed leaves the picture as it is.
 
     Raises:
         ImageInputError: unknown or disallowed format, over a limit (named, with what to do),
@@ -186,11 +190,13 @@ def decode_image(
         raise ImageInputError("the image data is corrupt or truncated") from exc
 
     with img:
-        fmt = img.format or "unknown"
+        # A JPEG with a Multi-Picture Format index (a phone's HDR gain map or depth map after the
+        # picture) opens as "MPO": its first image is a whole JPEG, the picture, and is read as one.
+        fmt = "JPEG" if img.format == "MPO" else img.format or "unknown"
         _check_header(img, data, max_pixels=max_pixels, max_aspect=max_aspect)
         try:
-            exif_orientation = _orientation(img)
-            # The orientation applied: 1 (as sent) for a value outside 1-8, as exif_transpose does.
+            exif_orientation = read_orientation(img)
+            # The orientation applied: 1 (as sent) for a value outside 1-8, as viewers do.
             orientation = (
                 exif_orientation if exif_orientation is not None and 1 <= exif_orientation <= 8 else 1
             )
@@ -214,7 +220,7 @@ def decode_image(
         try:
             try:
                 img.load()
-                oriented = ImageOps.exif_transpose(img) or img
+                oriented = apply_orientation(img, orientation)
                 image, notes = standardize_with_notes(oriented)
             except ImageInputError:
                 raise
@@ -252,7 +258,7 @@ def _check_header(img: Image.Image, data: bytes, *, max_pixels: int, max_aspect:
             f"the image is {width}x{height}, an aspect ratio over this server's limit of "
             f"{max_aspect:g}:1; crop it, or pad its short side, to at most {max_aspect:g}:1 first"
         )
-    if img.format == "JPEG":
+    if img.format in ("JPEG", "MPO"):
         scans = jpeg_scan_count(data)
         if scans > MAX_JPEG_SCANS:
             raise ImageInputError(
@@ -295,17 +301,41 @@ def jpeg_scan_count(data: bytes) -> int:
 
 
 ORIENTATIONS = range(1, 9)
-"""The EXIF orientation values (TIFF tag 0x0112); others are ignored, as ``exif_transpose`` does."""
+"""The EXIF orientation values (TIFF tag 0x0112); others are ignored, as viewers do."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What turns a picture with EXIF orientation 2-8 upright (TIFF 6.0's Orientation tag)."""
 
 
-def _orientation(img: Image.Image) -> int | None:
-    """The EXIF orientation tag's value (1 when absent); None when the EXIF block cannot be read
-    (``exif_transpose`` then fails on it later, with a curated error)."""
+def read_orientation(img: Image.Image) -> int | None:
+    """The orientation tag of the image's own EXIF block (1 when it has none), as browsers and photo
+    viewers read it; an orientation only in XMP is not one (Pillow's ``getexif`` would take it).
+    None when the EXIF block cannot be read: the picture is then taken as it is."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
     try:
-        value = img.getexif().get(0x0112, 1)
-    except Exception:  # hostile EXIF
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(0x0112, 1)
+    except Exception:  # hostile or malformed EXIF
         return None
     return value if isinstance(value, int) else None
+
+
+def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    """``img`` turned and mirrored upright for EXIF ``orientation`` (``img`` itself for 1 or an
+    unknown value). Only the pixels: unlike ``ImageOps.exif_transpose``, no EXIF block is rewritten,
+    so an odd tag elsewhere in it (a maker's RATIONAL model name) cannot fail the read."""
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 class _CancellableReader(io.BytesIO):
@@ -326,13 +356,17 @@ def _check_cancelled() -> None:
         from_thread.check_cancelled()
 
 
+_KEPT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
+
+
 def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> bool:
     """Conservative: True only where decoding the original bytes again (their EXIF orientation
     applied) yields exactly the decoded image, so nothing but a mode conversion separates them (see
     :attr:`DecodedImage.keeps_original`)."""
-    if img.format not in ("PNG", "JPEG", "WEBP") or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+    if img.format not in _KEPT_FORMATS or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
         return False
-    if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1:
+    # An MPO's first image is kept alone (the stripper stops at its end): that is the frame decoded.
+    if img.format != "MPO" and (getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1):
         return False
     apng = getattr(img, "custom_mimetype", None) == "image/apng"
     if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
@@ -344,7 +378,7 @@ def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> b
         return False
     # A JPEG keeps its orientation tag when stored (compact.strip_jpeg): a phone's portrait photo is
     # stored as sent, not decoded whole, turned and encoded again. Other formats store pixels upright.
-    return img.format == "JPEG" or orientation not in ORIENTATIONS or orientation == 1
+    return img.format in ("JPEG", "MPO") or orientation not in ORIENTATIONS or orientation == 1
 
 
 def _has_allowed_magic(data: bytes) -> bool:

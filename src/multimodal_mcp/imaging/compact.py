@@ -5,8 +5,10 @@ When the bytes a client sent decode to exactly the pixels the server uses
 format with foreign metadata removed segment by segment, so a 4 MB JPEG stays about 4 MB:
 
 - JPEG: APP1-APP15 segments (EXIF, XMP, ICC, MPF, Photoshop, ...) except APP14 "Adobe" (it says how
-  the colour channels are coded), COM segments, APP0 segments other than JFIF, and anything after
-  EOI are dropped; the rest is copied byte for byte. A photo whose EXIF orientation turns it (a
+  the colour channels are coded; its 12 defined bytes are kept), COM segments, APP0 segments other
+  than JFIF (of which the 14 bytes decoders read are kept, not its thumbnail), and anything after
+  EOI (an MPO's further images: a gain map, a depth map) are dropped; the rest is copied byte for
+  byte. A photo whose EXIF orientation turns it (a
   phone's portrait shot) gets back an EXIF segment with that one tag, so the stored file is the
   photo as sent, upright in any viewer that honours EXIF, rather than its pixels decoded whole,
   turned and encoded again (seconds for 12 megapixels); the store applies the tag when it reads it.
@@ -146,8 +148,9 @@ def encode_lossless(image: Image.Image) -> Encoded:
 
 
 def strip_jpeg(data: bytes, *, orientation: int = 1) -> Encoded:
-    """A JPEG without EXIF, XMP, ICC, comments and other APPn segments (APP0 JFIF and APP14 Adobe
-    kept); scans copied byte for byte, nothing after EOI. ``data`` itself when it has nothing to drop.
+    """A JPEG without EXIF, XMP, ICC, comments and other APPn segments (of APP0 JFIF and APP14 Adobe
+    only the fields decoders read: no JFIF thumbnail); scans copied byte for byte, nothing after EOI
+    (an MPO's further images). ``data`` itself when it has nothing to drop.
 
     ``orientation`` (EXIF, 2-8): an EXIF segment holding only that tag is written after SOI (and
     APP0), so the stored JPEG still decodes upright in every viewer that honours EXIF (and in this
@@ -190,10 +193,10 @@ def strip_jpeg(data: bytes, *, orientation: int = 1) -> Encoded:
         if exif is not None and marker != 0xE0:  # after SOI and APP0 (JFIF), before the rest
             out.append(exif)
             exif = None
-        if _keep_jpeg_segment(marker, payload):
-            out.append(bytes((0xFF, marker)) + data[i : i + length])
-        else:
-            changed = True
+        kept = _kept_jpeg_payload(marker, payload)
+        if kept is not None:
+            out.append(bytes((0xFF, marker)) + struct.pack(">H", len(kept) + 2) + kept)
+        changed = changed or kept != payload
         i += length
         if marker == 0xDA:  # SOS: entropy-coded data up to the next marker that is not RSTn
             end = _scan_end(data, i)
@@ -209,12 +212,15 @@ def orientation_segment(orientation: int) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
-def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
+def _kept_jpeg_payload(marker: int, payload: bytes) -> bytes | None:
+    """What a segment keeps of its payload: all of it for the segments that make the picture, the
+    fields decoders read of APP0 JFIF (14 bytes: version, density; its thumbnail and anything after
+    it dropped) and APP14 Adobe (12 bytes: the colour transform), nothing of the other APPn and COM."""
     if marker == 0xE0:
-        return payload.startswith(b"JFIF\x00")
+        return payload[:12] + b"\x00\x00" if payload.startswith(b"JFIF\x00") and len(payload) >= 14 else None
     if marker == 0xEE:
-        return payload.startswith(b"Adobe")
-    return not (0xE1 <= marker <= 0xEF or marker == 0xFE)
+        return payload[:12] if payload.startswith(b"Adobe") and len(payload) >= 12 else None
+    return None if 0xE1 <= marker <= 0xEF or marker == 0xFE else payload
 
 
 def _scan_end(data: bytes, i: int) -> int:

@@ -44,12 +44,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import ValidationError
 
 from multimodal_mcp.config import StoreSettings
 from multimodal_mcp.errors import Busy, NotFound, UnsupportedOperation
-from multimodal_mcp.imaging.codec import DecodedImage, encode_png, generation_text_chunks
+from multimodal_mcp.imaging.codec import (
+    DecodedImage,
+    apply_orientation,
+    encode_png,
+    generation_text_chunks,
+    read_orientation,
+)
 from multimodal_mcp.imaging.compact import EXTENSIONS, PIL_FORMATS, Encoded, compact_input, encode_lossless
 from multimodal_mcp.imaging.decoded_cache import DecodedCache
 from multimodal_mcp.imaging.records import (  # noqa: F401 (re-exported: importers keep using store)
@@ -564,9 +570,9 @@ class ImageStore:
     def _decode(record: ImageRecord, data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[record.format]]) as img:
             img.load()
-            if record.format == "jpeg":  # a stored JPEG may keep its EXIF orientation (see .compact)
-                ImageOps.exif_transpose(img, in_place=True)
-            return img.convert(record.mode or img.mode)
+            # A stored JPEG may keep its EXIF orientation (see .compact): applied as when it came in.
+            upright = apply_orientation(img, read_orientation(img) or 1) if record.format == "jpeg" else img
+            return upright.convert(record.mode or img.mode)
 
     # --- retention -----------------------------------------------------------------------------
 
