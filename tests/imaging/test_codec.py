@@ -288,3 +288,19 @@ def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -
     }
     for name, data in {**kept, **not_kept}.items():
         assert decode_image(data, max_pixels=10_000).keeps_original == (name in kept), name
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_as_pillow_s_exif_transpose_does(fmt: str, orientation: int) -> None:
+    from PIL import ImageOps
+
+    img = photo("astronaut", 64).crop((0, 0, 64, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encoded(img, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+    with Image.open(io.BytesIO(data)) as original:
+        expected = ImageOps.exif_transpose(original).convert("RGB")
+    decoded = decode_image(data, max_pixels=10_000)
+    assert decoded.orientation == orientation and decoded.full_size == expected.size
+    assert decoded.image.tobytes() == expected.tobytes()
