@@ -292,7 +292,7 @@ def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_every_exif_orientation_is_applied_as_pillow_s_exif_transpose_does(fmt: str, orientation: int) -> None:
+def test_every_exif_orientation_is_applied_as_exif_transpose_does(fmt: str, orientation: int) -> None:
     from PIL import ImageOps
 
     img = photo("astronaut", 64).crop((0, 0, 64, 40))
