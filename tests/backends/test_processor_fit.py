@@ -57,6 +57,8 @@ def test_the_fitted_image_gives_the_processor_s_own_result() -> None:
         # transformers 5 saves the image processor's settings inside processor_config.json
         ("processor_config.json", {"image_processor": {"size": {"shortest_edge": 224}}}, 224),
         ("preprocessor_config.json", {"size": {"longest_edge": 1024}}, None),  # no short side to say
+        # LLaVA-NeXT tiles the image (any resolution): more pixels than its 336 px side
+        ("preprocessor_config.json", {"size": {"shortest_edge": 336}, "image_grid_pinpoints": [[1]]}, None),
         ("preprocessor_config.json", "not settings", None),
     ],
 )

@@ -146,9 +146,11 @@ class TransformersBackend(LocalBackend):
         return Capabilities()
 
     def image_side(self, name: str, spec: ModelSpec, config: Config) -> int | None:
-        if spec.task != "clip":  # VLM processors tile or take dynamic resolutions: no one side
-            return None
-        return processor_image_side(spec, config.server.tiny_dir)
+        # CLIP and SigLIP take one side; of the VLMs only LLaVA 1.5 does (CLIP's processor at 336 px):
+        # Qwen2-VL takes dynamic resolutions, LLaVA-NeXT tiles (its settings list grid pinpoints).
+        if spec.task == "clip" or (spec.task == "vlm" and model_type(spec) == "llava"):
+            return processor_image_side(spec, config.server.tiny_dir)
+        return None
 
 
 backend = TransformersBackend()
@@ -158,7 +160,8 @@ def processor_image_side(spec: ModelSpec, tiny_dir: Path) -> int | None:
     """The side from the checkpoint's image processor settings (``size``: ``shortest_edge``, or the
     larger of ``height`` and ``width``, or a bare number) in ``preprocessor_config.json``, or in
     ``processor_config.json`` as transformers 5 saves them, read from the source directory or the
-    Hugging Face cache, never downloaded; None when neither is on disk or says a side."""
+    Hugging Face cache, never downloaded; None when neither is on disk or says a side, or when the
+    processor tiles the image (``image_grid_pinpoints``: LLaVA-NeXT's any-resolution)."""
     for filename in (PREPROCESSOR_CONFIG, PROCESSOR_CONFIG):
         path = _local_file(spec, tiny_dir, filename)
         if path is None:
@@ -169,7 +172,9 @@ def processor_image_side(spec: ModelSpec, tiny_dir: Path) -> int | None:
             continue
         if isinstance(settings, dict) and isinstance(settings.get("image_processor"), dict):
             settings = settings["image_processor"]
-        size = settings.get("size") if isinstance(settings, dict) else None
+        if not isinstance(settings, dict) or settings.get("image_grid_pinpoints"):
+            return None  # not settings, or a processor that tiles (more pixels than one side)
+        size = settings.get("size")
         if isinstance(size, int) and not isinstance(size, bool) and size > 0:
             return size
         if isinstance(size, dict):

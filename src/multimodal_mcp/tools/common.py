@@ -131,7 +131,8 @@ READ_SIDE_CLIP = 512
 processor settings are on disk is read at its own side instead (:meth:`ModelHub.image_side`)."""
 READ_SIDE_VLM = 1024
 """Short side a vision-language model needs at most (hosted detail levels and local processors
-resize to 768-1024 px on the short side or less)."""
+resize to 768-1024 px on the short side or less); a model whose processor takes one known side
+(LLaVA 1.5: 336 px) is read at that side instead (:meth:`ModelHub.image_side`)."""
 
 
 async def resolve_image(

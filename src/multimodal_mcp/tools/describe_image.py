@@ -126,7 +126,8 @@ async def describe_image(
     validator = (
         await check_schema_off_loop(params.response_schema) if params.response_schema is not None else None
     )
-    source = await resolve_image(services, params.image, "image", min_side=READ_SIDE_VLM)
+    read_side = services.hub.image_side(name) or READ_SIDE_VLM
+    source = await resolve_image(services, params.image, "image", min_side=read_side)
     image = picture(source.image)
     await approve_spending(services, name, f"one answer about an image (up to {max_tokens} tokens)")
 
