@@ -8,10 +8,10 @@ format with foreign metadata removed segment by segment, so a 4 MB JPEG stays ab
   the colour channels are coded; its 12 defined bytes are kept), COM segments, APP0 segments other
   than JFIF (of which the 14 bytes decoders read are kept, not its thumbnail), and anything after
   EOI (an MPO's further images: a gain map, a depth map) are dropped; the rest is copied byte for
-  byte. A photo whose EXIF orientation turns it (a
-  phone's portrait shot) gets back an EXIF segment with that one tag, so the stored file is the
-  photo as sent, upright in any viewer that honours EXIF, rather than its pixels decoded whole,
-  turned and encoded again (seconds for 12 megapixels); the store applies the tag when it reads it.
+  byte. A photo whose EXIF orientation turns it (a phone's portrait shot) gets back an EXIF segment
+  with that one tag, so the stored file is the photo as sent, upright in any viewer that honours
+  EXIF, rather than its pixels decoded whole, turned and encoded again (seconds for 12 megapixels);
+  the store applies the tag when it reads it.
 - PNG: only IHDR, PLTE, IDAT, IEND, tRNS, gAMA, cHRM and sRGB are kept; text, eXIf, tIME, pHYs, iCCP
   and other ancillary chunks, and anything after IEND, are dropped. An unknown critical chunk stops
   the stripping (the pixels are re-encoded instead).

@@ -33,7 +33,6 @@ Decoded images just written or read are cached, up to a byte budget.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import logging
@@ -299,8 +298,6 @@ class ImageStore:
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
         encoded = kept if kept is not None and decoded.keeps_original else compact_input(raw, decoded)
-        if encoded.data is raw and encoded.sha256 is None:  # kept as sent: its hash is the one made
-            encoded = dataclasses.replace(encoded, sha256=raw_sha256)
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
