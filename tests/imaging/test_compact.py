@@ -258,7 +258,8 @@ def test_a_phone_mpo_keeps_its_first_picture_as_a_jpeg() -> None:
 
 
 def test_only_the_fields_decoders_read_of_app0_and_app14_are_kept() -> None:
-    # A JFIF thumbnail, or bytes hidden after the fields, are not copied; the pixels are unchanged.
+    # A JFIF thumbnail, or bytes hidden after the fields or in segments decoders skip, are not
+    # copied; the pixels are unchanged.
     raw = _encoded(photo("astronaut", 64), "JPEG", quality=90)
     assert raw[2:4] == b"\xff\xe0"
     (length,) = struct.unpack(">H", raw[4:6])
@@ -267,6 +268,9 @@ def test_only_the_fields_decoders_read_of_app0_and_app14_are_kept() -> None:
     fat = raw[:4] + struct.pack(">H", len(thumbnail) + 2) + thumbnail + raw[4 + length :]
     adobe = b"Adobe\x00\x64\x00\x00\x00\x00\x01" + b"hidden after the transform"
     fat = fat[:2] + b"\xff\xee" + struct.pack(">H", len(adobe) + 2) + adobe + fat[2:]
+    # A segment decoders skip (DNL) carries no pixels either.
+    sos = fat.index(b"\xff\xda")
+    fat = fat[:sos] + b"\xff\xdc\x00\x0chidden DNL" + fat[sos:]
     decoded = decode_image(fat, max_pixels=MAX_PIXELS)
     stored = compact_input(fat, decoded)
     assert b"hidden" not in stored.data and b"\x11\x22\x33" not in stored.data

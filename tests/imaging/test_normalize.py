@@ -239,6 +239,32 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     decode_image(base, max_pixels=10_000)  # a standard progressive JPEG is fine
 
 
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00", b"junk before the next marker", b"\xff\x00\x12"],
+    ids=["a zero byte", "text", "a stuffed 0xff00 and a byte"],
+)
+def test_junk_between_segments_does_not_hide_scans_from_the_limit(junk: bytes) -> None:
+    # libjpeg skips bytes that are not a marker ("extraneous bytes") and decodes on: so does the count.
+    base = encoded(photo("astronaut", 32), "JPEG", progressive=True)
+    first_scan = base.index(b"\xff\xda")
+    scans = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * (MAX_JPEG_SCANS + 1)
+    hostile = base[:first_scan] + junk + base[first_scan:-2] + junk + scans + b"\xff\xd9"
+    assert jpeg_scan_count(hostile) > MAX_JPEG_SCANS
+    with pytest.raises(ImageInputError, match=f"the limit is {MAX_JPEG_SCANS}"):
+        decode_image(hostile, max_pixels=10_000)
+    mpo = io.BytesIO()
+    second = [photo("coffee", 16)]
+    photo("astronaut", 32).save(mpo, "MPO", save_all=True, append_images=second, progressive=True)
+    data = mpo.getvalue()
+    at = data.index(b"\xff\xda")
+    hostile_mpo = data[:at] + junk + data[at:]
+    end = hostile_mpo.index(b"\xff\xd9")  # the first picture's end: its scans are what is decoded
+    hostile_mpo = hostile_mpo[:end] + scans + hostile_mpo[end:]
+    with pytest.raises(ImageInputError, match=f"the limit is {MAX_JPEG_SCANS}"):
+        decode_image(hostile_mpo, max_pixels=10_000)
+
+
 def test_a_large_jpeg_decodes_at_reduced_scale_when_the_use_needs_fewer_pixels() -> None:
     data = encoded(photo("astronaut", 512).resize((2048, 1536)), "JPEG", quality=90)
     decoded = decode_image(data, max_pixels=40_000_000, min_side=224)

@@ -271,14 +271,22 @@ def jpeg_scan_count(data: bytes) -> int:
     """The number of scans (SOS segments) of a JPEG, found by walking its marker segments: the
     lengths of header segments are skipped (a marker's bytes inside an ICC profile or EXIF block do
     not count), and entropy-coded data is skipped to the next marker (0xFF00 is a stuffed byte,
-    0xFFD0-0xFFD7 are restart markers). Stops at EOI or at the end of the data."""
+    0xFFD0-0xFFD7 are restart markers). Bytes between segments that are not a marker are skipped to
+    the next one, as libjpeg does (it warns of "extraneous bytes" and decodes on), so junk cannot hide
+    the scans after it. Stops at EOI or at the end of the data."""
     scans, i, end = 0, 2, len(data)
     while i + 1 < end:
-        if data[i] != 0xFF:
-            return scans  # not at a marker: malformed; the decoder will say so
+        if data[i] != 0xFF:  # junk before a marker
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return scans
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
+            continue
+        if marker == 0x00:  # 0xFF00 between segments: junk too
+            i += 2
             continue
         if marker == 0xD9:  # EOI
             return scans

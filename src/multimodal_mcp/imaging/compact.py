@@ -4,14 +4,15 @@ When the bytes a client sent decode to exactly the pixels the server uses
 (:attr:`~multimodal_mcp.imaging.codec.DecodedImage.keeps_original`), they are kept in their own
 format with foreign metadata removed segment by segment, so a 4 MB JPEG stays about 4 MB:
 
-- JPEG: APP1-APP15 segments (EXIF, XMP, ICC, MPF, Photoshop, ...) except APP14 "Adobe" (it says how
-  the colour channels are coded; its 12 defined bytes are kept), COM segments, APP0 segments other
-  than JFIF (of which the 14 bytes decoders read are kept, not its thumbnail), and anything after
-  EOI (an MPO's further images: a gain map, a depth map) are dropped; the rest is copied byte for
-  byte. A photo whose EXIF orientation turns it (a phone's portrait shot) gets back an EXIF segment
-  with that one tag, so the stored file is the photo as sent, upright in any viewer that honours
-  EXIF, rather than its pixels decoded whole, turned and encoded again (seconds for 12 megapixels);
-  the store applies the tag when it reads it.
+- JPEG: only the segments that make the picture (SOF, DHT, DAC, DQT, DRI, SOS and the scans) are
+  copied, with APP0 JFIF (the 14 bytes decoders read, not its thumbnail) and APP14 "Adobe" (its 12
+  defined bytes: how the colour channels are coded). APP1-APP15 (EXIF, XMP, ICC, MPF, Photoshop,
+  ...), COM, DNL and the other segments decoders skip, and anything after EOI (an MPO's further
+  images: a gain map, a depth map) are dropped; what is kept is copied byte for byte. A photo whose
+  EXIF orientation turns it (a phone's portrait shot) gets back an EXIF segment with that one tag,
+  so the stored file is the photo as sent, upright in any viewer that honours EXIF, rather than its
+  pixels decoded whole, turned and encoded again (seconds for 12 megapixels); the store applies the
+  tag when it reads it.
 - PNG: only IHDR, PLTE, IDAT, IEND, tRNS, gAMA, cHRM and sRGB are kept; text, eXIf, tIME, pHYs, iCCP
   and other ancillary chunks, and anything after IEND, are dropped. An unknown critical chunk stops
   the stripping (the pixels are re-encoded instead).
@@ -212,15 +213,20 @@ def orientation_segment(orientation: int) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
+_PICTURE_MARKERS = frozenset({*range(0xC0, 0xD0), 0xDA, 0xDB, 0xDD}) - {0xC8}
+"""Segments a decoder needs for the pixels: SOF0-SOF15, DHT (C4) and DAC (CC) among them, SOS, DQT
+and DRI. Every other segment (APPn, COM, DNL, DHP, EXP, JPGn) is skipped by libjpeg's decoder."""
+
+
 def _kept_jpeg_payload(marker: int, payload: bytes) -> bytes | None:
     """What a segment keeps of its payload: all of it for the segments that make the picture, the
     fields decoders read of APP0 JFIF (14 bytes: version, density; its thumbnail and anything after
-    it dropped) and APP14 Adobe (12 bytes: the colour transform), nothing of the other APPn and COM."""
+    it dropped) and APP14 Adobe (12 bytes: the colour transform), nothing of any other segment."""
     if marker == 0xE0:
         return payload[:12] + b"\x00\x00" if payload.startswith(b"JFIF\x00") and len(payload) >= 14 else None
     if marker == 0xEE:
         return payload[:12] if payload.startswith(b"Adobe") and len(payload) >= 12 else None
-    return None if 0xE1 <= marker <= 0xEF or marker == 0xFE else payload
+    return payload if marker in _PICTURE_MARKERS else None
 
 
 def _scan_end(data: bytes, i: int) -> int:
