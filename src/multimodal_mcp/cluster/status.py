@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -87,8 +88,10 @@ async def gather(board: Any, *, wait_seconds: float, stale_after: float) -> dict
             "reachable": False,
             "error": f"the replicas' status did not answer within {wait_seconds:g} s; try again",
         }
+    # Tenths rounded up: an unreachable replica never shows an age at or under the limit (3.04 s
+    # shown as 3.0 while "not heard from for over 3 s").
     replicas = [
-        {**record, "reachable": age <= stale_after, "last_heard_seconds": round(age, 1)}
+        {**record, "reachable": age <= stale_after, "last_heard_seconds": math.ceil(age * 10) / 10}
         for age, record in found
     ]
     replicas.sort(key=lambda r: (str(r.get("deployment")), str(r.get("replica"))))
