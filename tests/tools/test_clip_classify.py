@@ -119,3 +119,13 @@ async def test_a_large_jpeg_is_decoded_at_the_side_the_model_s_processor_takes(
     assert not result.is_error, text_of(result)
     assert decoded == [(128, 96)]
     assert result.structured_content["image"]["width"] == 1024  # the stored image is the whole photo
+
+
+async def test_the_first_call_reports_the_model_s_loading_as_loading_not_inference(client: Client) -> None:
+    image = {"image": data_uri(photo("chelsea", 48)), "labels": ["a cat", "a dog"]}
+    first = (await call_ok(client, "clip_classify", image))["timings"]
+    second = (await call_ok(client, "clip_classify", image))["timings"]
+    assert first["load_seconds"] > 0  # the tiny CLIP was loaded for this call (it used to say 0)
+    assert first["inference_seconds"] >= 0
+    assert first["load_seconds"] + first["inference_seconds"] <= first["total_seconds"]
+    assert second["load_seconds"] < first["load_seconds"] / 10  # loaded already: only the lease

@@ -4,6 +4,7 @@ embeddings are cached so a repeated label set skips the text encoder."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from multimodal_mcp.handles import Embedding
-from multimodal_mcp.pool.core import ModelPool
+from multimodal_mcp.pool.core import CALL_LOAD_SECONDS, ModelPool
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class _Request:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
+    load_seconds: float = 0.0  # what its batch waited for the model to be loaded or placed
 
 
 class ClipBatcher:
@@ -94,6 +96,9 @@ class ClipBatcher:
             self._full.set()
         for request in requests:
             await request.done.wait()
+        loads = CALL_LOAD_SECONDS.get()
+        if loads is not None and requests:
+            loads.append(max(request.load_seconds for request in requests))
         for request in requests:
             if request.error is not None:
                 raise request.error
@@ -116,8 +121,11 @@ class ClipBatcher:
     async def _run(self, batch: list[_Request]) -> None:
         self.batches += 1
         self.requests += len(batch)
+        started = time.perf_counter()
         try:
             async with self.pool.use(self.name) as model:
+                for request in batch:
+                    request.load_seconds = time.perf_counter() - started
                 sigmoid = bool(getattr(model, "sigmoid", False))
                 wanted = list(dict.fromkeys(t for r in batch if r.texts for t in r.texts))
                 known = {t: self._cache[t] for t in wanted if t in self._cache}

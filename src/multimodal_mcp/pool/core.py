@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -61,6 +62,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     except (ImportError, AttributeError):
         pass
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+CALL_LOAD_SECONDS: ContextVar[list[float] | None] = ContextVar("mmcp_call_load_seconds", default=None)
+"""Where the calling task collects the seconds its CLIP requests waited for the model to be loaded or
+placed (each request's batch waited once); a tool's clock sets it and counts them as loading. The
+handles' answers carry their own ``load_seconds`` otherwise; a batch is shared, so this is how a
+caller learns its part."""
 
 
 @dataclass

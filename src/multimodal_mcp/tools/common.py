@@ -28,6 +28,7 @@ from multimodal_mcp.imaging.inputs import ImageResolver, ResolvedImage
 from multimodal_mcp.imaging.store import ImageRecord, ImageStore
 from multimodal_mcp.jobs import JobManager
 from multimodal_mcp.pool import ModelPool
+from multimodal_mcp.pool.core import CALL_LOAD_SECONDS
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -205,6 +206,9 @@ class Clock:
         self.started = time.perf_counter()
         self.load = 0.0
         self.inference = 0.0
+        # CLIP requests of this call (batched with others') report their loading here.
+        self._clip_loads: list[float] = []
+        CALL_LOAD_SECONDS.set(self._clip_loads)
 
     def loaded(self, seconds: float) -> None:
         """Count ``seconds`` of a model call (measured inside ``infer``) as loading, not inference."""
@@ -220,9 +224,10 @@ class Clock:
             self.inference += time.perf_counter() - t
 
     def timings(self) -> Timings:
+        clip_loads = sum(self._clip_loads)  # waited inside infer(): loading, not inference
         return Timings(
-            load_seconds=round(self.load, 4),
-            inference_seconds=round(self.inference, 4),
+            load_seconds=round(self.load + clip_loads, 4),
+            inference_seconds=round(self.inference - clip_loads, 4),
             total_seconds=round(time.perf_counter() - self.started, 4),
         )
 
