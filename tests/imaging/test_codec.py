@@ -288,6 +288,16 @@ def test_keeps_original_only_when_the_bytes_decode_to_exactly_the_image_used() -
     }
     for name, data in {**kept, **not_kept}.items():
         assert decode_image(data, max_pixels=10_000).keeps_original == (name in kept), name
+    # What does not keep its original is staged (stored as sent, converted in the background) when a
+    # conversion alone makes the pixels: not a rotated PNG or WebP, a GIF or an animation's frame.
+    staged = {"another icc profile", "16-bit png", "cmyk jpeg"}
+    profiled = {
+        "png with a profile": _encoded(img, "PNG", icc_profile=swapped_profile()),
+        "webp with a profile": _encoded(img, "WEBP", icc_profile=swapped_profile()),
+    }
+    for name, data in {**kept, **not_kept, **profiled}.items():
+        expected = name in staged or name in profiled
+        assert decode_image(data, max_pixels=10_000).staged == expected, name
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])

@@ -172,3 +172,21 @@ async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outsid
         g,
         b,
     )
+
+
+async def test_a_profiled_phone_jpeg_is_read_by_id_and_sent_in_its_converted_colours(client: Client) -> None:
+    photo_p3 = Image.new("RGB", (640, 480), (200, 40, 40))  # shown as blue by its profile
+    buf = io.BytesIO()
+    photo_p3.save(buf, format="JPEG", quality=95, icc_profile=swapped_profile())
+    sent = "data:image/jpeg;base64," + _b64(buf.getvalue())
+    out = await call_ok(client, "clip_classify", {"image": sent, "labels": ["red", "blue"]})
+    image_uri = out["image"]["uri"]
+    blue = data_uri(Image.new("RGB", (640, 480), (40, 40, 200)))
+    # By id at once (staged or converted): the converted pixels, as the first call saw them.
+    by_id = await call_ok(client, "compare_images", {"image_a": image_uri, "image_b": blue})
+    again = await call_ok(client, "compare_images", {"image_a": sent, "image_b": blue})
+    assert by_id["ssim"] == again["ssim"] and by_id["pixel_difference"] == again["pixel_difference"] < 0.05
+    stored = await read_image(client, image_uri)  # what a client is sent: converted, no profile
+    assert stored.format == "WEBP" and "icc_profile" not in stored.info
+    r, _, b = stored.convert("RGB").getpixel((320, 240))
+    assert b > 180 and r < 80

@@ -64,6 +64,12 @@ class DecodedImage:
     colour conversion (no ICC profile but sRGB), no bit-depth change, a single frame, and no EXIF
     rotation except in a JPEG (whose stored form keeps the orientation tag: :attr:`orientation`).
     The store may then keep those bytes (metadata stripped) instead of re-encoding the pixels."""
+    staged: bool = False
+    """Whether the original bytes decode to ``image`` through a conversion alone: a JPEG with an ICC
+    profile other than sRGB (phones tag their photos Display P3) or in CMYK, a single-frame PNG or
+    WebP with such a profile (a Mac's screenshot) or 16 bits per sample, upright. The store then keeps
+    them for now with their profile (and a JPEG's orientation) and nothing else, and converts them in
+    the background (:mod:`.staging`), instead of encoding ``image`` before the call can answer."""
     orientation: int = 1
     """The EXIF orientation (1-8) of the original bytes, applied to ``image``: 1 is upright, 6 a
     phone held upright (turned 90 degrees clockwise for display)."""
@@ -139,13 +145,13 @@ def decode_image(
     max_aspect: float = MAX_ASPECT,
     min_side: int | None = None,
     budget: DecodeBudget | None = None,
-    on_header: Callable[[str, int, bool], None] | None = None,
+    on_header: Callable[[str, int, bool, bool], None] | None = None,
 ) -> DecodedImage:
     """Decode untrusted bytes into the server's standard form (8-bit sRGB ``RGB`` or ``RGBA``; first
     frame only; EXIF orientation, bit depth and ICC profile applied: see :mod:`.normalize`).
 
-    ``on_header(format, orientation, keeps_original)`` is called once the header passed its checks,
-    before any pixel is decoded (the caller may start work that needs only those, meanwhile).
+    ``on_header(format, orientation, keeps_original, staged)`` is called once the header passed its
+    checks, before any pixel is decoded (the caller may start work that needs only those, meanwhile).
 
     Before any pixel is decoded, from the header: the format (magic bytes, then Pillow limited to
     :data:`ALLOWED_FORMATS`), the pixel count against ``max_pixels``, the aspect ratio against
@@ -157,9 +163,9 @@ def decode_image(
 
     ``min_side``: the use needs no more than this many pixels on the short side; a JPEG whose own
     bytes can be stored (``keeps_original``: no profile to convert; an EXIF orientation is kept with
-    them) is then decoded at a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``) that keeps both
-    sides at least ``min_side``, then turned upright. The result's ``full_size`` keeps the declared
-    size, upright.
+    them; or ``staged``: converted in the background) is then decoded at a reduced scale (1/2, 1/4
+    or 1/8, Pillow's ``draft``) that keeps both sides at least ``min_side``, then converted and
+    turned upright. The result's ``full_size`` keeps the declared size, upright.
 
     The EXIF orientation is read from the EXIF block only (:func:`read_orientation`), as viewers read
     it; a block that cannot be parsed leaves the picture as it is.
@@ -204,12 +210,13 @@ def decode_image(
             # Animated GIF/WebP/APNG: frame 0 only (counting the frames would decode them all).
             img.seek(0)
             keeps_original = _keeps_original(img, data, exif_orientation)
-            if min_side and keeps_original and fmt == "JPEG" and min(img.size) >= 2 * min_side:
+            staged = not keeps_original and _stages(img, fmt, exif_orientation)
+            if min_side and (keeps_original or staged) and fmt == "JPEG" and min(img.size) >= 2 * min_side:
                 img.draft(None, (min_side, min_side))  # img.size is now the reduced size
         except Exception as exc:  # hostile headers
             raise ImageInputError("the image data is corrupt or truncated") from exc
         if on_header is not None:
-            on_header(fmt, orientation, keeps_original)
+            on_header(fmt, orientation, keeps_original, staged)
         calls = current_call_pixels()
         if calls is not None:
             calls.take(*img.size)
@@ -231,7 +238,7 @@ def decode_image(
                 # The image lives as long as the call and stays admitted until then: its pixels, or,
                 # when the store will encode them again (a lossless encoder holds several copies), the
                 # whole peak.
-                kept = image.width * image.height * 4 if keeps_original else peak
+                kept = image.width * image.height * 4 if keeps_original or staged else peak
                 kept = min(peak, kept)
                 calls.hold(budget, kept)
         finally:
@@ -242,6 +249,7 @@ def decode_image(
         full_size=full,
         notes=notes,
         keeps_original=keeps_original,
+        staged=staged,
         orientation=orientation,
     )
 
@@ -387,6 +395,19 @@ def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> b
     # A JPEG keeps its orientation tag when stored (compact.strip_jpeg): a phone's portrait photo is
     # stored as sent, not decoded whole, turned and encoded again. Other formats store pixels upright.
     return img.format in ("JPEG", "MPO") or orientation not in ORIENTATIONS or orientation == 1
+
+
+def _stages(img: Image.Image, fmt: str, orientation: int | None) -> bool:
+    """Whether bytes that do not keep their original decode to the pixels used through a conversion
+    alone (see :attr:`DecodedImage.staged`): any JPEG (one frame of 8-bit samples; an MPO's first
+    picture too), a PNG or WebP of one frame without an EXIF rotation; never with hostile EXIF."""
+    if orientation is None:
+        return False
+    if fmt == "JPEG":
+        return True
+    animated = getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1
+    apng = getattr(img, "custom_mimetype", None) == "image/apng"
+    return fmt in ("PNG", "WEBP") and not animated and not apng and orientation not in range(2, 9)
 
 
 def _has_allowed_magic(data: bytes) -> bool:

@@ -20,6 +20,14 @@ format with foreign metadata removed segment by segment, so a 4 MB JPEG stays ab
   the VP8X flags are corrected to match and the RIFF size rewritten. Nothing is re-encoded, so a
   lossy WebP stays lossy-small and decodes to the same pixels.
 
+An image whose pixels need a conversion alone (a JPEG with an ICC profile other than sRGB, as phones
+tag their photos Display P3, or in CMYK; an upright single-frame PNG or WebP with such a profile, as
+a Mac tags its screenshots, or a 16-bit PNG) is *staged*: kept for now in the same way plus its ICC
+profile (a JPEG's APP2 ``ICC_PROFILE`` segments, a PNG's iCCP chunk, a WebP's ICCP chunk and flag),
+so that the call that sent it need not wait seconds for the conversion and the lossless encoding of
+millions of pixels; the store converts it in the background and then keeps the converted pixels,
+losslessly and without the profile (see :mod:`.staging`).
+
 Otherwise (a colour conversion, a rotation, a bit-depth change, a GIF or other frames dropped) the
 decoded pixels are encoded losslessly: lossless WebP (``method=1``, ``quality=25``, ``exact=True``)
 for RGB and RGBA images up to WebP's 16383 px side, else PNG at ``compress_level=6``. Measured on
@@ -66,6 +74,8 @@ class Encoded:
     format: StoredFormat
     sha256: str | None = None
     """The hex SHA-256 of ``data`` when already known (the client's bytes kept as they were)."""
+    staged: bool = False
+    """A JPEG kept with its ICC profile until the store converts it (see :mod:`.staging`)."""
 
     @property
     def mime_type(self) -> str:
@@ -95,8 +105,8 @@ def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
     Raises:
         NotStorable: ``decoded`` was decoded at reduced scale and ``raw`` cannot be kept.
     """
-    if raw is not None and decoded.keeps_original:
-        kept = kept_form(raw, decoded.source_format, decoded.orientation)
+    if raw is not None and (decoded.keeps_original or decoded.staged):
+        kept = kept_form(raw, decoded.source_format, decoded.orientation, staged=decoded.staged)
         if kept is not None:
             return kept
     if decoded.reduced:
@@ -105,25 +115,33 @@ def compact_input(raw: bytes | None, decoded: DecodedImage) -> Encoded:
 
 
 def kept_form(
-    raw: bytes, source_format: str, orientation: int = 1, raw_sha256: str | None = None
+    raw: bytes,
+    source_format: str,
+    orientation: int = 1,
+    raw_sha256: str | None = None,
+    *,
+    staged: bool = False,
 ) -> Encoded | None:
     """``raw`` as the store keeps it when its decode keeps the original (see :func:`compact_input`):
     stripped of metadata by ``source_format`` (Pillow's name: JPEG, PNG, WEBP), a JPEG keeping its
-    EXIF ``orientation``; with its SHA-256 (``raw_sha256`` when nothing was stripped). None for a
-    format without a stripper or a structure the stripper does not follow. Pure: any thread may run
-    it, e.g. while another decodes the pixels (see :meth:`.inputs.ImageResolver.resolve`)."""
+    EXIF ``orientation`` (and, ``staged``, its ICC profile: see :attr:`Encoded.staged`); with its
+    SHA-256 (``raw_sha256`` when nothing was stripped). None for a format without a stripper or a
+    structure the stripper does not follow. Pure: any thread may run it, e.g. while another decodes
+    the pixels (see :meth:`.inputs.ImageResolver.resolve`)."""
     try:
         if source_format == "JPEG":
-            kept = strip_jpeg(raw, orientation=orientation)
-        elif (strip := _STRIPPERS.get(source_format)) is not None:
-            kept = strip(raw)
+            kept = strip_jpeg(raw, orientation=orientation, keep_profile=staged)
+        elif source_format == "PNG":
+            kept = strip_png(raw, keep_profile=staged)
+        elif source_format == "WEBP":
+            kept = strip_webp(raw, keep_profile=staged)
         else:
             return None
     except Unstrippable:
         return None
     if kept.data is raw and raw_sha256 is not None:
-        return dataclasses.replace(kept, sha256=raw_sha256)
-    return dataclasses.replace(kept, sha256=hashlib.sha256(kept.data).hexdigest())
+        return dataclasses.replace(kept, sha256=raw_sha256, staged=staged)
+    return dataclasses.replace(kept, sha256=hashlib.sha256(kept.data).hexdigest(), staged=staged)
 
 
 class NotStorable(ValueError):
@@ -148,14 +166,15 @@ def encode_lossless(image: Image.Image) -> Encoded:
     return Encoded(buf.getvalue(), "png")
 
 
-def strip_jpeg(data: bytes, *, orientation: int = 1) -> Encoded:
+def strip_jpeg(data: bytes, *, orientation: int = 1, keep_profile: bool = False) -> Encoded:
     """A JPEG without EXIF, XMP, ICC, comments and other APPn segments (of APP0 JFIF and APP14 Adobe
     only the fields decoders read: no JFIF thumbnail); scans copied byte for byte, nothing after EOI
     (an MPO's further images). ``data`` itself when it has nothing to drop.
 
     ``orientation`` (EXIF, 2-8): an EXIF segment holding only that tag is written after SOI (and
     APP0), so the stored JPEG still decodes upright in every viewer that honours EXIF (and in this
-    server); 1 writes none.
+    server); 1 writes none. ``keep_profile``: the APP2 ``ICC_PROFILE`` segments are kept too (a staged
+    JPEG: see :attr:`Encoded.staged`).
 
     Raises:
         Unstrippable: not a well-formed JPEG marker sequence.
@@ -194,7 +213,7 @@ def strip_jpeg(data: bytes, *, orientation: int = 1) -> Encoded:
         if exif is not None and marker != 0xE0:  # after SOI and APP0 (JFIF), before the rest
             out.append(exif)
             exif = None
-        kept = _kept_jpeg_payload(marker, payload)
+        kept = _kept_jpeg_payload(marker, payload, keep_profile)
         if kept is not None:
             out.append(bytes((0xFF, marker)) + struct.pack(">H", len(kept) + 2) + kept)
         changed = changed or kept != payload
@@ -218,10 +237,13 @@ _PICTURE_MARKERS = frozenset({*range(0xC0, 0xD0), 0xDA, 0xDB, 0xDD}) - {0xC8}
 and DRI. Every other segment (APPn, COM, DNL, DHP, EXP, JPGn) is skipped by libjpeg's decoder."""
 
 
-def _kept_jpeg_payload(marker: int, payload: bytes) -> bytes | None:
-    """What a segment keeps of its payload: all of it for the segments that make the picture, the
-    fields decoders read of APP0 JFIF (14 bytes: version, density; its thumbnail and anything after
-    it dropped) and APP14 Adobe (12 bytes: the colour transform), nothing of any other segment."""
+def _kept_jpeg_payload(marker: int, payload: bytes, keep_profile: bool = False) -> bytes | None:
+    """What a segment keeps of its payload: all of it for the segments that make the picture (and,
+    ``keep_profile``, for APP2 ``ICC_PROFILE``), the fields decoders read of APP0 JFIF (14 bytes:
+    version, density; its thumbnail and anything after it dropped) and APP14 Adobe (12 bytes: the
+    colour transform), nothing of any other segment."""
+    if keep_profile and marker == 0xE2 and payload.startswith(b"ICC_PROFILE\x00"):
+        return payload
     if marker == 0xE0:
         return payload[:12] + b"\x00\x00" if payload.startswith(b"JFIF\x00") and len(payload) >= 14 else None
     if marker == 0xEE:
@@ -238,9 +260,10 @@ def _scan_end(data: bytes, i: int) -> int:
     return found.start()
 
 
-def strip_png(data: bytes) -> Encoded:
-    """A PNG with only the chunks that make its pixels (see the module docstring); chunks copied
-    byte for byte, CRCs included.
+def strip_png(data: bytes, *, keep_profile: bool = False) -> Encoded:
+    """A PNG with only the chunks that make its pixels (see the module docstring), and its iCCP
+    chunk when ``keep_profile`` (a staged PNG: :attr:`Encoded.staged`); chunks copied byte for byte,
+    CRCs included.
 
     Raises:
         Unstrippable: a malformed chunk sequence, no IEND, or an unknown critical chunk.
@@ -255,7 +278,7 @@ def strip_png(data: bytes) -> Encoded:
         end = i + 12 + length
         if end > n:
             raise Unstrippable("chunk runs past the end")
-        if kind in PNG_KEPT_CHUNKS:
+        if kind in PNG_KEPT_CHUNKS or (keep_profile and kind == b"iCCP"):
             out.append(data[i:end])
         elif not kind[0] & 0x20:  # an unknown critical chunk (upper-case first letter), e.g. APNG's
             raise Unstrippable(f"unknown critical chunk {kind!r}")
@@ -265,9 +288,10 @@ def strip_png(data: bytes) -> Encoded:
     raise Unstrippable("no IEND chunk")
 
 
-def strip_webp(data: bytes) -> Encoded:
+def strip_webp(data: bytes, *, keep_profile: bool = False) -> Encoded:
     """A WebP with only its image chunks (VP8X, ALPH, VP8, VP8L), VP8X's ICC/EXIF/XMP flags cleared
-    and the RIFF size rewritten; chunk data copied byte for byte.
+    and the RIFF size rewritten; chunk data copied byte for byte. ``keep_profile``: its ICCP chunk and
+    flag are kept too (a staged WebP: :attr:`Encoded.staged`).
 
     Raises:
         Unstrippable: not a well-formed RIFF/WEBP file, or an animated one.
@@ -290,15 +314,12 @@ def strip_webp(data: bytes) -> Encoded:
             flags = chunk[8]
             if flags & _VP8X_ANIMATION:
                 raise Unstrippable("animated WebP")
-            flags &= ~(_VP8X_ICC | _VP8X_EXIF | _VP8X_XMP) & 0xFF
+            flags &= ~((0 if keep_profile else _VP8X_ICC) | _VP8X_EXIF | _VP8X_XMP) & 0xFF
             chunks.append(chunk[:8] + bytes((flags,)) + chunk[9:])
-        elif kind in WEBP_KEPT_CHUNKS:
+        elif kind in WEBP_KEPT_CHUNKS or (keep_profile and kind == b"ICCP"):
             chunks.append(chunk)
         i += len(chunk)
     if not any(c[:4] in (b"VP8 ", b"VP8L") for c in chunks):
         raise Unstrippable("no image chunk")
     body = b"WEBP" + b"".join(chunks)
     return Encoded(b"RIFF" + struct.pack("<I", len(body)) + body, "webp")
-
-
-_STRIPPERS = {"JPEG": strip_jpeg, "PNG": strip_png, "WEBP": strip_webp}

@@ -14,7 +14,9 @@ CLIP), other images are reduced by a power of two, and the reduced picture of a 
 in memory (:data:`REDUCED_CACHE_BYTES`), so ``image://`` ids and repeated data URIs of a
 12-megapixel photo cost a copy of a 500x375 picture rather than a 12-megapixel decode. While one core
 decodes new bytes, another strips and hashes the form the store will keep of them (when they are
-kept: see :mod:`.compact`).
+kept: see :mod:`.compact`; an image whose pixels need a colour or bit-depth conversion is kept
+*staged* and converted by the store in the background, so the call never waits for a lossless
+encoding: see :mod:`.staging`).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class ImageResolver:
             record = self.store.record(image_id)
             if not self._reducible(record, min_side):
                 return ResolvedImage(record, self.store.open(image_id))
-            picture = self._for_use(record, min_side, lambda: self.store.read_bytes(image_id)[0])
+            picture = self._for_use(record, min_side, lambda: self.store.read_bytes(image_id, staged=True)[0])
             return ResolvedImage(record, picture)
         if looks_like_data_uri(value):
             return self._from_text(value, "data", min_side)
@@ -146,10 +148,12 @@ class ImageResolver:
             return known
         kept: list[Future[Encoded | None]] = []
 
-        def strip_meanwhile(source_format: str, orientation: int, keeps_original: bool) -> None:
+        def strip_meanwhile(source_format: str, orientation: int, keeps_original: bool, staged: bool) -> None:
             # The bytes the store keeps are stripped and hashed on another core while this one decodes.
-            if keeps_original:
-                kept.append(self._helpers.submit(kept_form, raw, source_format, orientation, digest))
+            if keeps_original or staged:
+                kept.append(
+                    self._helpers.submit(kept_form, raw, source_format, orientation, digest, staged=staged)
+                )
 
         decoded = self._decode(raw, min_side, on_header=strip_meanwhile)
         try:
@@ -200,7 +204,9 @@ class ImageResolver:
             return cached
         data = stored_jpeg() if record.format == "jpeg" else None
         if data is not None:
-            picture = self._decode(data, min_side).image
+            decoded = self._decode(data, min_side)
+            # (A staged JPEG converted meanwhile comes back as its lossless file, decoded whole.)
+            picture = decoded.image if decoded.reduced else _reduce(decoded.image, min_side)
         else:
             picture = _reduce(full if full is not None else self.store.open(record.id), min_side)
         self._reduced.put(key, picture)
@@ -210,7 +216,7 @@ class ImageResolver:
         self,
         raw: bytes,
         min_side: int | None,
-        on_header: Callable[[str, int, bool], None] | None = None,
+        on_header: Callable[[str, int, bool, bool], None] | None = None,
     ) -> DecodedImage:
         return decode_image(
             raw,

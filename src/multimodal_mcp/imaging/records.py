@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from multimodal_mcp.errors import NotFound
 from multimodal_mcp.imaging.compact import EXTENSIONS, MIME_TYPES, StoredFormat
@@ -26,6 +26,8 @@ from multimodal_mcp.principals import SINGLE_USER
 ImageKind = Literal["generated", "input", "control", "diff", "overlay"]
 ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 URI_SCHEME = "image://"
+WRITE_ATTEMPTS = 20
+"""Conditional writes of one record tried before giving up (each lost one is re-read first)."""
 
 _held: ContextVar[set[str] | None] = ContextVar("multimodal_mcp_held_images", default=None)
 
@@ -82,6 +84,11 @@ class ImageRecord(BaseModel):
     raw_sha256: str | None = Field(
         default=None, description="For inputs: the SHA-256 of the bytes the client sent, when known."
     )
+    staged: bool = Field(
+        default=False,
+        description="For inputs: stored for now as the client's JPEG with its colour profile, converted "
+        "to sRGB in the background (see imaging.staging); the id stays the same.",
+    )
 
     def visible_to(self, principal: str) -> bool:
         # Records without owners predate them: they belong to the machine's single user.
@@ -113,6 +120,16 @@ class PendingImage:
     image: Image.Image | None
     """The decoded pixels (what :meth:`ImageStore.open` will return for the id); None when only a
     reduced-scale decode exists (nothing is cached then)."""
+
+
+def parse_record(data: bytes | None) -> ImageRecord | None:
+    """A record's JSON, or None when there is none or it cannot be read."""
+    if data is None:
+        return None
+    try:
+        return ImageRecord.model_validate_json(data)
+    except ValidationError:
+        return None
 
 
 def validate_id(image_id: str) -> str:

@@ -10,13 +10,15 @@ temporary files and an image whose record was never written, or indexing a write
 reading nothing else. Stores written before other formats existed (``.png`` files, records without
 ``format``) are read as they are; a store without an index is scanned once to build it.
 
-Ids are content addresses: the first 16 hex digits of the SHA-256 of the stored bytes. Generated
-images are PNGs embedding their generation parameters; inputs are stored compactly (see
-:mod:`.compact`): the client's own bytes with its metadata stripped where they decode to exactly the
-pixels used, else a lossless encoding. Storing the same bytes with the same metadata twice yields the
-same id and keeps the first record. Inputs are *prepared* (encoded, hashed, given an id) without being
-written, and written by :meth:`ImageStore.commit` once the call that received them goes ahead, so a
-refused call leaves nothing behind.
+Ids are content addresses: the first 16 hex digits of the SHA-256 of the bytes first stored (for
+an input converted in the background, its staged file: :mod:`.staging`; the record's ``sha256`` is
+always that of the bytes stored now). Generated images are PNGs embedding their generation
+parameters; inputs are stored compactly (see :mod:`.compact`): the client's own bytes with its
+metadata stripped where they decode to exactly the pixels used, else a lossless encoding. Storing
+the same bytes with the same metadata twice yields the same id and keeps the first record. Inputs
+are *prepared* (encoded, hashed, given an id) without being written, and written by
+:meth:`ImageStore.commit` once the call that received them goes ahead, so a refused call leaves
+nothing behind.
 
 Every image has owners: the principals (see :mod:`multimodal_mcp.principals`) that made or sent it.
 The store acts for the current principal: an image it does not own does not exist for it (the same
@@ -34,7 +36,6 @@ Decoded images just written or read are cached, up to a byte budget.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 import time
@@ -48,30 +49,27 @@ from pydantic import ValidationError
 
 from multimodal_mcp.config import StoreSettings
 from multimodal_mcp.errors import Busy, NotFound, UnsupportedOperation
-from multimodal_mcp.imaging.codec import (
-    DecodedImage,
-    apply_orientation,
-    encode_png,
-    generation_text_chunks,
-    read_orientation,
-)
-from multimodal_mcp.imaging.compact import EXTENSIONS, PIL_FORMATS, Encoded, compact_input, encode_lossless
+from multimodal_mcp.imaging.codec import DecodedImage, encode_png, generation_text_chunks
+from multimodal_mcp.imaging.compact import EXTENSIONS, Encoded, compact_input, encode_lossless
 from multimodal_mcp.imaging.decoded_cache import DecodedCache
 from multimodal_mcp.imaging.records import (  # noqa: F401 (re-exported: importers keep using store)
     ID_PATTERN,
     URI_SCHEME,
+    WRITE_ATTEMPTS,
     ImageKind,
     ImageRecord,
     PendingImage,
     holding,
     image_key,
+    parse_record,
     record_key,
     touch,
     validate_id,
 )
 from multimodal_mcp.imaging.retention import plan_oldest_first
 from multimodal_mcp.imaging.sharing import STALE_SECONDS, StoreLock, writer_gone
-from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, StoreBackend, Stored, Version
+from multimodal_mcp.imaging.staging import Staging, decode_stored
+from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, StoreBackend, Version
 from multimodal_mcp.imaging.store_index import INDEX_NAME, StoreIndex
 from multimodal_mcp.principals import SINGLE_USER, current_principal
 
@@ -79,8 +77,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 * 1024 * 1024
 """Decoded images kept in memory at most (an image over a quarter of it is not cached)."""
-WRITE_ATTEMPTS = 20
-"""Conditional writes of one record tried before giving up (each lost one is re-read first)."""
 
 
 class ImageStore:
@@ -113,7 +109,8 @@ class ImageStore:
         self._cache = DecodedCache(cache_bytes)
         # Writes of one id (a new image, an owner added to it, its removal) by this process do not
         # interleave; other processes are kept apart by the backend's conditional writes.
-        self._write_lock = threading.RLock()
+        self.write_lock = threading.RLock()
+        self.staging = Staging(self)
         self._guards: list[Callable[[], Iterable[str]]] = []
         self._last_sweep = time.monotonic()
         self.root = root
@@ -166,7 +163,7 @@ class ImageStore:
         """
         if self._local is None:
             raise UnsupportedOperation("an object store has no local index to rebuild")
-        with self._write_lock:
+        with self.write_lock:
             removed = self._rebuild()
         self._cache = DecodedCache(self._cache.budget)
         return removed
@@ -174,7 +171,7 @@ class ImageStore:
     def _rebuild(self) -> dict[str, int]:
         assert self._local is not None and self._shared is not None
         removed = {"temporary": 0, "image_without_record": 0, "record_without_image": 0}
-        self.index.rebuild(self._local.scan(removed, alone=self._shared.alone()))
+        self.index.rebuild(self.staging.resuming(self._local.scan(removed, alone=self._shared.alone())))
         if any(removed.values()):
             logger.warning("image store %s: removed leftovers of interrupted writes: %s", self.root, removed)
         return removed
@@ -192,6 +189,7 @@ class ImageStore:
             size = self.backend.size(image_key(image_id, record.format)) if record is not None else None
             if record is not None and size is not None:
                 self.index.add(record, size + len(record.dump()))  # the write finished; index it
+                self.staging.resume(record)  # a staged input's conversion was cut short
             else:
                 self.backend.delete(record_key(image_id))
                 self.backend.delete(image_key(image_id, fmt))  # type: ignore[arg-type]
@@ -275,6 +273,7 @@ class ImageStore:
             owners=[current_principal()],
             mode=image.mode if kind == "input" else None,
             raw_sha256=raw_sha256,
+            staged=encoded.staged,
             **meta,
         )
         touch(record.id)
@@ -297,7 +296,8 @@ class ImageStore:
         """
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
-        encoded = kept if kept is not None and decoded.keeps_original else compact_input(raw, decoded)
+        keeps = decoded.keeps_original or decoded.staged
+        encoded = kept if kept is not None and keeps else compact_input(raw, decoded)
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
@@ -349,7 +349,7 @@ class ImageStore:
         """
         image_id = pending.record.id
         touch(image_id)
-        with self._write_lock:
+        with self.write_lock:
             for _ in range(WRITE_ATTEMPTS):
                 try:
                     stored = self._write(pending)
@@ -362,6 +362,8 @@ class ImageStore:
                 )
         if pending.image is not None:
             self._cache.remember(image_id, pending.image)
+        if stored.staged:
+            self.staging.schedule(image_id)
         self._after_write()
         return stored
 
@@ -370,7 +372,7 @@ class ImageStore:
         record, principal = pending.record, current_principal()
         key = record_key(record.id)
         found = self.backend.get(key)
-        existing = _parse(found)
+        existing = parse_record(found.data if found is not None else None)
         image_size = self.backend.size(image_key(record.id, existing.format)) if existing else None
         if found is not None and existing is not None and image_size is not None:
             if record.raw_sha256 and self.index.find_raw(record.raw_sha256) != record.id:
@@ -394,7 +396,8 @@ class ImageStore:
         except Conflict:
             self.index.clear_pending(record.id)  # the same bytes are there: the other writer's record
             raise
-        self.index.add(record, len(data) + len(pending.data))
+        # A staged input stays pending until its conversion is in place (see .staging).
+        self.index.add(record, len(data) + len(pending.data), keep_pending=record.staged)
         return record
 
     def _put_record(self, record: ImageRecord, data: bytes, version: Version) -> None:
@@ -420,7 +423,7 @@ class ImageStore:
         key = record_key(image_id)
         for _ in range(WRITE_ATTEMPTS):
             found = self.backend.get(key)
-            current = _parse(found)
+            current = parse_record(found.data if found is not None else None)
             if found is None or current is None:
                 raise NotFound(f"no image with id {image_id}")
             updated = change(current)
@@ -515,7 +518,7 @@ class ImageStore:
             NotFound: as :meth:`record`.
             UnsupportedOperation: the store is an object store (no file on this machine).
         """
-        record = self.record(image_id)
+        record = self._settled(self.record(image_id))
         path = self.backend.local_path(image_key(image_id, record.format))
         if path is None:
             raise UnsupportedOperation(
@@ -530,20 +533,29 @@ class ImageStore:
         Raises:
             NotFound: as :meth:`read_bytes`.
         """
-        record = self.record(image_id)
+        record = self._settled(self.record(image_id))
         size = self.backend.size(image_key(image_id, record.format))
         if size is None:
             raise NotFound(f"the file of image {image_id} is missing from the store")
         return size
 
-    def read_bytes(self, image_id: str) -> tuple[bytes, str]:
+    def read_bytes(self, image_id: str, *, staged: bool = False) -> tuple[bytes, str]:
         """The stored file's bytes and their MIME type (``image/png``, ``image/jpeg``, ``image/webp``).
+
+        A staged input (:mod:`.staging`) is converted first (waited for, or done now), unless
+        ``staged``: then its staged file (with its ICC profile) may come back, for a decode that
+        converts it (:func:`.staging.decode_staged`), never to be sent to a client.
 
         Raises:
             NotFound: as :meth:`record`, or the file is missing.
         """
         record = self.record(image_id)
+        if not staged:
+            record = self._settled(record)
         data = self.backend.read(image_key(image_id, record.format))
+        if data is None and record.staged:  # converted by another process between the two reads
+            record = self._settled(self.record(image_id))
+            data = self.backend.read(image_key(image_id, record.format))
         if data is None:
             raise NotFound(f"the file of image {image_id} is missing from the store")
         return data, record.mime_type
@@ -558,18 +570,26 @@ class ImageStore:
         cached = self._cache.get(image_id)
         if cached is not None:
             return cached.copy()
-        data, _ = self.read_bytes(image_id)
-        image = self._decode(record, data)
+        data, _ = self.read_bytes(image_id, staged=True)
+        image = decode_stored(record, data)
         self._cache.remember(image_id, image)
         return image
 
-    @staticmethod
-    def _decode(record: ImageRecord, data: bytes) -> Image.Image:
-        with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[record.format]]) as img:
-            img.load()
-            # A stored JPEG may keep its EXIF orientation (see .compact): applied as when it came in.
-            upright = apply_orientation(img, read_orientation(img) or 1) if record.format == "jpeg" else img
-            return upright.convert(record.mode or img.mode)
+    def _settled(self, record: ImageRecord) -> ImageRecord:
+        """``record``, or once converted when it is staged."""
+        if not record.staged:
+            return record
+        self.staging.settle(record.id)
+        return self.record(record.id)
+
+    def cached(self, image_id: str) -> Image.Image | None:
+        """The decoded image held in memory (not a copy: do not modify it), or None."""
+        return self._cache.get(image_id)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the staged inputs being converted in the background (see :mod:`.staging`); False
+        when ``timeout`` seconds passed first."""
+        return self.staging.drain(timeout)
 
     # --- retention -----------------------------------------------------------------------------
 
@@ -585,7 +605,7 @@ class ImageStore:
         settings = self.retention
         if settings is None or self._local is None:
             return []
-        with self._write_lock:
+        with self.write_lock:
             total, limit, age = self.index.total(), settings.byte_limit, settings.max_age_seconds
             budget = None if limit is None else (limit - limit // 10 if total > limit else limit)
             cutoff = time.time() - age if age is not None else None
@@ -650,15 +670,6 @@ def open_image_store(store_dir: Path, settings: StoreSettings, *, fsync: bool = 
     from multimodal_mcp.imaging.object_store import ObjectStoreBackend  # only with the s3 extra
 
     return ImageStore(backend=ObjectStoreBackend.from_url(settings.url, settings.options), retention=settings)
-
-
-def _parse(found: Stored | None) -> ImageRecord | None:
-    if found is None:
-        return None
-    try:
-        return ImageRecord.model_validate_json(found.data)
-    except ValidationError:
-        return None
 
 
 def _bare(image: Image.Image) -> Image.Image:

@@ -173,12 +173,15 @@ class StoreIndex:
         with self.transaction() as db:
             db.execute("DELETE FROM pending WHERE id = ? AND pid = ?", (image_id, pid or os.getpid()))
 
-    def add(self, record: ImageRecord, size: int, *, raw_sha256: str | None = None) -> None:
+    def add(
+        self, record: ImageRecord, size: int, *, raw_sha256: str | None = None, keep_pending: bool = False
+    ) -> None:
         """Index (or re-index) a stored image taking ``size`` bytes; clears this process's pending
-        mark of it."""
+        mark of it, unless ``keep_pending`` (a staged input until its conversion: see .staging)."""
         with self.transaction() as db:
             self._add(db, record, size, raw_sha256)
-            db.execute("DELETE FROM pending WHERE id = ? AND pid = ?", (record.id, os.getpid()))
+            if not keep_pending:
+                db.execute("DELETE FROM pending WHERE id = ? AND pid = ?", (record.id, os.getpid()))
 
     def _add(self, db: sqlite3.Connection, record: ImageRecord, size: int, raw_sha256: str | None) -> None:
         old = db.execute("SELECT size FROM images WHERE id = ?", (record.id,)).fetchone()

@@ -120,6 +120,8 @@ def create_services(
     )
 
 
+STAGED_DRAIN_SECONDS = 30.0
+"""At shutdown, how long the server waits for photos still being converted (imaging.staging)."""
 _GEN = ("text_to_image", "prompt_rewrite", "verify")
 _SEE = ("vlm", "clip")
 _TAKES_IMAGES = frozenset({"controlled_generate", "clip_classify", "describe_image", "compare_images"})
@@ -190,6 +192,10 @@ def build_server(
                 running.remove(created)
                 with anyio.CancelScope(shield=True):
                     await created.hub.aclose()
+                    # Photos stored staged (imaging.staging) are converted before the process ends;
+                    # any left past the wait are converted by the next server to open the store.
+                    await anyio.to_thread.run_sync(created.store.drain, STAGED_DRAIN_SECONDS)
+                    created.store.staging.close()
 
     auth, token_verifier = auth_for(config)  # used by the HTTP transport only
     server = MultimodalServer(
