@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from multimodal_mcp.errors import Busy
-from multimodal_mcp.imaging.admission import DecodeBudget
+from multimodal_mcp.imaging.admission import DecodeBudget, return_free_memory
 from multimodal_mcp.imaging.codec import apply_orientation, decode_image, read_orientation
 from multimodal_mcp.imaging.compact import EXTENSIONS, MIME_TYPES, PIL_FORMATS, encode_lossless, mime_of
 from multimodal_mcp.imaging.records import WRITE_ATTEMPTS, ImageRecord, image_key, parse_record, record_key
@@ -173,6 +173,7 @@ class Staging:
         except Exception:  # logged; the staged image stays readable and is converted when next read
             logger.exception("image store: converting staged image %s failed", image_id)
         finally:
+            return_free_memory()  # a whole photo's pixels and encoder buffers, back to the system
             with self._lock:
                 self._running.pop(image_id, None)
 
