@@ -250,3 +250,19 @@ def test_a_png_or_webp_to_convert_is_staged_too_and_converted_to_the_same_pixels
     with Image.open(io.BytesIO(data)) as img:
         assert "icc_profile" not in img.info
         assert np.array_equal(np.asarray(img.convert(converted.mode or img.mode)), expected)
+
+
+def test_conversions_wait_while_a_call_runs_its_model_but_not_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import staging
+
+    store = ImageStore(tmp_path, fsync=False)
+    with store.staging.deferring():  # as a read-only call's model work holds it (tools.common)
+        _, record = uploaded(store, phone_photo())
+        assert not store.drain(timeout=0.5) and store.record(record.id).staged  # not started
+    assert store.drain(timeout=60) and not store.record(record.id).staged
+    monkeypatch.setattr(staging, "DEFER_SECONDS", 0.2)
+    with store.staging.deferring():  # a call running long: the conversion starts anyway
+        _, other = uploaded(store, phone_photo("cmyk"))
+        assert store.drain(timeout=60) and not store.record(other.id).staged

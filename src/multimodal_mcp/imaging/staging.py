@@ -36,6 +36,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+DEFER_SECONDS = 5.0
+"""How long a conversion waits for the calls running their models (:meth:`Staging.deferring`) before
+it starts anyway (it then runs at the lowest CPU priority)."""
 _OWN_BUDGET = DecodeBudget(2**62)
 """Conversions are not admitted against the server's decode budget: a call may wait for one (to send
 a staged image), so a conversion waiting for that call's memory would never end. They run one at a
@@ -104,6 +108,8 @@ class Staging:
         self._lock = threading.Lock()
         self._running: dict[str, Future[None]] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._deferring = 0
+        self._quiet = threading.Condition()
 
     def schedule(self, image_id: str) -> None:
         """Convert ``image_id`` in the background, unless that is under way already."""
@@ -167,7 +173,23 @@ class Staging:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Conversions do not start while the block runs (a call's model work, which one would slow
+        on a shared CPU: it is scheduled while the call that sent the photo is still running its
+        model), unless it runs past :data:`DEFER_SECONDS`."""
+        with self._quiet:
+            self._deferring += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._deferring -= 1
+                self._quiet.notify_all()
+
     def _background(self, image_id: str) -> None:
+        with self._quiet:
+            self._quiet.wait_for(lambda: self._deferring == 0, timeout=DEFER_SECONDS)
         try:
             self.convert(image_id)
         except Exception:  # logged; the staged image stays readable and is converted when next read

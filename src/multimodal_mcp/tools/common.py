@@ -165,18 +165,21 @@ async def keeping_inputs(services: Services, *resolved: ResolvedImage | None) ->
     """:func:`keep_inputs` alongside the block (a read-only call's model work), waited for before
     the block is left: the writes are off the call's critical path, and the ids its result names are
     readable when it is returned. Enter it once the call's checks have passed, as keep_inputs.
+    The store's background conversions of staged inputs wait while the block runs (up to
+    :data:`~multimodal_mcp.imaging.staging.DEFER_SECONDS`).
     An error of the block or of a write propagates as itself (not as an exception group)."""
-    if not any(r is not None and r.pending is not None for r in resolved):
-        yield
-        return
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keep_inputs, services, *resolved)
+    with services.store.staging.deferring():  # no background conversion slows the model work
+        if not any(r is not None and r.pending is not None for r in resolved):
             yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group.exceptions[0].__cause__
-        raise
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keep_inputs, services, *resolved)
+                yield
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise
 
 
 async def concurrently(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
