@@ -304,7 +304,8 @@ def _stop_at_once_on_ctrl_c() -> None:
     Python's default turns it into KeyboardInterrupt, after which the server waits for the thread
     reading stdin, which waits for a line that never comes: the process outlived two Ctrl-Cs. A stdio
     server has nothing to save (images are written as they are made; a client's calls die with its
-    connection), so it exits, through the same quick exit as after a normal shutdown.
+    connection; a staged input's conversion stays pending in the store's index and is done by the
+    next server to open it), so it exits, through the same quick exit as after a normal shutdown.
     """
     import signal
 

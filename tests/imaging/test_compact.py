@@ -276,3 +276,12 @@ def test_only_the_fields_decoders_read_of_app0_and_app14_are_kept() -> None:
     assert b"hidden" not in stored.data and b"\x11\x22\x33" not in stored.data
     assert b"JFIF\x00" in stored.data and b"Adobe" in stored.data
     assert np.array_equal(_pixels(stored.data), np.asarray(decoded.image))
+
+
+def test_the_orientation_segment_comes_after_app0_even_when_a_dropped_segment_came_first() -> None:
+    raw = _encoded(photo("astronaut", 64), "JPEG", quality=90, exif=_exif(6))
+    comment = b"\xff\xfe\x00\x07first"  # a COM segment before APP0, as some writers put it
+    stored = strip_jpeg(raw[:2] + comment + raw[2:], orientation=6)
+    assert stored.data[2:4] == b"\xff\xe0"  # SOI, APP0 (JFIF: right after SOI), then the EXIF segment
+    (length,) = struct.unpack(">H", stored.data[4:6])
+    assert stored.data[4 + length : 4 + length + 2] == b"\xff\xe1" and b"first" not in stored.data

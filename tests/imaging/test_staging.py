@@ -266,3 +266,62 @@ def test_conversions_wait_while_a_call_runs_its_model_but_not_past_the_limit(
     with store.staging.deferring():  # a call running long: the conversion starts anyway
         _, other = uploaded(store, phone_photo("cmyk"))
         assert store.drain(timeout=60) and not store.record(other.id).staged
+
+
+def test_a_conversion_that_grows_the_store_past_max_bytes_makes_retention_remove_old_images(
+    tmp_path: Path,
+) -> None:
+    from multimodal_mcp.config import StoreSettings
+
+    photos = [phone_photo(side=256 + 16 * n) for n in range(3)]
+    probe = ImageStore(tmp_path / "probe", fsync=False)
+    with probe.staging.deferring():  # measured staged, then converted
+        for raw in photos:
+            uploaded(probe, raw)
+        staged = probe.total_bytes
+    assert probe.drain(timeout=60)
+    converted = probe.total_bytes
+    limit = (staged + converted) // 2
+    assert converted > limit  # converted, the three images do not fit
+    store = ImageStore(
+        tmp_path / "store", fsync=False, retention=StoreSettings(max_bytes=limit, max_age_days=0)
+    )
+    for raw in photos:
+        uploaded(store, raw)
+    assert store.drain(timeout=60)
+    assert store.total_bytes <= limit  # the oldest went once the conversions grew the store
+
+
+def test_a_staged_image_found_by_an_index_rebuild_stays_pending_until_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging.store_index import INDEX_NAME
+
+    monkeypatch.setattr(Staging, "schedule", lambda self, image_id: None)  # nothing converts yet
+    store = ImageStore(tmp_path, fsync=False)
+    _, record = uploaded(store, phone_photo())
+    del store
+    for index_file in tmp_path.glob(f"{INDEX_NAME}*"):
+        index_file.unlink()  # the index lost: the next opening rebuilds it from the files
+    rebuilt = ImageStore(tmp_path, fsync=False)
+    assert [row[0] for row in rebuilt.index.pending()] == [record.id]  # a kill now leaves it pending
+    del rebuilt
+    monkeypatch.undo()
+    reopened = ImageStore(tmp_path, fsync=False)  # settles the pending row: converts it
+    assert reopened.drain(timeout=60) and not reopened.record(record.id).staged
+
+
+def test_sending_a_staged_image_does_not_wait_for_the_background_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import staging
+
+    monkeypatch.setattr(staging, "DEFER_SECONDS", 600.0)
+    store = ImageStore(tmp_path, fsync=False)
+    with store.staging.deferring():  # the background conversions cannot start
+        _, first = uploaded(store, phone_photo())
+        _, second = uploaded(store, phone_photo("cmyk"))  # queued behind the first
+        for record in (second, first):
+            _, mime = store.read_bytes(record.id)  # converted here and now, not after the queue
+            assert mime == "image/webp" and not store.record(record.id).staged
+    assert store.drain(timeout=60)

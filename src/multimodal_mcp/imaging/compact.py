@@ -210,11 +210,11 @@ def strip_jpeg(data: bytes, *, orientation: int = 1, keep_profile: bool = False)
         if length < 2 or i + length > n:
             raise Unstrippable("segment length out of range")
         payload = data[i + 2 : i + length]
-        if exif is not None and marker != 0xE0:  # after SOI and APP0 (JFIF), before the rest
-            out.append(exif)
-            exif = None
         kept = _kept_jpeg_payload(marker, payload, keep_profile)
         if kept is not None:
+            if exif is not None and marker != 0xE0:  # after SOI and APP0 (JFIF), before the rest kept
+                out.append(exif)
+                exif = None
             out.append(bytes((0xFF, marker)) + struct.pack(">H", len(kept) + 2) + kept)
         changed = changed or kept != payload
         i += length

@@ -136,26 +136,31 @@ class Staging:
             self.schedule(record.id)
 
     def resuming(self, entries: Iterable[tuple[ImageRecord, int]]) -> Iterator[tuple[ImageRecord, int]]:
-        """``entries`` (a store's scan, as its index is rebuilt), scheduling each staged input found
-        for conversion."""
+        """``entries`` (a store's scan, as its index is rebuilt), each staged input found marked
+        pending for this process (part of the rebuild's transaction) and scheduled for conversion."""
         for record, size in entries:
             if record.staged:
+                store = self._store()
+                assert store is not None
+                store.index.mark_pending(record.id, record.format)
                 self.schedule(record.id)
             yield record, size
 
     def settle(self, image_id: str) -> None:
-        """Return once ``image_id`` is no longer staged: its conversion here waited for, or done now
-        (another process staged it, or a killed one left it).
+        """Return once ``image_id`` is no longer staged: converted now, in the calling thread and at
+        its priority, unless that is done already. The background conversion is not waited for: it
+        may be queued behind others, and runs at the lowest priority (a queued one is cancelled; one
+        under way finds the work done when it comes to write, and leaves it).
 
         Raises:
             Busy: the record kept changing under the conditional writes.
             ImageInputError: the staged bytes do not decode.
         """
         with self._lock:
-            running = self._running.get(image_id)
-        if running is not None:
-            running.result()
-        self.convert(image_id)  # nothing to do when the background conversion finished it
+            queued = self._running.get(image_id)
+            if queued is not None and queued.cancel():
+                del self._running[image_id]
+        self.convert(image_id)  # nothing to do when it is no longer staged
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for the conversions under way (at shutdown); False when ``timeout`` seconds passed
@@ -246,4 +251,5 @@ class Staging:
             if converted_key != staged_key:
                 store.backend.delete(staged_key)
             store.index.add(updated, len(text) + len(encoded.data))  # clears the pending mark
+        store.after_write()  # the store grew: its retention may remove old images now
         logger.debug("image store: staged image %s converted (%d bytes)", image_id, len(encoded.data))

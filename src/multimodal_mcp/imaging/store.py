@@ -364,7 +364,7 @@ class ImageStore:
             self._cache.remember(image_id, pending.image)
         if stored.staged:
             self.staging.schedule(image_id)
-        self._after_write()
+        self.after_write()
         return stored
 
     def _write(self, pending: PendingImage) -> ImageRecord:
@@ -646,7 +646,9 @@ class ImageStore:
         self.index.remove(image_id)
         self._cache.forget(image_id)
 
-    def _after_write(self) -> None:
+    def after_write(self) -> None:
+        """Enforce retention when the store went over ``max_bytes`` or a sweep for ``max_age_days`` is
+        due (after a write, or a staged input's conversion, grew the store)."""
         settings = self.retention
         if settings is None or self._local is None:
             return
