@@ -325,3 +325,24 @@ def test_sending_a_staged_image_does_not_wait_for_the_background_queue(
             _, mime = store.read_bytes(record.id)  # converted here and now, not after the queue
             assert mime == "image/webp" and not store.record(record.id).staged
     assert store.drain(timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["palette png, rgb profile", "jpeg, unreadable profile"])
+def test_a_profile_the_decoder_ignores_does_not_stage_the_file_it_keeps_it(tmp_path: Path, kind: str) -> None:
+    img = photo("coffee", 64)
+    buf = io.BytesIO()
+    if kind.startswith("palette"):
+        img.convert("P").save(buf, "PNG", icc_profile=swapped_profile())  # RGB profile, palette pixels
+    else:
+        img.save(buf, "JPEG", icc_profile=swapped_profile()[:200])  # truncated: unreadable
+    raw = buf.getvalue()
+    decoded = decode_image(raw, max_pixels=MAX_PIXELS)
+    assert decoded.keeps_original and not decoded.staged
+    assert any(note.startswith("ignored the embedded ICC profile") for note in decoded.notes)
+    store = ImageStore(tmp_path, fsync=False)
+    _, record = uploaded(store, raw)
+    assert not record.staged and record.format == ("png" if kind.startswith("palette") else "jpeg")
+    data, _ = store.read_bytes(record.id)
+    assert b"iCCP" not in data and b"ICC_PROFILE" not in data and len(data) <= len(raw)
+    store._cache.forget(record.id)
+    assert np.array_equal(np.asarray(store.open(record.id)), np.asarray(decoded.image))

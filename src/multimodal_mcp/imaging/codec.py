@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, current_call_pixels
-from multimodal_mcp.imaging.normalize import is_srgb_profile, picture, standardize_with_notes
+from multimodal_mcp.imaging.normalize import IGNORED_PROFILE, is_srgb_profile, picture, standardize_with_notes
 
 # Formats whose decoders see heavy use and little CVE churn. Checked by content (the magic bytes,
 # then Pillow's identification limited to these plugins), never by a name or a MIME type the caller
@@ -211,6 +211,8 @@ def decode_image(
             img.seek(0)
             keeps_original = _keeps_original(img, data, exif_orientation)
             staged = not keeps_original and _stages(img, fmt, exif_orientation)
+            # Kept after all if the decoder ignores the profile (unreadable, or RGB on palette pixels).
+            kept_unless_profile = staged and _keeps_original(img, data, exif_orientation, profile=False)
             if min_side and (keeps_original or staged) and fmt == "JPEG" and min(img.size) >= 2 * min_side:
                 img.draft(None, (min_side, min_side))  # img.size is now the reduced size
         except Exception as exc:  # hostile headers
@@ -229,6 +231,8 @@ def decode_image(
                 img.load()
                 oriented = apply_orientation(img, orientation)
                 image, notes = standardize_with_notes(oriented)
+                if kept_unless_profile and notes and all(n.startswith(IGNORED_PROFILE) for n in notes):
+                    keeps_original, staged = True, False  # the file's pixels as they are: kept
             except ImageInputError:
                 raise
             # (A cancellation is a BaseException: it passes through.)
@@ -375,10 +379,10 @@ def _check_cancelled() -> None:
 _KEPT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
 
 
-def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> bool:
+def _keeps_original(img: Image.Image, data: bytes, orientation: int | None, *, profile: bool = True) -> bool:
     """Conservative: True only where decoding the original bytes again (their EXIF orientation
     applied) yields exactly the decoded image, so nothing but a mode conversion separates them (see
-    :attr:`DecodedImage.keeps_original`)."""
+    :attr:`DecodedImage.keeps_original`). ``profile`` False: as if it had no ICC profile."""
     if img.format not in _KEPT_FORMATS or img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
         return False
     # An MPO's first image is kept alone (the stripper stops at its end): that is the frame decoded.
@@ -387,7 +391,7 @@ def _keeps_original(img: Image.Image, data: bytes, orientation: int | None) -> b
     apng = getattr(img, "custom_mimetype", None) == "image/apng"
     if img.format == "PNG" and (data[24:25] > b"\x08" or apng):
         return False  # 16 bits per sample (IHDR's bit depth), or an APNG
-    icc = img.info.get("icc_profile")
+    icc = img.info.get("icc_profile") if profile else None
     if icc and not (img.mode in ("RGB", "RGBA") and is_srgb_profile(icc)):
         return False  # converted to sRGB: the pixels differ from the file's (an sRGB profile: same)
     if orientation is None:  # a hostile EXIF block: the decoder handles it, the original is not kept

@@ -184,6 +184,10 @@ def standardize(image: Image.Image) -> Image.Image:
     return image
 
 
+IGNORED_PROFILE = "ignored the embedded ICC profile"
+"""How a note of :func:`standardize_with_notes` begins when the profile was left unapplied."""
+
+
 def standardize_with_notes(image: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
     """:func:`standardize`, plus one short note per change a caller may want to report."""
     notes: list[str] = []
@@ -200,7 +204,7 @@ def standardize_with_notes(image: Image.Image) -> tuple[Image.Image, tuple[str, 
     if colour.converted:
         notes.append(f"converted from the embedded ICC profile '{colour.profile}' to sRGB")
     elif colour.ignored:
-        notes.append(f"ignored the embedded ICC profile ({colour.ignored}); pixels taken as sRGB")
+        notes.append(f"{IGNORED_PROFILE} ({colour.ignored}); pixels taken as sRGB")
     target = "RGBA" if has_transparency(image) else "RGB"
     out = image if image.mode == target else image.convert(target)
     if out is image:

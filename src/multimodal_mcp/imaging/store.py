@@ -296,8 +296,9 @@ class ImageStore:
         """
         if raw is not None and raw_sha256 is None:
             raw_sha256 = hashlib.sha256(raw).hexdigest()
-        keeps = decoded.keeps_original or decoded.staged
-        encoded = kept if kept is not None and keeps else compact_input(raw, decoded)
+        # (``kept`` was made from the header: staged, with the profile, unless that proved ignored.)
+        fits = kept is not None and kept.staged == decoded.staged
+        encoded = kept if fits and (decoded.keeps_original or decoded.staged) else compact_input(raw, decoded)
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
