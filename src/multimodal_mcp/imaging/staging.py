@@ -66,7 +66,7 @@ encoder: 408 MiB for 12 megapixels of noise)."""
 
 def decode_stored(record: ImageRecord, data: bytes) -> Image.Image:
     """``data``, the file of ``record`` (read after it), decoded as the store returns it: in the
-    record's mode, a JPEG's EXIF orientation applied (see :mod:`.compact`), a staged JPEG converted.
+    record's mode, a JPEG's EXIF orientation applied (see :mod:`.compact`), a staged file converted.
     The format is the bytes' own: a staged record read before its conversion may come with the
     converted file."""
     if record.staged:  # (the converted file, if it came, decodes to the same pixels through it)
