@@ -346,3 +346,19 @@ def test_a_profile_the_decoder_ignores_does_not_stage_the_file_it_keeps_it(tmp_p
     assert b"iCCP" not in data and b"ICC_PROFILE" not in data and len(data) <= len(raw)
     store._cache.forget(record.id)
     assert np.array_equal(np.asarray(store.open(record.id)), np.asarray(decoded.image))
+
+
+def test_a_png_profile_pillow_cannot_read_is_ignored_not_the_whole_image_refused(tmp_path: Path) -> None:
+    img = photo("coffee", 48)
+    plain, big = io.BytesIO(), io.BytesIO()
+    img.save(plain, "PNG")
+    img.save(big, "PNG", icc_profile=swapped_profile(padding=2_000_000))  # over 1 MB decompressed
+    decoded = decode_image(big.getvalue(), max_pixels=MAX_PIXELS)
+    assert any(note.startswith("ignored the embedded ICC profile") for note in decoded.notes)
+    assert np.array_equal(
+        np.asarray(decoded.image), np.asarray(decode_image(plain.getvalue(), max_pixels=MAX_PIXELS).image)
+    )
+    store = ImageStore(tmp_path, fsync=False)
+    _, record = uploaded(store, big.getvalue(), min_side=None)
+    data, _ = store.read_bytes(record.id)
+    assert not record.staged and record.format == "png" and b"iCCP" not in data

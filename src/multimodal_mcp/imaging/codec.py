@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import io
 import json
 import re
+import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,7 +195,21 @@ def decode_image(
             "Downscale it first."
         ) from exc
     except Exception as exc:  # any decoder failure on untrusted bytes is the input's fault
-        raise ImageInputError("the image data is corrupt or truncated") from exc
+        without = _without_png_profile(data)
+        if without is None:
+            raise ImageInputError("the image data is corrupt or truncated") from exc
+        # Pillow refuses a PNG whose iCCP chunk it cannot read (over 1 MB decompressed, an unknown
+        # compression): the profile is ignored, as an unreadable one is anywhere else.
+        decoded = decode_image(
+            without,
+            max_pixels=max_pixels,
+            max_aspect=max_aspect,
+            min_side=min_side,
+            budget=budget,
+            on_header=on_header,
+        )
+        note = f"{IGNORED_PROFILE} (a PNG iCCP chunk that cannot be read); pixels taken as sRGB"
+        return dataclasses.replace(decoded, notes=(*decoded.notes, note))
 
     with img:
         # A JPEG with a Multi-Picture Format index (a phone's HDR gain map or depth map after the
@@ -412,6 +428,25 @@ def _stages(img: Image.Image, fmt: str, orientation: int | None) -> bool:
     animated = getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) != 1
     apng = getattr(img, "custom_mimetype", None) == "image/apng"
     return fmt in ("PNG", "WEBP") and not animated and not apng and orientation not in range(2, 9)
+
+
+def _without_png_profile(data: bytes) -> bytes | None:
+    """A PNG without its iCCP chunk (the other chunks as they are), or None when ``data`` is not a
+    PNG whose chunks can be walked or has no iCCP chunk."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    out, i, found = [data[:8]], 8, False
+    while i + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        end = i + 12 + length
+        if data[i + 4 : i + 8] == b"iCCP":
+            found = True
+        else:
+            out.append(data[i:end])
+        if data[i + 4 : i + 8] == b"IEND" or end > len(data):
+            break
+        i = end
+    return b"".join(out) if found else None
 
 
 def _has_allowed_magic(data: bytes) -> bool:
