@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # One prepared run on a lent CUDA machine that has torch but no network: install the wheels carried
-# in .gpu-wheels (fetched beforehand with `pip download`), run the pool tests with real CUDA moves,
-# and benchmark (c) with the SD 1.5 architecture at 512 px, then (a) CLIP throughput.
+# in .gpu-wheels (fetched beforehand with `pip download`, see bench/README.md), then the checks named
+# on the command line, in order, each under its own timeout, output under $OUT:
+#   sd15  generate_overhead.py --arch sd15: tool vs direct, SD 1.5 architecture, 512 px, fp16
+#   sdxl  generate_overhead.py --arch sdxl: tool vs direct, SDXL architecture, 1024 px, fp16
+#   clip  clip_throughput.py: 64 concurrent clip_classify calls against 64 pipeline calls
+#   pool  tests/pool with real CUDA moves (MMCP_TEST_TORCH_DEVICE=cuda)
+# Default: sd15 sdxl clip (at most 9.5 minutes: one 10-minute command).
 set -uo pipefail
+CHECKS=${*:-sd15 sdxl clip}
+for name in $CHECKS; do
+  case $name in sd15 | sdxl | clip | pool) ;; *) echo "unknown check $name (sd15, sdxl, clip, pool)"; exit 2 ;; esac
+done
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -28,9 +37,19 @@ export PYTHONPATH="$PWD/src:$SITE" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-MMCP_TEST_TORCH_DEVICE=cuda timeout 150 python3 -m pytest tests/pool -q -p no:cacheprovider -rs > "$OUT/pool_tests.txt" 2>&1
-tail -5 "$OUT/pool_tests.txt"
-timeout 240 python3 bench/generate_overhead.py --arch sd15 --device cuda > "$OUT/bench_generate.txt" 2>&1
-tail -25 "$OUT/bench_generate.txt"
-timeout 110 python3 bench/clip_throughput.py --device cuda --quick > "$OUT/bench_clip.txt" 2>&1
-tail -25 "$OUT/bench_clip.txt"
+run() {  # run NAME TIMEOUT_S COMMAND...: its output in $OUT/NAME.txt, its tail here
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit} s): $*"
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  echo "== $name: exit $?"
+  tail -22 "$OUT/$name.txt"
+}
+for name in $CHECKS; do
+  case $name in
+    sd15) run bench_generate_sd15 180 python3 bench/generate_overhead.py --arch sd15 --device cuda ;;
+    sdxl) run bench_generate_sdxl 270 python3 bench/generate_overhead.py --arch sdxl --device cuda --runs 7 ;;
+    clip) run bench_clip 100 python3 bench/clip_throughput.py --device cuda ;;
+    pool) MMCP_TEST_TORCH_DEVICE=cuda run pool_tests 150 python3 -m pytest tests/pool -q -p no:cacheprovider -rs ;;
+  esac
+done

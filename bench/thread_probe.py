@@ -18,7 +18,7 @@ sys.path.insert(0, "bench")
 import anyio
 import torch
 from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler
-from generate_overhead import build_sd15
+from generate_overhead import build_real
 
 from multimodal_mcp.backends.base import CancelToken, GenerationRequest
 from multimodal_mcp.backends.diffusion import DiffusionModel, _pipeline_over
@@ -26,7 +26,7 @@ from multimodal_mcp.config import ModelSpec
 
 target = Path("/tmp/sd15r")
 if not (target / "model_index.json").exists():
-    build_sd15(target, "cuda")
+    build_real(target, "cuda", "sd15")
 pipe = AutoPipelineForText2Image.from_pretrained(target, dtype=torch.float16).to("cuda")
 pipe.set_progress_bar_config(disable=True)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")

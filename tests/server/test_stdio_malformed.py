@@ -140,3 +140,26 @@ async def test_a_stdio_server_process_answers_every_malformed_line_and_keeps_ser
         await process.stdin.aclose()
         with anyio.fail_after(60):
             assert await process.wait() == 0
+
+
+async def test_a_line_longer_than_many_reads_comes_whole_with_characters_split_between_reads() -> None:
+    # stdin is read READ_CHUNK_BYTES at a time: a 6 MB data URI spans ~90 reads, and a multi-byte
+    # character may be cut by one read's end; the line the SDK gets must be the line sent.
+    from multimodal_mcp.server.stdio import READ_CHUNK_BYTES, _Screened, _Wire
+
+    # 3 + 4 bytes a pair, so the pairs' characters straddle every possible offset of a read's end.
+    pad = "\u00e9\U0001f600" * (3 * READ_CHUNK_BYTES // 7)
+    line = json.dumps({**PING, "params": {"_meta": {"pad": pad}}}, ensure_ascii=False)
+    assert len(line.encode()) > 2 * READ_CHUNK_BYTES
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb", buffering=0) as stdin, open(os.devnull, "wb", buffering=0) as null:
+        screened = _Screened(stdin, _Wire(null))
+
+        def write() -> None:
+            with os.fdopen(write_end, "wb", buffering=0) as out:
+                out.write(f"{line}\n{json.dumps(PING)}\n".encode())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, write)
+            got = [received async for received in screened]
+    assert got == [line + "\n", json.dumps(PING) + "\n"]

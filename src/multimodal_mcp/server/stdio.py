@@ -28,6 +28,9 @@ from pydantic_core import from_json
 
 logger = logging.getLogger(__name__)
 
+READ_CHUNK_BYTES = 1 << 16
+"""How much of stdin one read takes (a Linux pipe's default capacity)."""
+
 
 def reply_to_malformed(line: str) -> JSONRPCError | None:
     """The error reply a line deserves, or None when it is a valid JSON-RPC message (or blank)."""
@@ -107,7 +110,11 @@ class _Screened:
     def __init__(self, stream: BinaryIO, wire: _Wire) -> None:
         # errors="surrogateescape": bytes that are not UTF-8 reach the screen (and get an error reply)
         # instead of being replaced silently.
-        self._lines = anyio.wrap_file(TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape"))
+        text = TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape")
+        # Read a pipe's default capacity at a time, not 8 KiB: a 6 MB data URI comes in 92 reads
+        # instead of 733, and its line is read in 7 ms instead of 12 (client in another process).
+        text._CHUNK_SIZE = READ_CHUNK_BYTES  # type: ignore[attr-defined]
+        self._lines = anyio.wrap_file(text)
         self._wire = wire
 
     async def __aiter__(self) -> AsyncIterator[str]:
