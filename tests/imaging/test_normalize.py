@@ -6,7 +6,9 @@ Inputs are built in code; each example from the issue that reported it is a test
 from __future__ import annotations
 
 import io
+import struct
 import threading
+import zlib
 
 import anyio
 import numpy as np
@@ -17,7 +19,7 @@ from PIL import Image, ImageCms, ImageDraw
 
 from multimodal_mcp.errors import ImageInputError
 from multimodal_mcp.imaging.admission import DecodeBudget, call_pixel_budget
-from multimodal_mcp.imaging.codec import MAX_JPEG_SCANS, decode_image, jpeg_scan_count
+from multimodal_mcp.imaging.codec import MAX_JPEG_SCANS, TRUNCATED_16_BIT, decode_image, jpeg_scan_count
 from multimodal_mcp.imaging.normalize import (
     MaskError,
     control_map,
@@ -47,6 +49,36 @@ def test_a_16_bit_grey_ramp_keeps_its_levels() -> None:
     # Used as a depth map it is the same ramp, not white.
     depth = np.asarray(control_map(decoded.image))[..., 0]
     assert np.array_equal(depth, grey)
+
+
+def _png_16(samples: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow writes 16 bits only for grey): rows of big-endian samples."""
+    height, width = samples.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("colour_type", "bands"), [(2, 3), (6, 4), (4, 2)])
+def test_a_16_bit_colour_png_is_read_by_its_high_bytes_and_says_so(colour_type: int, bands: int) -> None:
+    # 511 scales to 2 (511 * 255 / 65535 = 1.99) but Pillow keeps its high byte, 1: the note says so.
+    samples = np.full((4, 4, bands), 511, dtype=np.uint16)
+    samples[..., -1] = 65535 if bands in (2, 4) else 511  # alpha, when there is one: opaque
+    decoded = decode_image(_png_16(samples, colour_type), max_pixels=10_000)
+    assert decoded.notes[0] == TRUNCATED_16_BIT
+    assert decoded.image.getpixel((0, 0))[:3] == (1, 1, 1)
+    assert decoded.staged  # stored as sent, then converted: to the same pixels (test_staging)
+    eight_bit = encoded(Image.new("RGB", (4, 4), (1, 1, 1)), "PNG")
+    assert decode_image(eight_bit, max_pixels=10_000).notes == ()
 
 
 def test_integer_and_float_samples_are_scaled_by_their_depth() -> None:

@@ -152,7 +152,8 @@ async def test_a_line_longer_than_many_reads_comes_whole_with_characters_split_b
     line = json.dumps({**PING, "params": {"_meta": {"pad": pad}}}, ensure_ascii=False)
     assert len(line.encode()) > 2 * READ_CHUNK_BYTES
     read_end, write_end = os.pipe()
-    with os.fdopen(read_end, "rb", buffering=0) as stdin, open(os.devnull, "wb", buffering=0) as null:
+    null_fd = os.open(os.devnull, os.O_WRONLY)
+    with os.fdopen(read_end, "rb", buffering=0) as stdin, os.fdopen(null_fd, "wb", buffering=0) as null:
         screened = _Screened(stdin, _Wire(null))
 
         def write() -> None:

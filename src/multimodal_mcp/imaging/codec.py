@@ -249,6 +249,8 @@ def decode_image(
                 image, notes = standardize_with_notes(oriented)
                 if kept_unless_profile and notes and all(n.startswith(IGNORED_PROFILE) for n in notes):
                     keeps_original, staged = True, False  # the file's pixels as they are: kept
+                if fmt == "PNG" and data[24:25] == b"\x10" and img.mode in ("LA", "RGB", "RGBA"):
+                    notes = (TRUNCATED_16_BIT, *notes)
             except ImageInputError:
                 raise
             # (A cancellation is a BaseException: it passes through.)
@@ -393,6 +395,10 @@ def _check_cancelled() -> None:
 
 
 _KEPT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
+
+TRUNCATED_16_BIT = "16-bit samples reduced to 8 bits (each sample's high byte)"
+"""The note of a 16-bit colour or grey-and-alpha PNG: Pillow reads it as 8 bits a sample, keeping the
+high byte (at most one level below the 255/65535 scaling a 16-bit grey PNG gets)."""
 
 
 def _keeps_original(img: Image.Image, data: bytes, orientation: int | None, *, profile: bool = True) -> bool:
