@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,25 @@ def test_conversions_wait_while_a_call_runs_its_model_but_not_past_the_limit(
     with store.staging.deferring():  # a call running long: the conversion starts anyway
         _, other = uploaded(store, phone_photo("cmyk"))
         assert store.drain(timeout=60) and not store.record(other.id).staged
+
+
+def test_a_conversion_waits_for_the_call_to_answer_after_its_model_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_mcp.imaging import staging
+
+    monkeypatch.setattr(staging, "SETTLE_SECONDS", 0.5)
+    started: list[float] = []
+    convert = Staging.convert
+    monkeypatch.setattr(
+        Staging, "convert", lambda self, i: (started.append(time.monotonic()), convert(self, i))
+    )
+    store = ImageStore(tmp_path, fsync=False)
+    with store.staging.deferring():
+        _, record = uploaded(store, phone_photo())
+    model_work_ended = time.monotonic()
+    assert store.drain(timeout=60) and not store.record(record.id).staged
+    assert started[0] - model_work_ended >= 0.5 - 0.01  # (monotonic clocks may differ by a tick)
 
 
 def test_a_conversion_that_grows_the_store_past_max_bytes_makes_retention_remove_old_images(

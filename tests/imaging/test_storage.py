@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, PutMode, StoreBackend, Stored, Version
+from multimodal_mcp.imaging.storage import Conflict, LocalDiskBackend, PutMode, StoreBackend, Stored
 from multimodal_mcp.imaging.store import ImageStore
 from multimodal_mcp.principals import acting_as
 
@@ -60,14 +60,16 @@ def test_an_update_based_on_a_stale_read_is_a_conflict(backend: StoreBackend) ->
     backend.put("ab/abc.json", b"v1", mode="create")
     read = backend.get("ab/abc.json")
     assert read is not None
-    newer = backend.put("ab/abc.json", b"v2", mode=read.version)
+    backend.put("ab/abc.json", b"v2", mode=read.version)
+    newer = backend.get("ab/abc.json")
+    assert newer is not None and newer.version != read.version
     with pytest.raises(Conflict):
         backend.put("ab/abc.json", b"v3", mode=read.version)  # v1's version: v2 is there now
-    backend.put("ab/abc.json", b"v3", mode=newer)
+    backend.put("ab/abc.json", b"v3", mode=newer.version)
     assert backend.read("ab/abc.json") == b"v3"
     backend.delete("ab/abc.json")
     with pytest.raises(Conflict):
-        backend.put("ab/abc.json", b"v4", mode=newer)  # removed since: no update recreates it
+        backend.put("ab/abc.json", b"v4", mode=newer.version)  # removed since: no update recreates it
 
 
 class Scripted:
@@ -86,17 +88,17 @@ class Scripted:
             self.after_get()
         return found
 
-    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> Version:
+    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> None:
         if not key.endswith(".json"):
-            return self.inner.put(key, data, mode=mode)
+            self.inner.put(key, data, mode=mode)
+            return
         self.before_put()
         try:
-            version = self.inner.put(key, data, mode=mode)
+            self.inner.put(key, data, mode=mode)
         except Conflict:
             self.log.append(f"{self.name} conflicts")
             raise
         self.log.append(f"{self.name} writes")
-        return version
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)

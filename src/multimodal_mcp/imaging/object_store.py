@@ -89,14 +89,14 @@ class ObjectStoreBackend:
         found = self.get(key)
         return None if found is None else found.data
 
-    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> Version:
+    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> None:
         put_mode: Any
         if isinstance(mode, Version):
             put_mode = {k: v for k, v in (("e_tag", mode.e_tag), ("version", mode.version)) if v is not None}
         else:
             put_mode = mode
         try:
-            result = obstore.put(self.store, key, data, mode=put_mode)
+            obstore.put(self.store, key, data, mode=put_mode)
         except (AlreadyExistsError, PreconditionError, FileNotFoundError, NotFoundError):
             raise Conflict(key) from None
         except NotImplementedError:
@@ -104,7 +104,6 @@ class ObjectStoreBackend:
                 f"the object store at {self.location} cannot update an object conditionally; use a "
                 "store that can (S3, GCS, Azure) or server.store_dir for a directory"
             ) from None
-        return Version(result.get("e_tag"), result.get("version"))
 
     def delete(self, key: str) -> None:
         with suppress(FileNotFoundError, NotFoundError):

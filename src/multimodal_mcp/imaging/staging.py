@@ -30,9 +30,11 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -56,6 +58,10 @@ logger = logging.getLogger(__name__)
 DEFER_SECONDS = 5.0
 """How long a conversion waits for the calls running their models (:meth:`Staging.deferring`) before
 it starts anyway (it then runs at the lowest CPU priority)."""
+SETTLE_SECONDS = 0.2
+"""How long a conversion also waits after the last such call's model work ended: the call still
+sends its answer (its JSON, the pipe or socket, the client reading it), which a conversion starting
+at once slowed by 10-20 ms on 2 cores even at the lowest priority."""
 _OWN_BUDGET = DecodeBudget(2**62)
 """Conversions are not admitted against the server's decode budget: a call may wait for one (to send
 a staged image), so a conversion waiting for that call's memory would never end. They run one at a
@@ -109,6 +115,7 @@ class Staging:
         self._running: dict[str, Future[None]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._deferring = 0
+        self._last_ended = -math.inf  # time.monotonic() when the last deferring block ended
         self._quiet = threading.Condition()
 
     def schedule(self, image_id: str) -> None:
@@ -182,7 +189,8 @@ class Staging:
     def deferring(self) -> Iterator[None]:
         """Conversions do not start while the block runs (a call's model work, which one would slow
         on a shared CPU: it is scheduled while the call that sent the photo is still running its
-        model), unless it runs past :data:`DEFER_SECONDS`."""
+        model), nor for :data:`SETTLE_SECONDS` after it (the call answering), unless the wait runs
+        past :data:`DEFER_SECONDS`."""
         with self._quiet:
             self._deferring += 1
         try:
@@ -190,11 +198,20 @@ class Staging:
         finally:
             with self._quiet:
                 self._deferring -= 1
+                self._last_ended = time.monotonic()
                 self._quiet.notify_all()
 
-    def _background(self, image_id: str) -> None:
+    def _wait_for_quiet(self) -> None:
+        deadline = time.monotonic() + DEFER_SECONDS
         with self._quiet:
-            self._quiet.wait_for(lambda: self._deferring == 0, timeout=DEFER_SECONDS)
+            while (now := time.monotonic()) < deadline:
+                settled = self._last_ended + SETTLE_SECONDS
+                if self._deferring == 0 and now >= settled:
+                    return
+                self._quiet.wait(min(deadline, settled if self._deferring == 0 else deadline) - now)
+
+    def _background(self, image_id: str) -> None:
+        self._wait_for_quiet()
         try:
             self.convert(image_id)
         except Exception:  # logged; the staged image stays readable and is converted when next read

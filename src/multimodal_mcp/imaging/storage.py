@@ -95,8 +95,9 @@ class StoreBackend(Protocol):
         is nothing there."""
         ...
 
-    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> Version:
-        """Write ``data`` at ``key``; returns the new version.
+    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> None:
+        """Write ``data`` at ``key``. Its new version is not returned (on a local disk it costs a hash
+        of the bytes, 2.3 ms for a 4 MB photo, which no write of the store needs): :meth:`get` it.
 
         Raises:
             Conflict: ``mode="create"`` and the key exists, or ``mode`` is a :class:`Version` and the
@@ -150,7 +151,7 @@ class LocalDiskBackend:
             return None
             return None
 
-    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> Version:
+    def put(self, key: str, data: bytes, *, mode: PutMode = "overwrite") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_temporary(path, data)
@@ -177,7 +178,6 @@ class LocalDiskBackend:
             raise
         if self.fsync:
             _fsync_dir(path.parent)
-        return _version(data)
 
     def _write_temporary(self, path: Path, data: bytes) -> Path:
         # The rename that follows is atomic: a killed server never leaves a half-written file under
