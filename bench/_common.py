@@ -296,7 +296,8 @@ DISPLAY_P3_D50 = ((0.51512, 0.24119, -0.00105), (0.29198, 0.69225, 0.04189), (0.
 
 def display_p3_profile() -> bytes:
     """An ICC profile for Display P3 (what iPhones tag their photos with): Pillow's sRGB profile with
-    its colorant tags set to P3's primaries; both use the sRGB transfer curve and a D65 white."""
+    its colorant tags set to P3's primaries (both use the sRGB transfer curve and a D65 white) and its
+    description set to "Display P3"."""
     import struct
 
     from PIL import ImageCms
@@ -308,5 +309,13 @@ def display_p3_profile() -> bytes:
         if signature in (b"rXYZ", b"gXYZ", b"bXYZ"):
             xyz = DISPLAY_P3_D50[(b"rXYZ", b"gXYZ", b"bXYZ").index(signature)]
             profile[offset + 8 : offset + 20] = struct.pack(">3i", *(round(v * 65536) for v in xyz))
+        elif signature == b"desc" and profile[offset : offset + 4] == b"mluc":
+            # Its name, in the first record of the multi-localized text (shorter than "sRGB built-in").
+            name = "Display P3".encode("utf-16-be")
+            length_at = offset + 20
+            start = offset + struct.unpack(">I", profile[offset + 24 : offset + 28])[0]
+            if len(name) <= struct.unpack(">I", profile[length_at : length_at + 4])[0]:
+                profile[length_at : length_at + 4] = struct.pack(">I", len(name))
+                profile[start : start + len(name)] = name
     profile[84:100] = bytes(16)  # the profile ID (an MD5 of the contents) no longer holds: "not computed"
     return bytes(profile)

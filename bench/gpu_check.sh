@@ -6,7 +6,7 @@
 #   sdxl  generate_overhead.py --arch sdxl: tool vs direct, SDXL architecture, 1024 px, fp16
 #   clip  clip_throughput.py: 64 concurrent clip_classify calls against 64 pipeline calls
 #   pool  tests/pool with real CUDA moves (MMCP_TEST_TORCH_DEVICE=cuda)
-# Default: sd15 sdxl clip (at most 9.5 minutes: one 10-minute command).
+# Default: sd15 sdxl clip. Every step has a timeout: at most 585 s in all, inside one 10-minute command.
 set -uo pipefail
 CHECKS=${*:-sd15 sdxl clip}
 for name in $CHECKS; do
@@ -31,10 +31,10 @@ groups = project["entry-points"]
 PY
 export PYTHONPATH="$PWD/src:$SITE" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 {
-  python3 -m pip install -q --no-index --find-links .gpu-wheels \
+  timeout 40 python3 -m pip install -q --no-index --find-links .gpu-wheels \
     "mcp==2.3.0" "diffusers==0.42.1" "transformers==5.24.0" platformdirs jsonschema 2>&1 | tail -3
-  python3 -c "import torch, diffusers, transformers, mcp; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  timeout 25 python3 -c "import torch, diffusers, transformers, mcp; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+  timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 run() {  # run NAME TIMEOUT_S COMMAND...: its output in $OUT/NAME.txt, its tail here
@@ -47,9 +47,9 @@ run() {  # run NAME TIMEOUT_S COMMAND...: its output in $OUT/NAME.txt, its tail 
 }
 for name in $CHECKS; do
   case $name in
-    sd15) run bench_generate_sd15 180 python3 bench/generate_overhead.py --arch sd15 --device cuda ;;
-    sdxl) run bench_generate_sdxl 270 python3 bench/generate_overhead.py --arch sdxl --device cuda --runs 7 ;;
-    clip) run bench_clip 100 python3 bench/clip_throughput.py --device cuda ;;
+    sd15) run bench_generate_sd15 170 python3 bench/generate_overhead.py --arch sd15 --device cuda ;;
+    sdxl) run bench_generate_sdxl 250 python3 bench/generate_overhead.py --arch sdxl --device cuda --runs 7 ;;
+    clip) run bench_clip 90 python3 bench/clip_throughput.py --device cuda ;;
     pool) MMCP_TEST_TORCH_DEVICE=cuda run pool_tests 150 python3 -m pytest tests/pool -q -p no:cacheprovider -rs ;;
   esac
 done

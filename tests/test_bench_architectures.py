@@ -46,4 +46,4 @@ def test_the_bench_builds_the_public_architecture_with_its_pipeline_class(arch: 
     expected = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}[arch]
     assert type(pipe).__name__ == expected
     assert bench.ARCHITECTURES[arch][1] == {"sd15": 512, "sdxl": 1024}[arch]
-    assert bench.TARGETS[arch] == 1.03
+    assert bench.target_for(arch, "cuda") == 1.03 and bench.target_for(arch, "cpu") == 1.05

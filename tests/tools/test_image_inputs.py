@@ -143,6 +143,25 @@ async def test_a_thin_strip_is_refused_with_the_limit_before_any_model_runs(clie
     assert "1x100000" in message and "32:1" in message
 
 
+async def test_what_reading_an_input_changed_is_said_again_when_the_same_input_comes_again(
+    client: Client,
+) -> None:
+    # Sent once, its notes are found by decoding; sent again (the bytes are known) or by its id, it is
+    # not decoded again: the notes come from its record.
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    buf = io.BytesIO()
+    init.save(buf, format="PNG", icc_profile=swapped_profile())
+    sent = "data:image/png;base64," + _b64(buf.getvalue())
+    said = []
+    for image in (sent, sent, None):
+        arguments = {"prompt": "a patch", "init_image": image or said[0][0], "steps": 2, "seed": 2}
+        out = await call_ok(client, "controlled_generate", arguments)
+        notes = [a["message"] for a in out["adjustments"] if a["argument"] == "init_image"]
+        said.append((out["init_image"]["uri"], notes))
+    assert any("converted from the embedded ICC profile" in note for note in said[0][1])
+    assert said[1] == said[0] and said[2] == said[0]  # the same id and notes: bytes again, then the id
+
+
 async def test_an_inpainted_picture_keeps_the_colours_of_a_profiled_input_outside_the_mask(
     client: Client,
 ) -> None:

@@ -398,7 +398,7 @@ _KEPT_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
 
 TRUNCATED_16_BIT = "16-bit samples reduced to 8 bits (each sample's high byte)"
 """The note of a 16-bit colour or grey-and-alpha PNG: Pillow reads it as 8 bits a sample, keeping the
-high byte (at most one level below the 255/65535 scaling a 16-bit grey PNG gets)."""
+high byte (within one level of the 255/65535 scaling a 16-bit grey PNG gets)."""
 
 
 def _keeps_original(img: Image.Image, data: bytes, orientation: int | None, *, profile: bool = True) -> bool:

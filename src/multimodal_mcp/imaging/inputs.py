@@ -116,10 +116,11 @@ class ImageResolver:
         if value.startswith(URI_SCHEME):
             image_id = value[len(URI_SCHEME) :].strip("/")
             record = self.store.record(image_id)
+            notes = tuple(record.notes)  # what reading it changed when it was sent
             if not self._reducible(record, min_side):
-                return ResolvedImage(record, self.store.open(image_id))
+                return ResolvedImage(record, self.store.open(image_id), notes=notes)
             picture = self._for_use(record, min_side, lambda: self.store.read_bytes(image_id, staged=True)[0])
-            return ResolvedImage(record, picture)
+            return ResolvedImage(record, picture, notes=notes)
         if looks_like_data_uri(value):
             return self._from_text(value, "data", min_side)
         if is_url(value):
@@ -182,7 +183,7 @@ class ImageResolver:
             image = self._for_use(record, min_side, lambda: known.data, known.image)
         else:
             image = known.image if known.image is not None else self._decode(known.data, None).image
-        return ResolvedImage(record, image, known)
+        return ResolvedImage(record, image, known, tuple(record.notes))
 
     def _reducible(self, record: ImageRecord, min_side: int | None) -> bool:
         return min_side is not None and min(record.width, record.height) >= 2 * min_side

@@ -17,8 +17,8 @@ storage                   :func:`standardize`, transparency kept
 ========================  =====================================================================
 
 Bit depth (:func:`to_8bit`): 16-bit samples are scaled by 255/65535 (not clipped), except in a 16-bit
-colour or grey-and-alpha PNG, which Pillow reads as 8 bits a sample, keeping each one's high byte (at
-most one level lower; the decoder notes it: ``codec.TRUNCATED_16_BIT``); 32-bit integer
+colour or grey-and-alpha PNG, which Pillow reads as 8 bits a sample, keeping each one's high byte (within
+one level of the scaling; the decoder notes it: ``codec.TRUNCATED_16_BIT``); 32-bit integer
 samples (mode ``I``) are read as 16-bit when they all fit 0..65535 (what Pillow returns for 16-bit
 files), else scaled from the mode's non-negative range 0..2**31-1 (negative values clip to 0);
 float samples (mode ``F``) are read as 0.0..1.0 and clipped to it. Colour (:func:`to_srgb`): an

@@ -89,6 +89,11 @@ class ImageRecord(BaseModel):
         description="For inputs: stored for now as the client's JPEG with its colour profile, converted "
         "to sRGB in the background (see imaging.staging); the id stays the same.",
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="For inputs: what reading the client's bytes changed (bit depth, colour profile), "
+        "reported again whenever the same input is used (by the same bytes or its id).",
+    )
 
     def visible_to(self, principal: str) -> bool:
         # Records without owners predate them: they belong to the machine's single user.

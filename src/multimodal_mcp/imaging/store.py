@@ -302,11 +302,12 @@ class ImageStore:
         pending = self.prepare(
             decoded.image, kind="input", source=source, encoded=encoded, raw_sha256=raw_sha256
         )
+        update: dict[str, Any] = {"notes": list(decoded.notes)}
         if decoded.reduced:  # the stored bytes are the original: record their size, cache nothing
-            width, height = decoded.full_size
-            record = pending.record.model_copy(update={"width": width, "height": height})
-            return PendingImage(record, pending.data, None)
-        return pending
+            update["width"], update["height"] = decoded.full_size
+        return PendingImage(
+            pending.record.model_copy(update=update), pending.data, None if decoded.reduced else pending.image
+        )
 
     def prepare_known(self, raw_sha256: str, *, source: str) -> PendingImage | None:
         """The pending input for bytes stored before (by the SHA-256 of what the client sent), read
