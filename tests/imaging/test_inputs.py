@@ -58,6 +58,21 @@ def test_paths_that_escape_the_allowed_roots_are_refused(
             resolver.resolve(value)
 
 
+def test_a_stored_image_s_path_outside_the_roots_is_refused_with_its_id_as_the_way(
+    resolver: ImageResolver, root: Path
+) -> None:
+    # delivery="path" hands out the stored file's path; the store is not among --allow-root's roots.
+    stored = resolver.resolve(b64_png(photo("coffee", 16)))
+    assert stored.pending is not None
+    record = resolver.store.commit(stored.pending)
+    path = resolver.store.path(record.id)
+    with pytest.raises(ImageInputError, match=f"Pass image://{record.id} instead"):
+        resolver.resolve(str(path))
+    with pytest.raises(ImageInputError, match="as base64 instead") as refused:
+        resolver.resolve(str(path.with_suffix(".json")))  # a record is not an image to pass back
+    assert "image://" not in str(refused.value)
+
+
 def test_nul_bytes_relative_paths_urls_and_encoded_traversal_are_refused(
     resolver: ImageResolver, root: Path
 ) -> None:

@@ -46,6 +46,7 @@ from multimodal_mcp.imaging.codec import (
 from multimodal_mcp.imaging.compact import Encoded, NotStorable, kept_form
 from multimodal_mcp.imaging.fetch import URLS_OFF, UrlFetcher, is_url
 from multimodal_mcp.imaging.normalize import picture
+from multimodal_mcp.imaging.records import id_of_key
 from multimodal_mcp.imaging.store import URI_SCHEME, ImageRecord, ImageStore, PendingImage
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -253,6 +254,15 @@ class ImageResolver:
             raise ImageInputError(f"the file is over the limit of {self.limits.max_input_bytes} bytes")
         return self._from_bytes(raw, "path", min_side)
 
+    def _stored_id(self, resolved: Path) -> str | None:
+        """The id of the stored image whose file ``resolved`` names (judged by its name alone: nothing
+        is read), or None."""
+        root = self.store.root
+        if root is None or not resolved.is_relative_to(root.resolve()):
+            return None
+        found = id_of_key(resolved.name)
+        return found[0] if found is not None and found[1] != "json" else None
+
     def _checked_path(self, value: str) -> Path:
         """The fully resolved path (symlinks and '..' resolved) if it lies under an allowed root."""
         shown = value[:200]
@@ -287,9 +297,11 @@ class ImageResolver:
             raise ImageInputError(f"cannot resolve the path {shown!r}") from exc
         if not any(resolved.is_relative_to(root) for root in self.allowed_roots):
             roots = ", ".join(str(r) for r in self.allowed_roots)
+            stored = self._stored_id(resolved)
+            instead = f"Pass image://{stored} instead" if stored else "Pass the image as base64 instead."
             raise ImageInputError(
-                f"the path {shown!r} is outside the directories this server may read ({roots}). "
-                "Pass the image as base64 instead."
+                f"the path {shown!r} is outside the directories this server may read ({roots}). {instead}"
+                + (" (the path of a stored image, as delivery='path' gives it)." if stored else "")
             )
         if not resolved.exists():
             raise ImageInputError(f"no such file: {shown}")
